@@ -1,0 +1,13 @@
+/**
+ * falconet's client SDK. Start with {@link connect}:
+ *
+ * ```ts
+ * import { connect } from 'falconet';
+ * const client = await connect('ws://127.0.0.1:7878', { token: process.env.FALCONET_TOKEN });
+ * const r = await client.submit({ cmd: ['echo', 'hello'] });
+ * console.log(r.status, r.stdout);
+ * await client.close();
+ * ```
+ */
+export { connect, Client, type ConnectOptions, type SubmitManyOptions, type Rejection } from './client.js';
+export { ErrorCode, FalconetError, PROTOCOL_VERSION, type TaskSpec, type TaskResult, type TaskStatus, type WireError } from '../protocol/index.js';

@@ -1,0 +1,109 @@
+/**
+ * Dispatcher configuration: options as a user gives them (flags, environment, files), then
+ * defaults, then one compiled form that everything else reads. Compilation is where bad config
+ * is refused, with a stable code, before anything listens.
+ */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, FalconetError } from '../protocol/index.js';
+
+/** The well-known port executors and clients dial by default. */
+export const DEFAULT_PORT = 7878;
+
+export interface DispatcherOptions {
+  host?: string;
+  port?: number;
+  clientToken?: string;
+  clientTokenFile?: string;
+  executorToken?: string;
+  executorTokenFile?: string;
+  /** Allow a non-loopback address without tokens. */
+  insecure?: boolean;
+  heartbeatMs?: number;
+  leaseMs?: number;
+  prefetch?: number;
+  maxAttempts?: number;
+  maxFrameBytes?: number;
+  helloTimeoutMs?: number;
+}
+
+/** The compiled form: every field present and checked. */
+export interface DispatcherConfig {
+  host: string;
+  port: number;
+  clientToken: string | undefined;
+  executorToken: string | undefined;
+  insecure: boolean;
+  /** Status, metrics and dashboard need the client token (off only on loopback). */
+  httpAuth: boolean;
+  heartbeatMs: number;
+  leaseMs: number;
+  tickMs: number;
+  prefetch: number;
+  defaultMaxAttempts: number;
+  maxFrameBytes: number;
+  helloTimeoutMs: number;
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+function readToken(value: string | undefined, file: string | undefined, what: string): string | undefined {
+  if (value !== undefined && value !== '') return value;
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new FalconetError(ErrorCode.USAGE, `cannot read the ${what} token file ${file}: ${(err as Error).message}`);
+  }
+  if (text === '') throw new FalconetError(ErrorCode.USAGE, `the ${what} token file ${file} is empty`);
+  return text;
+}
+
+function positive(name: string, value: number, min = 1): number {
+  if (!Number.isFinite(value) || value < min) {
+    throw new FalconetError(ErrorCode.USAGE, `${name} must be a number ≥ ${min} (got ${value})`);
+  }
+  return value;
+}
+
+/** Applies environment fallbacks and defaults, validates, and returns the compiled config. */
+export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.ProcessEnv = process.env): DispatcherConfig {
+  const host = o.host ?? '127.0.0.1';
+  const port = o.port ?? DEFAULT_PORT;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new FalconetError(ErrorCode.USAGE, `--port must be 0..65535 (got ${port})`);
+  const clientToken = readToken(o.clientToken ?? env.FALCONET_CLIENT_TOKEN, o.clientTokenFile ?? env.FALCONET_CLIENT_TOKEN_FILE, 'client');
+  const executorToken = readToken(o.executorToken ?? env.FALCONET_EXECUTOR_TOKEN, o.executorTokenFile ?? env.FALCONET_EXECUTOR_TOKEN_FILE, 'executor');
+  if (clientToken !== undefined && clientToken === executorToken) {
+    throw new FalconetError(ErrorCode.USAGE, 'the client and executor tokens must differ, or a client could register as an executor');
+  }
+  const insecure = o.insecure ?? false;
+  if (!isLoopback(host) && !insecure && (clientToken === undefined || executorToken === undefined)) {
+    throw new FalconetError(
+      ErrorCode.INSECURE_CONFIG,
+      `refusing to listen on ${host} without both a client and an executor token; give --client-token and --executor-token (or their _FILE forms), or --insecure`,
+    );
+  }
+  const heartbeatMs = positive('--heartbeat-ms', o.heartbeatMs ?? 2_000, 10);
+  const leaseMs = positive('--lease-ms', o.leaseMs ?? 15_000, 10);
+  if (leaseMs < 2 * heartbeatMs) throw new FalconetError(ErrorCode.USAGE, `--lease-ms (${leaseMs}) must be at least twice --heartbeat-ms (${heartbeatMs})`);
+  const prefetch = o.prefetch ?? 0;
+  if (!Number.isInteger(prefetch) || prefetch < 0) throw new FalconetError(ErrorCode.USAGE, `--prefetch must be an integer ≥ 0 (got ${prefetch})`);
+  return {
+    host,
+    port,
+    clientToken,
+    executorToken,
+    insecure,
+    httpAuth: !isLoopback(host),
+    heartbeatMs,
+    leaseMs,
+    tickMs: Math.max(5, Math.min(250, Math.floor(leaseMs / 4))),
+    prefetch,
+    defaultMaxAttempts: positive('--max-attempts', o.maxAttempts ?? 3),
+    maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
+    helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
+  };
+}

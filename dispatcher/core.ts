@@ -1,0 +1,508 @@
+/**
+ * The dispatcher's pure core: queue, scheduler, executor registry, sessions and leases. It does
+ * no network I/O and reads time only from the injected clock. Adapters feed it validated
+ * messages; it answers through the Outbox and records every state change through the Journal,
+ * in order. The adapter commits the journal before it sends what the outbox holds, so nothing is
+ * acknowledged before it is durable (when the store is durable).
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  ErrorCode,
+  PROTOCOL_VERSION,
+  taskProblem,
+  type AttemptResult,
+  type DispatcherToClient,
+  type DispatcherToExecutor,
+  type ExecutorInfo,
+  type Msg,
+  type ClientMessage,
+  type TaskResult,
+  type TaskSpec,
+  type TaskStatus,
+} from '../protocol/index.js';
+import { TaskQueue } from './queue.js';
+import {
+  labelKeyOf,
+  labelsFit,
+  nullJournal,
+  systemClock,
+  type Clock,
+  type ConnId,
+  type ExecutorRecord,
+  type Journal,
+  type SessionRecord,
+  type TaskRecord,
+} from './model.js';
+import { Rates, snapshotOf, type StatusSnapshot } from './status.js';
+
+/** Where the core's answers go; the adapter buffers them per connection. */
+export interface Outbox {
+  toClient(conn: ConnId, msg: DispatcherToClient): void;
+  toExecutor(conn: ConnId, msg: DispatcherToExecutor): void;
+  /** Ends a connection with an error code (lease expired, superseded by a newer one). */
+  close(conn: ConnId, code: ErrorCode, message: string): void;
+}
+
+export interface CoreOptions {
+  /** How often both sides send heartbeats; announced at welcome. */
+  heartbeatMs: number;
+  /** How long an executor may be silent before its attempts are re-queued. */
+  leaseMs: number;
+  /** Tasks sent to a push-mode executor beyond its free slots (0: never wait behind a long task). */
+  prefetch: number;
+  /** Attempts a task gets when it does not say. */
+  defaultMaxAttempts: number;
+  maxFrameBytes: number;
+}
+
+export class DispatcherCore {
+  readonly queue = new TaskQueue();
+  readonly sessions = new Map<string, SessionRecord>();
+  readonly executors = new Map<string, ExecutorRecord>();
+  /** Unfinished tasks by uid: the executor link speaks uids. */
+  readonly tasks = new Map<number, TaskRecord>();
+  readonly rates: Rates;
+  readonly startedAt: number;
+  #clients = new Map<ConnId, SessionRecord>();
+  #executorConns = new Map<ConnId, ExecutorRecord>();
+  /** Executors with credit, visited by the scheduler. */
+  #hungry = new Set<ExecutorRecord>();
+  #nextUid = 1;
+  #dispatched = 0;
+
+  constructor(
+    readonly options: CoreOptions,
+    private readonly out: Outbox,
+    private readonly clock: Clock = systemClock,
+    private readonly journal: Journal = nullJournal,
+  ) {
+    this.startedAt = clock.now();
+    this.rates = new Rates(this.startedAt);
+  }
+
+  // ---- sessions ---------------------------------------------------------------------------------
+
+  /** A client passed the handshake: resume its session or open a new one, and welcome it. */
+  openSession(conn: ConnId, sessionId: string | undefined, cursor: number | undefined): SessionRecord {
+    let session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
+    const resumed = session !== undefined;
+    if (!session) {
+      session = {
+        id: sessionId ?? randomUUID(),
+        conn: null,
+        tasks: new Map(),
+        finishedIds: new Set(),
+        unacked: [],
+        lastSeq: 0,
+        acked: 0,
+        submitted: 0,
+        finished: 0,
+        createdAt: this.clock.now(),
+        goneAt: null,
+      };
+      this.sessions.set(session.id, session);
+      this.journal.sessionOpened(session);
+    } else if (session.conn !== null && session.conn !== conn) {
+      this.#clients.delete(session.conn);
+      this.out.close(session.conn, ErrorCode.AUTH_FAILED, 'session taken over by a newer connection');
+    }
+    session.conn = conn;
+    session.goneAt = null;
+    this.#clients.set(conn, session);
+    if (cursor !== undefined) this.#ackSession(session, cursor);
+    this.out.toClient(conn, {
+      t: 'welcome',
+      v: PROTOCOL_VERSION,
+      role: 'client',
+      session: session.id,
+      resumed,
+      cursor: session.acked,
+      heartbeatMs: this.options.heartbeatMs,
+      maxFrameBytes: this.options.maxFrameBytes,
+      caps: ['batch', 'sessions', 'cancel', 'drain'],
+    });
+    // Everything finished but not acknowledged, in order: the client may have missed it.
+    for (const { seq, result } of session.unacked) this.out.toClient(conn, { t: 'result', seq, result });
+    return session;
+  }
+
+  /** Accepts a batch of tasks; invalid ones are rejected one by one, the rest go in. */
+  submit(conn: ConnId, msg: Msg<ClientMessage, 'submit'>): void {
+    const session = this.#clients.get(conn);
+    if (!session) return;
+    const now = this.clock.now();
+    const rejected: Array<{ index: number; id?: string; code: string; message: string }> = [];
+    let accepted = 0;
+    for (let i = 0; i < msg.tasks.length; i++) {
+      const raw = msg.tasks[i];
+      const problem = taskProblem(raw);
+      if (problem !== null) {
+        const id = (raw as { id?: unknown } | null)?.id;
+        rejected.push({ index: i, ...(typeof id === 'string' ? { id } : {}), code: ErrorCode.TASK_INVALID, message: problem });
+        continue;
+      }
+      const spec = raw as TaskSpec;
+      const uid = this.#nextUid++;
+      const id = spec.id ?? `t${uid}`;
+      accepted++;
+      if (session.tasks.has(id) || session.finishedIds.has(id)) continue; // idempotent resubmit
+      const task: TaskRecord = {
+        uid,
+        id,
+        session,
+        spec,
+        priority: spec.priority ?? 0,
+        labelKey: labelKeyOf(spec.labels),
+        state: 'queued',
+        attempt: 0,
+        lost: 0,
+        executor: null,
+        cancelRequested: false,
+        submittedAt: now,
+        dispatchedAt: null,
+      };
+      session.tasks.set(id, task);
+      session.submitted++;
+      this.tasks.set(uid, task);
+      this.queue.push(task);
+      this.journal.taskAccepted(task);
+      this.rates.submitted++;
+    }
+    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, rejected });
+  }
+
+  /** The client consumed every result up to `cursor`. */
+  ack(conn: ConnId, cursor: number): void {
+    const session = this.#clients.get(conn);
+    if (session) this.#ackSession(session, cursor);
+  }
+
+  #ackSession(session: SessionRecord, cursor: number): void {
+    if (cursor <= session.acked) return;
+    session.acked = Math.min(cursor, session.lastSeq);
+    let drop = 0;
+    while (drop < session.unacked.length && session.unacked[drop].seq <= session.acked) drop++;
+    if (drop > 0) session.unacked.splice(0, drop);
+    this.journal.sessionAcked(session);
+  }
+
+  /** Cancels tasks by id in the caller's session, a named one, or every session (`*`). */
+  cancel(conn: ConnId, msg: Msg<ClientMessage, 'cancel'>): void {
+    const own = this.#clients.get(conn);
+    if (!own) return;
+    const scope =
+      msg.session === '*'
+        ? [...this.sessions.values()]
+        : [this.sessions.get(msg.session ?? own.id)].filter((s): s is SessionRecord => s !== undefined);
+    let count = 0;
+    for (const session of scope) {
+      const ids = msg.all ? [...session.tasks.keys()] : msg.ids;
+      for (const id of ids) {
+        const task = session.tasks.get(id);
+        if (task && this.#cancelTask(task)) count++;
+      }
+    }
+    this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: true, count });
+  }
+
+  #cancelTask(task: TaskRecord): boolean {
+    if (task.state === 'queued') {
+      task.state = 'finished'; // leaves the queue lazily
+      this.queue.discard(task);
+      this.#finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it ran' });
+      return true;
+    }
+    if (task.state === 'dispatched' && !task.cancelRequested) {
+      task.cancelRequested = true;
+      const conn = task.executor?.conn;
+      if (conn != null) this.out.toExecutor(conn, { t: 'cancel', uid: task.uid, attempt: task.attempt });
+      return true;
+    }
+    return false;
+  }
+
+  clientGone(conn: ConnId): void {
+    const session = this.#clients.get(conn);
+    if (!session) return;
+    this.#clients.delete(conn);
+    if (session.conn === conn) {
+      session.conn = null;
+      session.goneAt = this.clock.now();
+    }
+  }
+
+  // ---- executors --------------------------------------------------------------------------------
+
+  /** An executor passed the handshake: register it, or resume it and reconcile what it runs. */
+  registerExecutor(conn: ConnId, info: ExecutorInfo): void {
+    const now = this.clock.now();
+    let exec = this.executors.get(info.id);
+    const reported = new Set(info.running.map((r) => `${r.uid}:${r.attempt}`));
+    if (exec) {
+      if (exec.conn !== null && exec.conn !== conn) {
+        this.#executorConns.delete(exec.conn);
+        this.out.close(exec.conn, ErrorCode.AUTH_FAILED, 'executor id registered by a newer connection');
+      }
+      // Attempts we think it runs but it does not: it restarted or never got them.
+      for (const task of [...exec.running.values()]) {
+        if (!reported.has(`${task.uid}:${task.attempt}`)) this.#lose(task, exec);
+      }
+      exec.info = info;
+      exec.conn = conn;
+      exec.lastSeen = now;
+      exec.draining = false;
+      exec.leaving = false;
+    } else {
+      exec = {
+        info,
+        conn,
+        running: new Map(),
+        credit: 0,
+        draining: false,
+        registeredAt: now,
+        lastSeen: now,
+        fits: new Map(),
+        completed: 0,
+        leaving: false,
+      };
+      this.executors.set(info.id, exec);
+    }
+    this.#executorConns.set(conn, exec);
+    this.out.toExecutor(conn, {
+      t: 'welcome',
+      v: PROTOCOL_VERSION,
+      role: 'executor',
+      heartbeatMs: this.options.heartbeatMs,
+      leaseMs: this.options.leaseMs,
+      maxFrameBytes: this.options.maxFrameBytes,
+      caps: ['batch', 'push', 'pull', 'cancel', 'drain'],
+    });
+    // Attempts it runs that are no longer its own (re-queued after its lease, or finished).
+    for (const r of info.running) {
+      if (exec.running.get(r.uid)?.attempt !== r.attempt) this.out.toExecutor(conn, { t: 'cancel', uid: r.uid, attempt: r.attempt });
+    }
+    exec.credit = info.mode === 'push' ? Math.max(0, info.slots + this.options.prefetch - exec.running.size) : 0;
+    if (exec.credit > 0) this.#hungry.add(exec);
+  }
+
+  /** A pull-mode executor asks for `n` more tasks. */
+  pull(conn: ConnId, n: number): void {
+    const exec = this.#seen(conn);
+    if (!exec || exec.draining) return;
+    exec.credit += n;
+    if (exec.credit > 0) this.#hungry.add(exec);
+  }
+
+  /** Any sign of life from an executor renews its lease. */
+  executorSeen(conn: ConnId): void {
+    this.#seen(conn);
+  }
+
+  #seen(conn: ConnId): ExecutorRecord | undefined {
+    const exec = this.#executorConns.get(conn);
+    if (exec) exec.lastSeen = this.clock.now();
+    return exec;
+  }
+
+  /** An attempt finished on an executor. The first result of a task wins; later ones are dropped. */
+  attemptDone(conn: ConnId, r: AttemptResult): void {
+    const exec = this.#seen(conn);
+    if (!exec) return;
+    const task = this.tasks.get(r.uid);
+    const mine = exec.running.get(r.uid);
+    if (mine !== undefined && mine.attempt === r.attempt) {
+      exec.running.delete(r.uid);
+      exec.completed++;
+      this.#returnCredit(exec);
+    } else if (task === undefined || task.state === 'finished') {
+      return; // a late duplicate: the task already has its result
+    } else if (task.state === 'queued') {
+      // Its lease had expired and it was re-queued, but it did finish: use the result.
+      task.state = 'finished';
+      this.queue.discard(task);
+    } else if (task.executor && task.executor !== exec) {
+      // It runs again elsewhere; that run is no longer needed.
+      const other = task.executor;
+      other.running.delete(task.uid);
+      this.#returnCredit(other);
+      if (other.conn !== null) this.out.toExecutor(other.conn, { t: 'cancel', uid: task.uid, attempt: task.attempt });
+    }
+    if (!task) return;
+    task.executor = exec;
+    const status: TaskStatus = task.cancelRequested && r.status !== 'succeeded' ? 'cancelled' : r.status;
+    this.#finish(task, r, status, r.error);
+  }
+
+  #returnCredit(exec: ExecutorRecord): void {
+    if (exec.info.mode === 'push' && !exec.draining && exec.conn !== null) {
+      exec.credit++;
+      this.#hungry.add(exec);
+    }
+  }
+
+  /** The executor announced it is leaving (drained, or idle past its limit). */
+  executorBye(conn: ConnId): void {
+    const exec = this.#seen(conn);
+    if (exec) {
+      exec.leaving = true;
+      exec.credit = 0;
+      this.#hungry.delete(exec);
+    }
+  }
+
+  executorGone(conn: ConnId): void {
+    const exec = this.#executorConns.get(conn);
+    if (!exec) return;
+    this.#executorConns.delete(conn);
+    if (exec.conn !== conn) return;
+    exec.conn = null;
+    exec.credit = 0;
+    this.#hungry.delete(exec);
+    // A planned departure frees its record now; a loss waits out the lease for a reconnect.
+    if (exec.leaving) this.#remove(exec, false);
+  }
+
+  /** Stops sending work to an executor and tells it to finish what it runs and exit. */
+  drain(executorId: string): boolean {
+    const exec = this.executors.get(executorId);
+    if (!exec) return false;
+    exec.draining = true;
+    exec.credit = 0;
+    this.#hungry.delete(exec);
+    if (exec.conn !== null) this.out.toExecutor(exec.conn, { t: 'drain' });
+    return true;
+  }
+
+  // ---- time and scheduling ----------------------------------------------------------------------
+
+  /** Expires leases. Call every fraction of `leaseMs`. */
+  tick(): void {
+    const now = this.clock.now();
+    for (const exec of this.executors.values()) {
+      if (now - exec.lastSeen > this.options.leaseMs) {
+        if (exec.conn !== null) this.out.close(exec.conn, ErrorCode.TASK_EXECUTOR_LOST, 'lease expired: no heartbeat');
+        this.#remove(exec, !exec.leaving);
+      }
+    }
+    this.rates.sample(now, this.#dispatched);
+  }
+
+  #remove(exec: ExecutorRecord, lost: boolean): void {
+    this.executors.delete(exec.info.id);
+    this.#hungry.delete(exec);
+    if (exec.conn !== null) this.#executorConns.delete(exec.conn);
+    for (const task of [...exec.running.values()]) {
+      if (lost) this.#lose(task, exec);
+      else this.#requeue(task, exec);
+    }
+  }
+
+  /** An attempt died with its executor: count it against the task, then retry or give up. */
+  #lose(task: TaskRecord, exec: ExecutorRecord): void {
+    task.lost++;
+    const max = task.spec.maxAttempts ?? this.options.defaultMaxAttempts;
+    if (task.cancelRequested) {
+      exec.running.delete(task.uid);
+      this.#finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled; its executor was lost' });
+    } else if (task.attempt >= max) {
+      exec.running.delete(task.uid);
+      this.#finish(task, null, 'lost', {
+        code: ErrorCode.TASK_EXECUTOR_LOST,
+        message: `its executor was lost on ${task.lost} of ${task.attempt} attempts (maxAttempts ${max}); not retried again`,
+      });
+    } else {
+      this.#requeue(task, exec);
+    }
+  }
+
+  #requeue(task: TaskRecord, exec: ExecutorRecord): void {
+    exec.running.delete(task.uid);
+    task.state = 'queued';
+    task.executor = null;
+    this.queue.push(task);
+    this.journal.taskRequeued(task);
+  }
+
+  /** Matches queued tasks to executors with credit. Call once per batch of inbound messages. */
+  schedule(): void {
+    if (this.queue.size === 0 || this.#hungry.size === 0) return;
+    const now = this.clock.now();
+    for (const exec of this.#hungry) {
+      if (exec.credit <= 0 || exec.conn === null || exec.draining) {
+        this.#hungry.delete(exec);
+        continue;
+      }
+      const fits = (key: string): boolean => {
+        if (key === '') return true;
+        let ok = exec.fits.get(key);
+        if (ok === undefined) {
+          ok = labelsFit(this.#labelsOfKey(key), exec.info.labels);
+          exec.fits.set(key, ok);
+        }
+        return ok;
+      };
+      const batch = this.queue.take(exec.credit, fits);
+      for (const task of batch) {
+        task.state = 'dispatched';
+        task.attempt++;
+        task.executor = exec;
+        task.dispatchedAt = now;
+        exec.running.set(task.uid, task);
+        this.journal.taskDispatched(task);
+        this.out.toExecutor(exec.conn, { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec });
+      }
+      exec.credit -= batch.length;
+      this.#dispatched += batch.length;
+      if (exec.credit <= 0) this.#hungry.delete(exec);
+      if (this.queue.size === 0) break;
+    }
+  }
+
+  #labelsOfKey(key: string): Record<string, string> {
+    const labels: Record<string, string> = {};
+    for (const pair of key.split('\n')) {
+      const eq = pair.indexOf('=');
+      labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    return labels;
+  }
+
+  /** The single place a task becomes terminal and its result enters the session's stream. */
+  #finish(task: TaskRecord, r: AttemptResult | null, status: TaskStatus, error?: { code: string; message: string }): void {
+    const now = this.clock.now();
+    task.state = 'finished';
+    this.tasks.delete(task.uid);
+    const session = task.session;
+    session.tasks.delete(task.id);
+    session.finishedIds.add(task.id);
+    session.finished++;
+    const result: TaskResult = {
+      id: task.id,
+      status,
+      exitCode: r?.exitCode ?? null,
+      signal: r?.signal ?? null,
+      stdout: r?.stdout ?? '',
+      stderr: r?.stderr ?? '',
+      truncated: r?.truncated ?? false,
+      attempts: task.attempt,
+      executor: task.executor?.info.id ?? null,
+      timings: {
+        submitted: task.submittedAt,
+        dispatched: task.dispatchedAt,
+        started: r?.startedAt ?? null,
+        finished: r?.finishedAt ?? now,
+      },
+      ...(error ? { error: { code: error.code, message: error.message } } : {}),
+    };
+    const seq = ++session.lastSeq;
+    session.unacked.push({ seq, result });
+    this.journal.taskFinished(task, seq, result);
+    this.rates.count(status);
+    if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, result });
+  }
+
+  /** A point-in-time view for /api/status and `falconet status`. */
+  status(): StatusSnapshot {
+    return snapshotOf(this, this.clock.now());
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The dispatcher's in-memory records. They belong to the core (core.ts); adapters read them
+ * only through the core's snapshots. Kept small on purpose: a queued task is one TaskRecord
+ * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
+ */
+import type { ExecutorInfo, TaskResult, TaskSpec } from '../protocol/index.js';
+
+/** A connection handle chosen by the adapter; the core never looks inside it. */
+export type ConnId = number;
+
+/** Where a task is in its life. Terminal tasks leave the queue and the registry. */
+export type TaskState = 'queued' | 'dispatched' | 'finished';
+
+export interface TaskRecord {
+  /** Dispatcher-wide number, used on the executor link (compact, unique across sessions). */
+  readonly uid: number;
+  /** The client's id, unique within its session. */
+  readonly id: string;
+  readonly session: SessionRecord;
+  readonly spec: TaskSpec;
+  readonly priority: number;
+  /** Canonical form of `spec.labels` ('' for none): tasks with equal keys share a lane. */
+  readonly labelKey: string;
+  state: TaskState;
+  /** Attempts started so far (the current one included). */
+  attempt: number;
+  /** Attempts whose executor was lost: the crash counter. */
+  lost: number;
+  executor: ExecutorRecord | null;
+  cancelRequested: boolean;
+  submittedAt: number;
+  dispatchedAt: number | null;
+}
+
+export type ExecutorState = 'ready' | 'busy' | 'idle' | 'draining' | 'disconnected';
+
+export interface ExecutorRecord {
+  info: ExecutorInfo;
+  conn: ConnId | null;
+  /** Attempts this executor holds, by task uid. */
+  readonly running: Map<number, TaskRecord>;
+  /** Tasks it may still receive: pull requests outstanding, or window room in push mode. */
+  credit: number;
+  draining: boolean;
+  registeredAt: number;
+  /** Last time anything arrived from it; the lease runs from here. */
+  lastSeen: number;
+  /** Memo of label compatibility, by task label key. */
+  readonly fits: Map<string, boolean>;
+  completed: number;
+  /** It said `bye`: its going away is planned, not a loss. */
+  leaving: boolean;
+}
+
+export interface SessionRecord {
+  readonly id: string;
+  conn: ConnId | null;
+  /** Unfinished tasks by client id (for cancel and idempotent resubmits). */
+  readonly tasks: Map<string, TaskRecord>;
+  /** Ids of finished tasks, so that a resubmit of a finished id is still one task. */
+  readonly finishedIds: Set<string>;
+  /** Finished results not yet acknowledged, in sequence order. */
+  readonly unacked: Array<{ seq: number; result: TaskResult }>;
+  /** Sequence number of the last result stored for this session. */
+  lastSeq: number;
+  /** The client's cursor: every result with seq ≤ acked has been consumed. */
+  acked: number;
+  submitted: number;
+  finished: number;
+  createdAt: number;
+  /** When its last client went away (null while one is connected). */
+  goneAt: number | null;
+}
+
+/** Time source, injected so that leases and timeouts are testable without sleeping. */
+export interface Clock {
+  now(): number;
+}
+export const systemClock: Clock = { now: () => Date.now() };
+
+/**
+ * Every state change of the core passes through this interface, in order. The in-memory store
+ * ignores them; the durable store (a later issue) writes them and commits once per tick, before
+ * the adapter sends the acknowledgements the changes imply.
+ */
+export interface Journal {
+  taskAccepted(task: TaskRecord): void;
+  taskDispatched(task: TaskRecord): void;
+  taskRequeued(task: TaskRecord): void;
+  taskFinished(task: TaskRecord, seq: number, result: TaskResult): void;
+  sessionOpened(session: SessionRecord): void;
+  sessionAcked(session: SessionRecord): void;
+}
+
+/** The journal of the in-memory store: keeps nothing. */
+export const nullJournal: Journal = {
+  taskAccepted() {},
+  taskDispatched() {},
+  taskRequeued() {},
+  taskFinished() {},
+  sessionOpened() {},
+  sessionAcked() {},
+};
+
+/** Canonical key of a label requirement: sorted `k=v` pairs joined by newlines. */
+export function labelKeyOf(labels: Record<string, string> | undefined): string {
+  if (!labels) return '';
+  const keys = Object.keys(labels);
+  if (keys.length === 0) return '';
+  keys.sort();
+  return keys.map((k) => `${k}=${labels[k]}`).join('\n');
+}
+
+/** True when an executor with `have` labels may run a task requiring `need`. */
+export function labelsFit(need: Record<string, string> | undefined, have: Record<string, string>): boolean {
+  if (!need) return true;
+  for (const k in need) if (have[k] !== need[k]) return false;
+  return true;
+}

@@ -1,0 +1,124 @@
+/**
+ * What `/api/status` and `falconet status` show: executors, the queue by state, sessions and
+ * rates. Built on demand from the core's records; nothing here is on the dispatch path except
+ * the two counters in Rates.
+ */
+import type { TaskStatus } from '../protocol/index.js';
+import type { ExecutorRecord, ExecutorState } from './model.js';
+
+/** Per-second rates over a sliding window, sampled from the core's tick. */
+export class Rates {
+  submitted = 0;
+  readonly finished: Record<TaskStatus, number> = { succeeded: 0, failed: 0, timed_out: 0, cancelled: 0, lost: 0 };
+  #samples: Array<{ at: number; submitted: number; finished: number; dispatched: number }> = [];
+  constructor(startedAt: number, readonly windowMs = 10_000) {
+    this.#samples.push({ at: startedAt, submitted: 0, finished: 0, dispatched: 0 });
+  }
+  count(status: TaskStatus): void {
+    this.finished[status]++;
+  }
+  get finishedTotal(): number {
+    const f = this.finished;
+    return f.succeeded + f.failed + f.timed_out + f.cancelled + f.lost;
+  }
+  sample(now: number, dispatched: number): void {
+    this.#samples.push({ at: now, submitted: this.submitted, finished: this.finishedTotal, dispatched });
+    while (this.#samples.length > 2 && now - this.#samples[1].at >= this.windowMs) this.#samples.shift();
+  }
+  /** Rates per second between the oldest sample in the window and the newest. */
+  perSecond(): { submitted: number; dispatched: number; finished: number } {
+    const a = this.#samples[0];
+    const b = this.#samples[this.#samples.length - 1];
+    const dt = (b.at - a.at) / 1000;
+    if (dt <= 0) return { submitted: 0, dispatched: 0, finished: 0 };
+    const r = (x: number) => Math.round(x / dt);
+    return { submitted: r(b.submitted - a.submitted), dispatched: r(b.dispatched - a.dispatched), finished: r(b.finished - a.finished) };
+  }
+}
+
+export interface ExecutorStatus {
+  id: string;
+  state: ExecutorState;
+  hostname: string;
+  addresses: string[];
+  slots: number;
+  running: number;
+  mode: 'push' | 'pull';
+  labels: Record<string, string>;
+  version: string;
+  pid?: number;
+  instanceId?: string;
+  completed: number;
+  registeredAt: number;
+  lastSeenMsAgo: number;
+  boot?: Array<{ phase: string; at: number }>;
+}
+
+export interface StatusSnapshot {
+  now: number;
+  uptimeMs: number;
+  executors: ExecutorStatus[];
+  slots: { total: number; busy: number };
+  tasks: { queued: number; running: number; finished: Record<TaskStatus, number>; submitted: number };
+  sessions: { total: number; connected: number };
+  rates: { submitted: number; dispatched: number; finished: number };
+}
+
+export function executorState(exec: ExecutorRecord): ExecutorState {
+  if (exec.conn === null) return 'disconnected';
+  if (exec.draining || exec.leaving) return 'draining';
+  return exec.running.size > 0 ? 'busy' : 'idle';
+}
+
+interface CoreView {
+  readonly startedAt: number;
+  readonly rates: Rates;
+  readonly executors: Map<string, ExecutorRecord>;
+  readonly sessions: Map<string, { conn: number | null }>;
+  readonly queue: { size: number };
+  readonly tasks: Map<number, unknown>;
+}
+
+export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
+  const executors: ExecutorStatus[] = [];
+  let total = 0;
+  let busy = 0;
+  for (const exec of core.executors.values()) {
+    const i = exec.info;
+    total += i.slots;
+    busy += Math.min(i.slots, exec.running.size);
+    executors.push({
+      id: i.id,
+      state: executorState(exec),
+      hostname: i.hostname,
+      addresses: i.addresses,
+      slots: i.slots,
+      running: exec.running.size,
+      mode: i.mode,
+      labels: i.labels,
+      version: i.version,
+      ...(i.pid !== undefined ? { pid: i.pid } : {}),
+      ...(i.instanceId !== undefined ? { instanceId: i.instanceId } : {}),
+      completed: exec.completed,
+      registeredAt: exec.registeredAt,
+      lastSeenMsAgo: now - exec.lastSeen,
+      ...(i.boot ? { boot: i.boot } : {}),
+    });
+  }
+  let connected = 0;
+  for (const s of core.sessions.values()) if (s.conn !== null) connected++;
+  return {
+    now,
+    uptimeMs: now - core.startedAt,
+    executors,
+    slots: { total, busy },
+    tasks: {
+      queued: core.queue.size,
+      running: core.tasks.size - core.queue.size,
+      finished: { ...core.rates.finished },
+      submitted: core.rates.submitted,
+    },
+    sessions: { total: core.sessions.size, connected },
+    rates: core.rates.perSecond(),
+  };
+}

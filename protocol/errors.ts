@@ -1,0 +1,100 @@
+/**
+ * Stable error codes. Every error that crosses the wire is `{code, message, retryable}`; the code
+ * is the contract (scripts and tests match on it), the message is for people. Codes are never
+ * renamed or reused; docs/protocol.md lists them all.
+ */
+export const ErrorCode = {
+  /** The frame could not be decoded as a msgpack array of messages. */
+  BAD_FRAME: 'BAD_FRAME',
+  /** The frame is larger than the negotiated maximum. */
+  FRAME_TOO_LARGE: 'FRAME_TOO_LARGE',
+  /** A message whose `t` is not known for this role and direction. */
+  UNKNOWN_MESSAGE: 'UNKNOWN_MESSAGE',
+  /** A known message with missing, mistyped or oversized fields. */
+  INVALID_MESSAGE: 'INVALID_MESSAGE',
+  /** The first message on a connection was not `hello`. */
+  HELLO_REQUIRED: 'HELLO_REQUIRED',
+  /** No `hello` arrived within the handshake timeout. */
+  HELLO_TIMEOUT: 'HELLO_TIMEOUT',
+  /** The peer speaks another protocol version. */
+  VERSION_MISMATCH: 'VERSION_MISMATCH',
+  /** The credential is missing or wrong. */
+  AUTH_FAILED: 'AUTH_FAILED',
+  /** The credential is valid, but for the other role (an executor token used to submit, say). */
+  AUTH_WRONG_ROLE: 'AUTH_WRONG_ROLE',
+  /** A submitted task failed validation; the other tasks of the batch were accepted. */
+  TASK_INVALID: 'TASK_INVALID',
+  /** The named task, session or executor does not exist. */
+  NOT_FOUND: 'NOT_FOUND',
+  /** An attempt's executor stopped answering (lease expired) and the task ran out of attempts. */
+  TASK_EXECUTOR_LOST: 'TASK_EXECUTOR_LOST',
+  /** The task exceeded its `timeoutMs`; its process group was killed. */
+  TASK_TIMEOUT: 'TASK_TIMEOUT',
+  /** The task was cancelled by a client. */
+  TASK_CANCELLED: 'TASK_CANCELLED',
+  /** The command could not be started (no such file, permission denied, bad cwd). */
+  SPAWN_FAILED: 'SPAWN_FAILED',
+  /** The command exited non-zero or was killed by a signal. */
+  TASK_FAILED: 'TASK_FAILED',
+  /** The dispatcher is shutting down and takes no new work. */
+  SHUTTING_DOWN: 'SHUTTING_DOWN',
+  /** The dispatcher could not make the change durable (store error, disk full). */
+  STORE_FAILED: 'STORE_FAILED',
+  /** The peer is sending faster than it is allowed to. */
+  RATE_LIMITED: 'RATE_LIMITED',
+  /** The dispatcher could not be reached within the connect timeout. */
+  UNREACHABLE: 'UNREACHABLE',
+  /** A bug on our side; the message says what. */
+  INTERNAL: 'INTERNAL',
+  /** A command line argument or config value is wrong (CLI and startup only). */
+  USAGE: 'USAGE',
+  /** Started on a non-loopback address without credentials and without `--insecure`. */
+  INSECURE_CONFIG: 'INSECURE_CONFIG',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Which codes a client may retry as-is (after a reconnect or a pause). */
+const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.HELLO_TIMEOUT,
+  ErrorCode.UNREACHABLE,
+  ErrorCode.SHUTTING_DOWN,
+  ErrorCode.STORE_FAILED,
+  ErrorCode.RATE_LIMITED,
+  ErrorCode.TASK_EXECUTOR_LOST,
+]);
+
+/** The wire form of an error. */
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+  retryable: boolean;
+}
+
+/** An error with a stable code; what every falconet API throws or rejects with. */
+export class FalconetError extends Error {
+  override readonly name = 'FalconetError';
+  readonly retryable: boolean;
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown; retryable?: boolean },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.retryable = options?.retryable ?? RETRYABLE.has(code);
+  }
+
+  /** The `{code, message, retryable}` form sent on the wire. */
+  toWire(): WireError {
+    return { code: this.code, message: this.message, retryable: this.retryable };
+  }
+
+  /** Rebuilds an error received from the wire. */
+  static fromWire(e: { code: string; message: string; retryable?: boolean }): FalconetError {
+    return new FalconetError(e.code as ErrorCode, e.message, { retryable: e.retryable });
+  }
+}
+
+/** True when `code` is one of ours (used to validate codes received from peers). */
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.prototype.hasOwnProperty.call(ErrorCode, code);
+}

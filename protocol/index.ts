@@ -1,0 +1,5 @@
+/** The falconet wire protocol: messages, codec, validation and error codes. */
+export * from './errors.js';
+export * from './messages.js';
+export * from './codec.js';
+export * from './validate.js';

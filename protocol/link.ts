@@ -1,0 +1,176 @@
+/**
+ * The dialing side of a connection, shared by executors and clients: dial with exponential
+ * backoff and full jitter until the dispatcher is there (and again after any loss), say hello,
+ * wait for welcome, batch outgoing messages into frames once per event-loop turn, send
+ * heartbeats, and declare the dispatcher gone when it has been silent too long.
+ *
+ * What must survive a reconnect (a client's unacknowledged submits, an executor's undelivered
+ * results) is the caller's to keep: the link drops what it could not send, and calls `onUp` after
+ * each welcome so the caller can send it again.
+ */
+import WebSocket from 'ws';
+import { Codec } from './codec.js';
+import { ErrorCode, FalconetError } from './errors.js';
+import type { InboundValidator } from './validate.js';
+
+/** Errors after which dialing again cannot help: stop and tell the user. */
+const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH]);
+
+export interface LinkOptions<In extends { t: string }> {
+  url: string;
+  /** Built at each connect: it carries what the peer must know now (cursor, running attempts). */
+  hello(): Record<string, unknown>;
+  validate: InboundValidator<In>;
+  /** Called with the welcome; after it returns, queued messages are flushed. */
+  onUp(welcome: In): void;
+  onMessage(msg: In): void;
+  /** The connection is gone; the link is already dialing again (unless closed). */
+  onDown?(reason: string): void;
+  /** The dispatcher refused us for good (bad credential, incompatible version). */
+  onFatal(err: FalconetError): void;
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+  maxFrameBytes?: number;
+}
+
+export class Link<In extends { t: string }> {
+  #ws: WebSocket | null = null;
+  #up = false;
+  #closed = false;
+  #attempt = 0;
+  #out: unknown[] = [];
+  #flushQueued = false;
+  #heartbeat: NodeJS.Timeout | null = null;
+  #watchdog: NodeJS.Timeout | null = null;
+  #retry: NodeJS.Timeout | null = null;
+  #silenceMs = 0;
+  readonly #codec: Codec;
+
+  constructor(private readonly o: LinkOptions<In>) {
+    this.#codec = new Codec({ maxFrameBytes: o.maxFrameBytes });
+  }
+
+  /** True between welcome and the next loss. */
+  get up(): boolean {
+    return this.#up;
+  }
+
+  start(): void {
+    this.#dial();
+  }
+
+  /** Queues a message for the next frame. Returns false (and drops it) when not connected. */
+  send(msg: unknown): boolean {
+    if (!this.#up) return false;
+    this.#out.push(msg);
+    if (!this.#flushQueued) {
+      this.#flushQueued = true;
+      setImmediate(() => this.#flush());
+    }
+    return true;
+  }
+
+  /** Sends what is queued now, then closes for good. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#flush();
+    this.#stopTimers();
+    if (this.#retry) clearTimeout(this.#retry);
+    const ws = this.#ws;
+    if (!ws || ws.readyState === WebSocket.CLOSED) return;
+    await new Promise<void>((resolve) => {
+      ws.once('close', () => resolve());
+      ws.close(1000, 'bye');
+      setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, 1000).unref();
+    });
+  }
+
+  #dial(): void {
+    if (this.#closed) return;
+    const ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2 });
+    this.#ws = ws;
+    ws.binaryType = 'nodebuffer';
+    ws.on('open', () => {
+      for (const frame of this.#codec.encode([this.o.hello()])) ws.send(frame);
+      this.#armWatchdog(30_000); // the welcome must come
+    });
+    ws.on('message', (data: Buffer) => this.#onFrame(ws, data));
+    ws.on('error', () => {}); // 'close' follows and handles it
+    ws.on('close', (code, reason) => this.#onClose(ws, `${code} ${reason.toString()}`.trim()));
+  }
+
+  #onFrame(ws: WebSocket, data: Buffer): void {
+    let messages: unknown[];
+    try {
+      messages = this.#codec.decode(data);
+    } catch {
+      ws.terminate();
+      return;
+    }
+    this.#armWatchdog(this.#silenceMs || 30_000);
+    for (const raw of messages) {
+      const v = this.o.validate(raw);
+      if (!v.ok) continue; // a newer dispatcher may send what we do not know; skip it
+      const msg = v.msg;
+      if (msg.t === 'error') {
+        const e = msg as unknown as { code: string; message: string; retryable: boolean };
+        if (FATAL.has(e.code)) {
+          this.#closed = true;
+          this.o.onFatal(FalconetError.fromWire(e));
+          ws.terminate();
+          return;
+        }
+      }
+      if (msg.t === 'welcome' && !this.#up) {
+        const w = msg as unknown as { heartbeatMs: number; leaseMs?: number };
+        this.#up = true;
+        this.#attempt = 0;
+        this.#silenceMs = w.leaseMs ?? 3 * w.heartbeatMs;
+        this.#armWatchdog(this.#silenceMs);
+        this.#heartbeat = setInterval(() => this.send({ t: 'hb', at: Date.now() }), w.heartbeatMs);
+        this.o.onUp(msg);
+        continue;
+      }
+      if (msg.t === 'hb') continue;
+      this.o.onMessage(msg);
+    }
+  }
+
+  #armWatchdog(ms: number): void {
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    // Silence this long means the dispatcher (or the path to it) is gone: drop and redial.
+    this.#watchdog = setTimeout(() => this.#ws?.terminate(), ms);
+  }
+
+  #onClose(ws: WebSocket, reason: string): void {
+    if (ws !== this.#ws) return;
+    const wasUp = this.#up;
+    this.#up = false;
+    this.#out = [];
+    this.#stopTimers();
+    if (wasUp) this.o.onDown?.(reason);
+    if (this.#closed) return;
+    const base = this.o.initialBackoffMs ?? 100;
+    const cap = this.o.maxBackoffMs ?? 10_000;
+    const delay = Math.random() * Math.min(cap, base * 2 ** this.#attempt++);
+    this.#retry = setTimeout(() => this.#dial(), delay);
+  }
+
+  #stopTimers(): void {
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#heartbeat = this.#watchdog = null;
+  }
+
+  #flush(): void {
+    this.#flushQueued = false;
+    const ws = this.#ws;
+    if (this.#out.length === 0 || !ws || ws.readyState !== WebSocket.OPEN) return;
+    const batch = this.#out;
+    this.#out = [];
+    for (const frame of this.#codec.encode(batch)) ws.send(frame);
+  }
+}

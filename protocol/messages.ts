@@ -1,0 +1,287 @@
+/**
+ * Every message falconet sends, one schema per message, one discriminated union per direction.
+ * The schemas are the single source of truth: the TypeScript types are derived from them and the
+ * codec's validators are compiled from them, so a field cannot be typed one way and checked
+ * another. Field names are short but readable; msgpack records (see codec.ts) send each key once
+ * per frame, so long names cost nothing on the hot path.
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+
+/** Bumped on any incompatible change; checked once, at `hello`. */
+export const PROTOCOL_VERSION = 1;
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** Bounds enforced on every inbound message, before anything touches state. */
+export const LIMITS = {
+  idLength: 256,
+  argvItems: 4096,
+  argLength: 64 * KiB,
+  envEntries: 1024,
+  stdinBytes: 1 * MiB,
+  labelEntries: 64,
+  tasksPerSubmit: 100_000,
+  outputBytes: 1 * MiB,
+} as const;
+
+const Id = Type.String({ minLength: 1, maxLength: LIMITS.idLength });
+const Short = Type.String({ maxLength: 1024 });
+const Labels = Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 1024 }), {
+  maxProperties: LIMITS.labelEntries,
+});
+const Uint = Type.Integer({ minimum: 0 });
+const Ms = Type.Number({ minimum: 0, maximum: 365 * 24 * 3600 * 1000 });
+const Ref = Type.Integer({ minimum: 0 });
+
+export const WireErrorSchema = Type.Object({
+  code: Type.String({ maxLength: 64 }),
+  message: Type.String({ maxLength: 64 * KiB }),
+  retryable: Type.Boolean(),
+});
+
+/** What a client submits (PRODUCT.md §4). Exactly one of `cmd` and `builtin`. */
+export const TaskSpecSchema = Type.Object(
+  {
+    id: Type.Optional(Id),
+    cmd: Type.Optional(
+      Type.Array(Type.String({ maxLength: LIMITS.argLength }), {
+        minItems: 1,
+        maxItems: LIMITS.argvItems,
+      }),
+    ),
+    builtin: Type.Optional(Type.Union([Type.Literal('noop'), Type.Literal('sleep')])),
+    /** Duration of the `sleep` builtin. */
+    ms: Type.Optional(Ms),
+    /** Run `cmd` through `/bin/sh -c` (joined with spaces); off by default. */
+    shell: Type.Optional(Type.Boolean()),
+    env: Type.Optional(
+      Type.Record(Type.String({ maxLength: 1024 }), Type.String({ maxLength: LIMITS.argLength }), {
+        maxProperties: LIMITS.envEntries,
+      }),
+    ),
+    cwd: Type.Optional(Type.String({ maxLength: 4096 })),
+    stdin: Type.Optional(Type.String({ maxLength: LIMITS.stdinBytes })),
+    timeoutMs: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 365 * 24 * 3600 * 1000 })),
+    maxAttempts: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
+    priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000 })),
+    /** Labels an executor must carry (all of them, equal values) to run this task. */
+    labels: Type.Optional(Labels),
+  },
+  { additionalProperties: false },
+);
+export type TaskSpec = Static<typeof TaskSpecSchema>;
+
+export const TaskStatusSchema = Type.Union([
+  Type.Literal('succeeded'),
+  Type.Literal('failed'),
+  Type.Literal('timed_out'),
+  Type.Literal('cancelled'),
+  Type.Literal('lost'),
+]);
+/** Terminal states of a task (PRODUCT.md §4). */
+export type TaskStatus = Static<typeof TaskStatusSchema>;
+
+const Output = Type.String({ maxLength: LIMITS.outputBytes * 2 });
+const Nullable = <T extends TSchema>(s: T) => Type.Union([s, Type.Null()]);
+
+/** One attempt's outcome as the executor reports it. `lost` is decided by the dispatcher only. */
+export const AttemptResultSchema = Type.Object({
+  uid: Uint,
+  attempt: Uint,
+  status: Type.Union([
+    Type.Literal('succeeded'),
+    Type.Literal('failed'),
+    Type.Literal('timed_out'),
+    Type.Literal('cancelled'),
+  ]),
+  exitCode: Nullable(Type.Integer()),
+  signal: Nullable(Type.String({ maxLength: 32 })),
+  stdout: Output,
+  stderr: Output,
+  truncated: Type.Boolean(),
+  startedAt: Type.Number(),
+  finishedAt: Type.Number(),
+  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 64 }), message: Short })),
+});
+export type AttemptResult = Static<typeof AttemptResultSchema>;
+
+/** What a client receives for each task, exactly once per session. */
+export const TaskResultSchema = Type.Object({
+  id: Id,
+  status: TaskStatusSchema,
+  exitCode: Nullable(Type.Integer()),
+  signal: Nullable(Type.String()),
+  stdout: Type.String(),
+  stderr: Type.String(),
+  truncated: Type.Boolean(),
+  attempts: Uint,
+  executor: Nullable(Type.String()),
+  timings: Type.Object({
+    submitted: Type.Number(),
+    dispatched: Nullable(Type.Number()),
+    started: Nullable(Type.Number()),
+    finished: Type.Number(),
+  }),
+  error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+});
+export type TaskResult = Static<typeof TaskResultSchema>;
+
+/** What an executor says about itself at registration. */
+export const ExecutorInfoSchema = Type.Object({
+  id: Id,
+  hostname: Short,
+  addresses: Type.Array(Type.String({ maxLength: 64 }), { maxItems: 256 }),
+  slots: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+  memory: Uint,
+  labels: Labels,
+  version: Type.String({ maxLength: 64 }),
+  pid: Type.Optional(Uint),
+  instanceId: Type.Optional(Short),
+  /** `pull`: the executor asks for tasks; `push`: the dispatcher keeps its window full. */
+  mode: Type.Union([Type.Literal('push'), Type.Literal('pull')]),
+  /** Attempts still running here (non-empty after a reconnect). */
+  running: Type.Array(Type.Object({ uid: Uint, attempt: Uint }), { maxItems: 1_000_000 }),
+  boot: Type.Optional(
+    Type.Array(Type.Object({ phase: Type.String({ maxLength: 64 }), at: Type.Number() }), {
+      maxItems: 64,
+    }),
+  ),
+});
+export type ExecutorInfo = Static<typeof ExecutorInfoSchema>;
+
+const Caps = Type.Array(Type.String({ maxLength: 64 }), { maxItems: 64 });
+const ErrorMsg = Type.Object({
+  t: Type.Literal('error'),
+  ref: Type.Optional(Ref),
+  code: Type.String({ maxLength: 64 }),
+  message: Type.String({ maxLength: 64 * KiB }),
+  retryable: Type.Boolean(),
+});
+const Heartbeat = Type.Object({ t: Type.Literal('hb'), at: Type.Number() });
+
+// ---- client → dispatcher ----------------------------------------------------------------------
+export const ClientHello = Type.Object({
+  t: Type.Literal('hello'),
+  v: Type.Integer(),
+  role: Type.Literal('client'),
+  token: Type.Optional(Type.String({ maxLength: 4096 })),
+  caps: Caps,
+  /** Resume this session; omitted to start a new one. */
+  session: Type.Optional(Id),
+  /** Last result sequence number this client has consumed. */
+  cursor: Type.Optional(Uint),
+});
+export const Submit = Type.Object({
+  t: Type.Literal('submit'),
+  ref: Ref,
+  tasks: Type.Array(Type.Unknown(), { maxItems: LIMITS.tasksPerSubmit }),
+});
+export const Cancel = Type.Object({
+  t: Type.Literal('cancel'),
+  ref: Ref,
+  ids: Type.Array(Id, { maxItems: LIMITS.tasksPerSubmit }),
+  /** Cancel in this session (default: the caller's own); `*` searches every session. */
+  session: Type.Optional(Id),
+  /** Cancel every unfinished task of the session. */
+  all: Type.Optional(Type.Boolean()),
+});
+export const Ack = Type.Object({ t: Type.Literal('ack'), cursor: Uint });
+export const Drain = Type.Object({ t: Type.Literal('drain'), ref: Ref, executor: Id });
+
+export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, hb: Heartbeat } as const;
+export type ClientMessage =
+  | Static<typeof ClientHello>
+  | Static<typeof Submit>
+  | Static<typeof Cancel>
+  | Static<typeof Ack>
+  | Static<typeof Drain>
+  | Static<typeof Heartbeat>;
+
+// ---- dispatcher → client ----------------------------------------------------------------------
+export const ClientWelcome = Type.Object({
+  t: Type.Literal('welcome'),
+  v: Type.Integer(),
+  role: Type.Literal('client'),
+  session: Id,
+  /** False when the session was new (or unknown to this dispatcher). */
+  resumed: Type.Boolean(),
+  cursor: Uint,
+  heartbeatMs: Uint,
+  maxFrameBytes: Uint,
+  caps: Caps,
+});
+export const Accepted = Type.Object({
+  t: Type.Literal('accepted'),
+  ref: Ref,
+  accepted: Uint,
+  rejected: Type.Array(
+    Type.Object({ index: Uint, id: Type.Optional(Type.String()), code: Type.String(), message: Type.String() }),
+  ),
+});
+export const ResultMsg = Type.Object({ t: Type.Literal('result'), seq: Uint, result: TaskResultSchema });
+export const Reply = Type.Object({
+  t: Type.Literal('reply'),
+  ref: Ref,
+  ok: Type.Boolean(),
+  count: Type.Optional(Uint),
+  error: Type.Optional(WireErrorSchema),
+});
+export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, error: ErrorMsg, hb: Heartbeat } as const;
+export type DispatcherToClient =
+  | Static<typeof ClientWelcome>
+  | Static<typeof Accepted>
+  | Static<typeof ResultMsg>
+  | Static<typeof Reply>
+  | Static<typeof ErrorMsg>
+  | Static<typeof Heartbeat>;
+
+// ---- executor → dispatcher --------------------------------------------------------------------
+export const ExecutorHello = Type.Object({
+  t: Type.Literal('hello'),
+  v: Type.Integer(),
+  role: Type.Literal('executor'),
+  token: Type.Optional(Type.String({ maxLength: 4096 })),
+  caps: Caps,
+  executor: ExecutorInfoSchema,
+});
+export const Pull = Type.Object({ t: Type.Literal('pull'), n: Type.Integer({ minimum: 0, maximum: 1_000_000 }) });
+export const AttemptDone = Type.Object({ t: Type.Literal('done'), result: AttemptResultSchema });
+export const Bye = Type.Object({ t: Type.Literal('bye'), reason: Short });
+export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye } as const;
+export type ExecutorMessage =
+  | Static<typeof ExecutorHello>
+  | Static<typeof Pull>
+  | Static<typeof AttemptDone>
+  | Static<typeof Heartbeat>
+  | Static<typeof Bye>;
+
+// ---- dispatcher → executor --------------------------------------------------------------------
+export const ExecutorWelcome = Type.Object({
+  t: Type.Literal('welcome'),
+  v: Type.Integer(),
+  role: Type.Literal('executor'),
+  heartbeatMs: Uint,
+  leaseMs: Uint,
+  maxFrameBytes: Uint,
+  caps: Caps,
+});
+/** One attempt of one task, assigned to the receiving executor. */
+export const Assign = Type.Object({
+  t: Type.Literal('task'),
+  uid: Uint,
+  attempt: Uint,
+  spec: TaskSpecSchema,
+});
+export const CancelAttempt = Type.Object({ t: Type.Literal('cancel'), uid: Uint, attempt: Uint });
+export const DrainOrder = Type.Object({ t: Type.Literal('drain') });
+export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, error: ErrorMsg, hb: Heartbeat } as const;
+export type DispatcherToExecutor =
+  | Static<typeof ExecutorWelcome>
+  | Static<typeof Assign>
+  | Static<typeof CancelAttempt>
+  | Static<typeof DrainOrder>
+  | Static<typeof ErrorMsg>
+  | Static<typeof Heartbeat>;
+
+/** Narrows a union member by its `t`. */
+export type Msg<U, T extends string> = Extract<U, { t: T }>;

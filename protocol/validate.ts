@@ -1,0 +1,55 @@
+/**
+ * Validation of every inbound message before it touches state. Validators are compiled once
+ * from the schemas in messages.ts (TypeBox's compiler emits plain JS checks, so this costs
+ * about as much as hand-written ifs), and looked up by the message's `t`.
+ */
+import type { TSchema } from '@sinclair/typebox';
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
+import { ErrorCode, type WireError } from './errors.js';
+import { TaskSpecSchema, type TaskSpec } from './messages.js';
+
+export type Validated<M> = { ok: true; msg: M } | { ok: false; error: WireError };
+
+/** A validator for one direction: known `t` values, each with its compiled schema. */
+export type InboundValidator<M> = (raw: unknown) => Validated<M>;
+
+function firstError(check: TypeCheck<TSchema>, value: unknown): string {
+  const e = check.Errors(value).First();
+  return e ? `${e.path || '/'}: ${e.message}` : 'invalid';
+}
+
+/** Compiles a validator for the union whose members are `schemas` (keyed by `t`). */
+export function compileInbound<M>(schemas: Record<string, TSchema>): InboundValidator<M> {
+  const checks = new Map<string, TypeCheck<TSchema>>();
+  for (const [t, schema] of Object.entries(schemas)) checks.set(t, TypeCompiler.Compile(schema));
+  return (raw: unknown): Validated<M> => {
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+      return { ok: false, error: { code: ErrorCode.INVALID_MESSAGE, message: 'a message must be a map', retryable: false } };
+    }
+    const t = (raw as { t?: unknown }).t;
+    const check = typeof t === 'string' ? checks.get(t) : undefined;
+    if (!check) {
+      return {
+        ok: false,
+        error: { code: ErrorCode.UNKNOWN_MESSAGE, message: `unknown message type ${JSON.stringify(t)}`, retryable: false },
+      };
+    }
+    if (!check.Check(raw)) {
+      return { ok: false, error: { code: ErrorCode.INVALID_MESSAGE, message: `${t}: ${firstError(check, raw)}`, retryable: false } };
+    }
+    return { ok: true, msg: raw as M };
+  };
+}
+
+const taskCheck = TypeCompiler.Compile(TaskSpecSchema);
+
+/** Validates one task spec, including the rules a schema cannot say. Returns a message or null. */
+export function taskProblem(raw: unknown): string | null {
+  if (!taskCheck.Check(raw)) return firstError(taskCheck, raw);
+  const task = raw as TaskSpec;
+  if ((task.cmd === undefined) === (task.builtin === undefined)) {
+    return 'a task needs exactly one of cmd and builtin';
+  }
+  if (task.builtin === 'sleep' && task.ms === undefined) return 'builtin sleep needs ms';
+  return null;
+}
