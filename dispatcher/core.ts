@@ -320,8 +320,8 @@ export class DispatcherCore {
       // Its lease had expired and it was re-queued, but it did finish: use the result.
       task.state = 'finished';
       this.queue.discard(task);
-    } else if (task.executor && task.executor !== exec) {
-      // It runs again elsewhere; that run is no longer needed.
+    } else if (task.executor) {
+      // It runs again (elsewhere, or here as a newer attempt); that run is no longer needed.
       const other = task.executor;
       other.running.delete(task.uid);
       this.#returnCredit(other);

@@ -118,7 +118,12 @@ export class ExecutorAgent {
       pid: process.pid,
       ...(this.o.instanceId ? { instanceId: this.o.instanceId } : {}),
       mode: this.o.mode ?? 'push',
-      running: [...this.#running].map(([uid, s]) => ({ uid, attempt: s.attempt })),
+      // Attempts this executor holds: running, or finished with the result not yet delivered
+      // (it follows the welcome). Either way the dispatcher must not re-queue them.
+      running: [
+        ...[...this.#running].map(([uid, s]) => ({ uid, attempt: s.attempt })),
+        ...this.#undelivered.map((r) => ({ uid: r.uid, attempt: r.attempt })),
+      ],
       boot: this.#boot,
     };
   }

@@ -139,7 +139,7 @@ export const ExecutorInfoSchema = Type.Object({
   instanceId: Type.Optional(Short),
   /** `pull`: the executor asks for tasks; `push`: the dispatcher keeps its window full. */
   mode: Type.Union([Type.Literal('push'), Type.Literal('pull')]),
-  /** Attempts still running here (non-empty after a reconnect). */
+  /** Attempts this executor holds: still running, or finished with the result about to follow. */
   running: Type.Array(Type.Object({ uid: Uint, attempt: Uint }), { maxItems: 1_000_000 }),
   boot: Type.Optional(
     Type.Array(Type.Object({ phase: Type.String({ maxLength: 64 }), at: Type.Number() }), {

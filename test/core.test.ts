@@ -1,0 +1,257 @@
+/**
+ * The dispatcher core on its own: no sockets, a manual clock, and every message in both
+ * directions passed through the real codec and validators, as the adapter would.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  Codec,
+  compileInbound,
+  ClientMessageSchemas,
+  DispatcherToClientSchemas,
+  DispatcherToExecutorSchemas,
+  ExecutorMessageSchemas,
+  type ClientMessage,
+  type DispatcherToClient,
+  type DispatcherToExecutor,
+  type ExecutorInfo,
+  type ExecutorMessage,
+  type TaskSpec,
+} from '../protocol/index.js';
+import { DispatcherCore, type Outbox } from '../dispatcher/core.js';
+
+const codec = new Codec();
+const wire = <M>(schemas: Parameters<typeof compileInbound>[0]) => {
+  const validate = compileInbound<M>(schemas);
+  return (msg: unknown): M => {
+    const [decoded] = codec.decode(codec.encode([msg])[0]);
+    const v = validate(decoded);
+    if (!v.ok) throw new Error(`${v.error.code}: ${v.error.message}`);
+    return v.msg;
+  };
+};
+const toClient = wire<DispatcherToClient>(DispatcherToClientSchemas);
+const toExecutor = wire<DispatcherToExecutor>(DispatcherToExecutorSchemas);
+const fromClient = wire<ClientMessage>(ClientMessageSchemas);
+const fromExecutor = wire<ExecutorMessage>(ExecutorMessageSchemas);
+
+class Harness implements Outbox {
+  now = 1_000_000;
+  readonly sent = new Map<number, Array<DispatcherToClient | DispatcherToExecutor>>();
+  readonly closed = new Map<number, string>();
+  readonly core: DispatcherCore;
+  constructor(opts: Partial<DispatcherCore['options']> = {}) {
+    this.core = new DispatcherCore(
+      { heartbeatMs: 100, leaseMs: 1000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, ...opts },
+      this,
+      { now: () => this.now },
+    );
+  }
+  toClient(conn: number, msg: DispatcherToClient): void {
+    this.#push(conn, toClient(msg));
+  }
+  toExecutor(conn: number, msg: DispatcherToExecutor): void {
+    this.#push(conn, toExecutor(msg));
+  }
+  close(conn: number, code: string): void {
+    this.closed.set(conn, code);
+  }
+  #push(conn: number, msg: DispatcherToClient | DispatcherToExecutor): void {
+    let list = this.sent.get(conn);
+    if (!list) this.sent.set(conn, (list = []));
+    list.push(msg);
+  }
+  /** Messages to a connection since the last call. */
+  take(conn: number): Array<DispatcherToClient | DispatcherToExecutor> {
+    const list = this.sent.get(conn) ?? [];
+    this.sent.set(conn, []);
+    return list;
+  }
+  tasksFor(conn: number) {
+    return this.take(conn).filter((m): m is Extract<DispatcherToExecutor, { t: 'task' }> => m.t === 'task');
+  }
+  resultsFor(conn: number) {
+    return this.take(conn).filter((m): m is Extract<DispatcherToClient, { t: 'result' }> => m.t === 'result').map((m) => m.result);
+  }
+  client(conn: number, session?: string): void {
+    const hello = fromClient({ t: 'hello', v: 1, role: 'client', caps: [], ...(session ? { session } : {}) });
+    if (hello.t === 'hello') this.core.openSession(conn, hello.session, hello.cursor);
+  }
+  submit(conn: number, tasks: TaskSpec[], ref = 1): void {
+    const m = fromClient({ t: 'submit', ref, tasks });
+    if (m.t === 'submit') this.core.submit(conn, m);
+  }
+  executor(conn: number, over: Partial<ExecutorInfo> = {}): void {
+    const info: ExecutorInfo = { id: `e${conn}`, hostname: 'h', addresses: [], slots: 1, memory: 0, labels: {}, version: 't', mode: 'push', running: [], ...over };
+    const m = fromExecutor({ t: 'hello', v: 1, role: 'executor', caps: [], executor: info });
+    if (m.t === 'hello') this.core.registerExecutor(conn, m.executor);
+  }
+  done(conn: number, uid: number, attempt: number, status: 'succeeded' | 'failed' = 'succeeded'): void {
+    const m = fromExecutor({
+      t: 'done',
+      result: { uid, attempt, status, exitCode: status === 'succeeded' ? 0 : 1, signal: null, stdout: '', stderr: '', truncated: false, startedAt: this.now, finishedAt: this.now },
+    });
+    if (m.t === 'done') this.core.attemptDone(conn, m.result);
+  }
+}
+
+test('higher priority first, FIFO within a priority', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'low1', builtin: 'noop' }, { id: 'high', builtin: 'noop', priority: 5 }, { id: 'low2', builtin: 'noop' }]);
+  h.executor(10, { slots: 3 });
+  h.core.schedule();
+  const order = h.tasksFor(10).map((m) => m.spec.id);
+  assert.deepEqual(order, ['high', 'low1', 'low2']);
+});
+
+test('fair share: sessions take turns within a priority', () => {
+  const h = new Harness();
+  h.client(1);
+  h.client(2);
+  h.submit(1, Array.from({ length: 6 }, (_, i) => ({ id: `a${i}`, builtin: 'noop' as const })));
+  h.submit(2, [{ id: 'b0', builtin: 'noop' }, { id: 'b1', builtin: 'noop' }]);
+  h.executor(10, { slots: 4 });
+  h.core.schedule();
+  assert.deepEqual(h.tasksFor(10).map((m) => m.spec.id), ['a0', 'b0', 'a1', 'b1']);
+});
+
+test('labels: a task goes only to an executor that carries its labels', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'gpu', builtin: 'noop', labels: { gpu: 'a100' } }, { id: 'any', builtin: 'noop' }]);
+  h.executor(10, { slots: 2 });
+  h.core.schedule();
+  assert.deepEqual(h.tasksFor(10).map((m) => m.spec.id), ['any']);
+  h.executor(11, { slots: 2, labels: { gpu: 'a100', zone: 'x' } });
+  h.core.schedule();
+  assert.deepEqual(h.tasksFor(11).map((m) => m.spec.id), ['gpu']);
+});
+
+test('push window is the free slots: no prefetch unless asked', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, Array.from({ length: 5 }, () => ({ builtin: 'noop' as const })));
+  h.executor(10, { slots: 2 });
+  h.core.schedule();
+  const first = h.tasksFor(10);
+  assert.equal(first.length, 2);
+  h.done(10, first[0].uid, first[0].attempt);
+  h.core.schedule();
+  assert.equal(h.tasksFor(10).length, 1, 'one slot freed, one task sent');
+
+  const p = new Harness({ prefetch: 3 });
+  p.client(1);
+  p.submit(1, Array.from({ length: 10 }, () => ({ builtin: 'noop' as const })));
+  p.executor(10, { slots: 2 });
+  p.core.schedule();
+  assert.equal(p.tasksFor(10).length, 5);
+});
+
+test('pull mode: an executor gets only what it asks for', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, Array.from({ length: 5 }, () => ({ builtin: 'noop' as const })));
+  h.executor(10, { slots: 4, mode: 'pull' });
+  h.core.schedule();
+  assert.equal(h.tasksFor(10).length, 0);
+  const pull = fromExecutor({ t: 'pull', n: 3 });
+  if (pull.t === 'pull') h.core.pull(10, pull.n);
+  h.core.schedule();
+  assert.equal(h.tasksFor(10).length, 3);
+});
+
+test('lease expiry re-queues with attempt + 1, and a task that keeps losing executors is failed', () => {
+  const h = new Harness({ defaultMaxAttempts: 2 });
+  h.client(1);
+  h.submit(1, [{ id: 'k', builtin: 'sleep', ms: 10_000 }]);
+  h.take(1);
+  h.executor(10);
+  h.core.schedule();
+  const [a1] = h.tasksFor(10);
+  assert.equal(a1.attempt, 1);
+  h.now += 1001;
+  h.executor(11); // registered now, so its lease is fresh
+  h.core.tick();
+  assert.equal(h.closed.get(10), 'TASK_EXECUTOR_LOST');
+  h.core.schedule();
+  const [a2] = h.tasksFor(11);
+  assert.equal(a2.uid, a1.uid);
+  assert.equal(a2.attempt, 2);
+  h.now += 1001;
+  h.core.tick();
+  const [r] = h.resultsFor(1);
+  assert.equal(r.status, 'lost');
+  assert.equal(r.error?.code, 'TASK_EXECUTOR_LOST');
+  assert.equal(r.attempts, 2);
+});
+
+test('heartbeats keep a lease; a late result of a re-queued task is used once', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'x', builtin: 'noop' }]);
+  h.executor(10);
+  h.core.schedule();
+  const [a] = h.tasksFor(10);
+  for (let i = 0; i < 5; i++) {
+    h.now += 500;
+    h.core.executorSeen(10);
+    h.core.tick();
+  }
+  assert.equal(h.core.executors.size, 1, 'still leased');
+  h.done(10, a.uid, a.attempt);
+  h.done(10, a.uid, a.attempt); // a duplicate delivery
+  const results = h.resultsFor(1);
+  assert.equal(results.length, 1);
+  assert.equal(results[0].status, 'succeeded');
+});
+
+test('idempotent submit: the same id twice in a session is one task', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'same', builtin: 'noop' }], 1);
+  h.submit(1, [{ id: 'same', builtin: 'noop' }], 2);
+  const acks = h.take(1).filter((m) => m.t === 'accepted');
+  assert.equal(acks.length, 2);
+  assert.equal(h.core.queue.size, 1);
+});
+
+test('invalid tasks are rejected one by one; the rest of the batch is accepted', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ builtin: 'noop' }, { cmd: [] } as TaskSpec, { builtin: 'noop', cmd: ['x'] } as TaskSpec, { bogus: 1 } as unknown as TaskSpec]);
+  const [ack] = h.take(1).filter((m): m is Extract<DispatcherToClient, { t: 'accepted' }> => m.t === 'accepted');
+  assert.equal(ack.accepted, 1);
+  assert.deepEqual(ack.rejected.map((r) => [r.index, r.code]), [[1, 'TASK_INVALID'], [2, 'TASK_INVALID'], [3, 'TASK_INVALID']]);
+});
+
+test('cancel: a queued task finishes cancelled at once, a running one via its executor', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'run', builtin: 'sleep', ms: 1e6 }, { id: 'wait', builtin: 'noop' }]);
+  h.executor(10);
+  h.core.schedule();
+  const [a] = h.tasksFor(10);
+  h.take(1);
+  const c = fromClient({ t: 'cancel', ref: 7, ids: ['run', 'wait'] });
+  if (c.t === 'cancel') h.core.cancel(1, c);
+  const msgs = h.take(1);
+  assert.deepEqual(msgs.filter((m) => m.t === 'result').map((m) => m.t === 'result' && m.result.id), ['wait']);
+  assert.equal(msgs.find((m) => m.t === 'reply')?.t === 'reply' && (msgs.find((m) => m.t === 'reply') as { count?: number }).count, 2);
+  assert.deepEqual(h.take(10), [{ t: 'cancel', uid: a.uid, attempt: a.attempt }]);
+});
+
+test('a resumed session gets every unacknowledged result again, in order', () => {
+  const h = new Harness();
+  h.client(1, 'S');
+  h.submit(1, Array.from({ length: 3 }, (_, i) => ({ id: `t${i}`, builtin: 'noop' as const })));
+  h.executor(10, { slots: 3 });
+  h.core.schedule();
+  for (const m of h.tasksFor(10)) h.done(10, m.uid, m.attempt);
+  h.core.ack(1, 1);
+  h.core.clientGone(1);
+  h.client(2, 'S');
+  const msgs = h.take(2);
+  assert.equal(msgs[0].t, 'welcome');
+  assert.deepEqual(msgs.slice(1).map((m) => m.t === 'result' && [m.seq, m.result.id]), [[2, 't1'], [3, 't2']]);
+});

@@ -1,0 +1,119 @@
+/** End to end through real processes: `up`, both dispatch modes, start order, and the CLI. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connect, type TaskResult, type TaskSpec } from '../client/index.js';
+import { FAST, Procs, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitForLine } from './helpers.js';
+
+test('many tasks through `up`: noop and command tasks spread over its executors', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const up = procs.spawn(['up', '--port', '0', '--executors', '3', '--slots', '4', ...FAST]);
+  const [, url] = await waitForLine(up, /listening on (ws:\/\/\S+)/);
+  await waitExecutors(url, 3);
+  const client = await connect(url);
+  const tasks: TaskSpec[] = [];
+  for (let i = 0; i < 3000; i++) tasks.push(i % 100 === 0 ? { id: `echo${i}`, cmd: ['echo', `n=${i}`] } : { id: `n${i}`, builtin: 'noop' });
+  const results: TaskResult[] = [];
+  const reading = (async () => {
+    for await (const r of client.results()) {
+      results.push(r);
+      if (results.length === tasks.length) break;
+    }
+  })();
+  const summary = await client.submitMany(tasks, { maxInFlight: 500 });
+  await reading;
+  assert.equal(summary.accepted, 3000);
+  assert.equal(new Set(results.map((r) => r.id)).size, 3000, 'each task exactly once');
+  assert.ok(results.every((r) => r.status === 'succeeded'));
+  assert.equal(results.find((r) => r.id === 'echo200')?.stdout, 'n=200\n');
+  const executors = new Set(results.map((r) => r.executor));
+  assert.ok(executors.size >= 2, `work spread over executors: ${[...executors].join(',')}`);
+  await client.close();
+  // SIGTERM: `up` stops its executors and exits cleanly.
+  const exited = new Promise((r) => up.once('exit', (code) => r(code)));
+  up.kill('SIGTERM');
+  assert.equal(await exited, 0);
+});
+
+test('pull and push executors side by side, and a pull-only fleet', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  startExecutor(procs, d.url, ['--mode', 'pull', '--slots', '3', '--id', 'puller']);
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  const only = await Promise.all(Array.from({ length: 30 }, () => client.submit({ builtin: 'sleep', ms: 5 })));
+  assert.ok(only.every((r) => r.status === 'succeeded' && r.executor === 'puller'));
+  startExecutor(procs, d.url, ['--mode', 'push', '--slots', '3', '--id', 'pusher']);
+  await waitExecutors(d.url, 2);
+  const both = await Promise.all(Array.from({ length: 300 }, () => client.submit({ builtin: 'sleep', ms: 5 })));
+  const by = new Set(both.map((r) => r.executor));
+  assert.deepEqual([...by].sort(), ['puller', 'pusher']);
+  const s = await status(d.url);
+  assert.deepEqual(s.executors.map((e) => e.mode).sort(), ['pull', 'push']);
+  await client.close();
+});
+
+test('executors started before the dispatcher retry and register once it is up', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const port = await freePort();
+  const url = `ws://127.0.0.1:${port}`;
+  startExecutor(procs, url, ['--id', 'early1']);
+  startExecutor(procs, url, ['--id', 'early2']);
+  await sleep(1500); // they dial, fail, back off
+  procs.spawn(['dispatcher', '--port', String(port), ...FAST]).stdout!.resume();
+  const s = await waitExecutors(url, 2);
+  assert.deepEqual(s.executors.map((e) => e.id).sort(), ['early1', 'early2']);
+  const client = await connect(url);
+  assert.equal((await client.submit({ cmd: ['true'] })).status, 'succeeded');
+  await client.close();
+});
+
+test('registration reports hostname, addresses, slots, memory, labels and version', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  startExecutor(procs, d.url, ['--slots', '7', '--labels', 'zone=a,gpu=none', '--id', 'reg']);
+  const [e] = (await waitExecutors(d.url, 1)).executors;
+  assert.equal(e.id, 'reg');
+  assert.equal(e.slots, 7);
+  assert.deepEqual(e.labels, { zone: 'a', gpu: 'none' });
+  assert.ok(e.hostname.length > 0);
+  assert.ok(Array.isArray(e.addresses));
+  assert.ok(e.boot?.some((b) => b.phase === 'started'));
+});
+
+test('CLI: run prints the output and exits with the task exit code; submit streams JSON lines', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  startExecutor(procs, d.url, ['--slots', '4']);
+  await waitExecutors(d.url, 1);
+  const env = { FALCONET_URL: d.url };
+  const hello = await runCli(procs, ['run', '--', 'echo', 'hello'], { env });
+  assert.equal(hello.code, 0);
+  assert.equal(hello.stdout, 'hello\n');
+  const three = await runCli(procs, ['run', '--', 'sh', '-c', 'echo oops >&2; exit 3'], { env });
+  assert.equal(three.code, 3);
+  assert.match(three.stderr, /oops/);
+  const envd = await runCli(procs, ['run', '--env', 'GREETING=hi there', '--', 'sh', '-c', 'echo "$GREETING"'], { env });
+  assert.equal(envd.stdout, 'hi there\n');
+  const timeout = await runCli(procs, ['run', '--timeout', '0.3', '--', 'sleep', '10'], { env });
+  assert.equal(timeout.code, 124);
+  const missing = await runCli(procs, ['run', '--', '/no/such/program'], { env });
+  assert.equal(missing.code, 127);
+  assert.match(missing.stderr, /SPAWN_FAILED/);
+
+  const lines = Array.from({ length: 500 }, (_, i) => JSON.stringify({ id: `j${i}`, builtin: 'noop' })).join('\n');
+  const sub = await runCli(procs, ['submit', '--file', '-'], { env, input: lines });
+  assert.equal(sub.code, 0, sub.stderr);
+  const results = sub.stdout.trim().split('\n').map((l) => JSON.parse(l) as TaskResult);
+  assert.equal(results.length, 500);
+  assert.equal(new Set(results.map((r) => r.id)).size, 500);
+
+  const st = await runCli(procs, ['status', '--json'], { env });
+  assert.equal(st.code, 0);
+  assert.equal(JSON.parse(st.stdout).executors.length, 1);
+});
