@@ -41,6 +41,7 @@ const DISPATCHER_FLAGS = {
   'lease-ms': { type: 'string' },
   'max-attempts': { type: 'string' },
   'max-frame-bytes': { type: 'string' },
+  'hello-timeout-ms': { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 const CLIENT_FLAGS = {
@@ -99,6 +100,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     leaseMs: num('lease-ms', v['lease-ms'] as string | undefined, { min: 10 }),
     maxAttempts: num('max-attempts', v['max-attempts'] as string | undefined, { min: 1, integer: true }),
     maxFrameBytes: num('max-frame-bytes', v['max-frame-bytes'] as string | undefined, { min: 1024, integer: true }),
+    helloTimeoutMs: num('hello-timeout-ms', v['hello-timeout-ms'] as string | undefined, { min: 10 }),
   };
 }
 

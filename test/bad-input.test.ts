@@ -1,0 +1,179 @@
+/**
+ * Bad input of every kind gets a stable code; the dispatcher keeps serving everyone else and
+ * loses nothing it had accepted. Frames are fed raw, as the ws test suite does.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import { pack, unpack } from 'msgpackr';
+import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
+import { Procs, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
+
+interface Raw {
+  ws: WebSocket;
+  messages: Array<Record<string, unknown>>;
+  closed: Promise<{ code: number; reason: string }>;
+  next(pred?: (m: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
+}
+
+async function raw(url: string): Promise<Raw> {
+  const ws = new WebSocket(url);
+  const messages: Array<Record<string, unknown>> = [];
+  const waiters: Array<() => void> = [];
+  ws.on('message', (data: Buffer) => {
+    for (const m of unpack(data) as Array<Record<string, unknown>>) messages.push(m);
+    for (const w of waiters.splice(0)) w();
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  ws.on('error', () => {});
+  await new Promise((r) => ws.once('open', r));
+  let seen = 0;
+  return {
+    ws,
+    messages,
+    closed,
+    async next(pred = () => true) {
+      for (;;) {
+        while (seen < messages.length) {
+          const m = messages[seen++];
+          if (pred(m)) return m;
+        }
+        await new Promise<void>((r) => waiters.push(r));
+      }
+    },
+  };
+}
+
+const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
+
+test('malformed, unknown, invalid and oversized input: clear codes, nothing accepted is lost', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs, ['--max-frame-bytes', '65536', '--hello-timeout-ms', '300']);
+
+  // Accepted before the storm, with no executor yet: these must all complete afterwards.
+  const good = await connect(d.url);
+  t.after(() => good.close());
+  const results = Array.from({ length: 50 }, (_, i) => good.submit({ id: `keep${i}`, builtin: 'noop' }));
+
+  const garbage = await raw(d.url);
+  garbage.ws.send(Buffer.from([0xc1, 0xff, 0x00, 0x13]));
+  assert.equal((await garbage.next()).code, 'BAD_FRAME');
+  assert.equal((await garbage.closed).reason, 'BAD_FRAME');
+
+  const text = await raw(d.url);
+  text.ws.send('{"t":"hello"}');
+  assert.equal((await text.next()).code, 'BAD_FRAME');
+
+  const notArray = await raw(d.url);
+  notArray.ws.send(pack({ t: 'hello' }));
+  assert.equal((await notArray.next()).code, 'BAD_FRAME');
+
+  const noHello = await raw(d.url);
+  noHello.ws.send(pack([{ t: 'submit', ref: 1, tasks: [] }]));
+  assert.equal((await noHello.next()).code, 'HELLO_REQUIRED');
+
+  const future = await raw(d.url);
+  future.ws.send(pack([{ ...hello, v: 99 }]));
+  const mismatch = await future.next();
+  assert.equal(mismatch.code, 'VERSION_MISMATCH');
+  assert.equal(mismatch.retryable, false);
+
+  const silent = await raw(d.url);
+  assert.equal((await silent.next()).code, 'HELLO_TIMEOUT');
+
+  // Per-message problems cost only the message; the connection keeps working.
+  const c = await raw(d.url);
+  c.ws.send(pack([hello, { t: 'frobnicate' }, { t: 'submit', ref: 5, tasks: 'nope' }, { t: 'submit', ref: 6, tasks: [{ builtin: 'noop' }, { cmd: 'not-an-array' }] }]));
+  assert.equal((await c.next((m) => m.t === 'welcome')).t, 'welcome');
+  assert.equal((await c.next((m) => m.t === 'error')).code, 'UNKNOWN_MESSAGE');
+  const invalid = await c.next((m) => m.t === 'error');
+  assert.deepEqual([invalid.code, invalid.ref], ['INVALID_MESSAGE', 5]);
+  const accepted = await c.next((m) => m.t === 'accepted');
+  assert.equal(accepted.accepted, 1);
+  assert.equal((accepted.rejected as Array<{ code: string }>)[0].code, 'TASK_INVALID');
+
+  // Oversized: between the limit and twice it we answer FRAME_TOO_LARGE; beyond, ws cuts it.
+  const big = await raw(d.url);
+  big.ws.send(pack([hello, { t: 'submit', ref: 1, tasks: [{ builtin: 'noop', env: { X: 'x'.repeat(60_000), Y: 'y'.repeat(20_000) } }] }]));
+  assert.equal((await big.next((m) => m.t === 'error')).code, 'FRAME_TOO_LARGE');
+  assert.equal((await big.closed).code, 1009);
+  const huge = await raw(d.url);
+  huge.ws.send(Buffer.alloc(200_000, 0x90));
+  assert.equal((await huge.closed).code, 1009);
+
+  // The dispatcher still serves, and every task accepted before the storm completes.
+  startExecutor(procs, d.url);
+  const all = await Promise.all(results);
+  assert.equal(all.length, 50);
+  assert.ok(all.every((r) => r.status === 'succeeded'));
+});
+
+test('tokens: a wrong token and a token of the wrong role are refused with codes', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs, ['--client-token', 'c-secret', '--executor-token', 'e-secret']);
+  await assert.rejects(connect(d.url, { token: 'nope' }), (e: FalconetError) => e.code === 'AUTH_FAILED');
+  await assert.rejects(connect(d.url), (e: FalconetError) => e.code === 'AUTH_FAILED');
+  await assert.rejects(connect(d.url, { token: 'e-secret' }), (e: FalconetError) => e.code === 'AUTH_WRONG_ROLE');
+
+  const impostor = startExecutor(procs, d.url, [], { FALCONET_TOKEN: 'c-secret' });
+  let stderr = '';
+  impostor.stderr!.on('data', (b: Buffer) => (stderr += b));
+  const code = await new Promise((r) => impostor.once('exit', (c) => r(c)));
+  assert.equal(code, 2, 'an executor refused for good exits instead of retrying forever');
+  assert.match(stderr, /AUTH_WRONG_ROLE/);
+
+  startExecutor(procs, d.url, ['--token', 'e-secret']);
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url, { token: 'c-secret' });
+  assert.equal((await client.submit({ cmd: ['echo', 'ok'] })).stdout, 'ok\n');
+  await client.close();
+
+  const leaked = await runCli(procs, ['run', '--', 'sh', '-c', 'echo "[$FALCONET_TOKEN]"'], { env: { FALCONET_URL: d.url, FALCONET_TOKEN: 'c-secret' } });
+  assert.equal(leaked.stdout, '[]\n', 'tasks do not see the executor credential');
+});
+
+test('a non-loopback address without tokens is refused unless --insecure', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const r = await runCli(procs, ['dispatcher', '--host', '0.0.0.0', '--port', '0']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /INSECURE_CONFIG/);
+});
+
+test('bad CLI arguments: usage errors with exit code 2', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const cases: string[][] = [
+    ['frobnicate'],
+    ['run'],
+    ['run', '--bogus', '--', 'true'],
+    ['executor', '--slots', 'many'],
+    ['executor', '--mode', 'sideways'],
+    ['dispatcher', '--port', '99999'],
+    ['dispatcher', '--lease-ms', '100', '--heartbeat-ms', '100'],
+    ['cancel'],
+    ['run', '--env', 'NOEQUALS', '--', 'true'],
+  ];
+  for (const args of cases) {
+    const r = await runCli(procs, args);
+    assert.equal(r.code, 2, `falconet ${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /USAGE/, args.join(' '));
+  }
+});
+
+test('submit: a bad JSON line is reported with its line number; the other tasks still run', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  startExecutor(procs, d.url);
+  await waitExecutors(d.url, 1);
+  const input = ['{"builtin":"noop","id":"a"}', '{not json', '{"cmd":"oops","id":"b"}', '{"builtin":"noop","id":"c"}'].join('\n');
+  const r = await runCli(procs, ['submit', '--dispatcher', d.url, '--file', '-'], { input });
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /line 2: TASK_INVALID/);
+  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(lines.map((l) => [l.id, l.status]).sort(), [['a', 'succeeded'], ['b', 'failed'], ['c', 'succeeded']]);
+  assert.equal(lines.find((l) => l.id === 'b').error.code, 'TASK_INVALID');
+});
