@@ -9,18 +9,20 @@ import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { DEFAULT_PORT } from '../dispatcher/config.js';
 import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/main.js';
 import { LocalExecutors, startExecutor } from '../executor/main.js';
-import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand } from './commands.js';
+import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand } from './commands.js';
 
 const USAGE = `falconet: a fast, lightweight task dispatcher
 
 usage:
   falconet up [--port 7878] [--host 127.0.0.1] [--executors N] [--slots N] [dispatcher flags]
   falconet dispatcher [--port 7878] [--host H] [--client-token T] [--executor-token T] [--insecure]
+                      [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID]
   falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] -- CMD ARGS...
-  falconet submit [--file F | -] [--session S] [--detach] [--max-in-flight N] [--progress]
+  falconet submit [--file F | -] [--session S] [--detach] [--lease S] [--max-in-flight N] [--progress]
+  falconet watch SESSION [--progress]
   falconet status [--json]
   falconet cancel ID... [--session S] | --session S --all
   falconet drain EXECUTOR_ID
@@ -42,6 +44,10 @@ const DISPATCHER_FLAGS = {
   'max-attempts': { type: 'string' },
   'max-frame-bytes': { type: 'string' },
   'hello-timeout-ms': { type: 'string' },
+  store: { type: 'string' },
+  'data-dir': { type: 'string' },
+  sync: { type: 'string' },
+  retention: { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 const CLIENT_FLAGS = {
@@ -101,15 +107,19 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     maxAttempts: num('max-attempts', v['max-attempts'] as string | undefined, { min: 1, integer: true }),
     maxFrameBytes: num('max-frame-bytes', v['max-frame-bytes'] as string | undefined, { min: 1024, integer: true }),
     helloTimeoutMs: num('hello-timeout-ms', v['hello-timeout-ms'] as string | undefined, { min: 10 }),
+    retentionS: num('retention', v.retention as string | undefined),
+    store: v.store as string | undefined,
+    dataDir: v['data-dir'] as string | undefined,
+    sync: v.sync as string | undefined,
   };
 }
 
 async function dispatcherCommand(args: string[]): Promise<void> {
   const { values } = parse(args, DISPATCHER_FLAGS);
   const log = makeLogger('dispatcher');
-  const server = await startDispatcher(dispatcherOptions(values), log);
+  const { server, stop } = await startDispatcher(dispatcherOptions(values), log);
   process.stdout.write(`falconet dispatcher listening on ${server.url}\n`);
-  onShutdownSignal(() => server.close());
+  onShutdownSignal(stop);
 }
 
 async function upCommand(args: string[]): Promise<void> {
@@ -118,7 +128,7 @@ async function upCommand(args: string[]): Promise<void> {
   const slots = num('slots', values.slots, { min: 1, integer: true }) ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, count)));
   if (values.mode !== undefined && values.mode !== 'push' && values.mode !== 'pull') usage('--mode must be push or pull');
   const log = makeLogger('falconet');
-  const server = await startDispatcher(dispatcherOptions(values), log);
+  const { server, stop } = await startDispatcher(dispatcherOptions(values), log);
   const executorEnv = { ...process.env };
   if (server.config.executorToken) executorEnv.FALCONET_TOKEN = server.config.executorToken;
   const localUrl = server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
@@ -127,7 +137,7 @@ async function upCommand(args: string[]): Promise<void> {
   process.stdout.write(`falconet dispatcher listening on ${server.url} with ${count} local executor(s) of ${slots} slot(s)\n`);
   onShutdownSignal(async () => {
     await executors.stop();
-    await server.close();
+    await stop();
   });
 }
 
@@ -179,16 +189,23 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     });
   },
   submit: (args) => {
-    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, file: { type: 'string' }, session: { type: 'string' }, detach: { type: 'boolean' }, 'max-in-flight': { type: 'string' }, progress: { type: 'boolean' } }, true);
+    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, file: { type: 'string' }, session: { type: 'string' }, detach: { type: 'boolean' }, lease: { type: 'string' }, 'max-in-flight': { type: 'string' }, progress: { type: 'boolean' } }, true);
+    const lease = num('lease', values.lease, { min: 0.001 });
     const file = values.file ?? (positionals[0] === '-' ? '-' : undefined);
     if (positionals.length > (file === '-' && positionals[0] === '-' ? 1 : 0)) usage(`unexpected argument ${JSON.stringify(positionals[0])}`);
     return submitCommand(clientUrl(values.dispatcher), values.token, {
       file: file ?? '-',
       session: values.session,
+      ...(lease !== undefined ? { leaseMs: Math.round(lease * 1000) } : {}),
       detach: values.detach ?? false,
       maxInFlight: num('max-in-flight', values['max-in-flight'], { min: 1, integer: true }),
       progress: values.progress ?? process.stderr.isTTY,
     });
+  },
+  watch: (args) => {
+    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, progress: { type: 'boolean' } }, true);
+    if (positionals.length !== 1) usage('watch needs exactly one session id');
+    return watchCommand(clientUrl(values.dispatcher), values.token, positionals[0], values.progress ?? process.stderr.isTTY);
   },
   status: (args) => {
     const { values } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } });

@@ -28,8 +28,14 @@ export interface ConnectOptions {
   token?: string;
   /** Resume this session instead of starting a new one. */
   session?: string;
-  /** With `session`: the last result sequence number already consumed. */
+  /** With `session`: the last result sequence number already consumed (default: the session's stored cursor). */
   cursor?: number;
+  /**
+   * Client lease: if no client of this session is connected for this long, the dispatcher
+   * cancels the session's unfinished tasks (frees executors when a workflow engine dies).
+   * Default: none; tasks keep running for a later reattach.
+   */
+  leaseMs?: number;
   /** How long {@link connect} waits for the first welcome. Default 10 s. */
   connectTimeoutMs?: number;
   /** Tasks per submit frame. Default 2,000. */
@@ -100,6 +106,8 @@ export class Client {
   readonly #detached = new WeakSet<TaskSpec>();
   #fatal: FalconetError | null = null;
   #closed = false;
+  /** Results the dispatcher will still send, as of the last message from it. */
+  #remaining = 0;
 
   constructor(url: string, private readonly o: ConnectOptions = {}) {
     this.#sessionId = o.session;
@@ -121,7 +129,9 @@ export class Client {
         role: 'client',
         ...(token ? { token } : {}),
         caps: ['batch'],
-        ...(this.#sessionId ? { session: this.#sessionId, cursor: this.#cursor } : {}),
+        ...(this.#sessionId ? { session: this.#sessionId } : {}),
+        ...(this.#sessionId && this.#cursor > 0 ? { cursor: this.#cursor } : {}),
+        ...(o.leaseMs !== undefined ? { leaseMs: o.leaseMs } : {}),
       }),
       onUp: (w) => {
         clearTimeout(timer);
@@ -144,6 +154,14 @@ export class Client {
   /** The session id and cursor: what a later process needs to resume this stream. */
   get session(): { id: string; cursor: number } {
     return { id: this.#sessionId ?? '', cursor: this.#cursor };
+  }
+
+  /**
+   * Results of the session this client has not yet handed out: buffered here, or still to come
+   * for tasks submitted so far. 0 means the session is done (until more tasks are submitted).
+   */
+  get outstanding(): number {
+    return this.#remaining + this.#buffer.length + this.#batch.length + this.#unackedTasks();
   }
 
   /** Submits one task; resolves with its result (whatever its status). */
@@ -256,6 +274,8 @@ export class Client {
   #onUp(w: Msg<DispatcherToClient, 'welcome'>): void {
     const forgotten = this.#sessionId !== undefined && !w.resumed;
     this.#sessionId = w.session;
+    this.#remaining = w.unfinished + w.unacked;
+    if (w.cursor > this.#cursor) this.#cursor = this.#lastSeq = this.#ackedSent = w.cursor;
     if (forgotten) {
       // The dispatcher lost our session (an in-memory dispatcher restarted): submit again
       // everything we still wait for. Ids make this idempotent.
@@ -273,6 +293,7 @@ export class Client {
       case 'accepted':
         return this.#onAccepted(m);
       case 'result':
+        this.#remaining = m.remaining;
         return this.#onResult(m.seq, m.result);
       case 'reply': {
         const w = this.#replies.get(m.ref);
@@ -295,6 +316,7 @@ export class Client {
     const tasks = this.#unacked.get(m.ref);
     if (!tasks) return;
     this.#unacked.delete(m.ref);
+    this.#remaining = m.remaining;
     this.#acceptedCount += m.accepted;
     for (const spec of tasks) if (this.#detached.has(spec)) this.#awaiting.delete(spec.id!);
     for (const r of m.rejected) {

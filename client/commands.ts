@@ -74,13 +74,14 @@ class Progress {
 export interface SubmitArgs {
   file: string;
   session?: string;
+  leaseMs?: number;
   detach: boolean;
   maxInFlight?: number;
   progress: boolean;
 }
 
 export async function submitCommand(url: string, tok: string | undefined, a: SubmitArgs): Promise<number> {
-  const client = await connect(url, { token: token(tok), ...(a.session ? { session: a.session } : {}) });
+  const client = await connect(url, { token: token(tok), ...(a.session ? { session: a.session } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
   let badLines = 0;
   const bad = (line: number, message: string) => {
     badLines++;
@@ -137,6 +138,35 @@ async function streamResults(client: Client, a: SubmitArgs, bad: (line: number, 
   }
   progress.update(done, submitted, true);
   return failed + badLines() > 0 ? 1 : 0;
+}
+
+/**
+ * Streams the results of a session not yet seen (acknowledged), from any process at any later
+ * time, and exits when all of the session's tasks are finished: 0 if all succeeded, else 1.
+ */
+export async function watchCommand(url: string, tok: string | undefined, session: string, progress: boolean): Promise<number> {
+  const client = await connect(url, { token: token(tok), session });
+  const bar = new Progress(progress);
+  let seen = 0;
+  let failed = 0;
+  const out: string[] = [];
+  try {
+    if (client.outstanding > 0) {
+      for await (const r of client.results()) {
+        seen++;
+        if (r.status !== 'succeeded') failed++;
+        out.push(JSON.stringify(r) + '\n');
+        if (out.length >= 1000) process.stdout.write(out.splice(0).join(''));
+        bar.update(seen, seen + client.outstanding);
+        if (client.outstanding === 0) break;
+      }
+    }
+    process.stdout.write(out.join(''));
+    bar.update(seen, seen, true);
+  } finally {
+    await client.close();
+  }
+  return failed > 0 ? 1 : 0;
 }
 
 export async function statusCommand(url: string, tok: string | undefined, asJson: boolean): Promise<number> {

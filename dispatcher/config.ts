@@ -25,6 +25,8 @@ export interface DispatcherOptions {
   maxAttempts?: number;
   maxFrameBytes?: number;
   helloTimeoutMs?: number;
+  /** Seconds a finished session is kept before it is collected. */
+  retentionS?: number;
 }
 
 /** The compiled form: every field present and checked. */
@@ -43,6 +45,7 @@ export interface DispatcherConfig {
   defaultMaxAttempts: number;
   maxFrameBytes: number;
   helloTimeoutMs: number;
+  retentionMs: number;
 }
 
 export function isLoopback(host: string): boolean {
@@ -105,5 +108,6 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     defaultMaxAttempts: positive('--max-attempts', o.maxAttempts ?? 3),
     maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
     helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
+    retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
   };
 }

@@ -35,6 +35,22 @@ import {
 } from './model.js';
 import { Rates, snapshotOf, type StatusSnapshot } from './status.js';
 
+/** A task row as the store kept it. */
+export interface RestoredTask {
+  uid: number;
+  session: string;
+  id: string;
+  spec: TaskSpec | null;
+  state: 'queued' | 'dispatched' | 'finished';
+  attempt: number;
+  lost: number;
+  executor: string | null;
+  submittedAt: number;
+  dispatchedAt: number | null;
+  seq: number | null;
+  result: TaskResult | null;
+}
+
 /** Where the core's answers go; the adapter buffers them per connection. */
 export interface Outbox {
   toClient(conn: ConnId, msg: DispatcherToClient): void;
@@ -53,6 +69,8 @@ export interface CoreOptions {
   /** Attempts a task gets when it does not say. */
   defaultMaxAttempts: number;
   maxFrameBytes: number;
+  /** How long a finished session (no unfinished tasks, no client) is kept before it is collected. */
+  retentionMs: number;
 }
 
 export class DispatcherCore {
@@ -83,7 +101,7 @@ export class DispatcherCore {
   // ---- sessions ---------------------------------------------------------------------------------
 
   /** A client passed the handshake: resume its session or open a new one, and welcome it. */
-  openSession(conn: ConnId, sessionId: string | undefined, cursor: number | undefined): SessionRecord {
+  openSession(conn: ConnId, sessionId: string | undefined, cursor: number | undefined, leaseMs?: number): SessionRecord {
     let session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
     const resumed = session !== undefined;
     if (!session) {
@@ -99,15 +117,20 @@ export class DispatcherCore {
         finished: 0,
         createdAt: this.clock.now(),
         goneAt: null,
+        leaseMs: leaseMs ?? null,
       };
       this.sessions.set(session.id, session);
-      this.journal.sessionOpened(session);
+      this.journal.sessionChanged(session);
     } else if (session.conn !== null && session.conn !== conn) {
       this.#clients.delete(session.conn);
       this.out.close(session.conn, ErrorCode.AUTH_FAILED, 'session taken over by a newer connection');
     }
     session.conn = conn;
     session.goneAt = null;
+    if (leaseMs !== undefined && session.leaseMs !== leaseMs) {
+      session.leaseMs = leaseMs;
+      this.journal.sessionChanged(session);
+    }
     this.#clients.set(conn, session);
     if (cursor !== undefined) this.#ackSession(session, cursor);
     this.out.toClient(conn, {
@@ -117,12 +140,18 @@ export class DispatcherCore {
       session: session.id,
       resumed,
       cursor: session.acked,
+      unfinished: session.tasks.size,
+      unacked: session.unacked.length,
       heartbeatMs: this.options.heartbeatMs,
       maxFrameBytes: this.options.maxFrameBytes,
       caps: ['batch', 'sessions', 'cancel', 'drain'],
     });
     // Everything finished but not acknowledged, in order: the client may have missed it.
-    for (const { seq, result } of session.unacked) this.out.toClient(conn, { t: 'result', seq, result });
+    const replay = session.unacked;
+    for (let i = 0; i < replay.length; i++) {
+      const remaining = replay.length - 1 - i + session.tasks.size;
+      this.out.toClient(conn, { t: 'result', seq: replay[i].seq, remaining, result: replay[i].result });
+    }
     return session;
   }
 
@@ -168,7 +197,7 @@ export class DispatcherCore {
       this.journal.taskAccepted(task);
       this.rates.submitted++;
     }
-    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, rejected });
+    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, remaining: session.tasks.size, rejected });
   }
 
   /** The client consumed every result up to `cursor`. */
@@ -183,7 +212,7 @@ export class DispatcherCore {
     let drop = 0;
     while (drop < session.unacked.length && session.unacked[drop].seq <= session.acked) drop++;
     if (drop > 0) session.unacked.splice(0, drop);
-    this.journal.sessionAcked(session);
+    this.journal.sessionChanged(session);
   }
 
   /** Cancels tasks by id in the caller's session, a named one, or every session (`*`). */
@@ -205,11 +234,11 @@ export class DispatcherCore {
     this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: true, count });
   }
 
-  #cancelTask(task: TaskRecord): boolean {
+  #cancelTask(task: TaskRecord, why = 'cancelled'): boolean {
     if (task.state === 'queued') {
       task.state = 'finished'; // leaves the queue lazily
       this.queue.discard(task);
-      this.#finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it ran' });
+      this.#finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: `${why} before it ran` });
       return true;
     }
     if (task.state === 'dispatched' && !task.cancelRequested) {
@@ -243,9 +272,14 @@ export class DispatcherCore {
         this.#executorConns.delete(exec.conn);
         this.out.close(exec.conn, ErrorCode.AUTH_FAILED, 'executor id registered by a newer connection');
       }
-      // Attempts we think it runs but it does not: it restarted or never got them.
+      // Attempts we think it holds but it does not. A new incarnation means the executor
+      // process died with them (a crash, counted); the same one means the assignment or its
+      // result was lost in transit, or we restarted before committing it (not the task's fault).
+      const restarted = exec.info.incarnation !== info.incarnation;
       for (const task of [...exec.running.values()]) {
-        if (!reported.has(`${task.uid}:${task.attempt}`)) this.#lose(task, exec);
+        if (reported.has(`${task.uid}:${task.attempt}`)) continue;
+        if (restarted) this.#lose(task, exec);
+        else this.#requeue(task, exec);
       }
       exec.info = info;
       exec.conn = conn;
@@ -267,6 +301,7 @@ export class DispatcherCore {
       };
       this.executors.set(info.id, exec);
     }
+    this.journal.executorRegistered(exec);
     this.#executorConns.set(conn, exec);
     this.out.toExecutor(conn, {
       t: 'welcome',
@@ -329,6 +364,17 @@ export class DispatcherCore {
     }
     if (!task) return;
     task.executor = exec;
+    const max = task.spec.maxAttempts ?? this.options.defaultMaxAttempts;
+    if (r.status === 'failed' && r.exitCode !== null && !task.cancelRequested && task.attempt < max && task.spec.retryOnExit?.includes(r.exitCode)) {
+      // The task asked to be retried on this exit code.
+      if (task.state === 'dispatched') this.#requeue(task, exec);
+      else {
+        task.state = 'queued'; // it was taken out of the queue above as a late result
+        this.queue.push(task);
+        this.journal.taskRequeued(task);
+      }
+      return;
+    }
     const status: TaskStatus = task.cancelRequested && r.status !== 'succeeded' ? 'cancelled' : r.status;
     this.#finish(task, r, status, r.error);
   }
@@ -384,11 +430,23 @@ export class DispatcherCore {
         this.#remove(exec, !exec.leaving);
       }
     }
+    for (const session of this.sessions.values()) {
+      if (session.goneAt === null) continue;
+      const away = now - session.goneAt;
+      if (session.tasks.size > 0 && session.leaseMs !== null && away > session.leaseMs) {
+        // Its client is gone past its lease (a killed workflow engine): free the executors.
+        for (const task of [...session.tasks.values()]) this.#cancelTask(task, 'its client lease expired');
+      } else if (session.tasks.size === 0 && away > this.options.retentionMs) {
+        this.sessions.delete(session.id);
+        this.journal.sessionCollected(session);
+      }
+    }
     this.rates.sample(now, this.#dispatched);
   }
 
   #remove(exec: ExecutorRecord, lost: boolean): void {
     this.executors.delete(exec.info.id);
+    this.journal.executorRemoved(exec);
     this.#hungry.delete(exec);
     if (exec.conn !== null) this.#executorConns.delete(exec.conn);
     for (const task of [...exec.running.values()]) {
@@ -498,7 +556,74 @@ export class DispatcherCore {
     session.unacked.push({ seq, result });
     this.journal.taskFinished(task, seq, result);
     this.rates.count(status);
-    if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, result });
+    if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: session.tasks.size, result });
+  }
+
+  // ---- recovery: the store hands back what it kept, before the dispatcher serves ---------------
+
+  /** A session from the store; its client counts as away from now, until it reattaches. */
+  restoreSession(id: string, createdAt: number, acked: number, leaseMs: number | null): void {
+    this.sessions.set(id, {
+      id,
+      conn: null,
+      tasks: new Map(),
+      finishedIds: new Set(),
+      unacked: [],
+      lastSeq: acked,
+      acked,
+      submitted: 0,
+      finished: 0,
+      createdAt,
+      goneAt: this.clock.now(),
+      leaseMs,
+    });
+  }
+
+  /** An executor that held leases: it gets a full lease period from now to come back. */
+  restoreExecutor(info: ExecutorInfo, registeredAt: number): void {
+    const now = this.clock.now();
+    this.executors.set(info.id, { info, conn: null, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false });
+  }
+
+  /** One task from the store. Call in uid order so that FIFO order survives a restart. */
+  restoreTask(row: RestoredTask): void {
+    const session = this.sessions.get(row.session);
+    if (!session) return;
+    this.#nextUid = Math.max(this.#nextUid, row.uid + 1);
+    if (row.state === 'finished') {
+      session.finishedIds.add(row.id);
+      session.finished++;
+      session.submitted++;
+      session.lastSeq = Math.max(session.lastSeq, row.seq!);
+      if (row.seq! > session.acked) session.unacked.push({ seq: row.seq!, result: row.result! });
+      return;
+    }
+    const exec = row.state === 'dispatched' && row.executor !== null ? this.executors.get(row.executor) : undefined;
+    const task: TaskRecord = {
+      uid: row.uid,
+      id: row.id,
+      session,
+      spec: row.spec!,
+      priority: row.spec!.priority ?? 0,
+      labelKey: labelKeyOf(row.spec!.labels),
+      state: exec ? 'dispatched' : 'queued',
+      attempt: row.attempt,
+      lost: row.lost,
+      executor: exec ?? null,
+      cancelRequested: false,
+      submittedAt: row.submittedAt,
+      dispatchedAt: row.dispatchedAt,
+    };
+    session.tasks.set(task.id, task);
+    session.submitted++;
+    this.tasks.set(task.uid, task);
+    if (exec) exec.running.set(task.uid, task);
+    else this.queue.push(task);
+  }
+
+  /** Puts each session's unacknowledged results back in sequence order. */
+  finishRestore(): void {
+    for (const s of this.sessions.values()) s.unacked.sort((a, b) => a.seq - b.seq);
   }
 
   /** A point-in-time view for /api/status and `falconet status`. */

@@ -2,22 +2,69 @@
  * Starting and stopping a dispatcher process: config, logger, store, server, signals.
  * Shared by `falconet dispatcher` and `falconet up`.
  */
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
+import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { compileDispatcherConfig, type DispatcherOptions } from './config.js';
-import { nullJournal } from './model.js';
 import { DispatcherServer } from './server.js';
+import { SqliteStore } from './store.js';
 
 /** Logs go to stderr as JSON lines; stdout is left for what a user or script reads. */
 export function makeLogger(name: string): Logger {
   return pino({ name, level: process.env.FALCONET_LOG ?? 'info' }, pino.destination(2));
 }
 
-export async function startDispatcher(options: DispatcherOptions, log: Logger): Promise<DispatcherServer> {
+export interface StoreChoice {
+  store?: string;
+  dataDir?: string;
+  sync?: string;
+}
+
+/** The per-user default: $FALCONET_DATA_DIR, else $XDG_DATA_HOME/falconet, else ~/.local/share/falconet. */
+export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
+  return env.FALCONET_DATA_DIR ?? join(env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'falconet');
+}
+
+export interface RunningDispatcher {
+  server: DispatcherServer;
+  store: SqliteStore | null;
+  stop(): Promise<void>;
+}
+
+export async function startDispatcher(options: DispatcherOptions & StoreChoice, log: Logger): Promise<RunningDispatcher> {
   const config = compileDispatcherConfig(options);
-  log.warn('store: memory; nothing is persisted, and a restart loses every queued task');
-  const server = await DispatcherServer.start(config, log, nullJournal);
-  log.info({ url: server.url, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch }, 'listening');
-  return server;
+  const kind = options.store ?? 'sqlite';
+  if (kind !== 'sqlite' && kind !== 'memory') throw new FalconetError(ErrorCode.USAGE, `--store must be sqlite or memory (got ${JSON.stringify(kind)})`);
+  const sync = options.sync ?? 'full';
+  if (sync !== 'full' && sync !== 'normal') throw new FalconetError(ErrorCode.USAGE, `--sync must be full or normal (got ${JSON.stringify(sync)})`);
+  let store: SqliteStore | null = null;
+  if (kind === 'sqlite') {
+    store = SqliteStore.open({ dataDir: options.dataDir ?? defaultDataDir(), sync }, log);
+  } else {
+    log.warn('STORE IS MEMORY: nothing is persisted; a restart loses every queued task, result and session');
+  }
+  const server = await DispatcherServer.start(config, log, {
+    ...(store ? { journal: store } : {}),
+    recover: (core) => {
+      if (!store) return;
+      const found = store.recover(core);
+      log.info({ file: store.file, sync, ...found }, 'store opened');
+    },
+    onFatal: (err) => {
+      process.stderr.write(`falconet: ${ErrorCode.STORE_FAILED}: ${err.message}\n`);
+      process.exit(1);
+    },
+  });
+  log.info({ url: server.url, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
+  return {
+    server,
+    store,
+    async stop() {
+      await server.close();
+      store?.close();
+    },
+  };
 }
 
 /** Runs `stop` once on SIGTERM or SIGINT, then exits 0. */

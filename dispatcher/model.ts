@@ -70,6 +70,8 @@ export interface SessionRecord {
   createdAt: number;
   /** When its last client went away (null while one is connected). */
   goneAt: number | null;
+  /** Client lease: cancel unfinished tasks when no client has been here this long. */
+  leaseMs: number | null;
 }
 
 /** Time source, injected so that leases and timeouts are testable without sleeping. */
@@ -88,8 +90,13 @@ export interface Journal {
   taskDispatched(task: TaskRecord): void;
   taskRequeued(task: TaskRecord): void;
   taskFinished(task: TaskRecord, seq: number, result: TaskResult): void;
-  sessionOpened(session: SessionRecord): void;
-  sessionAcked(session: SessionRecord): void;
+  /** A new session, or a change of its cursor or lease. */
+  sessionChanged(session: SessionRecord): void;
+  /** A finished session past its retention: forget it and its results. */
+  sessionCollected(session: SessionRecord): void;
+  /** The lease table: who holds attempts, so a restarted dispatcher waits for them. */
+  executorRegistered(exec: ExecutorRecord): void;
+  executorRemoved(exec: ExecutorRecord): void;
 }
 
 /** The journal of the in-memory store: keeps nothing. */
@@ -98,8 +105,10 @@ export const nullJournal: Journal = {
   taskDispatched() {},
   taskRequeued() {},
   taskFinished() {},
-  sessionOpened() {},
-  sessionAcked() {},
+  sessionChanged() {},
+  sessionCollected() {},
+  executorRegistered() {},
+  executorRemoved() {},
 };
 
 /** Canonical key of a label requirement: sorted `k=v` pairs joined by newlines. */

@@ -23,7 +23,7 @@ import {
   type WireError,
 } from '../protocol/index.js';
 import { DispatcherCore, type Outbox } from './core.js';
-import { systemClock, type Clock, type ConnId, type Journal } from './model.js';
+import { nullJournal, systemClock, type Clock, type ConnId, type Journal } from './model.js';
 import type { DispatcherConfig } from './config.js';
 import { metricsFor } from './metrics.js';
 
@@ -57,6 +57,7 @@ export class DispatcherServer {
   #flushQueued = false;
   #timers: NodeJS.Timeout[] = [];
   #stopping = false;
+  #failed = false;
   readonly #metrics;
 
   private constructor(
@@ -64,6 +65,7 @@ export class DispatcherServer {
     private readonly log: Logger,
     private readonly journal: Journal & { commit?(): void },
     clock: Clock,
+    private readonly onFatal: (err: Error) => void,
   ) {
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
     const outbox: Outbox = {
@@ -86,9 +88,17 @@ export class DispatcherServer {
     this.#wss.on('connection', (ws) => this.#onConnection(ws));
   }
 
-  /** Starts listening; resolves once the port is bound. */
-  static async start(config: DispatcherConfig, log: Logger, journal: Journal & { commit?(): void }, clock: Clock = systemClock): Promise<DispatcherServer> {
-    const server = new DispatcherServer(config, log, journal, clock);
+  /**
+   * Builds the core, lets `recover` load it from the store, then listens; resolves once the port
+   * is bound. `onFatal` is called if the store fails: nothing more is acknowledged after that.
+   */
+  static async start(
+    config: DispatcherConfig,
+    log: Logger,
+    opts: { journal?: Journal & { commit?(): void }; clock?: Clock; recover?: (core: DispatcherCore) => void; onFatal?: (err: Error) => void } = {},
+  ): Promise<DispatcherServer> {
+    const server = new DispatcherServer(config, log, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}));
+    opts.recover?.(server.core);
     await new Promise<void>((resolve, reject) => {
       server.#http.once('error', reject);
       server.#http.listen(config.port, config.host, () => resolve());
@@ -183,7 +193,7 @@ export class DispatcherServer {
     const msg = checked.msg;
     if (msg.t !== 'hello') return;
     if (msg.role === 'client') {
-      this.core.openSession(c.id, msg.session, msg.cursor);
+      this.core.openSession(c.id, msg.session, msg.cursor, msg.leaseMs);
     } else {
       this.core.registerExecutor(c.id, msg.executor);
       this.log.info({ executor: msg.executor.id, slots: msg.executor.slots, addresses: msg.executor.addresses }, 'executor registered');
@@ -281,12 +291,22 @@ export class DispatcherServer {
 
   #flush(): void {
     this.#flushQueued = false;
+    if (this.#failed) return;
     this.core.schedule();
     try {
       this.journal.commit?.();
     } catch (err) {
-      this.log.fatal({ err }, 'store commit failed; refusing to acknowledge');
-      for (const c of this.#conns.values()) this.#fail(c, { code: ErrorCode.STORE_FAILED, message: String((err as Error).message), retryable: true });
+      // Crash-only: what the core holds now is ahead of the disk, so acknowledge nothing more.
+      // Clients resend what was not acknowledged to the next dispatcher on this store.
+      this.#failed = true;
+      this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
+      const wire = { code: ErrorCode.STORE_FAILED, message: (err as Error).message, retryable: true };
+      for (const c of this.#conns.values()) {
+        c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
+        c.ws.close(1011, ErrorCode.STORE_FAILED);
+      }
+      this.onFatal(err as Error);
+      return;
     }
     for (const c of this.#dirty) {
       if (c.out.length > 0) {

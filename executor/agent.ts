@@ -69,6 +69,7 @@ export class ExecutorAgent {
   readonly #runner: RunnerOptions;
   readonly #boot: Array<{ phase: string; at: number }> = [{ phase: 'started', at: Date.now() }];
   #exited = false;
+  readonly #incarnation = randomBytes(8).toString('hex');
 
   constructor(
     private readonly o: ExecutorOptions,
@@ -116,6 +117,7 @@ export class ExecutorAgent {
       labels: this.o.labels ?? {},
       version: EXECUTOR_VERSION,
       pid: process.pid,
+      incarnation: this.#incarnation,
       ...(this.o.instanceId ? { instanceId: this.o.instanceId } : {}),
       mode: this.o.mode ?? 'push',
       // Attempts this executor holds: running, or finished with the result not yet delivered

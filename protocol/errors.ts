@@ -40,6 +40,10 @@ export const ErrorCode = {
   SHUTTING_DOWN: 'SHUTTING_DOWN',
   /** The dispatcher could not make the change durable (store error, disk full). */
   STORE_FAILED: 'STORE_FAILED',
+  /** The store is corrupted or truncated; the dispatcher refuses to start on it. */
+  STORE_CORRUPT: 'STORE_CORRUPT',
+  /** The data dir cannot be used: not writable, or held by another dispatcher. */
+  STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
   /** The peer is sending faster than it is allowed to. */
   RATE_LIMITED: 'RATE_LIMITED',
   /** The dispatcher could not be reached within the connect timeout. */

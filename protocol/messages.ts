@@ -66,6 +66,8 @@ export const TaskSpecSchema = Type.Object(
     priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000 })),
     /** Labels an executor must carry (all of them, equal values) to run this task. */
     labels: Type.Optional(Labels),
+    /** Exit codes after which the task is retried (up to maxAttempts); none by default. */
+    retryOnExit: Type.Optional(Type.Array(Type.Integer({ minimum: 1, maximum: 255 }), { maxItems: 255 })),
   },
   { additionalProperties: false },
 );
@@ -136,6 +138,8 @@ export const ExecutorInfoSchema = Type.Object({
   labels: Labels,
   version: Type.String({ maxLength: 64 }),
   pid: Type.Optional(Uint),
+  /** Random per process start: a new incarnation means the old one died with its attempts. */
+  incarnation: Type.String({ maxLength: 64 }),
   instanceId: Type.Optional(Short),
   /** `pull`: the executor asks for tasks; `push`: the dispatcher keeps its window full. */
   mode: Type.Union([Type.Literal('push'), Type.Literal('pull')]),
@@ -170,6 +174,11 @@ export const ClientHello = Type.Object({
   session: Type.Optional(Id),
   /** Last result sequence number this client has consumed. */
   cursor: Type.Optional(Uint),
+  /**
+   * Client lease: cancel the session's unfinished tasks once no client has been connected for
+   * this long. Absent: tasks keep running for a later reattach.
+   */
+  leaseMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 * 24 * 3600 * 1000 })),
 });
 export const Submit = Type.Object({
   t: Type.Literal('submit'),
@@ -206,6 +215,10 @@ export const ClientWelcome = Type.Object({
   /** False when the session was new (or unknown to this dispatcher). */
   resumed: Type.Boolean(),
   cursor: Uint,
+  /** Tasks of the session not finished yet. */
+  unfinished: Uint,
+  /** Results not yet acknowledged, sent again right after this welcome. */
+  unacked: Uint,
   heartbeatMs: Uint,
   maxFrameBytes: Uint,
   caps: Caps,
@@ -214,11 +227,17 @@ export const Accepted = Type.Object({
   t: Type.Literal('accepted'),
   ref: Ref,
   accepted: Uint,
+  /** As in `result`: results still to come to this connection. */
+  remaining: Uint,
   rejected: Type.Array(
     Type.Object({ index: Uint, id: Type.Optional(Type.String()), code: Type.String(), message: Type.String() }),
   ),
 });
-export const ResultMsg = Type.Object({ t: Type.Literal('result'), seq: Uint, result: TaskResultSchema });
+/**
+ * `remaining`: results this connection will still receive after this one as things stand
+ * (unfinished tasks plus replayed results behind it); 0 means the session is done.
+ */
+export const ResultMsg = Type.Object({ t: Type.Literal('result'), seq: Uint, remaining: Uint, result: TaskResultSchema });
 export const Reply = Type.Object({
   t: Type.Literal('reply'),
   ref: Ref,

@@ -42,7 +42,7 @@ class Harness implements Outbox {
   readonly core: DispatcherCore;
   constructor(opts: Partial<DispatcherCore['options']> = {}) {
     this.core = new DispatcherCore(
-      { heartbeatMs: 100, leaseMs: 1000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, ...opts },
+      { heartbeatMs: 100, leaseMs: 1000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, retentionMs: 60_000, ...opts },
       this,
       { now: () => this.now },
     );
@@ -82,7 +82,7 @@ class Harness implements Outbox {
     if (m.t === 'submit') this.core.submit(conn, m);
   }
   executor(conn: number, over: Partial<ExecutorInfo> = {}): void {
-    const info: ExecutorInfo = { id: `e${conn}`, hostname: 'h', addresses: [], slots: 1, memory: 0, labels: {}, version: 't', mode: 'push', running: [], ...over };
+    const info: ExecutorInfo = { id: `e${conn}`, hostname: 'h', addresses: [], slots: 1, memory: 0, labels: {}, version: 't', incarnation: 'i1', mode: 'push', running: [], ...over };
     const m = fromExecutor({ t: 'hello', v: 1, role: 'executor', caps: [], executor: info });
     if (m.t === 'hello') this.core.registerExecutor(conn, m.executor);
   }

@@ -8,7 +8,7 @@ import { FAST, Procs, freePort, runCli, startDispatcher, startExecutor, status, 
 test('many tasks through `up`: noop and command tasks spread over its executors', async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
-  const up = procs.spawn(['up', '--port', '0', '--executors', '3', '--slots', '4', ...FAST]);
+  const up = procs.spawn(['up', '--port', '0', '--executors', '3', '--slots', '4', '--data-dir', procs.tmpDir(), ...FAST]);
   const [, url] = await waitForLine(up, /listening on (ws:\/\/\S+)/);
   await waitExecutors(url, 3);
   const client = await connect(url);
@@ -63,7 +63,7 @@ test('executors started before the dispatcher retry and register once it is up',
   startExecutor(procs, url, ['--id', 'early1']);
   startExecutor(procs, url, ['--id', 'early2']);
   await sleep(1500); // they dial, fail, back off
-  procs.spawn(['dispatcher', '--port', String(port), ...FAST]).stdout!.resume();
+  procs.spawn(['dispatcher', '--port', String(port), '--store', 'memory', ...FAST]).stdout!.resume();
   const s = await waitExecutors(url, 2);
   assert.deepEqual(s.executors.map((e) => e.id).sort(), ['early1', 'early2']);
   const client = await connect(url);

@@ -5,6 +5,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { StatusSnapshot } from '../dispatcher/status.js';
 
@@ -15,6 +18,14 @@ export const FAST = ['--heartbeat-ms', '100', '--lease-ms', '800'];
 
 export class Procs {
   readonly all = new Set<ChildProcess>();
+  readonly dirs: string[] = [];
+
+  /** A fresh temporary directory, removed by killAll(). */
+  tmpDir(): string {
+    const dir = mkdtempSync(join(tmpdir(), 'falconet-test-'));
+    this.dirs.push(dir);
+    return dir;
+  }
 
   spawn(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
     const child = spawn(process.execPath, [CLI, ...args], {
@@ -45,6 +56,7 @@ export class Procs {
           }),
       ),
     );
+    for (const dir of this.dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -78,7 +90,8 @@ export interface Dispatcher {
 }
 
 export async function startDispatcher(procs: Procs, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<Dispatcher> {
-  const proc = procs.spawn(['dispatcher', '--port', '0', ...FAST, ...args], env);
+  const store = args.includes('--store') || args.includes('--data-dir') ? [] : ['--data-dir', procs.tmpDir()];
+  const proc = procs.spawn(['dispatcher', '--port', '0', ...FAST, ...store, ...args], env);
   const m = await waitForLine(proc, /listening on (ws:\/\/[^\s]+:(\d+))/);
   return { url: m[1], port: Number(m[2]), proc };
 }
