@@ -56,6 +56,24 @@ async function* readTasks(file: string, bad: (line: number, message: string) => 
   }
 }
 
+/** Buffers JSON lines and writes them once per event-loop turn: prompt, and cheap at 100k/s. */
+class LineWriter {
+  #lines: string[] = [];
+  #queued = false;
+  write(value: unknown): void {
+    this.#lines.push(JSON.stringify(value) + '\n');
+    if (!this.#queued) {
+      this.#queued = true;
+      setImmediate(() => this.flush());
+    }
+  }
+  flush(): void {
+    this.#queued = false;
+    if (this.#lines.length) process.stdout.write(this.#lines.join(''));
+    this.#lines = [];
+  }
+}
+
 class Progress {
   #last = 0;
   constructor(private readonly enabled: boolean) {}
@@ -105,22 +123,17 @@ async function streamResults(client: Client, a: SubmitArgs, bad: (line: number, 
   let submitted = 0;
   let done = 0;
   let failed = 0;
-  const out: string[] = [];
-  const flushOut = () => {
-    if (out.length) process.stdout.write(out.join(''));
-    out.length = 0;
-  };
+  const out = new LineWriter();
   // Results are printed as they come: the submit loop and this loop run side by side. The
   // iterator ends when the client closes, after handing over what it already holds.
   const reading = (async () => {
     for await (const r of client.results()) {
       done++;
       if (r.status !== 'succeeded') failed++;
-      out.push(JSON.stringify(r) + '\n');
-      if (out.length >= 1000) flushOut();
+      out.write(r);
       progress.update(done, submitted);
     }
-    flushOut();
+    out.flush();
   })();
   const counting = async function* (src: AsyncGenerator<TaskSpec>) {
     for await (const t of src) {
@@ -149,19 +162,18 @@ export async function watchCommand(url: string, tok: string | undefined, session
   const bar = new Progress(progress);
   let seen = 0;
   let failed = 0;
-  const out: string[] = [];
+  const out = new LineWriter();
   try {
     if (client.outstanding > 0) {
       for await (const r of client.results()) {
         seen++;
         if (r.status !== 'succeeded') failed++;
-        out.push(JSON.stringify(r) + '\n');
-        if (out.length >= 1000) process.stdout.write(out.splice(0).join(''));
+        out.write(r);
         bar.update(seen, seen + client.outstanding);
         if (client.outstanding === 0) break;
       }
     }
-    process.stdout.write(out.join(''));
+    out.flush();
     bar.update(seen, seen, true);
   } finally {
     await client.close();
