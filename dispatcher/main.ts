@@ -40,16 +40,16 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice, 
   if (sync !== 'full' && sync !== 'normal') throw new FalconetError(ErrorCode.USAGE, `--sync must be full or normal (got ${JSON.stringify(sync)})`);
   let store: SqliteStore | null = null;
   if (kind === 'sqlite') {
-    store = SqliteStore.open({ dataDir: options.dataDir ?? defaultDataDir(), sync }, log);
+    store = SqliteStore.open({ dataDir: options.dataDir ?? defaultDataDir(), sync });
   } else {
     log.warn('STORE IS MEMORY: nothing is persisted; a restart loses every queued task, result and session');
   }
   const server = await DispatcherServer.start(config, log, {
     ...(store ? { journal: store } : {}),
-    recover: (core) => {
+    recover: async (core) => {
       if (!store) return;
-      const found = store.recover(core);
-      log.info({ file: store.file, sync, ...found }, 'store opened');
+      const { instances, ...found } = await store.recover(core);
+      log.info({ file: store.file, sync, ...found, instances: instances.length }, 'store opened');
     },
     onFatal: (err) => {
       process.stderr.write(`falconet: ${ErrorCode.STORE_FAILED}: ${err.message}\n`);
@@ -62,7 +62,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice, 
     store,
     async stop() {
       await server.close();
-      store?.close();
+      await store?.close();
     },
   };
 }

@@ -37,6 +37,13 @@ const CLOSE_FOR: Partial<Record<ErrorCode, number>> = {
   [ErrorCode.INTERNAL]: 1011,
 };
 
+/** What one connection was sent in one turn, held until that turn's changes are committed. */
+interface Outgoing {
+  c: Conn;
+  msgs: unknown[];
+  close: WireError | null;
+}
+
 interface Conn {
   readonly id: ConnId;
   readonly ws: WebSocket;
@@ -58,12 +65,15 @@ export class DispatcherServer {
   #timers: NodeJS.Timeout[] = [];
   #stopping = false;
   #failed = false;
+  /** Turns whose messages wait for a commit, oldest first. */
+  #held: Outgoing[][] = [];
+  #committing: Promise<void> | null = null;
   readonly #metrics;
 
   private constructor(
     readonly config: DispatcherConfig,
     private readonly log: Logger,
-    private readonly journal: Journal & { commit?(): void },
+    private readonly journal: Journal & { commit?(): Promise<void> | null | void },
     clock: Clock,
     private readonly onFatal: (err: Error) => void,
   ) {
@@ -95,10 +105,15 @@ export class DispatcherServer {
   static async start(
     config: DispatcherConfig,
     log: Logger,
-    opts: { journal?: Journal & { commit?(): void }; clock?: Clock; recover?: (core: DispatcherCore) => void; onFatal?: (err: Error) => void } = {},
+    opts: {
+      journal?: Journal & { commit?(): Promise<void> | null | void };
+      clock?: Clock;
+      recover?: (core: DispatcherCore) => Promise<void> | void;
+      onFatal?: (err: Error) => void;
+    } = {},
   ): Promise<DispatcherServer> {
     const server = new DispatcherServer(config, log, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}));
-    opts.recover?.(server.core);
+    await opts.recover?.(server.core);
     await new Promise<void>((resolve, reject) => {
       server.#http.once('error', reject);
       server.#http.listen(config.port, config.host, () => resolve());
@@ -289,43 +304,80 @@ export class DispatcherServer {
     setImmediate(() => this.#flush());
   }
 
+  /**
+   * Once per turn: schedule, then hand this turn's journal changes to the store, and send what
+   * this turn produced only after they (and every earlier batch) are on disk. With the memory
+   * store, or a turn that changed nothing while no commit is in flight, that is right away.
+   */
   #flush(): void {
     this.#flushQueued = false;
     if (this.#failed) return;
     this.core.schedule();
+    const group: Outgoing[] = [];
+    for (const c of this.#dirty) {
+      group.push({ c, msgs: c.out, close: c.closing });
+      c.out = [];
+    }
+    this.#dirty.clear();
+    if (group.length > 0) this.#held.push(group);
+    if (!this.#committing) this.#commit();
+  }
+
+  /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */
+  #commit(): void {
+    const groups = this.#held;
+    this.#held = [];
+    let pending: Promise<void> | null | void;
     try {
-      this.journal.commit?.();
+      pending = this.journal.commit?.();
     } catch (err) {
-      // Crash-only: what the core holds now is ahead of the disk, so acknowledge nothing more.
-      // Clients resend what was not acknowledged to the next dispatcher on this store.
-      this.#failed = true;
-      this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
-      const wire = { code: ErrorCode.STORE_FAILED, message: (err as Error).message, retryable: true };
-      for (const c of this.#conns.values()) {
-        c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
-        c.ws.close(1011, ErrorCode.STORE_FAILED);
-      }
-      this.onFatal(err as Error);
+      return this.#storeFailed(err as Error);
+    }
+    if (!pending) {
+      for (const g of groups) this.#release(g);
       return;
     }
-    for (const c of this.#dirty) {
-      if (c.out.length > 0) {
-        const batch = c.out;
-        c.out = [];
+    this.#committing = pending.then(
+      () => {
+        this.#committing = null;
+        for (const g of groups) this.#release(g);
+        if (this.#held.length > 0 && !this.#failed) this.#commit();
+      },
+      (err: Error) => this.#storeFailed(err),
+    );
+  }
+
+  #release(group: Outgoing[]): void {
+    for (const { c, msgs, close } of group) {
+      if (msgs.length > 0) {
         try {
-          for (const frame of this.#codec.encode(batch)) c.ws.send(frame);
+          for (const frame of this.#codec.encode(msgs)) c.ws.send(frame);
         } catch (err) {
           this.log.error({ err, conn: c.id }, 'encode failed');
         }
       }
-      if (c.closing) {
-        const close = CLOSE_FOR[c.closing.code as ErrorCode] ?? 1008;
-        c.ws.close(close, c.closing.code);
+      if (close) {
+        c.ws.close(CLOSE_FOR[close.code as ErrorCode] ?? 1008, close.code);
         // A peer that ignores the close handshake must not hold the socket forever.
         setTimeout(() => c.ws.terminate(), 2000).unref();
       }
     }
-    this.#dirty.clear();
+  }
+
+  /**
+   * Crash-only: what the core holds is now ahead of the disk, so nothing more is acknowledged.
+   * Clients resend what was not acknowledged to the next dispatcher on this store.
+   */
+  #storeFailed(err: Error): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
+    const wire = { code: ErrorCode.STORE_FAILED, message: err.message, retryable: true };
+    for (const c of this.#conns.values()) {
+      c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
+      c.ws.close(1011, ErrorCode.STORE_FAILED);
+    }
+    this.onFatal(err);
   }
 
   #tick(): void {
@@ -368,6 +420,7 @@ export class DispatcherServer {
     this.#stopping = true;
     for (const t of this.#timers) clearInterval(t);
     this.#flush();
+    while (this.#committing) await this.#committing.catch(() => {});
     for (const c of this.#conns.values()) {
       if (c.helloTimer) clearTimeout(c.helloTimer);
       c.ws.close(1001, ErrorCode.SHUTTING_DOWN);

@@ -1,0 +1,159 @@
+/**
+ * The SQLite layer shared by the dispatcher thread (open, check, recover) and the store's writer
+ * thread (commits): schema, pragmas, statements, and the mapping of SQLite errors to our codes.
+ *
+ * Tables are keyed so that no secondary index is needed: tasks by (session, uid), which makes a
+ * session's rows contiguous (cheap to collect) and appends in submission order.
+ */
+import { accessSync, constants, mkdirSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { ErrorCode, FalconetError } from '../protocol/index.js';
+
+export const SCHEMA_VERSION = 1;
+export const TASK_STATE = { queued: 0, dispatched: 1, finished: 2 } as const;
+export const TASK_STATE_NAME = ['queued', 'dispatched', 'finished'] as const;
+
+/** One task's whole state, as written: a changed task is one row per commit, however it changed. */
+export type TaskRow = [
+  session: string,
+  uid: number,
+  id: string,
+  spec: Uint8Array | null,
+  state: number,
+  attempt: number,
+  lost: number,
+  executor: string | null,
+  submittedAt: number,
+  dispatchedAt: number | null,
+  seq: number | null,
+  result: Uint8Array | null,
+];
+
+/** The non-task changes of a commit, in order. */
+export type StoreOp =
+  | { op: 'dropSession'; id: string }
+  | { op: 'executor'; id: string; info: Uint8Array; registeredAt: number }
+  | { op: 'dropExecutor'; id: string }
+  | { op: 'putInstance'; id: string; record: string; at: number }
+  | { op: 'dropInstance'; id: string };
+
+/** Everything one commit writes. */
+export interface CommitBatch {
+  rows: TaskRow[];
+  ops: StoreOp[];
+  sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null]>;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+  id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, acked INTEGER NOT NULL, lease_ms INTEGER);
+CREATE TABLE IF NOT EXISTS tasks (
+  session TEXT NOT NULL, uid INTEGER NOT NULL, id TEXT NOT NULL, spec BLOB, state INTEGER NOT NULL,
+  attempt INTEGER NOT NULL, lost INTEGER NOT NULL, executor TEXT, submitted_at INTEGER NOT NULL,
+  dispatched_at INTEGER, seq INTEGER, result BLOB,
+  PRIMARY KEY (session, uid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS executors (id TEXT PRIMARY KEY, info BLOB NOT NULL, registered_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at INTEGER NOT NULL);
+`;
+
+/** Rows per multi-row upsert: one statement execution writes this many task changes. */
+const UPSERT_BATCH = 64;
+/** Inserts new tasks and updates changed ones in one statement; a finished task drops its spec. */
+const UPSERT = (rows: number) => `INSERT INTO tasks VALUES ${Array(rows).fill('(?,?,?,?,?,?,?,?,?,?,?,?)').join(',')}
+  ON CONFLICT (session, uid) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
+    lost = excluded.lost, executor = excluded.executor, dispatched_at = excluded.dispatched_at,
+    seq = excluded.seq, result = excluded.result,
+    spec = CASE WHEN excluded.state = 2 THEN NULL ELSE coalesce(excluded.spec, tasks.spec) END`;
+
+/** Maps a SQLite (or file system) failure to a stable code with a message that says what to do. */
+export function storeError(err: unknown, file: string): FalconetError {
+  if (err instanceof FalconetError) return err;
+  const code = (err as { code?: string }).code ?? '';
+  const msg = (err as Error).message;
+  if (code.startsWith('SQLITE_CORRUPT') || code === 'SQLITE_NOTADB') {
+    return new FalconetError(ErrorCode.STORE_CORRUPT, `the store ${file} is corrupted or truncated (${msg}); refusing to start on it. Move it aside to start empty, or restore it from a backup`);
+  }
+  if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
+    return new FalconetError(ErrorCode.STORE_UNAVAILABLE, `the store ${file} is held by another dispatcher`);
+  }
+  if (code.startsWith('SQLITE_FULL')) return new FalconetError(ErrorCode.STORE_FAILED, `the disk holding ${file} is full: ${msg}`);
+  return new FalconetError(ErrorCode.STORE_UNAVAILABLE, `cannot use the store ${file}: ${msg}`);
+}
+
+/**
+ * Opens the store file, creating it and its directory if needed, with the pragmas every
+ * connection uses, and checks it: a corrupted or foreign file is refused, never emptied.
+ */
+export function openDatabase(dataDir: string, file: string, sync: 'full' | 'normal'): Database.Database {
+  try {
+    mkdirSync(dataDir, { recursive: true });
+    accessSync(dataDir, constants.W_OK);
+  } catch (err) {
+    throw new FalconetError(ErrorCode.STORE_UNAVAILABLE, `the data dir ${dataDir} is not writable: ${(err as Error).message}`);
+  }
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(file, { timeout: 0 });
+    // Exclusive before WAL: no shared-memory index, and a second dispatcher cannot open it.
+    db.pragma('locking_mode = EXCLUSIVE');
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${sync === 'full' ? 'FULL' : 'NORMAL'}`);
+    db.pragma('journal_size_limit = 67108864'); // truncate the WAL back to 64 MiB after checkpoints
+    const check = db.pragma('quick_check', { simple: true });
+    if (check !== 'ok') throw Object.assign(new Error(String(check)), { code: 'SQLITE_CORRUPT' });
+    db.exec(SCHEMA);
+    const version = db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get() as string | undefined;
+    if (version === undefined) db.prepare(`INSERT INTO meta VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
+    else if (Number(version) !== SCHEMA_VERSION) {
+      throw new FalconetError(ErrorCode.STORE_UNAVAILABLE, `the store ${file} has schema ${version}; this dispatcher reads ${SCHEMA_VERSION}`);
+    }
+    return db;
+  } catch (err) {
+    db?.close();
+    throw storeError(err, file);
+  }
+}
+
+/** Returns a function that writes one batch in one transaction. */
+export function batchWriter(db: Database.Database): (batch: CommitBatch) => void {
+  const st = {
+    upsertOne: db.prepare(UPSERT(1)),
+    upsertMany: db.prepare(UPSERT(UPSERT_BATCH)),
+    session: db.prepare('INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms'),
+    dropSessionTasks: db.prepare('DELETE FROM tasks WHERE session = ?'),
+    dropSession: db.prepare('DELETE FROM sessions WHERE id = ?'),
+    executor: db.prepare('INSERT OR REPLACE INTO executors VALUES (?, ?, ?)'),
+    dropExecutor: db.prepare('DELETE FROM executors WHERE id = ?'),
+    putInstance: db.prepare('INSERT OR REPLACE INTO instances VALUES (?, ?, ?)'),
+    dropInstance: db.prepare('DELETE FROM instances WHERE id = ?'),
+  };
+  return db.transaction((b: CommitBatch) => {
+    const rows = b.rows;
+    let i = 0;
+    for (; i + UPSERT_BATCH <= rows.length; i += UPSERT_BATCH) st.upsertMany.run(rows.slice(i, i + UPSERT_BATCH).flat());
+    for (; i < rows.length; i++) st.upsertOne.run(rows[i]);
+    // After the task rows: a collected session's delete must see its final rows.
+    for (const o of b.ops) {
+      switch (o.op) {
+        case 'dropSession':
+          st.dropSessionTasks.run(o.id);
+          st.dropSession.run(o.id);
+          break;
+        case 'executor':
+          st.executor.run(o.id, o.info, o.registeredAt);
+          break;
+        case 'dropExecutor':
+          st.dropExecutor.run(o.id);
+          break;
+        case 'putInstance':
+          st.putInstance.run(o.id, o.record, o.at);
+          break;
+        case 'dropInstance':
+          st.dropInstance.run(o.id);
+          break;
+      }
+    }
+    for (const s of b.sessions) st.session.run(s);
+  });
+}

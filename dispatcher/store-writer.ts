@@ -1,0 +1,43 @@
+/**
+ * The store's writer thread. The dispatcher thread hands it one batch at a time; it writes the
+ * batch in one transaction (fsync included with `--sync full`) and answers. Moving commits here
+ * keeps the fsync wait off the dispatch loop, which meanwhile gathers the next, larger batch:
+ * group commit that grows with load, and one row write for a task accepted, dispatched and
+ * finished between two commits.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { batchWriter, openDatabase, storeError, type CommitBatch } from './sqlite.js';
+
+export interface WriterData {
+  dataDir: string;
+  file: string;
+  sync: 'full' | 'normal';
+}
+
+/** Messages from the writer: `ready` once open, then one answer per batch, in order. */
+export type WriterReply = { kind: 'ready' } | { kind: 'committed'; n: number } | { kind: 'failed'; code: string; message: string };
+
+const port = parentPort!;
+const data = workerData as WriterData;
+try {
+  const db = openDatabase(data.dataDir, data.file, data.sync);
+  const write = batchWriter(db);
+  port.on('message', (msg: { n: number; batch: CommitBatch } | 'close') => {
+    if (msg === 'close') {
+      db.close();
+      port.close();
+      return;
+    }
+    try {
+      write(msg.batch);
+      port.postMessage({ kind: 'committed', n: msg.n } satisfies WriterReply);
+    } catch (err) {
+      const e = storeError(err, data.file);
+      port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);
+    }
+  });
+  port.postMessage({ kind: 'ready' } satisfies WriterReply);
+} catch (err) {
+  const e = storeError(err, data.file);
+  port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);
+}
