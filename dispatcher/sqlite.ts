@@ -2,8 +2,10 @@
  * The SQLite layer shared by the dispatcher thread (open, check, recover) and the store's writer
  * thread (commits): schema, pragmas, statements, and the mapping of SQLite errors to our codes.
  *
- * Tables are keyed so that no secondary index is needed: tasks by (session, uid), which makes a
- * session's rows contiguous (cheap to collect) and appends in submission order.
+ * Tables are keyed so that no secondary index is needed: tasks by (session, uid) and results by
+ * (session, seq), which makes a session's rows contiguous (cheap to collect) and turns both
+ * inserts into appends. A result is never an update of its task's row: finishing a task appends
+ * one row, the cheapest write SQLite has.
  */
 import { accessSync, constants, mkdirSync } from 'node:fs';
 import Database from 'better-sqlite3';
@@ -13,7 +15,7 @@ export const SCHEMA_VERSION = 1;
 export const TASK_STATE = { queued: 0, dispatched: 1, finished: 2 } as const;
 export const TASK_STATE_NAME = ['queued', 'dispatched', 'finished'] as const;
 
-/** One task's whole state, as written: a changed task is one row per commit, however it changed. */
+/** One unfinished task's whole state, as written: one row per commit, however often it changed. */
 export type TaskRow = [
   session: string,
   uid: number,
@@ -25,9 +27,10 @@ export type TaskRow = [
   executor: string | null,
   submittedAt: number,
   dispatchedAt: number | null,
-  seq: number | null,
-  result: Uint8Array | null,
 ];
+
+/** A finished task's result: appended, never updated; its presence is what "finished" means. */
+export type ResultRow = [session: string, seq: number, uid: number, result: Uint8Array];
 
 /** The non-task changes of a commit, in order. */
 export type StoreOp =
@@ -40,6 +43,7 @@ export type StoreOp =
 /** Everything one commit writes. */
 export interface CommitBatch {
   rows: TaskRow[];
+  results: ResultRow[];
   ops: StoreOp[];
   sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null]>;
 }
@@ -51,20 +55,29 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS tasks (
   session TEXT NOT NULL, uid INTEGER NOT NULL, id TEXT NOT NULL, spec BLOB, state INTEGER NOT NULL,
   attempt INTEGER NOT NULL, lost INTEGER NOT NULL, executor TEXT, submitted_at INTEGER NOT NULL,
-  dispatched_at INTEGER, seq INTEGER, result BLOB,
+  dispatched_at INTEGER,
   PRIMARY KEY (session, uid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (
+  session TEXT NOT NULL, seq INTEGER NOT NULL, uid INTEGER NOT NULL, result BLOB NOT NULL,
+  PRIMARY KEY (session, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS executors (id TEXT PRIMARY KEY, info BLOB NOT NULL, registered_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at INTEGER NOT NULL);
 `;
 
-/** Rows per multi-row upsert: one statement execution writes this many task changes. */
-const UPSERT_BATCH = 64;
-/** Inserts new tasks and updates changed ones in one statement; a finished task drops its spec. */
-const UPSERT = (rows: number) => `INSERT INTO tasks VALUES ${Array(rows).fill('(?,?,?,?,?,?,?,?,?,?,?,?)').join(',')}
+/** Rows per multi-row statement: one statement execution writes this many changes. */
+const BATCH = 64;
+/** Inserts new tasks and updates changed ones in one statement; the spec is written once. */
+const UPSERT = (rows: number) => `INSERT INTO tasks VALUES ${Array(rows).fill('(?,?,?,?,?,?,?,?,?,?)').join(',')}
   ON CONFLICT (session, uid) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
-    lost = excluded.lost, executor = excluded.executor, dispatched_at = excluded.dispatched_at,
-    seq = excluded.seq, result = excluded.result,
-    spec = CASE WHEN excluded.state = 2 THEN NULL ELSE coalesce(excluded.spec, tasks.spec) END`;
+    lost = excluded.lost, executor = excluded.executor, dispatched_at = excluded.dispatched_at`;
+const APPEND = (rows: number) => `INSERT OR IGNORE INTO results VALUES ${Array(rows).fill('(?,?,?,?)').join(',')}`;
+
+/** Runs `one` or `many` over rows, `BATCH` rows per execution of `many`. */
+function runBatched(rows: unknown[][], one: Database.Statement, many: Database.Statement): void {
+  let i = 0;
+  for (; i + BATCH <= rows.length; i += BATCH) many.run(rows.slice(i, i + BATCH).flat());
+  for (; i < rows.length; i++) one.run(rows[i]);
+}
 
 /** Maps a SQLite (or file system) failure to a stable code with a message that says what to do. */
 export function storeError(err: unknown, file: string): FalconetError {
@@ -100,6 +113,7 @@ export function openDatabase(dataDir: string, file: string, sync: 'full' | 'norm
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${sync === 'full' ? 'FULL' : 'NORMAL'}`);
     db.pragma('journal_size_limit = 67108864'); // truncate the WAL back to 64 MiB after checkpoints
+    db.pragma('cache_size = -65536'); // 64 MiB: updates of rows written minutes ago hit memory
     const check = db.pragma('quick_check', { simple: true });
     if (check !== 'ok') throw Object.assign(new Error(String(check)), { code: 'SQLITE_CORRUPT' });
     db.exec(SCHEMA);
@@ -119,7 +133,10 @@ export function openDatabase(dataDir: string, file: string, sync: 'full' | 'norm
 export function batchWriter(db: Database.Database): (batch: CommitBatch) => void {
   const st = {
     upsertOne: db.prepare(UPSERT(1)),
-    upsertMany: db.prepare(UPSERT(UPSERT_BATCH)),
+    upsertMany: db.prepare(UPSERT(BATCH)),
+    appendOne: db.prepare(APPEND(1)),
+    appendMany: db.prepare(APPEND(BATCH)),
+    dropSessionResults: db.prepare('DELETE FROM results WHERE session = ?'),
     session: db.prepare('INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms'),
     dropSessionTasks: db.prepare('DELETE FROM tasks WHERE session = ?'),
     dropSession: db.prepare('DELETE FROM sessions WHERE id = ?'),
@@ -129,15 +146,14 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     dropInstance: db.prepare('DELETE FROM instances WHERE id = ?'),
   };
   return db.transaction((b: CommitBatch) => {
-    const rows = b.rows;
-    let i = 0;
-    for (; i + UPSERT_BATCH <= rows.length; i += UPSERT_BATCH) st.upsertMany.run(rows.slice(i, i + UPSERT_BATCH).flat());
-    for (; i < rows.length; i++) st.upsertOne.run(rows[i]);
+    runBatched(b.rows, st.upsertOne, st.upsertMany);
+    runBatched(b.results, st.appendOne, st.appendMany);
     // After the task rows: a collected session's delete must see its final rows.
     for (const o of b.ops) {
       switch (o.op) {
         case 'dropSession':
           st.dropSessionTasks.run(o.id);
+          st.dropSessionResults.run(o.id);
           st.dropSession.run(o.id);
           break;
         case 'executor':

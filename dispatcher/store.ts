@@ -15,7 +15,7 @@ import { Packr } from 'msgpackr';
 import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, Journal, SessionRecord, TaskRecord } from './model.js';
-import { TASK_STATE, TASK_STATE_NAME, openDatabase, storeError, type CommitBatch, type StoreOp, type TaskRow } from './sqlite.js';
+import { TASK_STATE, TASK_STATE_NAME, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
 import type { WriterData, WriterReply } from './store-writer.js';
 
 export interface StoreOptions {
@@ -41,6 +41,7 @@ export class SqliteStore implements Journal {
   readonly #packr = new Packr({ useRecords: false });
   /** Tasks changed since the last commit: their whole current state, by uid. */
   #rows = new Map<number, TaskRow>();
+  #results: ResultRow[] = [];
   #ops: StoreOp[] = [];
   #sessions = new Set<SessionRecord>();
   #n = 0;
@@ -70,13 +71,18 @@ export class SqliteStore implements Journal {
         core.restoreSession(s[0], s[1], s[2], s[3]);
         found.sessions++;
       }
+      const results = new Map<number, [seq: number, result: Buffer]>();
+      for (const [seq, uid, result] of db.prepare('SELECT seq, uid, result FROM results').raw().iterate() as Iterable<[number, number, Buffer]>) {
+        results.set(uid, [seq, result]);
+      }
       const rows = db.prepare('SELECT * FROM tasks ORDER BY uid').raw().iterate() as Iterable<TaskRow>;
       for (const r of rows) {
-        const state = TASK_STATE_NAME[r[4]];
+        const done = results.get(r[1]);
+        const state = done ? 'finished' : TASK_STATE_NAME[r[4]];
         const task: RestoredTask = {
-          session: r[0], uid: r[1], id: r[2], spec: r[3] ? (this.#packr.unpack(r[3]) as TaskSpec) : null, state,
-          attempt: r[5], lost: r[6], executor: r[7], submittedAt: r[8], dispatchedAt: r[9], seq: r[10],
-          result: r[11] ? (this.#packr.unpack(r[11]) as TaskResult) : null,
+          session: r[0], uid: r[1], id: r[2], spec: !done && r[3] ? (this.#packr.unpack(r[3]) as TaskSpec) : null, state,
+          attempt: r[5], lost: r[6], executor: r[7], submittedAt: r[8], dispatchedAt: r[9],
+          seq: done ? done[0] : null, result: done ? (this.#packr.unpack(done[1]) as TaskResult) : null,
         };
         core.restoreTask(task);
         found[state]++;
@@ -126,26 +132,30 @@ export class SqliteStore implements Journal {
   // ---- Journal: record now, write at commit -----------------------------------------------------
 
   taskAccepted(t: TaskRecord): void {
-    this.#rows.set(t.uid, [t.session.id, t.uid, t.id, this.#packr.pack(t.spec), TASK_STATE.queued, t.attempt, t.lost, null, t.submittedAt, null, null, null]);
+    this.#rows.set(t.uid, [t.session.id, t.uid, t.id, this.#packr.pack(t.spec), TASK_STATE.queued, t.attempt, t.lost, null, t.submittedAt, null]);
   }
 
   taskDispatched(t: TaskRecord): void {
-    this.#touch(t, TASK_STATE.dispatched, null, null);
+    this.#touch(t, TASK_STATE.dispatched);
   }
 
   taskRequeued(t: TaskRecord): void {
-    this.#touch(t, TASK_STATE.queued, null, null);
+    this.#touch(t, TASK_STATE.queued);
   }
 
   taskFinished(t: TaskRecord, seq: number, result: TaskResult): void {
-    this.#touch(t, TASK_STATE.finished, seq, this.#packr.pack(result));
+    // The task row is left as it is (or written once, without its spec, if it is new in this
+    // batch: its id must be kept for idempotent resubmits); the result row says "finished".
+    const pending = this.#rows.get(t.uid);
+    if (pending) pending[3] = null;
+    this.#results.push([t.session.id, seq, t.uid, this.#packr.pack(result)]);
   }
 
-  #touch(t: TaskRecord, state: number, seq: number | null, result: Uint8Array | null): void {
+  #touch(t: TaskRecord, state: number): void {
     // A spec goes with the row's first write only; later writes of the row keep the stored one.
-    const spec = state === TASK_STATE.finished ? null : (this.#rows.get(t.uid)?.[3] ?? null);
+    const spec = this.#rows.get(t.uid)?.[3] ?? null;
     const executor = state === TASK_STATE.queued ? null : (t.executor?.info.id ?? null);
-    this.#rows.set(t.uid, [t.session.id, t.uid, t.id, spec, state, t.attempt, t.lost, executor, t.submittedAt, t.dispatchedAt, seq, result]);
+    this.#rows.set(t.uid, [t.session.id, t.uid, t.id, spec, state, t.attempt, t.lost, executor, t.submittedAt, t.dispatchedAt]);
   }
 
   sessionChanged(s: SessionRecord): void {
@@ -180,13 +190,15 @@ export class SqliteStore implements Journal {
    */
   commit(): Promise<void> | null {
     if (this.#failure) return Promise.reject(this.#failure);
-    if (this.#rows.size === 0 && this.#ops.length === 0 && this.#sessions.size === 0) return null;
+    if (this.#rows.size === 0 && this.#results.length === 0 && this.#ops.length === 0 && this.#sessions.size === 0) return null;
     const batch: CommitBatch = {
       rows: [...this.#rows.values()],
+      results: this.#results,
       ops: this.#ops,
       sessions: [...this.#sessions].map((s) => [s.id, s.createdAt, s.acked, s.leaseMs]),
     };
     this.#rows = new Map();
+    this.#results = [];
     this.#ops = [];
     this.#sessions = new Set();
     const n = ++this.#n;

@@ -170,8 +170,20 @@ test('InsufficientInstanceCapacity surfaces under its name; RequestLimitExceeded
   } finally { retrying.destroy(); await done(); }
 });
 
+/** An instance process that just idles until killed: it holds its capacity slot whatever IMDS says. */
+const IDLE = [process.execPath, '-e', 'setInterval(() => {}, 1 << 30)'];
+
 test('ClientToken idempotency, capacity, launch templates and CreateTags', async () => {
-  const { ec2, client, done } = await setup({ capacity: 2, launchTemplates: [{ id: 'lt-0123456789abcdef0', name: 'exec', imageId: 'ami-0123456789abcdef0', instanceType: 'c7g.large' }] });
+  // Capacity counts instances that are neither stopped nor terminated, so the slots must stay taken
+  // for the whole test. INSTANCE_SCRIPT would not hold them: with no user data it gets a 404 from
+  // IMDS, exits 3 and is stopped (the default shutdown behaviour), which frees its slot about 100 ms
+  // after launch, or later under load. Hence IDLE instances, and maxAttempts 1: the SDK retries the
+  // 500 of InsufficientInstanceCapacity with backoff, and a retry could otherwise land after a slot
+  // was freed and launch what the first attempt was refused.
+  const { ec2, client, done } = await setup({
+    command: IDLE, capacity: 2,
+    launchTemplates: [{ id: 'lt-0123456789abcdef0', name: 'exec', imageId: 'ami-0123456789abcdef0', instanceType: 'c7g.large' }],
+  }, { maxAttempts: 1 });
   try {
     const first = await client.send(new RunInstancesCommand(run({ ClientToken: 'tok-1' })));
     const again = await client.send(new RunInstancesCommand(run({ ClientToken: 'tok-1' })));
@@ -190,6 +202,7 @@ test('ClientToken idempotency, capacity, launch templates and CreateTags', async
     assert.deepEqual(d.Reservations?.flatMap((r) => r.Instances ?? []).map((i) => i.InstanceId), [id]);
     assert.equal(ec2.instances().length, 2, 'the replayed token and the failed calls launched nothing');
     assert.equal(ec2.instances().find((i) => i.instanceId === id)?.launchTemplateId, 'lt-0123456789abcdef0');
+    assert.deepEqual(ec2.instances().map((i) => i.state === 'pending' || i.state === 'running'), [true, true], 'both slots still held');
   } finally { await done(); }
 });
 
