@@ -305,22 +305,27 @@ export class DispatcherServer {
   }
 
   /**
-   * Once per turn: schedule, then hand this turn's journal changes to the store, and send what
-   * this turn produced only after they (and every earlier batch) are on disk. With the memory
-   * store, or a turn that changed nothing while no commit is in flight, that is right away.
+   * Once per turn: schedule, then hand this turn's journal changes to the store. What goes to
+   * clients (acknowledgements, results) is sent only once those changes, and every earlier
+   * batch, are on disk: that is the durability and exactly-once promise. What goes to executors
+   * is sent at once: an assignment that a crash forgets is only an attempt the restarted
+   * dispatcher cancels when the executor reports it, and holding it would tie every slot's
+   * turnaround to the commit latency.
    */
   #flush(): void {
     this.#flushQueued = false;
     if (this.#failed) return;
     this.core.schedule();
     const group: Outgoing[] = [];
+    const now: Outgoing[] = [];
     for (const c of this.#dirty) {
-      group.push({ c, msgs: c.out, close: c.closing });
+      (c.role === 'client' ? group : now).push({ c, msgs: c.out, close: c.closing });
       c.out = [];
     }
     this.#dirty.clear();
     if (group.length > 0) this.#held.push(group);
     if (!this.#committing) this.#commit();
+    this.#release(now);
   }
 
   /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */
