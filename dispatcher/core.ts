@@ -22,8 +22,10 @@ import {
 } from '../protocol/index.js';
 import { TaskQueue } from './queue.js';
 import {
-  labelKeyOf,
   labelsFit,
+  newExecutor,
+  newSession,
+  newTask,
   nullJournal,
   systemClock,
   type Clock,
@@ -105,20 +107,7 @@ export class DispatcherCore {
     let session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
     const resumed = session !== undefined;
     if (!session) {
-      session = {
-        id: sessionId ?? randomUUID(),
-        conn: null,
-        tasks: new Map(),
-        finishedIds: new Set(),
-        unacked: [],
-        lastSeq: 0,
-        acked: 0,
-        submitted: 0,
-        finished: 0,
-        createdAt: this.clock.now(),
-        goneAt: null,
-        leaseMs: leaseMs ?? null,
-      };
+      session = newSession(sessionId ?? randomUUID(), this.clock.now(), leaseMs ?? null, null);
       this.sessions.set(session.id, session);
       this.journal.sessionChanged(session);
     } else if (session.conn !== null && session.conn !== conn) {
@@ -175,21 +164,7 @@ export class DispatcherCore {
       const id = spec.id ?? `t${uid}`;
       accepted++;
       if (session.tasks.has(id) || session.finishedIds.has(id)) continue; // idempotent resubmit
-      const task: TaskRecord = {
-        uid,
-        id,
-        session,
-        spec,
-        priority: spec.priority ?? 0,
-        labelKey: labelKeyOf(spec.labels),
-        state: 'queued',
-        attempt: 0,
-        lost: 0,
-        executor: null,
-        cancelRequested: false,
-        submittedAt: now,
-        dispatchedAt: null,
-      };
+      const task = newTask(uid, id, session, spec, now);
       session.tasks.set(id, task);
       session.submitted++;
       this.tasks.set(uid, task);
@@ -287,18 +262,7 @@ export class DispatcherCore {
       exec.draining = false;
       exec.leaving = false;
     } else {
-      exec = {
-        info,
-        conn,
-        running: new Map(),
-        credit: 0,
-        draining: false,
-        registeredAt: now,
-        lastSeen: now,
-        fits: new Map(),
-        completed: 0,
-        leaving: false,
-      };
+      exec = newExecutor(info, conn, now, now);
       this.executors.set(info.id, exec);
     }
     this.journal.executorRegistered(exec);
@@ -563,26 +527,14 @@ export class DispatcherCore {
 
   /** A session from the store; its client counts as away from now, until it reattaches. */
   restoreSession(id: string, createdAt: number, acked: number, leaseMs: number | null): void {
-    this.sessions.set(id, {
-      id,
-      conn: null,
-      tasks: new Map(),
-      finishedIds: new Set(),
-      unacked: [],
-      lastSeq: acked,
-      acked,
-      submitted: 0,
-      finished: 0,
-      createdAt,
-      goneAt: this.clock.now(),
-      leaseMs,
-    });
+    const session = newSession(id, createdAt, leaseMs, this.clock.now());
+    session.lastSeq = session.acked = acked;
+    this.sessions.set(id, session);
   }
 
   /** An executor that held leases: it gets a full lease period from now to come back. */
   restoreExecutor(info: ExecutorInfo, registeredAt: number): void {
-    const now = this.clock.now();
-    this.executors.set(info.id, { info, conn: null, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false });
+    this.executors.set(info.id, newExecutor(info, null, registeredAt, this.clock.now()));
   }
 
   /** One task from the store. Call in uid order so that FIFO order survives a restart. */
@@ -599,21 +551,14 @@ export class DispatcherCore {
       return;
     }
     const exec = row.state === 'dispatched' && row.executor !== null ? this.executors.get(row.executor) : undefined;
-    const task: TaskRecord = {
-      uid: row.uid,
-      id: row.id,
-      session,
-      spec: row.spec!,
-      priority: row.spec!.priority ?? 0,
-      labelKey: labelKeyOf(row.spec!.labels),
-      state: exec ? 'dispatched' : 'queued',
-      attempt: row.attempt,
-      lost: row.lost,
-      executor: exec ?? null,
-      cancelRequested: false,
-      submittedAt: row.submittedAt,
-      dispatchedAt: row.dispatchedAt,
-    };
+    const task = newTask(row.uid, row.id, session, row.spec!, row.submittedAt);
+    task.attempt = row.attempt;
+    task.lost = row.lost;
+    task.dispatchedAt = row.dispatchedAt;
+    if (exec) {
+      task.state = 'dispatched';
+      task.executor = exec;
+    }
     session.tasks.set(task.id, task);
     session.submitted++;
     this.tasks.set(task.uid, task);

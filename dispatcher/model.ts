@@ -111,6 +111,35 @@ export const nullJournal: Journal = {
   executorRemoved() {},
 };
 
+/** A session with no tasks yet; its client is `conn` (or away since `goneAt`). */
+export function newSession(id: string, createdAt: number, leaseMs: number | null, goneAt: number | null): SessionRecord {
+  return { id, conn: null, tasks: new Map(), finishedIds: new Set(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs };
+}
+
+/** An executor record holding no attempts; `now` starts its lease. */
+export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
+  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false };
+}
+
+/** A task record in the `queued` state. */
+export function newTask(uid: number, id: string, session: SessionRecord, spec: TaskSpec, submittedAt: number): TaskRecord {
+  return {
+    uid,
+    id,
+    session,
+    spec,
+    priority: spec.priority ?? 0,
+    labelKey: labelKeyOf(spec.labels),
+    state: 'queued',
+    attempt: 0,
+    lost: 0,
+    executor: null,
+    cancelRequested: false,
+    submittedAt,
+    dispatchedAt: null,
+  };
+}
+
 /** Canonical key of a label requirement: sorted `k=v` pairs joined by newlines. */
 export function labelKeyOf(labels: Record<string, string> | undefined): string {
   if (!labels) return '';

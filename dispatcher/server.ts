@@ -19,39 +19,16 @@ import {
   ExecutorMessageSchemas,
   type ClientMessage,
   type ExecutorMessage,
-  type InboundValidator,
   type WireError,
 } from '../protocol/index.js';
 import { DispatcherCore, type Outbox } from './core.js';
-import { nullJournal, systemClock, type Clock, type ConnId, type Journal } from './model.js';
+import { nullJournal, systemClock, type Clock, type ConnId } from './model.js';
+import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
 import type { DispatcherConfig } from './config.js';
 import { metricsFor } from './metrics.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
 const validateExecutor = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
-
-/** WebSocket close codes paired with the error codes that cause them. */
-const CLOSE_FOR: Partial<Record<ErrorCode, number>> = {
-  [ErrorCode.FRAME_TOO_LARGE]: 1009,
-  [ErrorCode.SHUTTING_DOWN]: 1001,
-  [ErrorCode.INTERNAL]: 1011,
-};
-
-/** What one connection was sent in one turn, held until that turn's changes are committed. */
-interface Outgoing {
-  c: Conn;
-  msgs: unknown[];
-  close: WireError | null;
-}
-
-interface Conn {
-  readonly id: ConnId;
-  readonly ws: WebSocket;
-  role: 'client' | 'executor' | null;
-  out: unknown[];
-  closing: WireError | null;
-  helloTimer: NodeJS.Timeout | null;
-}
 
 export class DispatcherServer {
   readonly core: DispatcherCore;
@@ -59,31 +36,34 @@ export class DispatcherServer {
   readonly #wss: WebSocketServer;
   readonly #codec: Codec;
   readonly #conns = new Map<ConnId, Conn>();
-  readonly #dirty = new Set<Conn>();
+  readonly #out: Outbound;
   #nextConn = 1;
-  #flushQueued = false;
   #timers: NodeJS.Timeout[] = [];
   #stopping = false;
-  #failed = false;
-  /** Turns whose messages wait for a commit, oldest first. */
-  #held: Outgoing[][] = [];
-  #committing: Promise<void> | null = null;
   readonly #metrics;
 
   private constructor(
     readonly config: DispatcherConfig,
     private readonly log: Logger,
-    private readonly journal: Journal & { commit?(): Promise<void> | null | void },
+    journal: CommittingJournal,
     clock: Clock,
-    private readonly onFatal: (err: Error) => void,
+    onFatal: (err: Error) => void,
   ) {
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
+    this.#out = new Outbound(this.#codec, journal, log, () => this.core.schedule(), (err) => {
+      const wire = { code: ErrorCode.STORE_FAILED, message: err.message, retryable: true };
+      for (const c of this.#conns.values()) {
+        c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
+        c.ws.close(1011, ErrorCode.STORE_FAILED);
+      }
+      onFatal(err);
+    });
     const outbox: Outbox = {
       toClient: (conn, msg) => this.#send(conn, msg),
       toExecutor: (conn, msg) => this.#send(conn, msg),
       close: (conn, code, message) => {
         const c = this.#conns.get(conn);
-        if (c) this.#fail(c, { code, message, retryable: false });
+        if (c) this.#out.fail(c, { code, message, retryable: false });
       },
     };
     this.core = new DispatcherCore(config, outbox, clock, journal);
@@ -106,7 +86,7 @@ export class DispatcherServer {
     config: DispatcherConfig,
     log: Logger,
     opts: {
-      journal?: Journal & { commit?(): Promise<void> | null | void };
+      journal?: CommittingJournal;
       clock?: Clock;
       recover?: (core: DispatcherCore) => Promise<void> | void;
       onFatal?: (err: Error) => void;
@@ -138,11 +118,11 @@ export class DispatcherServer {
     const c: Conn = { id: this.#nextConn++, ws, role: null, out: [], closing: null, helloTimer: null };
     this.#conns.set(c.id, c);
     if (this.#stopping) {
-      this.#fail(c, { code: ErrorCode.SHUTTING_DOWN, message: 'dispatcher is shutting down', retryable: true });
+      this.#out.fail(c, { code: ErrorCode.SHUTTING_DOWN, message: 'dispatcher is shutting down', retryable: true });
       return;
     }
     c.helloTimer = setTimeout(() => {
-      this.#fail(c, { code: ErrorCode.HELLO_TIMEOUT, message: `no hello within ${this.config.helloTimeoutMs} ms`, retryable: true });
+      this.#out.fail(c, { code: ErrorCode.HELLO_TIMEOUT, message: `no hello within ${this.config.helloTimeoutMs} ms`, retryable: true });
     }, this.config.helloTimeoutMs);
     ws.on('message', (data, isBinary) => this.#onFrame(c, data, isBinary));
     ws.on('error', (err) => this.log.debug({ err, conn: c.id }, 'socket error'));
@@ -152,10 +132,10 @@ export class DispatcherServer {
   #onClose(c: Conn): void {
     if (c.helloTimer) clearTimeout(c.helloTimer);
     this.#conns.delete(c.id);
-    this.#dirty.delete(c);
+    this.#out.forget(c);
     if (c.role === 'client') this.core.clientGone(c.id);
     else if (c.role === 'executor') this.core.executorGone(c.id);
-    this.#queueFlush();
+    this.#out.queueFlush();
   }
 
   #onFrame(c: Conn, data: RawData, isBinary: boolean): void {
@@ -166,7 +146,7 @@ export class DispatcherServer {
       messages = this.#codec.decode(data as Buffer);
     } catch (err) {
       const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.BAD_FRAME, String(err));
-      this.#fail(c, e.toWire());
+      this.#out.fail(c, e.toWire());
       return;
     }
     for (const raw of messages) {
@@ -178,30 +158,30 @@ export class DispatcherServer {
       } catch (err) {
         // A bug must cost one connection, never the dispatcher.
         this.log.error({ err, conn: c.id }, 'message handling failed');
-        this.#fail(c, { code: ErrorCode.INTERNAL, message: String((err as Error).message), retryable: true });
+        this.#out.fail(c, { code: ErrorCode.INTERNAL, message: String((err as Error).message), retryable: true });
       }
     }
-    this.#queueFlush();
+    this.#out.queueFlush();
   }
 
   #onHello(c: Conn, raw: unknown): void {
     const head = raw as { t?: unknown; v?: unknown; role?: unknown; token?: unknown } | null;
     if (head === null || typeof head !== 'object' || head.t !== 'hello') {
-      return this.#fail(c, { code: ErrorCode.HELLO_REQUIRED, message: 'the first message must be hello', retryable: false });
+      return this.#out.fail(c, { code: ErrorCode.HELLO_REQUIRED, message: 'the first message must be hello', retryable: false });
     }
     if (head.v !== PROTOCOL_VERSION) {
-      return this.#fail(c, {
+      return this.#out.fail(c, {
         code: ErrorCode.VERSION_MISMATCH,
         message: `protocol version ${String(head.v)} is not supported; this dispatcher speaks ${PROTOCOL_VERSION}`,
         retryable: false,
       });
     }
     const role = head.role === 'client' || head.role === 'executor' ? head.role : null;
-    if (!role) return this.#fail(c, { code: ErrorCode.INVALID_MESSAGE, message: 'hello.role must be client or executor', retryable: false });
+    if (!role) return this.#out.fail(c, { code: ErrorCode.INVALID_MESSAGE, message: 'hello.role must be client or executor', retryable: false });
     const checked = (role === 'client' ? validateClient : validateExecutor)(raw);
-    if (!checked.ok) return this.#fail(c, checked.error);
+    if (!checked.ok) return this.#out.fail(c, checked.error);
     const authError = this.#authenticate(role, typeof head.token === 'string' ? head.token : undefined);
-    if (authError) return this.#fail(c, authError);
+    if (authError) return this.#out.fail(c, authError);
     if (c.helloTimer) clearTimeout(c.helloTimer);
     c.helloTimer = null;
     c.role = role;
@@ -279,115 +259,14 @@ export class DispatcherServer {
     this.#send(c.id, { t: 'error', ...(typeof ref === 'number' && ref >= 0 ? { ref } : {}), ...error });
   }
 
-  /** A bad frame or handshake ends the connection: send the error, then close. */
-  #fail(c: Conn, error: WireError): void {
-    if (c.closing) return;
-    c.out.push({ t: 'error', ...error });
-    c.closing = error;
-    this.#dirty.add(c);
-    this.#queueFlush();
-  }
-
   #send(conn: ConnId, msg: unknown): void {
     const c = this.#conns.get(conn);
-    if (!c || c.closing) return;
-    c.out.push(msg);
-    this.#dirty.add(c);
-    this.#queueFlush();
-  }
-
-  // ---- the per-turn flush -----------------------------------------------------------------------
-
-  #queueFlush(): void {
-    if (this.#flushQueued) return;
-    this.#flushQueued = true;
-    setImmediate(() => this.#flush());
-  }
-
-  /**
-   * Once per turn: schedule, then hand this turn's journal changes to the store. What goes to
-   * clients (acknowledgements, results) is sent only once those changes, and every earlier
-   * batch, are on disk: that is the durability and exactly-once promise. What goes to executors
-   * is sent at once: an assignment that a crash forgets is only an attempt the restarted
-   * dispatcher cancels when the executor reports it, and holding it would tie every slot's
-   * turnaround to the commit latency.
-   */
-  #flush(): void {
-    this.#flushQueued = false;
-    if (this.#failed) return;
-    this.core.schedule();
-    const group: Outgoing[] = [];
-    const now: Outgoing[] = [];
-    for (const c of this.#dirty) {
-      (c.role === 'client' ? group : now).push({ c, msgs: c.out, close: c.closing });
-      c.out = [];
-    }
-    this.#dirty.clear();
-    if (group.length > 0) this.#held.push(group);
-    if (!this.#committing) this.#commit();
-    this.#release(now);
-  }
-
-  /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */
-  #commit(): void {
-    const groups = this.#held;
-    this.#held = [];
-    let pending: Promise<void> | null | void;
-    try {
-      pending = this.journal.commit?.();
-    } catch (err) {
-      return this.#storeFailed(err as Error);
-    }
-    if (!pending) {
-      for (const g of groups) this.#release(g);
-      return;
-    }
-    this.#committing = pending.then(
-      () => {
-        this.#committing = null;
-        for (const g of groups) this.#release(g);
-        if (this.#held.length > 0 && !this.#failed) this.#commit();
-      },
-      (err: Error) => this.#storeFailed(err),
-    );
-  }
-
-  #release(group: Outgoing[]): void {
-    for (const { c, msgs, close } of group) {
-      if (msgs.length > 0) {
-        try {
-          for (const frame of this.#codec.encode(msgs)) c.ws.send(frame);
-        } catch (err) {
-          this.log.error({ err, conn: c.id }, 'encode failed');
-        }
-      }
-      if (close) {
-        c.ws.close(CLOSE_FOR[close.code as ErrorCode] ?? 1008, close.code);
-        // A peer that ignores the close handshake must not hold the socket forever.
-        setTimeout(() => c.ws.terminate(), 2000).unref();
-      }
-    }
-  }
-
-  /**
-   * Crash-only: what the core holds is now ahead of the disk, so nothing more is acknowledged.
-   * Clients resend what was not acknowledged to the next dispatcher on this store.
-   */
-  #storeFailed(err: Error): void {
-    if (this.#failed) return;
-    this.#failed = true;
-    this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
-    const wire = { code: ErrorCode.STORE_FAILED, message: err.message, retryable: true };
-    for (const c of this.#conns.values()) {
-      c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
-      c.ws.close(1011, ErrorCode.STORE_FAILED);
-    }
-    this.onFatal(err);
+    if (c) this.#out.send(c, msg);
   }
 
   #tick(): void {
     this.core.tick();
-    this.#queueFlush();
+    this.#out.queueFlush();
   }
 
   #heartbeat(): void {
@@ -424,8 +303,8 @@ export class DispatcherServer {
     if (this.#stopping) return;
     this.#stopping = true;
     for (const t of this.#timers) clearInterval(t);
-    this.#flush();
-    while (this.#committing) await this.#committing.catch(() => {});
+    this.#out.flush();
+    await this.#out.settled();
     for (const c of this.#conns.values()) {
       if (c.helloTimer) clearTimeout(c.helloTimer);
       c.ws.close(1001, ErrorCode.SHUTTING_DOWN);

@@ -9,7 +9,8 @@
  */
 import { accessSync, constants, mkdirSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import { ErrorCode, FalconetError } from '../protocol/index.js';
+import { Packr } from 'msgpackr';
+import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 
 export const SCHEMA_VERSION = 1;
 export const TASK_STATE = { queued: 0, dispatched: 1, finished: 2 } as const;
@@ -20,7 +21,8 @@ export type TaskRow = [
   session: string,
   uid: number,
   id: string,
-  spec: Uint8Array | null,
+  /** The spec on the row's first write (an object in a batch, msgpack in the file); else null. */
+  spec: TaskSpec | Uint8Array | null,
   state: number,
   attempt: number,
   lost: number,
@@ -30,12 +32,12 @@ export type TaskRow = [
 ];
 
 /** A finished task's result: appended, never updated; its presence is what "finished" means. */
-export type ResultRow = [session: string, seq: number, uid: number, result: Uint8Array];
+export type ResultRow = [session: string, seq: number, uid: number, result: TaskResult | Uint8Array];
 
 /** The non-task changes of a commit, in order. */
 export type StoreOp =
   | { op: 'dropSession'; id: string }
-  | { op: 'executor'; id: string; info: Uint8Array; registeredAt: number }
+  | { op: 'executor'; id: string; info: ExecutorInfo; registeredAt: number }
   | { op: 'dropExecutor'; id: string }
   | { op: 'putInstance'; id: string; record: string; at: number }
   | { op: 'dropInstance'; id: string };
@@ -129,7 +131,13 @@ export function openDatabase(dataDir: string, file: string, sync: 'full' | 'norm
   }
 }
 
-/** Returns a function that writes one batch in one transaction. */
+/** The encoding of specs, results and executor infos in the file (self-contained per value). */
+export const blobs = new Packr({ useRecords: false });
+
+/**
+ * Returns a function that writes one batch in one transaction. Values arrive as objects and are
+ * encoded here, on the writer thread, so the dispatch loop never pays for it.
+ */
 export function batchWriter(db: Database.Database): (batch: CommitBatch) => void {
   const st = {
     upsertOne: db.prepare(UPSERT(1)),
@@ -146,6 +154,8 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     dropInstance: db.prepare('DELETE FROM instances WHERE id = ?'),
   };
   return db.transaction((b: CommitBatch) => {
+    for (const row of b.rows) if (row[3] !== null) row[3] = blobs.pack(row[3]);
+    for (const row of b.results) row[3] = blobs.pack(row[3]);
     runBatched(b.rows, st.upsertOne, st.upsertMany);
     runBatched(b.results, st.appendOne, st.appendMany);
     // After the task rows: a collected session's delete must see its final rows.
@@ -157,7 +167,7 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
           st.dropSession.run(o.id);
           break;
         case 'executor':
-          st.executor.run(o.id, o.info, o.registeredAt);
+          st.executor.run(o.id, blobs.pack(o.info), o.registeredAt);
           break;
         case 'dropExecutor':
           st.dropExecutor.run(o.id);

@@ -6,6 +6,7 @@
  * finished between two commits.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { Unpackr } from 'msgpackr';
 import { batchWriter, openDatabase, storeError, type CommitBatch } from './sqlite.js';
 
 export interface WriterData {
@@ -22,14 +23,15 @@ const data = workerData as WriterData;
 try {
   const db = openDatabase(data.dataDir, data.file, data.sync);
   const write = batchWriter(db);
-  port.on('message', (msg: { n: number; batch: CommitBatch } | 'close') => {
+  const unpackr = new Unpackr({ useRecords: true });
+  port.on('message', (msg: { n: number; bytes: Uint8Array } | 'close') => {
     if (msg === 'close') {
       db.close();
       port.close();
       return;
     }
     try {
-      write(msg.batch);
+      write(unpackr.unpack(Buffer.from(msg.bytes.buffer, msg.bytes.byteOffset, msg.bytes.byteLength)) as CommitBatch);
       port.postMessage({ kind: 'committed', n: msg.n } satisfies WriterReply);
     } catch (err) {
       const e = storeError(err, data.file);

@@ -1,0 +1,161 @@
+/**
+ * Everything the dispatcher sends, once per event-loop turn: per-connection buffers batched
+ * into frames, and the group commit that decides when they may go. What goes to clients
+ * (acknowledgements, results) is sent only once the turn's journal changes, and every earlier
+ * batch, are on disk: that is the durability and exactly-once promise. What goes to executors
+ * is sent at once: an assignment that a crash forgets is only an attempt the restarted
+ * dispatcher cancels when the executor reports it, and holding it would tie every slot's
+ * turnaround to the commit latency.
+ */
+import type { WebSocket } from 'ws';
+import type { Logger } from 'pino';
+import { ErrorCode, type Codec, type WireError } from '../protocol/index.js';
+import type { ConnId, Journal } from './model.js';
+
+/** One WebSocket peer, as the adapter tracks it. */
+export interface Conn {
+  readonly id: ConnId;
+  readonly ws: WebSocket;
+  role: 'client' | 'executor' | null;
+  out: unknown[];
+  /** Set once the connection is to end: nothing more is queued, it closes after the flush. */
+  closing: WireError | null;
+  helloTimer: NodeJS.Timeout | null;
+}
+
+/** A journal whose commit may be asynchronous (the durable store) or absent (memory). */
+export type CommittingJournal = Journal & { commit?(): Promise<void> | null | void };
+
+/** WebSocket close codes paired with the error codes that cause them. */
+const CLOSE_FOR: Partial<Record<string, number>> = {
+  [ErrorCode.FRAME_TOO_LARGE]: 1009,
+  [ErrorCode.SHUTTING_DOWN]: 1001,
+  [ErrorCode.INTERNAL]: 1011,
+};
+
+/** What one connection was sent in one turn, held until that turn's changes are committed. */
+interface Outgoing {
+  c: Conn;
+  msgs: unknown[];
+  close: WireError | null;
+}
+
+export class Outbound {
+  readonly #dirty = new Set<Conn>();
+  #queued = false;
+  /** Turns whose client messages wait for a commit, oldest first. */
+  #held: Outgoing[][] = [];
+  #committing: Promise<void> | null = null;
+  #failed = false;
+
+  constructor(
+    private readonly codec: Codec,
+    private readonly journal: CommittingJournal,
+    private readonly log: Logger,
+    /** Runs first in every flush: the scheduler, so its assignments join the same turn. */
+    private readonly beforeFlush: () => void,
+    /** The store failed: nothing more will be acknowledged. */
+    private readonly onStoreFailed: (err: Error) => void,
+  ) {}
+
+  /** Queues a message for the connection's next frame. */
+  send(c: Conn, msg: unknown): void {
+    if (c.closing) return;
+    c.out.push(msg);
+    this.#dirty.add(c);
+    this.queueFlush();
+  }
+
+  /** Sends `error` and then closes the connection. */
+  fail(c: Conn, error: WireError): void {
+    if (c.closing) return;
+    c.out.push({ t: 'error', ...error });
+    c.closing = error;
+    this.#dirty.add(c);
+    this.queueFlush();
+  }
+
+  forget(c: Conn): void {
+    this.#dirty.delete(c);
+  }
+
+  queueFlush(): void {
+    if (this.#queued) return;
+    this.#queued = true;
+    setImmediate(() => this.flush());
+  }
+
+  /** Schedules, hands the turn's changes to the store, sends what may go now, holds the rest. */
+  flush(): void {
+    this.#queued = false;
+    if (this.#failed) return;
+    this.beforeFlush();
+    const held: Outgoing[] = [];
+    const now: Outgoing[] = [];
+    for (const c of this.#dirty) {
+      (c.role === 'client' ? held : now).push({ c, msgs: c.out, close: c.closing });
+      c.out = [];
+    }
+    this.#dirty.clear();
+    if (held.length > 0) this.#held.push(held);
+    if (!this.#committing) this.#commit();
+    this.#release(now);
+  }
+
+  /** Resolves when no commit is in flight (for shutdown). */
+  async settled(): Promise<void> {
+    while (this.#committing) await this.#committing.catch(() => {});
+  }
+
+  /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */
+  #commit(): void {
+    const groups = this.#held;
+    this.#held = [];
+    let pending: Promise<void> | null | void;
+    try {
+      pending = this.journal.commit?.();
+    } catch (err) {
+      return this.#storeFailed(err as Error);
+    }
+    if (!pending) {
+      for (const g of groups) this.#release(g);
+      return;
+    }
+    this.#committing = pending.then(
+      () => {
+        this.#committing = null;
+        for (const g of groups) this.#release(g);
+        if (this.#held.length > 0 && !this.#failed) this.#commit();
+      },
+      (err: Error) => this.#storeFailed(err),
+    );
+  }
+
+  #release(group: Outgoing[]): void {
+    for (const { c, msgs, close } of group) {
+      if (msgs.length > 0) {
+        try {
+          for (const frame of this.codec.encode(msgs)) c.ws.send(frame);
+        } catch (err) {
+          this.log.error({ err, conn: c.id }, 'encode failed');
+        }
+      }
+      if (close) {
+        c.ws.close(CLOSE_FOR[close.code] ?? 1008, close.code);
+        // A peer that ignores the close handshake must not hold the socket forever.
+        setTimeout(() => c.ws.terminate(), 2000).unref();
+      }
+    }
+  }
+
+  /**
+   * Crash-only: what the core holds is now ahead of the disk, so nothing more is acknowledged.
+   * Clients resend what was not acknowledged to the next dispatcher on this store.
+   */
+  #storeFailed(err: Error): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
+    this.onStoreFailed(err);
+  }
+}
