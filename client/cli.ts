@@ -117,8 +117,8 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
 async function dispatcherCommand(args: string[]): Promise<void> {
   const { values } = parse(args, DISPATCHER_FLAGS);
   const log = makeLogger('dispatcher');
-  const { server, stop } = await startDispatcher(dispatcherOptions(values), log);
-  process.stdout.write(`falconet dispatcher listening on ${server.url}\n`);
+  const { server, stop, storeSummary } = await startDispatcher(dispatcherOptions(values), log);
+  process.stdout.write(`falconet dispatcher listening on ${server.url} (${storeSummary})\n`);
   onShutdownSignal(stop);
 }
 
@@ -128,13 +128,13 @@ async function upCommand(args: string[]): Promise<void> {
   const slots = num('slots', values.slots, { min: 1, integer: true }) ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, count)));
   if (values.mode !== undefined && values.mode !== 'push' && values.mode !== 'pull') usage('--mode must be push or pull');
   const log = makeLogger('falconet');
-  const { server, stop } = await startDispatcher(dispatcherOptions(values), log);
+  const { server, stop, storeSummary } = await startDispatcher(dispatcherOptions(values), log);
   const executorEnv = { ...process.env };
   if (server.config.executorToken) executorEnv.FALCONET_TOKEN = server.config.executorToken;
   const localUrl = server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
   const executors = new LocalExecutors(localUrl, ['--slots', String(slots), ...(values.mode ? ['--mode', values.mode] : [])], log, executorEnv);
   executors.start(count);
-  process.stdout.write(`falconet dispatcher listening on ${server.url} with ${count} local executor(s) of ${slots} slot(s)\n`);
+  process.stdout.write(`falconet dispatcher listening on ${server.url} with ${count} local executor(s) of ${slots} slot(s) (${storeSummary})\n`);
   onShutdownSignal(async () => {
     await executors.stop();
     await stop();

@@ -36,6 +36,8 @@ export interface ConnectOptions {
    * Default: none; tasks keep running for a later reattach.
    */
   leaseMs?: number;
+  /** With `session`: fail with NOT_FOUND instead of opening a session the dispatcher does not know. */
+  attachOnly?: boolean;
   /** How long {@link connect} waits for the first welcome. Default 10 s. */
   connectTimeoutMs?: number;
   /** Tasks per submit frame. Default 2,000. */
@@ -108,6 +110,7 @@ export class Client {
   #closed = false;
   /** Results the dispatcher will still send, as of the last message from it. */
   #remaining = 0;
+  #resumed = false;
 
   constructor(url: string, private readonly o: ConnectOptions = {}) {
     this.#sessionId = o.session;
@@ -132,6 +135,7 @@ export class Client {
         ...(this.#sessionId ? { session: this.#sessionId } : {}),
         ...(this.#sessionId && this.#cursor > 0 ? { cursor: this.#cursor } : {}),
         ...(o.leaseMs !== undefined ? { leaseMs: o.leaseMs } : {}),
+        ...(o.attachOnly ? { attachOnly: true } : {}),
       }),
       onUp: (w) => {
         clearTimeout(timer);
@@ -149,6 +153,11 @@ export class Client {
       maxBackoffMs: o.maxBackoffMs,
     });
     this.#link.start();
+  }
+
+  /** True when the dispatcher knew the session this client asked to resume. */
+  get resumed(): boolean {
+    return this.#resumed;
   }
 
   /** The session id and cursor: what a later process needs to resume this stream. */
@@ -274,6 +283,7 @@ export class Client {
   #onUp(w: Msg<DispatcherToClient, 'welcome'>): void {
     const forgotten = this.#sessionId !== undefined && !w.resumed;
     this.#sessionId = w.session;
+    this.#resumed = w.resumed;
     this.#remaining = w.unfinished + w.unacked;
     if (w.cursor > this.#cursor) this.#cursor = this.#lastSeq = this.#ackedSent = w.cursor;
     if (forgotten) {

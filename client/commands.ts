@@ -158,7 +158,7 @@ async function streamResults(client: Client, a: SubmitArgs, bad: (line: number, 
  * time, and exits when all of the session's tasks are finished: 0 if all succeeded, else 1.
  */
 export async function watchCommand(url: string, tok: string | undefined, session: string, progress: boolean): Promise<number> {
-  const client = await connect(url, { token: token(tok), session });
+  const client = await connect(url, { token: token(tok), session, attachOnly: true });
   const bar = new Progress(progress);
   let seen = 0;
   let failed = 0;

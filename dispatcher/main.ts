@@ -29,6 +29,8 @@ export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
 export interface RunningDispatcher {
   server: DispatcherServer;
   store: SqliteStore | null;
+  /** One line for people: where the state lives, or that none is kept. */
+  storeSummary: string;
   stop(): Promise<void>;
 }
 
@@ -60,6 +62,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice, 
   return {
     server,
     store,
+    storeSummary: store ? `store: ${store.file} (sync ${sync})` : 'store: MEMORY, nothing is kept across restarts',
     async stop() {
       await server.close();
       await store?.close();

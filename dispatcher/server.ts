@@ -188,6 +188,9 @@ export class DispatcherServer {
     const msg = checked.msg;
     if (msg.t !== 'hello') return;
     if (msg.role === 'client') {
+      if (msg.attachOnly && msg.session !== undefined && !this.core.sessions.has(msg.session)) {
+        return this.#out.fail(c, { code: ErrorCode.NOT_FOUND, message: `no session ${msg.session} (finished sessions are kept for --retention)`, retryable: false });
+      }
       this.core.openSession(c.id, msg.session, msg.cursor, msg.leaseMs);
     } else {
       this.core.registerExecutor(c.id, msg.executor);

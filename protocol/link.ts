@@ -14,7 +14,7 @@ import { ErrorCode, FalconetError } from './errors.js';
 import type { InboundValidator } from './validate.js';
 
 /** Errors after which dialing again cannot help: stop and tell the user. */
-const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH]);
+const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND]);
 
 export interface LinkOptions<In extends { t: string }> {
   url: string;

@@ -179,6 +179,8 @@ export const ClientHello = Type.Object({
    * this long. Absent: tasks keep running for a later reattach.
    */
   leaseMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 * 24 * 3600 * 1000 })),
+  /** With `session`: refuse (NOT_FOUND) rather than open it when the dispatcher does not know it. */
+  attachOnly: Type.Optional(Type.Boolean()),
 });
 export const Submit = Type.Object({
   t: Type.Literal('submit'),

@@ -309,3 +309,12 @@ test('a full disk: the dispatcher refuses to acknowledge and exits with STORE_FA
   void acked.catch(() => {});
   await c.close();
 });
+
+test('watch of an unknown session is an error, not an empty stream', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  const r = await runCli(procs, ['watch', '--dispatcher', d.url, 'no-such-session']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /NOT_FOUND/);
+});

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type TaskResult, type TaskSpec } from '../client/index.js';
-import { FAST, Procs, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitForLine } from './helpers.js';
+import { FAST, Procs, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, waitForLine } from './helpers.js';
 
 test('many tasks through `up`: noop and command tasks spread over its executors', async (t) => {
   const procs = new Procs();
@@ -116,4 +116,31 @@ test('CLI: run prints the output and exits with the task exit code; submit strea
   const st = await runCli(procs, ['status', '--json'], { env });
   assert.equal(st.code, 0);
   assert.equal(JSON.parse(st.stdout).executors.length, 1);
+});
+
+test('drain: the executor finishes what it runs, takes nothing new, and exits; --idle-exit exits when idle', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  const drained = startExecutor(procs, d.url, ['--id', 'drainee', '--slots', '2']);
+  const drainedExit = new Promise<number | null>((r) => drained.once('exit', (code) => r(code)));
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  t.after(() => client.close());
+  const running = client.submit({ id: 'long', cmd: ['sh', '-c', 'sleep 0.5; echo finished'] });
+  await waitFor('the task running', async () => (await status(d.url)).tasks.running === 1);
+  await client.drain('drainee');
+  const later = client.submit({ id: 'later', builtin: 'noop' });
+  const r = await running;
+  assert.equal(r.stdout, 'finished\n', 'the running task completes');
+  assert.equal(await drainedExit, 0);
+  startExecutor(procs, d.url, ['--id', 'fresh']);
+  assert.equal((await later).executor, 'fresh', 'nothing new went to the draining executor');
+  await assert.rejects(client.drain('no-such-executor'), (e: Error & { code?: string }) => e.code === 'NOT_FOUND');
+
+  const idle = startExecutor(procs, d.url, ['--id', 'idler', '--idle-exit', '0.3']);
+  const code = await new Promise((res) => idle.once('exit', (c) => res(c)));
+  assert.equal(code, 0);
+  const metrics = await (await fetch(d.url.replace('ws', 'http') + '/metrics')).text();
+  assert.match(metrics, /falconet_tasks_finished_total\{status="succeeded"\} 2/);
 });
