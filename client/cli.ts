@@ -6,9 +6,11 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableParallelism } from 'node:os';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
+import { connect } from './client.js';
 import { DEFAULT_PORT } from '../dispatcher/config.js';
 import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/main.js';
-import { LocalExecutors, startExecutor } from '../executor/main.js';
+import { startExecutor } from '../executor/main.js';
+import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand } from './commands.js';
 
 const USAGE = `falconet: a fast, lightweight task dispatcher
@@ -26,6 +28,12 @@ usage:
   falconet status [--json]
   falconet cancel ID... [--session S] | --session S --all
   falconet drain EXECUTOR_ID
+  falconet provisioner reset
+
+Scaling (up, and dispatcher --provisioner local|ec2): --min A --max B --policy one-at-a-time|additive|
+exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms MS; EC2: --ec2-image AMI |
+--ec2-launch-template LT, --ec2-instance-type, --ec2-subnet, --ec2-security-groups a,b, --ec2-instance-profile,
+--ec2-key-name, --ec2-spot, --ec2-region, --executor-slots N, --cluster NAME, --executor-url URL.
 
 Client commands take --dispatcher URL (or FALCONET_URL) and --token T (or FALCONET_TOKEN).
 `;
@@ -48,6 +56,15 @@ const DISPATCHER_FLAGS = {
   'data-dir': { type: 'string' },
   sync: { type: 'string' },
   retention: { type: 'string' },
+  // provisioning
+  min: { type: 'string' },
+  max: { type: 'string' },
+  policy: { type: 'string' },
+  'idle-timeout': { type: 'string' },
+  'boot-timeout': { type: 'string' },
+  cooldown: { type: 'string' },
+  'poll-ms': { type: 'string' },
+  'executor-url': { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 const CLIENT_FLAGS = {
@@ -114,34 +131,95 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
   };
 }
 
+const EC2_FLAGS = {
+  provisioner: { type: 'string' },
+  'executor-slots': { type: 'string' },
+  cluster: { type: 'string' },
+  'ec2-image': { type: 'string' },
+  'ec2-launch-template': { type: 'string' },
+  'ec2-instance-type': { type: 'string' },
+  'ec2-subnet': { type: 'string' },
+  'ec2-security-groups': { type: 'string' },
+  'ec2-instance-profile': { type: 'string' },
+  'ec2-key-name': { type: 'string' },
+  'ec2-spot': { type: 'boolean' },
+  'ec2-region': { type: 'string' },
+  'dispatcher-timeout': { type: 'string' },
+} as const satisfies ParseArgsConfig['options'];
+
+/** The scaling flags shared by `up` (local executors) and `dispatcher --provisioner`. */
+function scaling(v: Record<string, string | boolean | undefined>, backend: 'local' | 'ec2', slots: number, fixed?: number): ProvisionerFlags {
+  const s = (k: string) => v[k] as string | undefined;
+  const min = num('min', s('min'), { integer: true }) ?? fixed ?? 0;
+  const max = num('max', s('max'), { min: 1, integer: true }) ?? fixed ?? Math.max(1, min);
+  return {
+    backend,
+    min,
+    max,
+    policy: s('policy') ?? (fixed !== undefined ? 'all-at-once' : 'additive'),
+    slots,
+    ...(s('idle-timeout') !== undefined ? { idleTimeoutS: num('idle-timeout', s('idle-timeout')) } : {}),
+    ...(s('boot-timeout') !== undefined ? { bootTimeoutS: num('boot-timeout', s('boot-timeout'), { min: 0.01 }) } : {}),
+    ...(s('cooldown') !== undefined ? { cooldownS: num('cooldown', s('cooldown')) } : {}),
+    ...(s('poll-ms') !== undefined ? { pollMs: num('poll-ms', s('poll-ms'), { min: 10 }) } : {}),
+    ...(s('executor-url') !== undefined ? { executorUrl: s('executor-url') } : {}),
+  };
+}
+
 async function dispatcherCommand(args: string[]): Promise<void> {
-  const { values } = parse(args, DISPATCHER_FLAGS);
+  const { values } = parse(args, { ...DISPATCHER_FLAGS, ...EC2_FLAGS });
   const log = makeLogger('dispatcher');
-  const { server, stop, storeSummary } = await startDispatcher(dispatcherOptions(values), log);
+  const backend = values.provisioner;
+  if (backend !== undefined && backend !== 'local' && backend !== 'ec2') usage('--provisioner must be local or ec2');
+  const slots = num('executor-slots', values['executor-slots'], { min: 1, integer: true }) ?? 2;
+  const provisioner = backend
+    ? {
+        ...scaling(values, backend, slots),
+        ...(backend === 'ec2'
+          ? {
+              ec2: {
+                ...(values.cluster ? { cluster: values.cluster } : {}),
+                ...(values['ec2-image'] ? { imageId: values['ec2-image'] } : {}),
+                ...(values['ec2-launch-template'] ? { launchTemplate: values['ec2-launch-template'] } : {}),
+                ...(values['ec2-instance-type'] ? { instanceType: values['ec2-instance-type'] } : {}),
+                ...(values['ec2-subnet'] ? { subnetId: values['ec2-subnet'] } : {}),
+                ...(values['ec2-security-groups'] ? { securityGroupIds: values['ec2-security-groups'].split(',').filter(Boolean) } : {}),
+                ...(values['ec2-instance-profile'] ? { instanceProfile: values['ec2-instance-profile'] } : {}),
+                ...(values['ec2-key-name'] ? { keyName: values['ec2-key-name'] } : {}),
+                ...(values['ec2-spot'] ? { spot: true } : {}),
+                ...(values['ec2-region'] ? { region: values['ec2-region'] } : {}),
+                ...(values['dispatcher-timeout'] ? { dispatcherTimeoutS: num('dispatcher-timeout', values['dispatcher-timeout']) } : {}),
+              },
+            }
+          : {}),
+      }
+    : undefined;
+  const { server, stop, storeSummary } = await startDispatcher({ ...dispatcherOptions(values), ...(provisioner ? { provisioner } : {}) }, log);
   process.stdout.write(`falconet dispatcher listening on ${server.url} (${storeSummary})\n`);
   onShutdownSignal(stop);
 }
 
 async function upCommand(args: string[]): Promise<void> {
-  const { values } = parse(args, { ...DISPATCHER_FLAGS, executors: { type: 'string' }, slots: { type: 'string' }, mode: { type: 'string' } });
+  const { values } = parse(args, { ...DISPATCHER_FLAGS, executors: { type: 'string' }, slots: { type: 'string' }, mode: { type: 'string' }, labels: { type: 'string' } });
+  const elastic = values.min !== undefined || values.max !== undefined;
+  if (elastic && values.executors !== undefined) usage('give either --executors N or --min/--max, not both');
   const count = num('executors', values.executors, { integer: true }) ?? 2;
-  const slots = num('slots', values.slots, { min: 1, integer: true }) ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, count)));
+  const slots = num('slots', values.slots, { min: 1, integer: true }) ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, elastic ? 1 : count)));
   if (values.mode !== undefined && values.mode !== 'push' && values.mode !== 'pull') usage('--mode must be push or pull');
+  const provisioner = {
+    ...scaling(values, 'local', slots, elastic ? undefined : count),
+    localArgs: [...(values.mode ? ['--mode', values.mode] : []), ...(values.labels ? ['--labels', values.labels] : [])],
+  };
   const log = makeLogger('falconet');
-  const { server, stop, storeSummary } = await startDispatcher(dispatcherOptions(values), log);
-  const executorEnv = { ...process.env };
-  if (server.config.executorToken) executorEnv.FALCONET_TOKEN = server.config.executorToken;
-  const localUrl = server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
-  const executors = new LocalExecutors(localUrl, ['--slots', String(slots), ...(values.mode ? ['--mode', values.mode] : [])], log, executorEnv);
-  executors.start(count);
-  process.stdout.write(`falconet dispatcher listening on ${server.url} with ${count} local executor(s) of ${slots} slot(s) (${storeSummary})\n`);
-  onShutdownSignal(async () => {
-    await executors.stop();
-    await stop();
-  });
+  const { server, stop, storeSummary } = await startDispatcher({ ...dispatcherOptions(values), provisioner }, log);
+  const fleet = elastic ? `${provisioner.min}–${provisioner.max} local executors (${provisioner.policy})` : `${count} local executor(s)`;
+  process.stdout.write(`falconet dispatcher listening on ${server.url} with ${fleet} of ${slots} slot(s) (${storeSummary})\n`);
+  onShutdownSignal(stop);
 }
 
 async function executorCommand(args: string[]): Promise<void> {
+  // The process start, not this line: boot feedback should show the time Node took to load.
+  const startedAt = Math.round(performance.timeOrigin);
   const { values } = parse(args, {
     dispatcher: { type: 'string' },
     token: { type: 'string' },
@@ -151,21 +229,30 @@ async function executorCommand(args: string[]): Promise<void> {
     mode: { type: 'string' },
     'idle-exit': { type: 'string' },
     'output-limit': { type: 'string' },
+    'dispatcher-timeout': { type: 'string' },
+    'retire-exit-code': { type: 'string' },
+    'shutdown-command': { type: 'string' },
+    config: { type: 'string' },
+    imds: { type: 'boolean' },
   });
-  const mode = values.mode ?? process.env.FALCONET_MODE ?? 'push';
-  if (mode !== 'push' && mode !== 'pull') usage('--mode must be push or pull');
-  const labels = values.labels ?? process.env.FALCONET_LABELS;
+  // flags > environment > env file (--config, /etc/falconet/executor.env) > EC2 user-data (IMDSv2).
+  const { resolveExecutorConfig, defaultConfigDeps } = await import('../executor/config.js');
+  const cfg = await resolveExecutorConfig(values, process.env, defaultConfigDeps(process.env));
+  const configLoadedAt = Date.now();
   const log = makeLogger('executor');
+  for (const warning of cfg.warnings) log.warn(warning);
+  if (cfg.imds.consulted && !cfg.imds.reachable) log.warn({ reason: cfg.imds.reason, err: cfg.imds.error }, 'instance metadata service not reachable; going on without it');
+  log.info(
+    { sources: cfg.sources, file: cfg.file, imds: { consulted: cfg.imds.consulted, reason: cfg.imds.reason, instanceId: cfg.imds.identity?.instanceId, userData: cfg.imds.userData } },
+    'configuration loaded',
+  );
   const agent = startExecutor(
     {
-      url: clientUrl(values.dispatcher),
-      token: values.token ?? process.env.FALCONET_TOKEN,
-      id: values.id ?? process.env.FALCONET_EXECUTOR_ID,
-      slots: num('slots', values.slots ?? process.env.FALCONET_SLOTS, { min: 1, integer: true }),
-      labels: labels ? pairs('labels', labels.split(',').filter(Boolean)) : {},
-      mode,
-      idleExitMs: (num('idle-exit', values['idle-exit'] ?? process.env.FALCONET_IDLE_EXIT) ?? 0) * 1000,
-      outputLimit: num('output-limit', values['output-limit'], { min: 0, integer: true }),
+      ...cfg.options,
+      boot: [
+        { phase: 'started', at: Math.min(startedAt, configLoadedAt) },
+        { phase: 'config-loaded', at: configLoadedAt },
+      ],
     },
     log,
   );
@@ -216,6 +303,17 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     if (positionals.length === 0 && !values.all) usage('cancel needs task ids, or --session S --all');
     if (values.all && !values.session) usage('--all needs --session S');
     return cancelCommand(clientUrl(values.dispatcher), values.token, positionals, values.session, values.all ?? false);
+  },
+  provisioner: async (args) => {
+    const { values, positionals } = parse(args, CLIENT_FLAGS, true);
+    if (positionals.length !== 1 || positionals[0] !== 'reset') usage('usage: falconet provisioner reset');
+    const client = await connect(clientUrl(values.dispatcher), { token: values.token ?? process.env.FALCONET_TOKEN });
+    try {
+      await client.resetProvisioner();
+      process.stdout.write('provisioner reset: launches resume\n');
+    } finally {
+      await client.close();
+    }
   },
   drain: (args) => {
     const { values, positionals } = parse(args, CLIENT_FLAGS, true);

@@ -238,6 +238,12 @@ export class Client {
     if (!reply.ok) throw FalconetError.fromWire(reply.error ?? { code: ErrorCode.NOT_FOUND, message: executorId });
   }
 
+  /** Closes the provisioner's circuit breaker (after fixing what made boots fail). */
+  async resetProvisioner(): Promise<void> {
+    const reply = await this.#request({ t: 'provisioner', action: 'reset' });
+    if (!reply.ok) throw FalconetError.fromWire(reply.error ?? { code: ErrorCode.NOT_FOUND, message: 'no provisioner' });
+  }
+
   /** Sends pending submits and acknowledgements, then closes the connection. */
   async close(): Promise<void> {
     if (this.#closed) return;

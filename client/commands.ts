@@ -204,7 +204,19 @@ export async function statusCommand(url: string, tok: string | undefined, asJson
       `executors (${body.executors.length}):\n`,
   );
   for (const e of body.executors) {
-    process.stdout.write(`  ${e.id.padEnd(32)} ${e.state.padEnd(12)} ${String(e.running).padStart(5)}/${String(e.slots).padEnd(5)} ${e.addresses.join(',')}\n`);
+    const boot = e.boot?.length ? ` boot: ${e.boot.map((b: { phase: string; at: number }) => `${b.phase}+${b.at - e.boot[0].at}ms`).join(' ')}` : '';
+    process.stdout.write(`  ${e.id.padEnd(32)} ${e.state.padEnd(12)} ${String(e.running).padStart(5)}/${String(e.slots).padEnd(5)} ${e.addresses.join(',')}${e.instanceId ? ` ${e.instanceId}` : ''}${boot}\n`);
+  }
+  const p = body.provisioner;
+  if (p) {
+    process.stdout.write(
+      `provisioner: ${p.backend}, ${p.policy}, ${p.min}–${p.max}; breaker ${p.breaker.open ? `OPEN: ${p.breaker.reason}` : 'closed'}\n` +
+        `  last decision: ${p.lastDecision}\n` +
+        (p.lastError ? `  last error: ${p.lastError}\n` : ''),
+    );
+    for (const i of p.instances) {
+      process.stdout.write(`  ${i.id.padEnd(32)} ${i.state.padEnd(12)}${i.executorId ? ` executor ${i.executorId}` : ''}${i.reason ? ` (${i.reason})` : ''}\n`);
+    }
   }
   return 0;
 }

@@ -310,7 +310,7 @@ export class DispatcherCore {
     const task = this.tasks.get(r.uid);
     const mine = exec.running.get(r.uid);
     if (mine !== undefined && mine.attempt === r.attempt) {
-      exec.running.delete(r.uid);
+      this.#unhold(exec, r.uid);
       exec.completed++;
       this.#returnCredit(exec);
     } else if (task === undefined || task.state === 'finished') {
@@ -322,7 +322,7 @@ export class DispatcherCore {
     } else if (task.executor) {
       // It runs again (elsewhere, or here as a newer attempt); that run is no longer needed.
       const other = task.executor;
-      other.running.delete(task.uid);
+      this.#unhold(other, task.uid);
       this.#returnCredit(other);
       if (other.conn !== null) this.out.toExecutor(other.conn, { t: 'cancel', uid: task.uid, attempt: task.attempt });
     }
@@ -341,6 +341,12 @@ export class DispatcherCore {
     }
     const status: TaskStatus = task.cancelRequested && r.status !== 'succeeded' ? 'cancelled' : r.status;
     this.#finish(task, r, status, r.error);
+  }
+
+  /** Takes an attempt off an executor; an executor left with none starts its idle clock. */
+  #unhold(exec: ExecutorRecord, uid: number): void {
+    exec.running.delete(uid);
+    if (exec.running.size === 0) exec.idleSince ??= this.clock.now();
   }
 
   #returnCredit(exec: ExecutorRecord): void {
@@ -424,10 +430,10 @@ export class DispatcherCore {
     task.lost++;
     const max = task.spec.maxAttempts ?? this.options.defaultMaxAttempts;
     if (task.cancelRequested) {
-      exec.running.delete(task.uid);
+      this.#unhold(exec, task.uid);
       this.#finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled; its executor was lost' });
     } else if (task.attempt >= max) {
-      exec.running.delete(task.uid);
+      this.#unhold(exec, task.uid);
       this.#finish(task, null, 'lost', {
         code: ErrorCode.TASK_EXECUTOR_LOST,
         message: `its executor was lost on ${task.lost} of ${task.attempt} attempts (maxAttempts ${max}); not retried again`,
@@ -438,7 +444,7 @@ export class DispatcherCore {
   }
 
   #requeue(task: TaskRecord, exec: ExecutorRecord): void {
-    exec.running.delete(task.uid);
+    this.#unhold(exec, task.uid);
     task.state = 'queued';
     task.executor = null;
     this.queue.push(task);
@@ -474,6 +480,7 @@ export class DispatcherCore {
         this.out.toExecutor(exec.conn, { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec });
       }
       exec.credit -= batch.length;
+      if (batch.length > 0) exec.idleSince = null;
       this.#dispatched += batch.length;
       if (exec.credit <= 0) this.#hungry.delete(exec);
       if (this.queue.size === 0) break;

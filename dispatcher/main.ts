@@ -9,6 +9,8 @@ import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { compileDispatcherConfig, type DispatcherOptions } from './config.js';
 import { DispatcherServer } from './server.js';
 import { SqliteStore } from './store.js';
+import type { ProvisionerFlags } from './provisioner/setup.js';
+import type { Provisioner } from './provisioner/provisioner.js';
 
 /** Logs go to stderr as JSON lines; stdout is left for what a user or script reads. */
 export function makeLogger(name: string): Logger {
@@ -29,12 +31,13 @@ export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
 export interface RunningDispatcher {
   server: DispatcherServer;
   store: SqliteStore | null;
+  provisioner: Provisioner | null;
   /** One line for people: where the state lives, or that none is kept. */
   storeSummary: string;
   stop(): Promise<void>;
 }
 
-export async function startDispatcher(options: DispatcherOptions & StoreChoice, log: Logger): Promise<RunningDispatcher> {
+export async function startDispatcher(options: DispatcherOptions & StoreChoice & { provisioner?: ProvisionerFlags }, log: Logger): Promise<RunningDispatcher> {
   const config = compileDispatcherConfig(options);
   const kind = options.store ?? 'sqlite';
   if (kind !== 'sqlite' && kind !== 'memory') throw new FalconetError(ErrorCode.USAGE, `--store must be sqlite or memory (got ${JSON.stringify(kind)})`);
@@ -46,12 +49,14 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice, 
   } else {
     log.warn('STORE IS MEMORY: nothing is persisted; a restart loses every queued task, result and session');
   }
+  let instances: Array<{ id: string; record: unknown }> = [];
   const server = await DispatcherServer.start(config, log, {
     ...(store ? { journal: store } : {}),
     recover: async (core) => {
       if (!store) return;
-      const { instances, ...found } = await store.recover(core);
-      log.info({ file: store.file, sync, ...found, instances: instances.length }, 'store opened');
+      const { instances: kept, ...found } = await store.recover(core);
+      instances = kept;
+      log.info({ file: store.file, sync, ...found, instances: kept.length }, 'store opened');
     },
     onFatal: (err) => {
       process.stderr.write(`falconet: ${ErrorCode.STORE_FAILED}: ${err.message}\n`);
@@ -59,11 +64,17 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice, 
     },
   });
   log.info({ url: server.url, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
+  // Loaded only when asked for: the AWS SDK costs every other command (executors!) startup time.
+  const provisioner = options.provisioner
+    ? await (await import('./provisioner/setup.js')).startProvisioner(server, store, instances, options.provisioner, log)
+    : null;
   return {
     server,
     store,
+    provisioner,
     storeSummary: store ? `store: ${store.file} (sync ${sync})` : 'store: MEMORY, nothing is kept across restarts',
     async stop() {
+      await provisioner?.stop();
       await server.close();
       await store?.close();
     },

@@ -50,6 +50,8 @@ export interface ExecutorRecord {
   completed: number;
   /** It said `bye`: its going away is planned, not a loss. */
   leaving: boolean;
+  /** Since when it has held no attempt (null while it holds some): what idle scale-down reads. */
+  idleSince: number | null;
 }
 
 export interface SessionRecord {
@@ -118,7 +120,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false };
+  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false, idleSince: now };
 }
 
 /** A task record in the `queued` state. */

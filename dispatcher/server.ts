@@ -30,8 +30,16 @@ import { metricsFor } from './metrics.js';
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
 const validateExecutor = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
 
+/** What a provisioner adds to the dispatcher's API. */
+export interface ServerExtension {
+  status(): Record<string, unknown>;
+  resetProvisioner(): void;
+}
+
 export class DispatcherServer {
   readonly core: DispatcherCore;
+  /** Set by a provisioner: its status joins /api/status, and clients can reset it. */
+  extension: ServerExtension | null = null;
   readonly #http: Server;
   readonly #wss: WebSocketServer;
   readonly #codec: Codec;
@@ -230,6 +238,13 @@ export class DispatcherServer {
           ...(ok ? {} : { error: { code: ErrorCode.NOT_FOUND, message: `no executor ${msg.executor}`, retryable: false } }),
         });
       }
+      case 'provisioner': {
+        if (!this.extension) {
+          return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: false, error: { code: ErrorCode.NOT_FOUND, message: 'this dispatcher runs no provisioner', retryable: false } });
+        }
+        this.extension.resetProvisioner();
+        return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: true });
+      }
       case 'hb':
         return;
       case 'hello':
@@ -289,7 +304,7 @@ export class DispatcherServer {
         return json(res, 401, { error: { code: ErrorCode.AUTH_FAILED, message: 'Authorization: Bearer <client token> required', retryable: false } });
       }
     }
-    if (path === '/api/status') return json(res, 200, this.core.status());
+    if (path === '/api/status') return json(res, 200, { ...this.core.status(), ...this.extension?.status() });
     if (path === '/metrics') {
       res.writeHead(200, { 'content-type': this.#metrics.contentType });
       res.end(await this.#metrics.metrics());

@@ -5,11 +5,20 @@
  * welcome; the attempts still running are reported in the hello so the dispatcher keeps their
  * leases instead of re-queueing them.
  *
+ * Boot feedback: the hello carries the boot phases with their timestamps (`started`,
+ * `config-loaded`, `environment-ready`, then `registered` once welcomed).
+ *
+ * Retirement (no orphaned cost): idle past `idleExitMs`, drained by the dispatcher, or no
+ * dispatcher for `dispatcherTimeoutMs` ends the agent with `retireExitCode` (the AMI sets 75, which
+ * its unit turns into a poweroff), after running `shutdownCommand` if one is set. A stop (SIGTERM)
+ * is not a retirement: exit 0, no command.
+ *
  * Heartbeats come from the link's own timer. Task work never runs on this event loop (commands
  * are child processes, builtins are timers), so no task can starve them.
  */
 import { hostname, networkInterfaces, totalmem, availableParallelism } from 'node:os';
 import { randomBytes } from 'node:crypto';
+import { spawn, type ChildProcess } from 'node:child_process';
 import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
@@ -39,7 +48,49 @@ export interface ExecutorOptions {
   killGraceMs?: number;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
+  /** EC2 instance id (from IMDS), reported at registration. */
   instanceId?: string;
+  /** Addresses reported besides this host's own (IMDS local and public IPv4). */
+  addresses?: string[];
+  /** Boot phases already passed (the CLI's `started`, `config-loaded`); default: both, now. */
+  boot?: Array<{ phase: string; at: number }>;
+  /** Retire when no dispatcher has welcomed us for this long, from boot or the last loss (0: never). */
+  dispatcherTimeoutMs?: number;
+  /** Exit status of every retirement (idle, drained, dispatcher unreachable); default 0. */
+  retireExitCode?: number;
+  /** Run with /bin/sh -c on retirement, before exiting. */
+  shutdownCommand?: string;
+  /** How long the shutdown command may run before we exit anyway (default 60 s). */
+  shutdownCommandTimeoutMs?: number;
+}
+
+/** Runs the shutdown command; never rejects (a failure is logged, the caller exits anyway). */
+export function runShutdownCommand(command: string, env: NodeJS.ProcessEnv, log: Logger, timeoutMs = 60_000): Promise<void> {
+  return new Promise((resolve) => {
+    log.info({ command }, 'running the shutdown command');
+    let child: ChildProcess;
+    try {
+      child = spawn('/bin/sh', ['-c', command], { stdio: ['ignore', 'inherit', 'inherit'], env });
+    } catch (err) {
+      log.error({ command, err: (err as Error).message }, 'shutdown command could not start');
+      return resolve();
+    }
+    const timer = setTimeout(() => {
+      log.error({ command, timeoutMs }, 'shutdown command still running; exiting anyway');
+      child.kill('SIGKILL');
+      resolve();
+    }, timeoutMs);
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      log.error({ command, err: err.message }, 'shutdown command could not start');
+      resolve();
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (code !== 0) log.error({ command, code, signal }, 'shutdown command failed');
+      resolve();
+    });
+  });
 }
 
 /** Every non-internal address of this host, as its DHCP (or whoever) gave them. */
@@ -66,8 +117,11 @@ export class ExecutorAgent {
   #draining = false;
   #idleSince = Date.now();
   #idleTimer: NodeJS.Timeout | null = null;
+  #dispatcherTimer: NodeJS.Timeout | null = null;
+  /** Since when no dispatcher has welcomed us (boot, or the last loss); null while connected. */
+  #unwelcomedSince: number | null = Date.now();
   readonly #runner: RunnerOptions;
-  readonly #boot: Array<{ phase: string; at: number }> = [{ phase: 'started', at: Date.now() }];
+  readonly #boot: Array<{ phase: string; at: number }>;
   #exited = false;
   readonly #incarnation = randomBytes(8).toString('hex');
 
@@ -80,14 +134,18 @@ export class ExecutorAgent {
     this.id = o.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.slots = o.slots ?? availableParallelism();
     this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv() };
-    this.#boot.push({ phase: 'configured', at: Date.now() });
+    const now = Date.now();
+    this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
       url: o.url,
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull'], executor: this.#info() }),
       onUp: () => this.#onUp(),
       onMessage: (msg) => this.#onMessage(msg),
-      onDown: (reason) => log.warn({ reason }, 'dispatcher connection lost; redialing'),
+      onDown: (reason) => {
+        this.#unwelcomedSince = Date.now();
+        log.warn({ reason }, 'dispatcher connection lost; redialing');
+      },
       onFatal: (err: FalconetError) => {
         log.error({ code: err.code }, err.message);
         this.#exit(2, `${err.code}: ${err.message}`);
@@ -98,20 +156,47 @@ export class ExecutorAgent {
   }
 
   start(): void {
-    this.#link.start();
+    this.#unwelcomedSince = Date.now();
     const idle = this.o.idleExitMs ?? 0;
     if (idle > 0) {
       this.#idleTimer = setInterval(() => {
-        if (this.#running.size === 0 && Date.now() - this.#idleSince >= idle) void this.#leave(0, `idle for ${idle} ms`);
+        if (this.#running.size === 0 && Date.now() - this.#idleSince >= idle) void this.#retire(`idle for ${idle} ms`);
       }, Math.max(10, Math.min(1000, idle / 4)));
     }
+    const orphan = this.o.dispatcherTimeoutMs ?? 0;
+    if (orphan > 0) {
+      this.#dispatcherTimer = setInterval(() => {
+        const since = this.#unwelcomedSince;
+        if (since !== null && Date.now() - since >= orphan) {
+          this.log.warn({ timeoutMs: orphan, url: this.o.url }, 'no dispatcher within the dispatcher timeout; retiring');
+          void this.#retire(`dispatcher unreachable for ${orphan} ms`);
+        }
+      }, Math.max(10, Math.min(1000, orphan / 4)));
+    }
+    void this.#prepareEnvironment().then(
+      () => {
+        if (this.#exited) return;
+        this.#boot.push({ phase: 'environment-ready', at: Date.now() });
+        this.#link.start();
+      },
+      (err: unknown) => {
+        this.log.error({ err: (err as Error)?.message }, 'environment setup failed');
+        this.#exit(1, `environment setup failed: ${(err as Error)?.message}`);
+      },
+    );
   }
+
+  /**
+   * Whatever this executor needs before it can take work (named environments, a warm cache) goes
+   * here; `environment-ready` is recorded when it resolves, and only then do we dial.
+   */
+  async #prepareEnvironment(): Promise<void> {}
 
   #info(): ExecutorInfo {
     return {
       id: this.id,
       hostname: hostname(),
-      addresses: hostAddresses(),
+      addresses: [...new Set([...hostAddresses(), ...(this.o.addresses ?? [])])],
       slots: this.slots,
       memory: totalmem(),
       labels: this.o.labels ?? {},
@@ -131,6 +216,7 @@ export class ExecutorAgent {
   }
 
   #onUp(): void {
+    this.#unwelcomedSince = null;
     if (!this.#boot.some((b) => b.phase === 'registered')) this.#boot.push({ phase: 'registered', at: Date.now() });
     this.log.info({ id: this.id, slots: this.slots, url: this.o.url }, 'registered');
     const pending = this.#undelivered;
@@ -140,7 +226,7 @@ export class ExecutorAgent {
       const free = this.slots - this.#running.size;
       if (free > 0) this.#link.send({ t: 'pull', n: free });
     }
-    if (this.#draining && this.#running.size === 0) void this.#leave(0, 'drained');
+    if (this.#draining && this.#running.size === 0) void this.#retire('drained');
   }
 
   #onMessage(msg: DispatcherToExecutor): void {
@@ -155,7 +241,7 @@ export class ExecutorAgent {
       case 'drain':
         this.#draining = true;
         this.log.info({ running: this.#running.size }, 'draining');
-        if (this.#running.size === 0) void this.#leave(0, 'drained');
+        if (this.#running.size === 0) void this.#retire('drained');
         return;
       case 'error':
         this.log.warn({ code: msg.code }, msg.message);
@@ -173,7 +259,7 @@ export class ExecutorAgent {
       if (this.#running.size === 0) this.#idleSince = Date.now();
       this.#deliver({ uid, attempt, ...outcome });
       if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#link.send({ t: 'pull', n: 1 });
-      if (this.#draining && this.#running.size === 0) void this.#leave(0, 'drained');
+      if (this.#draining && this.#running.size === 0) void this.#retire('drained');
     });
   }
 
@@ -183,18 +269,33 @@ export class ExecutorAgent {
   }
 
   /** Says goodbye (so the dispatcher does not count us lost) and exits. */
-  async #leave(code: number, reason: string): Promise<void> {
+  async #leave(code: number, reason: string, retire = false): Promise<void> {
     if (this.#exited) return;
     this.#link.send({ t: 'bye', reason });
-    this.#exit(code, reason);
+    this.#exit(code, reason, retire);
   }
 
-  #exit(code: number, reason: string): void {
+  /** This executor is no longer needed (idle, drained, orphaned): exit with `retireExitCode`. */
+  #retire(reason: string): Promise<void> {
+    return this.#leave(this.o.retireExitCode ?? 0, reason, true);
+  }
+
+  #exit(code: number, reason: string, retire = false): void {
     if (this.#exited) return;
     this.#exited = true;
     if (this.#idleTimer) clearInterval(this.#idleTimer);
+    if (this.#dispatcherTimer) clearInterval(this.#dispatcherTimer);
     for (const slot of this.#running.values()) slot.run.cancel();
-    void this.#link.close().then(() => this.onExit(code, reason));
+    void this.#link
+      .close()
+      .then(async () => {
+        const command = retire ? this.o.shutdownCommand : undefined;
+        if (command) {
+          const env = { ...process.env, FALCONET_RETIRE_REASON: reason, FALCONET_EXECUTOR_ID: this.id, FALCONET_EXIT_CODE: String(code) };
+          await runShutdownCommand(command, env, this.log, this.o.shutdownCommandTimeoutMs);
+        }
+      })
+      .finally(() => this.onExit(code, reason));
   }
 
   /**

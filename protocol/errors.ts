@@ -46,6 +46,22 @@ export const ErrorCode = {
   STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
   /** The peer is sending faster than it is allowed to. */
   RATE_LIMITED: 'RATE_LIMITED',
+  /** Staging: an input object or file does not exist. */
+  INPUT_NOT_FOUND: 'INPUT_NOT_FOUND',
+  /** Staging: the executor may not read an input (S3 access denied, file permissions). */
+  INPUT_ACCESS_DENIED: 'INPUT_ACCESS_DENIED',
+  /** Staging: a download did not match its expected size or checksum; it is not used. */
+  INPUT_CHECKSUM_MISMATCH: 'INPUT_CHECKSUM_MISMATCH',
+  /** Staging: an input could not be fetched for another reason (network, server error). */
+  INPUT_FAILED: 'INPUT_FAILED',
+  /** Staging: a declared output file was not produced by the task. */
+  OUTPUT_MISSING: 'OUTPUT_MISSING',
+  /** Staging: an output could not be uploaded. */
+  OUTPUT_FAILED: 'OUTPUT_FAILED',
+  /** Staging: a `dst` or `src` path escapes the attempt's sandbox. */
+  PATH_ESCAPE: 'PATH_ESCAPE',
+  /** The executor's cache cannot hold an input within its disk budget. */
+  CACHE_FULL: 'CACHE_FULL',
   /** The dispatcher could not be reached within the connect timeout. */
   UNREACHABLE: 'UNREACHABLE',
   /** A bug on our side; the message says what. */

@@ -198,14 +198,17 @@ export const Cancel = Type.Object({
 });
 export const Ack = Type.Object({ t: Type.Literal('ack'), cursor: Uint });
 export const Drain = Type.Object({ t: Type.Literal('drain'), ref: Ref, executor: Id });
+/** Operator actions on the provisioner: `reset` closes its circuit breaker. */
+export const ProvisionerAction = Type.Object({ t: Type.Literal('provisioner'), ref: Ref, action: Type.Literal('reset') });
 
-export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, hb: Heartbeat } as const;
+export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, provisioner: ProvisionerAction, hb: Heartbeat } as const;
 export type ClientMessage =
   | Static<typeof ClientHello>
   | Static<typeof Submit>
   | Static<typeof Cancel>
   | Static<typeof Ack>
   | Static<typeof Drain>
+  | Static<typeof ProvisionerAction>
   | Static<typeof Heartbeat>;
 
 // ---- dispatcher → client ----------------------------------------------------------------------

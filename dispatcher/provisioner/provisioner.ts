@@ -1,0 +1,286 @@
+/**
+ * The provisioner: every poll it shows the policy (policy.ts) the queue and the fleet, and
+ * carries out what it decides through a backend: launch, drain idle executors, terminate boots
+ * that never registered (keeping their console output). It tracks each instance through its
+ * lifecycle and records it in the store, so a restarted dispatcher adopts its instances again
+ * and terminates those it cannot account for.
+ */
+import type { Logger } from 'pino';
+import type { DispatcherCore } from '../core.js';
+import type { Clock, ExecutorRecord } from '../model.js';
+import { executorState } from '../status.js';
+import { isTransientLaunchError, type Backend, type CloudState } from './backend.js';
+import { ProvisioningPolicy, type PolicyConfig } from './policy.js';
+
+/** An instance's lifecycle as `falconet status` shows it. */
+export type InstanceState = 'requested' | 'pending' | 'booting' | 'registered' | 'idle' | 'busy' | 'draining' | 'terminated' | 'boot-failed';
+
+export interface InstanceRecord {
+  id: string;
+  state: InstanceState;
+  requestedAt: number;
+  registeredAt?: number;
+  executorId?: string;
+  endedAt?: number;
+  /** Why it ended, or why its boot failed. */
+  reason?: string;
+  /** The tail of its console output, kept for a failed boot. */
+  console?: string;
+  /** Found at start (a previous dispatcher launched it), not launched by this one. */
+  adopted?: boolean;
+}
+
+export interface ProvisionerOptions extends PolicyConfig {
+  pollMs: number;
+  /** Ended instances stay visible in status this long. */
+  keepEndedMs?: number;
+}
+
+/** Where instance records persist (the durable store), if anywhere. */
+export interface InstanceStore {
+  putInstance(id: string, record: unknown): void;
+  dropInstance(id: string): void;
+}
+
+export interface ProvisionerStatus {
+  backend: string;
+  policy: string;
+  min: number;
+  max: number;
+  breaker: { open: boolean; reason: string | null; failures: number };
+  lastDecision: string;
+  lastError: string | null;
+  instances: InstanceRecord[];
+}
+
+const ACTIVE: ReadonlySet<InstanceState> = new Set(['requested', 'pending', 'booting', 'registered', 'idle', 'busy', 'draining']);
+const WAITING: ReadonlySet<InstanceState> = new Set(['requested', 'pending', 'booting']);
+
+export class Provisioner {
+  readonly policy: ProvisioningPolicy;
+  readonly #records = new Map<string, InstanceRecord>();
+  #timer: NodeJS.Timeout | null = null;
+  #polling: Promise<void> | null = null;
+  #lastDecision = 'not polled yet';
+  #lastError: string | null = null;
+  #backoffUntil = 0;
+  #backoffMs = 0;
+
+  constructor(
+    private readonly core: DispatcherCore,
+    private readonly backend: Backend,
+    private readonly o: ProvisionerOptions,
+    private readonly log: Logger,
+    private readonly clock: Clock,
+    private readonly store: InstanceStore | null = null,
+  ) {
+    this.policy = new ProvisioningPolicy(o);
+  }
+
+  /**
+   * Adopts what a previous dispatcher left: every instance of ours the backend still lists is
+   * watched as pending; one that does not register within the boot timeout is terminated.
+   * Records of instances that no longer exist are dropped. Then polls every `pollMs`.
+   */
+  async start(recovered: Array<{ id: string; record: unknown }> = []): Promise<void> {
+    const known = new Map(recovered.map((r) => [r.id, r.record as InstanceRecord]));
+    const now = this.clock.now();
+    let cloud = new Map<string, CloudState>();
+    try {
+      cloud = await this.backend.list();
+    } catch (err) {
+      this.#lastError = `listing instances failed: ${(err as Error).message}`;
+      this.log.error({ err }, this.#lastError);
+    }
+    for (const [id, state] of cloud) {
+      if (state === 'gone') continue;
+      const rec: InstanceRecord = { ...(known.get(id) ?? { id }), id, state: 'pending', requestedAt: now, adopted: true };
+      this.#records.set(id, rec);
+      this.store?.putInstance(id, rec);
+    }
+    for (const id of known.keys()) if (!this.#records.has(id)) this.store?.dropInstance(id);
+    if (this.#records.size > 0) this.log.info({ adopted: this.#records.size }, 'adopted instances of a previous dispatcher');
+    this.#timer = setInterval(() => void this.poll(), this.o.pollMs);
+  }
+
+  /** One step. Never overlaps itself; errors are logged and shown, never thrown. */
+  poll(): Promise<void> {
+    this.#polling ??= this.#step()
+      .catch((err) => {
+        this.#lastError = String((err as Error).message);
+        this.log.error({ err }, 'provisioner poll failed');
+      })
+      .finally(() => (this.#polling = null));
+    return this.#polling;
+  }
+
+  async #step(): Promise<void> {
+    const now = this.clock.now();
+    this.#observe(now);
+    await this.#refreshCloudStates();
+    const managed = [...this.core.executors.values()].filter((e) => this.#recordOf(e));
+    let unmanagedFree = 0;
+    for (const e of this.core.executors.values()) {
+      if (!this.#recordOf(e) && e.conn !== null && !e.draining) unmanagedFree += Math.max(0, e.info.slots - e.running.size);
+    }
+    const decision = this.policy.decide({
+      now,
+      queued: Math.max(0, this.core.queue.size - unmanagedFree),
+      executors: managed.map((e) => {
+        const s = executorState(e);
+        return {
+          id: e.info.id,
+          ...(e.info.instanceId ? { instanceId: e.info.instanceId } : {}),
+          slots: e.info.slots,
+          running: e.running.size,
+          state: s === 'ready' ? 'idle' : s,
+          idleSinceMs: e.idleSince,
+        };
+      }),
+      pending: [...this.#records.values()].filter((r) => WAITING.has(r.state)).map((r) => ({ instanceId: r.id, requestedAt: r.requestedAt })),
+    });
+    this.#lastDecision = decision.reason;
+    for (const id of decision.bootFailed) await this.#bootFailed(id, now);
+    for (const id of decision.drain) {
+      this.core.drain(id);
+      const rec = [...this.#records.values()].find((r) => r.executorId === id);
+      if (rec) this.#set(rec, 'draining');
+    }
+    if (decision.launch > 0) await this.#launch(decision.launch, now);
+    this.#prune(now);
+  }
+
+  #recordOf(e: ExecutorRecord): InstanceRecord | undefined {
+    return this.#records.get(e.info.instanceId ?? '') ?? this.#records.get(e.info.id);
+  }
+
+  /** Registrations, state changes and departures of the executors on our instances. */
+  #observe(now: number): void {
+    for (const e of this.core.executors.values()) {
+      const rec = this.#recordOf(e);
+      if (!rec || !ACTIVE.has(rec.state)) continue;
+      if (WAITING.has(rec.state)) {
+        rec.registeredAt = now;
+        rec.executorId = e.info.id;
+        if (!rec.adopted) this.policy.recordBoot(true, now);
+        this.log.info({ instance: rec.id, executor: e.info.id, bootMs: now - rec.requestedAt }, 'instance registered');
+      }
+      const s = executorState(e);
+      this.#set(rec, s === 'draining' ? 'draining' : s === 'busy' ? 'busy' : s === 'disconnected' ? rec.state === 'draining' ? 'draining' : 'registered' : 'idle');
+    }
+    // An executor that left (drained, idle, lost): its instance is done; make sure it is gone.
+    for (const rec of this.#records.values()) {
+      if (!ACTIVE.has(rec.state) || WAITING.has(rec.state) || rec.executorId === undefined) continue;
+      if (!this.core.executors.has(rec.executorId)) {
+        this.#end(rec, 'terminated', 'its executor left');
+        void this.backend.terminate([rec.id]).catch((err) => this.log.warn({ err, instance: rec.id }, 'terminate failed'));
+      }
+    }
+  }
+
+  /** Pending instances that started running are booting; ones that vanished are over. */
+  async #refreshCloudStates(): Promise<void> {
+    if (![...this.#records.values()].some((r) => WAITING.has(r.state))) return;
+    const cloud = await this.backend.list();
+    for (const rec of this.#records.values()) {
+      if (!WAITING.has(rec.state)) continue;
+      const s = cloud.get(rec.id);
+      if (s === 'running' && rec.state !== 'booting') this.#set(rec, 'booting');
+      else if (s === 'pending' && rec.state === 'requested') this.#set(rec, 'pending');
+      else if ((s === undefined || s === 'gone') && rec.state !== 'requested') {
+        await this.#bootFailed(rec.id, this.clock.now(), 'the instance ended before its executor registered');
+      }
+    }
+  }
+
+  async #bootFailed(id: string, now: number, why?: string): Promise<void> {
+    const rec = this.#records.get(id);
+    if (!rec || !WAITING.has(rec.state)) return;
+    let console = '';
+    try {
+      console = await this.backend.consoleOutput(id);
+    } catch (err) {
+      console = `(console output unavailable: ${(err as Error).message})`;
+    }
+    await this.backend.terminate([id]).catch((err) => this.log.warn({ err, instance: id }, 'terminate failed'));
+    rec.console = console.slice(-4096);
+    const lastLine = console.trim().split('\n').pop() ?? '';
+    const reason = why ?? `not registered within ${Math.round(this.o.bootTimeoutMs / 1000)} s`;
+    this.#end(rec, 'boot-failed', lastLine ? `${reason}; console: ${lastLine}` : reason);
+    if (!rec.adopted) this.policy.recordBoot(false, now, `instance ${id}: ${rec.reason}`);
+    this.log.warn({ instance: id, reason: rec.reason }, 'boot failed; instance terminated');
+  }
+
+  async #launch(n: number, now: number): Promise<void> {
+    if (now < this.#backoffUntil) return;
+    try {
+      const ids = await this.backend.launch(n);
+      this.#backoffMs = 0;
+      this.#lastError = null;
+      for (const id of ids) {
+        const rec: InstanceRecord = { id, state: 'requested', requestedAt: now };
+        this.#records.set(id, rec);
+        this.store?.putInstance(id, rec);
+      }
+      this.log.info({ requested: n, launched: ids.length }, 'launched');
+    } catch (err) {
+      this.#lastError = `launch of ${n} failed: ${(err as Error).name}: ${(err as Error).message}`;
+      // Capacity and throttling clear on their own: back off (doubling, up to 5 minutes).
+      if (isTransientLaunchError(err)) {
+        this.#backoffMs = Math.min(300_000, Math.max(this.o.pollMs, this.#backoffMs * 2 || this.o.pollMs));
+        this.#backoffUntil = now + this.#backoffMs;
+        this.#lastError += `; retrying in ${Math.round(this.#backoffMs / 1000)} s`;
+      }
+      this.log.warn({ err }, this.#lastError);
+    }
+  }
+
+  #set(rec: InstanceRecord, state: InstanceState): void {
+    if (rec.state === state) return;
+    rec.state = state;
+    this.store?.putInstance(rec.id, rec);
+  }
+
+  #end(rec: InstanceRecord, state: 'terminated' | 'boot-failed', reason: string): void {
+    rec.endedAt = this.clock.now();
+    rec.reason = reason;
+    this.#set(rec, state);
+  }
+
+  #prune(now: number): void {
+    const keep = this.o.keepEndedMs ?? 10 * 60_000;
+    for (const rec of [...this.#records.values()]) {
+      if (rec.endedAt !== undefined && now - rec.endedAt > keep) {
+        this.#records.delete(rec.id);
+        this.store?.dropInstance(rec.id);
+      }
+    }
+  }
+
+  /** Closes the circuit breaker after the operator fixed what made boots fail. */
+  reset(): void {
+    this.policy.resetBreaker();
+    this.#backoffUntil = 0;
+    this.log.info('provisioner reset by the operator');
+  }
+
+  status(): ProvisionerStatus {
+    return {
+      backend: this.backend.kind,
+      policy: this.o.policy,
+      min: this.o.min,
+      max: this.o.max,
+      breaker: this.policy.breaker,
+      lastDecision: this.#lastDecision,
+      lastError: this.#lastError,
+      instances: [...this.#records.values()],
+    };
+  }
+
+  /** Stops polling; local executor processes stop with it, cloud instances keep running. */
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    await this.#polling;
+    await this.backend.close();
+  }
+}

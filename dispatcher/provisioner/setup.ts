@@ -1,0 +1,96 @@
+/**
+ * Provisioner configuration as the CLI gives it, compiled and checked, and the wiring of a
+ * provisioner to a running dispatcher (backend choice, user-data for EC2 executors).
+ */
+import type { Logger } from 'pino';
+import { ErrorCode, FalconetError } from '../../protocol/index.js';
+import type { DispatcherServer } from '../server.js';
+import type { SqliteStore } from '../store.js';
+import { systemClock } from '../model.js';
+import type { Backend } from './backend.js';
+import { Ec2Backend, type Ec2Options } from './ec2.js';
+import { LocalBackend } from './local.js';
+import { ALLOCATION_POLICIES, POLICY_DEFAULTS, type AllocationPolicy } from './policy.js';
+import { Provisioner } from './provisioner.js';
+
+export interface ProvisionerFlags {
+  backend: 'local' | 'ec2';
+  min: number;
+  max: number;
+  policy?: string;
+  /** Seconds. */
+  idleTimeoutS?: number;
+  bootTimeoutS?: number;
+  cooldownS?: number;
+  pollMs?: number;
+  breakerThreshold?: number;
+  /** Slots of each executor launched (local: passed to it; ec2: what the policy credits it with). */
+  slots: number;
+  /** Extra executor flags for local executors (labels, mode). */
+  localArgs?: string[];
+  /** The URL executors dial (default: the dispatcher's own). */
+  executorUrl?: string;
+  ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number };
+}
+
+export async function startProvisioner(
+  server: DispatcherServer,
+  store: SqliteStore | null,
+  recovered: Array<{ id: string; record: unknown }>,
+  f: ProvisionerFlags,
+  log: Logger,
+): Promise<Provisioner> {
+  const policy = (f.policy ?? 'additive') as AllocationPolicy;
+  if (!ALLOCATION_POLICIES.includes(policy)) throw new FalconetError(ErrorCode.USAGE, `--policy must be one of ${ALLOCATION_POLICIES.join(', ')} (got ${JSON.stringify(f.policy)})`);
+  if (!Number.isInteger(f.min) || !Number.isInteger(f.max) || f.min < 0 || f.max < f.min || f.max < 1) {
+    throw new FalconetError(ErrorCode.USAGE, `--min and --max must be integers with 0 ≤ min ≤ max and max ≥ 1 (got ${f.min}, ${f.max})`);
+  }
+  const url = f.executorUrl ?? server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
+  const token = server.config.executorToken;
+  let backend: Backend;
+  if (f.backend === 'local') {
+    backend = new LocalBackend({ url, slots: f.slots, args: f.localArgs ?? [], env: { ...process.env, ...(token ? { FALCONET_TOKEN: token } : {}) } });
+  } else {
+    const e = f.ec2 ?? {};
+    if (!e.imageId && !e.launchTemplate) throw new FalconetError(ErrorCode.USAGE, 'the ec2 provisioner needs --ec2-image or --ec2-launch-template');
+    backend = new Ec2Backend({
+      ...e,
+      cluster: e.cluster ?? 'falconet',
+      userData: {
+        url,
+        ...(token ? { token } : {}),
+        slots: f.slots,
+        // The executor retires (and powers its instance off) when idle or orphaned; the
+        // provisioner's own idle scale-down normally comes first.
+        idleExitS: Math.round((f.idleTimeoutS ?? POLICY_DEFAULTS.idleTimeoutMs / 1000) * 2),
+        dispatcherTimeoutS: e.dispatcherTimeoutS ?? 600,
+        retireExitCode: 75,
+      },
+    });
+  }
+  const provisioner = new Provisioner(
+    server.core,
+    backend,
+    {
+      policy,
+      min: f.min,
+      max: f.max,
+      slotsPerExecutor: f.slots,
+      idleTimeoutMs: (f.idleTimeoutS ?? POLICY_DEFAULTS.idleTimeoutMs / 1000) * 1000,
+      cooldownMs: (f.cooldownS ?? Math.min(POLICY_DEFAULTS.cooldownMs / 1000, f.idleTimeoutS ?? Infinity)) * 1000,
+      bootTimeoutMs: (f.bootTimeoutS ?? POLICY_DEFAULTS.bootTimeoutMs / 1000) * 1000,
+      breakerThreshold: f.breakerThreshold ?? POLICY_DEFAULTS.breakerThreshold,
+      resetHint: 'falconet provisioner reset',
+      pollMs: f.pollMs ?? 1000,
+    },
+    log,
+    systemClock,
+    store,
+  );
+  await provisioner.start(recovered);
+  server.extension = {
+    status: () => ({ provisioner: provisioner.status() }),
+    resetProvisioner: () => provisioner.reset(),
+  };
+  return provisioner;
+}
