@@ -21,7 +21,8 @@ usage:
                       [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
-                    [--idle-exit S] [--id ID]
+                    [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
+                    [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
   falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] -- CMD ARGS...
   falconet submit [--file F | -] [--session S] [--detach] [--lease S] [--max-in-flight N] [--progress]
   falconet watch SESSION [--progress]
@@ -33,7 +34,8 @@ usage:
 Scaling (up, and dispatcher --provisioner local|ec2): --min A --max B --policy one-at-a-time|additive|
 exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms MS; EC2: --ec2-image AMI |
 --ec2-launch-template LT, --ec2-instance-type, --ec2-subnet, --ec2-security-groups a,b, --ec2-instance-profile,
---ec2-key-name, --ec2-spot, --ec2-region, --executor-slots N, --cluster NAME, --executor-url URL.
+--ec2-key-name, --ec2-spot, --ec2-region, --executor-slots N, --executor-labels k=v,..., --cluster NAME,
+--executor-url URL, --dispatcher-timeout S (executors retire when their dispatcher is gone that long).
 
 Client commands take --dispatcher URL (or FALCONET_URL) and --token T (or FALCONET_TOKEN).
 `;
@@ -145,6 +147,7 @@ const EC2_FLAGS = {
   'ec2-spot': { type: 'boolean' },
   'ec2-region': { type: 'string' },
   'dispatcher-timeout': { type: 'string' },
+  'executor-labels': { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 /** The scaling flags shared by `up` (local executors) and `dispatcher --provisioner`. */
@@ -189,6 +192,7 @@ async function dispatcherCommand(args: string[]): Promise<void> {
                 ...(values['ec2-spot'] ? { spot: true } : {}),
                 ...(values['ec2-region'] ? { region: values['ec2-region'] } : {}),
                 ...(values['dispatcher-timeout'] ? { dispatcherTimeoutS: num('dispatcher-timeout', values['dispatcher-timeout']) } : {}),
+                ...(values['executor-labels'] ? { labels: pairs('executor-labels', values['executor-labels'].split(',').filter(Boolean)) } : {}),
               },
             }
           : {}),

@@ -30,7 +30,7 @@ export interface ProvisionerFlags {
   localArgs?: string[];
   /** The URL executors dial (default: the dispatcher's own). */
   executorUrl?: string;
-  ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number };
+  ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number; labels?: Record<string, string> };
 }
 
 export async function startProvisioner(
@@ -59,6 +59,7 @@ export async function startProvisioner(
       userData: {
         url,
         ...(token ? { token } : {}),
+        ...(e.labels ? { labels: e.labels } : {}),
         slots: f.slots,
         // The executor retires (and powers its instance off) when idle or orphaned; the
         // provisioner's own idle scale-down normally comes first.
