@@ -30,7 +30,8 @@ import {
   type FalconetError,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
-import { runAttempt, taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
+import { taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
+import { defaultDataOptions, startAttempt, type DataOptions } from './attempt.js';
 
 export const EXECUTOR_VERSION = '0.1.0';
 
@@ -121,6 +122,7 @@ export class ExecutorAgent {
   /** Since when no dispatcher has welcomed us (boot, or the last loss); null while connected. */
   #unwelcomedSince: number | null = Date.now();
   readonly #runner: RunnerOptions;
+  readonly #data: DataOptions;
   readonly #boot: Array<{ phase: string; at: number }>;
   #exited = false;
   readonly #incarnation = randomBytes(8).toString('hex');
@@ -134,6 +136,7 @@ export class ExecutorAgent {
     this.id = o.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.slots = o.slots ?? availableParallelism();
     this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv() };
+    this.#data = defaultDataOptions(this.id);
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
@@ -251,7 +254,7 @@ export class ExecutorAgent {
 
   #start(uid: number, attempt: number, msg: Extract<DispatcherToExecutor, { t: 'task' }>): void {
     if (this.#running.has(uid)) return; // a duplicate assignment of what already runs here
-    const run = runAttempt(msg.spec, this.#runner);
+    const run = startAttempt(msg.spec, `${uid}-${attempt}`, this.#runner, this.#data);
     this.#running.set(uid, { attempt, run });
     run.done.then((outcome) => {
       const slot = this.#running.get(uid);

@@ -68,6 +68,29 @@ export const TaskSpecSchema = Type.Object(
     labels: Type.Optional(Labels),
     /** Exit codes after which the task is retried (up to maxAttempts); none by default. */
     retryOnExit: Type.Optional(Type.Array(Type.Integer({ minimum: 1, maximum: 255 }), { maxItems: 255 })),
+    /** Staged into the attempt's sandbox before it runs: `src` s3://, https:// or a path on the executor. */
+    inputs: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            src: Type.String({ minLength: 1, maxLength: 4096 }),
+            dst: Type.String({ minLength: 1, maxLength: 4096 }),
+            sha256: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{64}$' })),
+            size: Type.Optional(Type.Integer({ minimum: 0 })),
+          },
+          { additionalProperties: false },
+        ),
+        { maxItems: 1024 },
+      ),
+    ),
+    /** Uploaded after the task succeeds: `src` in the sandbox, `dst` s3://bucket/key. */
+    outputs: Type.Optional(
+      Type.Array(Type.Object({ src: Type.String({ minLength: 1, maxLength: 4096 }), dst: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false }), {
+        maxItems: 1024,
+      }),
+    ),
+    /** Keep the attempt's sandbox directory after it ends (for debugging). */
+    keepSandbox: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );

@@ -1,0 +1,100 @@
+/**
+ * Data staging against s3rver (a real S3-compatible server from npm) on loopback, behind a small
+ * counting proxy so the test can see which requests the executor really made.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, request, type Server } from 'node:http';
+import { randomBytes, createHash } from 'node:crypto';
+import { GetObjectCommand, PutObjectCommand, S3Client, CreateBucketCommand } from '@aws-sdk/client-s3';
+// s3rver ships no types.
+// @ts-expect-error no declaration file
+import S3rver from 's3rver';
+import { connect } from '../client/index.js';
+import { Procs, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
+
+interface Counting {
+  url: string;
+  gets: string[];
+  close(): Promise<void>;
+}
+
+/** Forwards every request to `target`, recording object GETs. */
+async function countingProxy(target: number): Promise<Counting> {
+  const gets: string[] = [];
+  const server: Server = createServer((req, res) => {
+    if (req.method === 'GET') gets.push(req.url ?? '');
+    // No keep-alive upstream: every socket ends with its request, so the servers can close.
+    const up = request({ host: '127.0.0.1', port: target, method: req.method, path: req.url, headers: req.headers, agent: false }, (r) => {
+      res.writeHead(r.statusCode ?? 502, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    gets,
+    close: () =>
+      new Promise((r) => {
+        server.close(() => r());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+test('staging: inputs from S3 through the cache, outputs to S3, and every bad case with its code', async (t) => {
+  const procs = new Procs();
+  const s3dir = procs.tmpDir();
+  const s3rver = new S3rver({ port: 0, address: '127.0.0.1', silent: true, directory: s3dir });
+  const { port } = await s3rver.run();
+  const proxy = await countingProxy(port);
+  const aws = { AWS_ENDPOINT_URL_S3: proxy.url, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
+  const s3 = new S3Client({ endpoint: `http://127.0.0.1:${port}`, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+  await s3.send(new CreateBucketCommand({ Bucket: 'data' }));
+  const blob = randomBytes(1 << 20);
+  await s3.send(new PutObjectCommand({ Bucket: 'data', Key: 'in/blob.bin', Body: blob }));
+  const sha = createHash('sha256').update(blob).digest('hex');
+
+  const d = await startDispatcher(procs);
+  startExecutor(procs, d.url, ['--id', 'stager', '--slots', '2'], { ...aws, FALCONET_CACHE_DIR: procs.tmpDir() });
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  // One teardown, in order: clients and processes first, so no socket keeps a server open.
+  t.after(async () => {
+    await client.close();
+    await procs.killAll();
+    s3.destroy();
+    await proxy.close();
+    await s3rver.close();
+  });
+
+  const sum = ['sh', '-c', 'sha256sum in/data.bin | cut -d" " -f1 > out.txt; head -c 10485760 /dev/zero > big.bin'];
+  const first = await client.submit({ cmd: sum, inputs: [{ src: 's3://data/in/blob.bin', dst: 'in/data.bin' }], outputs: [{ src: 'out.txt', dst: 's3://data/out/1.txt' }, { src: 'big.bin', dst: 's3://data/out/big.bin' }] });
+  assert.equal(first.status, 'succeeded', JSON.stringify(first.error));
+  const got = await s3.send(new GetObjectCommand({ Bucket: 'data', Key: 'out/1.txt' }));
+  assert.equal((await got.Body!.transformToString()).trim(), sha, 'the task read the input, its output landed in S3');
+  const big = await s3.send(new GetObjectCommand({ Bucket: 'data', Key: 'out/big.bin' }));
+  assert.equal(big.ContentLength, 10 * 1024 * 1024, 'a 10 MiB output went up (multipart)');
+  const objectGets = () => proxy.gets.filter((u) => u.includes('/in/blob.bin')).length;
+  assert.equal(objectGets(), 1);
+
+  const second = await client.submit({ cmd: ['cat', 'again.bin'], inputs: [{ src: 's3://data/in/blob.bin', dst: 'again.bin' }] });
+  assert.equal(second.status, 'succeeded');
+  assert.equal(objectGets(), 1, 'the second task read the cache: no second GET');
+
+  const wrong = await client.submit({ cmd: ['true'], inputs: [{ src: 's3://data/in/blob.bin', dst: 'x.bin', sha256: '0'.repeat(64) }] });
+  assert.equal(wrong.error?.code, 'INPUT_CHECKSUM_MISMATCH', 'a corrupted download is detected and not served');
+  const missing = await client.submit({ cmd: ['true'], inputs: [{ src: 's3://data/no/such', dst: 'x' }] });
+  assert.equal(missing.error?.code, 'INPUT_NOT_FOUND');
+  const escape = await client.submit({ cmd: ['true'], inputs: [{ src: 's3://data/in/blob.bin', dst: '../../etc/evil' }] });
+  assert.equal(escape.error?.code, 'PATH_ESCAPE');
+  const noOutput = await client.submit({ cmd: ['true'], outputs: [{ src: 'never.txt', dst: 's3://data/out/never.txt' }] });
+  assert.equal(noOutput.error?.code, 'OUTPUT_MISSING');
+  const outEscape = await client.submit({ cmd: ['true'], outputs: [{ src: '/etc/passwd', dst: 's3://data/out/p' }] });
+  assert.equal(outEscape.error?.code, 'PATH_ESCAPE');
+
+  const healthy = await client.submit({ cmd: ['sh', '-c', 'wc -c < b'], inputs: [{ src: 's3://data/in/blob.bin', dst: 'b', sha256: sha }] });
+  assert.equal(healthy.stdout.trim(), String(1 << 20), 'the executor and its cache stay healthy');
+});
