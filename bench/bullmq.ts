@@ -17,6 +17,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -267,8 +268,8 @@ async function main(): Promise<void> {
     setup: { falconet: 'default durable store, 2 executors (1,000 slots for throughput, 4 for latency)', bullmq: `redis in memory (no save, no AOF), 2 workers × concurrency ${concurrency}, addBulk batches of ${BATCH}, completion polled by the producer`, warmup: WARMUP },
     rows,
   };
-  mkdirSync(here('../../bench/results'), { recursive: true });
-  writeFileSync(here(`../../bench/results/bullmq-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
+  mkdirSync(resultsFile(), { recursive: true });
+  writeFileSync(resultsFile(`bullmq-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   const cell = (s: ReturnType<typeof stat>) => (s ? `${s.median} (${s.min}–${s.max})` : 'skipped');
   console.log(`| metric | falconet, median (min–max) | BullMQ ${bullmqVersion ?? ''} / Redis ${redisVersion ?? ''}, median (min–max) | falconet / BullMQ, median of runs (min–max) |`);
   console.log('|---|---|---|---|');

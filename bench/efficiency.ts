@@ -22,6 +22,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -244,7 +245,7 @@ async function main(): Promise<void> {
     })),
     targets,
   };
-  const dir = here('../../bench/results');
+  const dir = resultsFile();
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, `efficiency-${day}.json`), JSON.stringify(out, null, 2) + '\n');
   writeFileSync(join(dir, `efficiency-${day}.svg`), svgPlot(cells, `falconet efficiency, sleep tasks (${out.machine.cores} cores, Node ${out.machine.node}, ${day})`));

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect, type TaskSpec } from '../client/index.js';
+import { resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -156,8 +157,8 @@ async function main(): Promise<void> {
     wallSeconds: Math.round((Date.now() - began) / 1000),
     figures: rows,
   };
-  mkdirSync(here('../../bench/results'), { recursive: true });
-  writeFileSync(here(`../../bench/results/queue-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
+  mkdirSync(resultsFile(), { recursive: true });
+  writeFileSync(resultsFile(`queue-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   console.log('| store | tasks queued | submit s | RSS before → queued (peak) MB | bytes per queued task (target ≤ 1024) | drain s | drain tasks/s |');
   console.log('|---|---|---|---|---|---|---|');
   for (const r of rows) {

@@ -18,6 +18,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -182,8 +183,8 @@ async function main(): Promise<void> {
     figures.wallSeconds = Math.round((Date.now() - began) / 1000);
 
     const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command, figures };
-    mkdirSync(here('../../bench/results'), { recursive: true });
-    writeFileSync(here(`../../bench/results/scale-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
+    mkdirSync(resultsFile(), { recursive: true });
+    writeFileSync(resultsFile(`scale-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
     const f = figures;
     const kb = (b: number) => (b / 1024).toFixed(1);
     console.log(`| metric | measured | target (PRODUCT.md §9) | |`);

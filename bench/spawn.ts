@@ -23,6 +23,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -385,8 +386,8 @@ async function main(): Promise<void> {
       falconetMachineBusy: median(falconetRuns.map((f) => f.machineBusy)),
       executorProfile: profile ? { tasksPerSecondWhileProfiled: Math.round(profile.cmd.tasksPerSecond), cpuMsPerTask: profile.cpuMsPerTask, ...profile.profile } : null,
     };
-    mkdirSync(here('../../bench/results'), { recursive: true });
-    const file = here(`../../bench/results/spawn-${out.date.slice(0, 10)}.json`);
+    mkdirSync(resultsFile(), { recursive: true });
+    const file = resultsFile(`spawn-${out.date.slice(0, 10)}.json`);
     writeFileSync(file, JSON.stringify(out, null, 2) + '\n');
 
     console.log(`/bin/true, ${n} tasks, ${IN_FLIGHT} in flight, ${runs} run(s); ${out.machine.cores} cores, Node ${out.machine.node}\n`);

@@ -13,6 +13,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -97,8 +98,8 @@ async function main(): Promise<void> {
     p99us: median(s.p99),
   }));
   const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/stores.js --runs ${runs} --tasks ${tasks} --latency ${latencyN}`, rows };
-  mkdirSync(here('../../bench/results'), { recursive: true });
-  writeFileSync(here(`../../bench/results/stores-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
+  mkdirSync(resultsFile(), { recursive: true });
+  writeFileSync(resultsFile(`stores-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   console.log('| store | noop tasks/s, median (min–max) | ratio to memory, median of runs (min–max) | round trip p50 µs (min–max) | p99 µs |');
   console.log('|---|---|---|---|---|');
   for (const r of rows) {
