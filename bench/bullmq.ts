@@ -17,7 +17,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { resultsFile } from './harness.js';
+import { waitLine, resultsFile } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -104,18 +104,6 @@ async function producer(kind: string, port: number, n: number): Promise<Record<s
 
 // ---- the orchestrator ----
 
-/** Resolves with the first match of re on the child's stdout, then keeps draining the pipe. */
-function waitLine(child: ChildProcess, re: RegExp): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d;
-      const m = buf.match(re);
-      if (m) resolve(m);
-    });
-    child.once('exit', (code) => reject(new Error(`exited ${code} before ${re}: ${buf}`)));
-  });
-}
 
 /** Runs one load process to its end and parses its one JSON line; async, so the pipes of the
  *  dispatcher, executors and workers keep draining meanwhile. */
