@@ -23,7 +23,7 @@ usage:
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
-  falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] -- CMD ARGS...
+  falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] [--input SRC=DST]... [--output SRC=DST]... -- CMD ARGS...
   falconet submit [--file F | -] [--session S] [--detach] [--lease S] [--max-in-flight N] [--progress]
   falconet watch SESSION [--progress]
   falconet status [--json]
@@ -268,11 +268,23 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
   dispatcher: dispatcherCommand,
   executor: executorCommand,
   run: (args) => {
-    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, timeout: { type: 'string' }, env: { type: 'string', multiple: true }, cwd: { type: 'string' }, shell: { type: 'boolean' } }, true);
+    const { values, positionals } = parse(
+      args,
+      { ...CLIENT_FLAGS, timeout: { type: 'string' }, env: { type: 'string', multiple: true }, cwd: { type: 'string' }, shell: { type: 'boolean' }, input: { type: 'string', multiple: true }, output: { type: 'string', multiple: true } },
+      true,
+    );
     if (positionals.length === 0) usage('run needs a command: falconet run -- CMD ARGS...');
     const timeout = num('timeout', values.timeout);
+    // --input SRC=DST splits at the last '=' (a URL may hold one), --output SRC=DST at the first.
+    const split = (name: string, item: string, last: boolean) => {
+      const at = last ? item.lastIndexOf('=') : item.indexOf('=');
+      if (at <= 0 || at === item.length - 1) usage(`--${name} takes SRC=DST (got ${JSON.stringify(item)})`);
+      return { src: item.slice(0, at), dst: item.slice(at + 1) };
+    };
     return runCommand(clientUrl(values.dispatcher), values.token, {
       cmd: positionals,
+      ...(values.input ? { inputs: values.input.map((i) => split('input', i, true)) } : {}),
+      ...(values.output ? { outputs: values.output.map((o) => split('output', o, false)) } : {}),
       ...(values.env ? { env: pairs('env', values.env) } : {}),
       ...(values.cwd ? { cwd: values.cwd } : {}),
       ...(values.shell ? { shell: true } : {}),

@@ -11,6 +11,7 @@ import {
   PROTOCOL_VERSION,
   taskProblem,
   type AttemptResult,
+  type DataCounters,
   type DispatcherToClient,
   type DispatcherToExecutor,
   type ExecutorInfo,
@@ -292,9 +293,10 @@ export class DispatcherCore {
     if (exec.credit > 0) this.#hungry.add(exec);
   }
 
-  /** Any sign of life from an executor renews its lease. */
-  executorSeen(conn: ConnId): void {
-    this.#seen(conn);
+  /** Any sign of life from an executor renews its lease; heartbeats also carry its data counters. */
+  executorSeen(conn: ConnId, data?: DataCounters): void {
+    const exec = this.#seen(conn);
+    if (exec && data) exec.data = data;
   }
 
   #seen(conn: ConnId): ExecutorRecord | undefined {

@@ -3,7 +3,7 @@
  * only through the core's snapshots. Kept small on purpose: a queued task is one TaskRecord
  * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
  */
-import type { ExecutorInfo, TaskResult, TaskSpec } from '../protocol/index.js';
+import type { DataCounters, ExecutorInfo, TaskResult, TaskSpec } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
 export type ConnId = number;
@@ -52,6 +52,8 @@ export interface ExecutorRecord {
   leaving: boolean;
   /** Since when it has held no attempt (null while it holds some): what idle scale-down reads. */
   idleSince: number | null;
+  /** Data it moved, as of its last heartbeat. */
+  data: DataCounters | null;
 }
 
 export interface SessionRecord {
@@ -120,7 +122,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false, idleSince: now };
+  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false, idleSince: now, data: null };
 }
 
 /** A task record in the `queued` state. */

@@ -3,7 +3,7 @@
  * rates. Built on demand from the core's records; nothing here is on the dispatch path except
  * the two counters in Rates.
  */
-import type { TaskStatus } from '../protocol/index.js';
+import type { DataCounters, TaskStatus } from '../protocol/index.js';
 import type { ExecutorRecord, ExecutorState } from './model.js';
 
 /** Per-second rates over a sliding window, sampled from the core's tick. */
@@ -52,6 +52,7 @@ export interface ExecutorStatus {
   registeredAt: number;
   lastSeenMsAgo: number;
   boot?: Array<{ phase: string; at: number }>;
+  data?: DataCounters;
 }
 
 export interface StatusSnapshot {
@@ -62,6 +63,8 @@ export interface StatusSnapshot {
   tasks: { queued: number; running: number; finished: Record<TaskStatus, number>; submitted: number };
   sessions: { total: number; connected: number };
   rates: { submitted: number; dispatched: number; finished: number };
+  /** Data staged by every executor: cache hit ratio and bytes moved. */
+  data: DataCounters & { cacheHitRatio: number | null };
 }
 
 export function executorState(exec: ExecutorRecord): ExecutorState {
@@ -83,6 +86,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
   const executors: ExecutorStatus[] = [];
   let total = 0;
   let busy = 0;
+  const data = { cacheHits: 0, cacheMisses: 0, bytesIn: 0, bytesOut: 0 };
   for (const exec of core.executors.values()) {
     const i = exec.info;
     total += i.slots;
@@ -103,7 +107,9 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       registeredAt: exec.registeredAt,
       lastSeenMsAgo: now - exec.lastSeen,
       ...(i.boot ? { boot: i.boot } : {}),
+      ...(exec.data ? { data: exec.data } : {}),
     });
+    if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }
   let connected = 0;
   for (const s of core.sessions.values()) if (s.conn !== null) connected++;
@@ -120,5 +126,6 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
     },
     sessions: { total: core.sessions.size, connected },
     rates: core.rates.perSecond(),
+    data: { ...data, cacheHitRatio: data.cacheHits + data.cacheMisses > 0 ? data.cacheHits / (data.cacheHits + data.cacheMisses) : null },
   };
 }

@@ -31,7 +31,7 @@ import {
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
 import { taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
-import { defaultDataOptions, startAttempt, type DataOptions } from './attempt.js';
+import { dataCounters, defaultDataOptions, startAttempt, type DataOptions } from './attempt.js';
 
 export const EXECUTOR_VERSION = '0.1.0';
 
@@ -144,6 +144,7 @@ export class ExecutorAgent {
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull'], executor: this.#info() }),
       onUp: () => this.#onUp(),
+      heartbeatExtra: () => (dataCounters.cacheHits + dataCounters.cacheMisses + dataCounters.bytesOut > 0 ? { data: { ...dataCounters } } : {}),
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
         this.#unwelcomedSince = Date.now();

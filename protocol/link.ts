@@ -31,6 +31,8 @@ export interface LinkOptions<In extends { t: string }> {
   initialBackoffMs?: number;
   maxBackoffMs?: number;
   maxFrameBytes?: number;
+  /** Extra fields for each heartbeat (an executor's data counters). */
+  heartbeatExtra?(): Record<string, unknown>;
 }
 
 export class Link<In extends { t: string }> {
@@ -130,7 +132,7 @@ export class Link<In extends { t: string }> {
         this.#attempt = 0;
         this.#silenceMs = w.leaseMs ?? 3 * w.heartbeatMs;
         this.#armWatchdog(this.#silenceMs);
-        this.#heartbeat = setInterval(() => this.send({ t: 'hb', at: Date.now() }), w.heartbeatMs);
+        this.#heartbeat = setInterval(() => this.send({ t: 'hb', at: Date.now(), ...this.o.heartbeatExtra?.() }), w.heartbeatMs);
         this.o.onUp(msg);
         continue;
       }

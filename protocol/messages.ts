@@ -184,7 +184,10 @@ const ErrorMsg = Type.Object({
   message: Type.String({ maxLength: 64 * KiB }),
   retryable: Type.Boolean(),
 });
-const Heartbeat = Type.Object({ t: Type.Literal('hb'), at: Type.Number() });
+/** Data an executor moved, carried on its heartbeats (for status: cache hit ratio, bytes moved). */
+export const DataCountersSchema = Type.Object({ cacheHits: Uint, cacheMisses: Uint, bytesIn: Uint, bytesOut: Uint });
+export type DataCounters = Static<typeof DataCountersSchema>;
+const Heartbeat = Type.Object({ t: Type.Literal('hb'), at: Type.Number(), data: Type.Optional(DataCountersSchema) });
 
 // ---- client → dispatcher ----------------------------------------------------------------------
 export const ClientHello = Type.Object({

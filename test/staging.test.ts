@@ -11,7 +11,7 @@ import { GetObjectCommand, PutObjectCommand, S3Client, CreateBucketCommand } fro
 // @ts-expect-error no declaration file
 import S3rver from 's3rver';
 import { connect } from '../client/index.js';
-import { Procs, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
+import { Procs, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
 
 interface Counting {
   url: string;
@@ -95,6 +95,20 @@ test('staging: inputs from S3 through the cache, outputs to S3, and every bad ca
   const outEscape = await client.submit({ cmd: ['true'], outputs: [{ src: '/etc/passwd', dst: 's3://data/out/p' }] });
   assert.equal(outEscape.error?.code, 'PATH_ESCAPE');
 
+  // The CLI takes the same: falconet run --input SRC=DST --output SRC=DST.
+  const cli = await runCli(procs, ['run', '--dispatcher', d.url, '--input', 's3://data/in/blob.bin=in.bin', '--output', 'n.txt=s3://data/out/n.txt', '--', 'sh', '-c', 'wc -c < in.bin | tee n.txt']);
+  assert.equal(cli.code, 0, cli.stderr);
+  assert.equal(cli.stdout.trim(), String(1 << 20));
+  assert.equal((await (await s3.send(new GetObjectCommand({ Bucket: 'data', Key: 'out/n.txt' }))).Body!.transformToString()).trim(), String(1 << 20));
+
   const healthy = await client.submit({ cmd: ['sh', '-c', 'wc -c < b'], inputs: [{ src: 's3://data/in/blob.bin', dst: 'b', sha256: sha }] });
   assert.equal(healthy.stdout.trim(), String(1 << 20), 'the executor and its cache stay healthy');
+
+  // /api/status shows the cache hit ratio and the bytes moved, from the executors' heartbeats.
+  const data = await waitFor('data counters in status', async () => {
+    const s = (await status(d.url)).data;
+    return s.cacheHits >= 2 && s.bytesOut >= 10 * 1024 * 1024 ? s : undefined;
+  });
+  assert.ok(data.cacheHitRatio !== null && data.cacheHitRatio >= 0.5, JSON.stringify(data));
+  assert.ok(data.bytesIn >= 1 << 20 && data.bytesOut >= 10 * 1024 * 1024, JSON.stringify(data));
 });
