@@ -19,6 +19,7 @@ usage:
   falconet up [--port 7878] [--host 127.0.0.1] [--executors N] [--slots N] [dispatcher flags]
   falconet dispatcher [--port 7878] [--host H] [--client-token T] [--executor-token T] [--insecure]
                       [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
+                      [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
@@ -58,6 +59,8 @@ const DISPATCHER_FLAGS = {
   'data-dir': { type: 'string' },
   sync: { type: 'string' },
   retention: { type: 'string' },
+  'data-policy': { type: 'string' },
+  'cache-wait-ms': { type: 'string' },
   // provisioning
   min: { type: 'string' },
   max: { type: 'string' },
@@ -127,6 +130,8 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     maxFrameBytes: num('max-frame-bytes', v['max-frame-bytes'] as string | undefined, { min: 1024, integer: true }),
     helloTimeoutMs: num('hello-timeout-ms', v['hello-timeout-ms'] as string | undefined, { min: 10 }),
     retentionS: num('retention', v.retention as string | undefined),
+    dataPolicy: v['data-policy'] as string | undefined,
+    cacheWaitMs: num('cache-wait-ms', v['cache-wait-ms'] as string | undefined),
     store: v.store as string | undefined,
     dataDir: v['data-dir'] as string | undefined,
     sync: v.sync as string | undefined,

@@ -27,6 +27,8 @@ export interface DispatcherOptions {
   helloTimeoutMs?: number;
   /** Seconds a finished session is kept before it is collected. */
   retentionS?: number;
+  dataPolicy?: string;
+  cacheWaitMs?: number;
 }
 
 /** The compiled form: every field present and checked. */
@@ -46,6 +48,8 @@ export interface DispatcherConfig {
   maxFrameBytes: number;
   helloTimeoutMs: number;
   retentionMs: number;
+  dataPolicy: 'first-available' | 'max-cache-hit';
+  cacheWaitMs: number;
 }
 
 export function isLoopback(host: string): boolean {
@@ -70,6 +74,11 @@ function positive(name: string, value: number, min = 1): number {
     throw new FalconetError(ErrorCode.USAGE, `${name} must be a number ≥ ${min} (got ${value})`);
   }
   return value;
+}
+
+function dataPolicy(p: string | undefined): 'first-available' | 'max-cache-hit' {
+  if (p === undefined || p === 'max-cache-hit' || p === 'first-available') return p ?? 'max-cache-hit';
+  throw new FalconetError(ErrorCode.USAGE, `--data-policy must be first-available or max-cache-hit (got ${JSON.stringify(p)})`);
 }
 
 /** Applies environment fallbacks and defaults, validates, and returns the compiled config. */
@@ -109,5 +118,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
     helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
     retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
+    dataPolicy: dataPolicy(o.dataPolicy),
+    cacheWaitMs: positive('--cache-wait-ms', o.cacheWaitMs ?? 2000, 0),
   };
 }

@@ -74,6 +74,13 @@ export interface CoreOptions {
   maxFrameBytes: number;
   /** How long a finished session (no unfinished tasks, no client) is kept before it is collected. */
   retentionMs: number;
+  /**
+   * Data-aware scheduling (Falkon's data diffusion): `first-available` sends a task to any free
+   * executor, preferring one that holds its inputs; `max-cache-hit` also keeps a task waiting,
+   * up to `cacheWaitMs`, for the executor that holds its inputs when that one is busy.
+   */
+  dataPolicy?: 'first-available' | 'max-cache-hit';
+  cacheWaitMs?: number;
 }
 
 export class DispatcherCore {
@@ -88,6 +95,8 @@ export class DispatcherCore {
   #executorConns = new Map<ConnId, ExecutorRecord>();
   /** Executors with credit, visited by the scheduler. */
   #hungry = new Set<ExecutorRecord>();
+  /** Queued tasks by the locality keys of their inputs (entries pruned lazily). */
+  #byLocality = new Map<string, Set<TaskRecord>>();
   #nextUid = 1;
   #dispatched = 0;
 
@@ -169,7 +178,7 @@ export class DispatcherCore {
       session.tasks.set(id, task);
       session.submitted++;
       this.tasks.set(uid, task);
-      this.queue.push(task);
+      this.#enqueue(task);
       this.journal.taskAccepted(task);
       this.rates.submitted++;
     }
@@ -293,10 +302,12 @@ export class DispatcherCore {
     if (exec.credit > 0) this.#hungry.add(exec);
   }
 
-  /** Any sign of life from an executor renews its lease; heartbeats also carry its data counters. */
-  executorSeen(conn: ConnId, data?: DataCounters): void {
+  /** Any sign of life from an executor renews its lease; heartbeats also carry its data counters and holdings. */
+  executorSeen(conn: ConnId, data?: DataCounters, holds?: string[]): void {
     const exec = this.#seen(conn);
-    if (exec && data) exec.data = data;
+    if (!exec) return;
+    if (data) exec.data = data;
+    if (holds) exec.holds = new Set(holds);
   }
 
   #seen(conn: ConnId): ExecutorRecord | undefined {
@@ -336,7 +347,7 @@ export class DispatcherCore {
       if (task.state === 'dispatched') this.#requeue(task, exec);
       else {
         task.state = 'queued'; // it was taken out of the queue above as a late result
-        this.queue.push(task);
+        this.#enqueue(task);
         this.journal.taskRequeued(task);
       }
       return;
@@ -449,41 +460,92 @@ export class DispatcherCore {
     this.#unhold(exec, task.uid);
     task.state = 'queued';
     task.executor = null;
-    this.queue.push(task);
+    this.#enqueue(task);
     this.journal.taskRequeued(task);
+  }
+
+  /** Queues a task, indexing it by the data it needs. */
+  #enqueue(task: TaskRecord): void {
+    this.queue.push(task);
+    for (const key of task.locality ?? []) {
+      let set = this.#byLocality.get(key);
+      if (!set) this.#byLocality.set(key, (set = new Set()));
+      set.add(task);
+    }
+  }
+
+  /** Gives `exec` queued tasks whose inputs it already holds (the cache-hit pass). */
+  #dispatchLocal(exec: ExecutorRecord, fits: (labelKey: string) => boolean, now: number): void {
+    const holds = exec.holds!;
+    // Walk the smaller side: an executor may hold far more than is queued, or the reverse.
+    const keys = holds.size <= this.#byLocality.size ? [...holds] : [...this.#byLocality.keys()].filter((k) => holds.has(k));
+    for (const key of keys) {
+      const waiting = this.#byLocality.get(key);
+      if (!waiting) continue;
+      for (const task of waiting) {
+        if (exec.credit <= 0) return;
+        waiting.delete(task);
+        if (task.state !== 'queued' || !fits(task.labelKey)) continue;
+        this.queue.discard(task);
+        this.#dispatch(task, exec, now);
+      }
+      if (waiting.size === 0) this.#byLocality.delete(key);
+    }
+  }
+
+  /** A task that should wait for the busy executor holding its inputs (max-cache-hit). */
+  #waitsForHolder(task: TaskRecord, exec: ExecutorRecord, now: number): boolean {
+    if (this.options.dataPolicy !== 'max-cache-hit' || task.locality === null) return false;
+    if (now - task.submittedAt > (this.options.cacheWaitMs ?? 2000)) return false;
+    for (const other of this.executors.values()) {
+      if (other === exec || other.conn === null || other.draining || !other.holds) continue;
+      if (task.locality.every((k) => other.holds!.has(k))) return true;
+    }
+    return false;
+  }
+
+  #dispatch(task: TaskRecord, exec: ExecutorRecord, now: number): void {
+    task.state = 'dispatched';
+    task.attempt++;
+    task.executor = exec;
+    task.dispatchedAt = now;
+    exec.running.set(task.uid, task);
+    exec.credit--;
+    exec.idleSince = null;
+    this.#dispatched++;
+    this.journal.taskDispatched(task);
+    this.out.toExecutor(exec.conn!, { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec });
   }
 
   /** Matches queued tasks to executors with credit. Call once per batch of inbound messages. */
   schedule(): void {
     if (this.queue.size === 0 || this.#hungry.size === 0) return;
     const now = this.clock.now();
+    const fitsFor = (exec: ExecutorRecord) => (key: string): boolean => {
+      if (key === '') return true;
+      let ok = exec.fits.get(key);
+      if (ok === undefined) {
+        ok = labelsFit(this.#labelsOfKey(key), exec.info.labels);
+        exec.fits.set(key, ok);
+      }
+      return ok;
+    };
+    // Cache hits first, for every free executor, before anyone takes tasks in queue order.
+    if (this.#byLocality.size > 0) {
+      for (const exec of this.#hungry) {
+        if (exec.holds && exec.credit > 0 && exec.conn !== null && !exec.draining) this.#dispatchLocal(exec, fitsFor(exec), now);
+      }
+    }
     for (const exec of this.#hungry) {
       if (exec.credit <= 0 || exec.conn === null || exec.draining) {
         this.#hungry.delete(exec);
         continue;
       }
-      const fits = (key: string): boolean => {
-        if (key === '') return true;
-        let ok = exec.fits.get(key);
-        if (ok === undefined) {
-          ok = labelsFit(this.#labelsOfKey(key), exec.info.labels);
-          exec.fits.set(key, ok);
-        }
-        return ok;
-      };
-      const batch = this.queue.take(exec.credit, fits);
-      for (const task of batch) {
-        task.state = 'dispatched';
-        task.attempt++;
-        task.executor = exec;
-        task.dispatchedAt = now;
-        exec.running.set(task.uid, task);
-        this.journal.taskDispatched(task);
-        this.out.toExecutor(exec.conn, { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec });
+      const fits = fitsFor(exec);
+      if (exec.credit > 0) {
+        const skip = this.options.dataPolicy === 'max-cache-hit' && this.#byLocality.size > 0 ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+        for (const task of this.queue.take(exec.credit, fits, skip)) this.#dispatch(task, exec, now);
       }
-      exec.credit -= batch.length;
-      if (batch.length > 0) exec.idleSince = null;
-      this.#dispatched += batch.length;
       if (exec.credit <= 0) this.#hungry.delete(exec);
       if (this.queue.size === 0) break;
     }
@@ -572,7 +634,7 @@ export class DispatcherCore {
     session.submitted++;
     this.tasks.set(task.uid, task);
     if (exec) exec.running.set(task.uid, task);
-    else this.queue.push(task);
+    else this.#enqueue(task);
   }
 
   /** Puts each session's unacknowledged results back in sequence order. */

@@ -3,7 +3,7 @@
  * only through the core's snapshots. Kept small on purpose: a queued task is one TaskRecord
  * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
  */
-import type { DataCounters, ExecutorInfo, TaskResult, TaskSpec } from '../protocol/index.js';
+import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
 export type ConnId = number;
@@ -30,6 +30,10 @@ export interface TaskRecord {
   cancelRequested: boolean;
   submittedAt: number;
   dispatchedAt: number | null;
+  /** Set by the queue at each push; its entries carry it, so stale entries are recognised. */
+  queueGen: number;
+  /** Locality keys of its inputs (null without inputs): what data-aware scheduling matches. */
+  locality: string[] | null;
 }
 
 export type ExecutorState = 'ready' | 'busy' | 'idle' | 'draining' | 'disconnected';
@@ -54,6 +58,8 @@ export interface ExecutorRecord {
   idleSince: number | null;
   /** Data it moved, as of its last heartbeat. */
   data: DataCounters | null;
+  /** Locality keys of the inputs its cache holds, as of the last heartbeat that changed them. */
+  holds: Set<string> | null;
 }
 
 export interface SessionRecord {
@@ -122,7 +128,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false, idleSince: now, data: null };
+  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false, idleSince: now, data: null, holds: null };
 }
 
 /** A task record in the `queued` state. */
@@ -141,6 +147,8 @@ export function newTask(uid: number, id: string, session: SessionRecord, spec: T
     cancelRequested: false,
     submittedAt,
     dispatchedAt: null,
+    queueGen: 0,
+    locality: spec.inputs?.length ? spec.inputs.map((i) => localityKey(i)) : null,
   };
 }
 

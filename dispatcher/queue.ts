@@ -5,7 +5,9 @@
  * lanes; an executor takes from the lanes it fits. Pure data structure: no I/O, no clock.
  *
  * Removal is lazy: a cancelled task stays in its deque, is no longer counted, and is skipped
- * when it reaches the head. That keeps cancel O(1) without a linked list per task.
+ * when it reaches the head. That keeps cancel O(1) without a linked list per task. Each entry
+ * remembers the task's queue generation, so a task that left and came back (re-queued) is never
+ * served twice from an old entry.
  */
 import type { TaskRecord } from './model.js';
 
@@ -34,19 +36,29 @@ export class Deque<T> {
   }
 }
 
+interface Entry {
+  task: TaskRecord;
+  gen: number;
+}
+
+const live = (e: Entry | undefined): boolean => e !== undefined && e.task.state === 'queued' && e.task.queueGen === e.gen;
+
 /** One session's queued tasks at one priority, split by label requirement. */
 class SessionLanes {
-  readonly byLabel = new Map<string, Deque<TaskRecord>>();
+  readonly byLabel = new Map<string, Deque<Entry>>();
   size = 0;
   constructor(readonly sessionId: string) {}
 
-  /** The oldest live task in a lane the executor fits, removed; or undefined. */
-  take(fits: (labelKey: string) => boolean): TaskRecord | undefined {
-    let best: Deque<TaskRecord> | undefined;
+  /**
+   * The oldest live task in a lane the executor fits, removed; or undefined. A head that `skip`
+   * refuses (it waits for the executor that holds its data) holds its lane back this turn.
+   */
+  take(fits: (labelKey: string) => boolean, skip?: (task: TaskRecord) => boolean): TaskRecord | undefined {
+    let best: Deque<Entry> | undefined;
     let bestUid = Infinity;
     for (const [key, lane] of this.byLabel) {
       let head = lane.peek();
-      while (head && head.state !== 'queued') {
+      while (head && !live(head)) {
         lane.shift();
         head = lane.peek();
       }
@@ -54,14 +66,14 @@ class SessionLanes {
         this.byLabel.delete(key);
         continue;
       }
-      if (head.uid < bestUid && fits(key)) {
+      if (head.task.uid < bestUid && fits(key) && !skip?.(head.task)) {
         best = lane;
-        bestUid = head.uid;
+        bestUid = head.task.uid;
       }
     }
     if (!best) return undefined;
     this.size--;
-    return best.shift();
+    return best.shift()!.task;
   }
 }
 
@@ -84,8 +96,11 @@ export class TaskQueue {
     return this.#size;
   }
 
+  #gen = 0;
+
   /** Appends a task (state must already be 'queued'). */
   push(task: TaskRecord): void {
+    task.queueGen = ++this.#gen;
     let level = this.#levels.get(task.priority);
     if (!level) {
       level = new PriorityLevel(task.priority);
@@ -105,7 +120,7 @@ export class TaskQueue {
       lane = new Deque();
       lanes.byLabel.set(task.labelKey, lane);
     }
-    lane.push(task);
+    lane.push({ task, gen: task.queueGen });
     lanes.size++;
     this.#size++;
   }
@@ -125,7 +140,7 @@ export class TaskQueue {
    * Takes up to `max` tasks for one executor: highest priority first, sessions in turn,
    * FIFO within a session. `fits` says whether the executor may run a label key.
    */
-  take(max: number, fits: (labelKey: string) => boolean): TaskRecord[] {
+  take(max: number, fits: (labelKey: string) => boolean, skip?: (task: TaskRecord) => boolean): TaskRecord[] {
     const out: TaskRecord[] = [];
     for (let p = 0; p < this.#order.length && out.length < max; p++) {
       const level = this.#levels.get(this.#order[p])!;
@@ -133,7 +148,7 @@ export class TaskQueue {
       while (out.length < max && level.ring.length > 0 && barren < level.ring.length) {
         if (level.next >= level.ring.length) level.next = 0;
         const lanes = level.ring[level.next];
-        const task = lanes.size > 0 ? lanes.take(fits) : undefined;
+        const task = lanes.size > 0 ? lanes.take(fits, skip) : undefined;
         if (task) {
           out.push(task);
           this.#size--;

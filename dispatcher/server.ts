@@ -262,7 +262,7 @@ export class DispatcherServer {
       case 'pull':
         return this.core.pull(c.id, msg.n);
       case 'hb':
-        return this.core.executorSeen(c.id, msg.data);
+        return this.core.executorSeen(c.id, msg.data, msg.holds);
       case 'bye':
         this.log.info({ conn: c.id, reason: msg.reason }, 'executor leaving');
         return this.core.executorBye(c.id);

@@ -53,6 +53,8 @@ export interface ExecutorStatus {
   lastSeenMsAgo: number;
   boot?: Array<{ phase: string; at: number }>;
   data?: DataCounters;
+  /** Inputs its cache holds (count of locality keys). */
+  cached?: number;
 }
 
 export interface StatusSnapshot {
@@ -108,6 +110,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       lastSeenMsAgo: now - exec.lastSeen,
       ...(i.boot ? { boot: i.boot } : {}),
       ...(exec.data ? { data: exec.data } : {}),
+      ...(exec.holds ? { cached: exec.holds.size } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }

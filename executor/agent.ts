@@ -31,7 +31,7 @@ import {
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
 import { taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
-import { dataCounters, defaultDataOptions, startAttempt, type DataOptions } from './attempt.js';
+import { dataCounters, defaultDataOptions, heldLocalityKeys, startAttempt, type DataOptions } from './attempt.js';
 
 export const EXECUTOR_VERSION = '0.1.0';
 
@@ -123,6 +123,11 @@ export class ExecutorAgent {
   #unwelcomedSince: number | null = Date.now();
   readonly #runner: RunnerOptions;
   readonly #data: DataOptions;
+  /** What the content cache holds, by locality key, and which version of it was last sent. */
+  #holds: string[] = [];
+  #holdsSig = '';
+  #holdsVersion = 0;
+  #holdsSent = 0;
   readonly #boot: Array<{ phase: string; at: number }>;
   #exited = false;
   readonly #incarnation = randomBytes(8).toString('hex');
@@ -144,7 +149,7 @@ export class ExecutorAgent {
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull'], executor: this.#info() }),
       onUp: () => this.#onUp(),
-      heartbeatExtra: () => (dataCounters.cacheHits + dataCounters.cacheMisses + dataCounters.bytesOut > 0 ? { data: { ...dataCounters } } : {}),
+      heartbeatExtra: () => this.#heartbeatExtra(),
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
         this.#unwelcomedSince = Date.now();
@@ -219,7 +224,30 @@ export class ExecutorAgent {
     };
   }
 
+  /** Data counters once there are any; the cache's holdings when they changed since last sent. */
+  #heartbeatExtra(): Record<string, unknown> {
+    const extra: Record<string, unknown> = {};
+    if (dataCounters.cacheHits + dataCounters.cacheMisses + dataCounters.bytesOut > 0) extra.data = { ...dataCounters };
+    if (this.#holdsVersion !== this.#holdsSent) {
+      extra.holds = this.#holds;
+      this.#holdsSent = this.#holdsVersion;
+    }
+    return extra;
+  }
+
+  #refreshHolds(): void {
+    void heldLocalityKeys().then((keys) => {
+      if (!keys) return;
+      const sig = keys.join(',');
+      if (sig === this.#holdsSig) return;
+      this.#holds = keys;
+      this.#holdsSig = sig;
+      this.#holdsVersion++;
+    });
+  }
+
   #onUp(): void {
+    this.#holdsSent = -1; // a new connection (maybe a new dispatcher) learns the holdings again
     this.#unwelcomedSince = null;
     if (!this.#boot.some((b) => b.phase === 'registered')) this.#boot.push({ phase: 'registered', at: Date.now() });
     this.log.info({ id: this.id, slots: this.slots, url: this.o.url }, 'registered');
@@ -258,6 +286,7 @@ export class ExecutorAgent {
     const run = startAttempt(msg.spec, `${uid}-${attempt}`, this.#runner, this.#data);
     this.#running.set(uid, { attempt, run });
     run.done.then((outcome) => {
+      if (msg.spec.inputs?.length) this.#refreshHolds();
       const slot = this.#running.get(uid);
       if (slot?.attempt === attempt) this.#running.delete(uid);
       if (this.#running.size === 0) this.#idleSince = Date.now();

@@ -6,7 +6,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ErrorCode, FalconetError, type TaskSpec } from '../protocol/index.js';
+import { ErrorCode, FalconetError, localityKey, type TaskSpec } from '../protocol/index.js';
 import { ContentCache } from './cache.js';
 import { runAttempt, type Outcome, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { insideSandbox, stageInputs, uploadOutputs, type StagingStats } from './staging.js';
@@ -27,6 +27,20 @@ export function defaultDataOptions(executorId: string, env: NodeJS.ProcessEnv = 
     cacheBudgetBytes: Number(env.FALCONET_CACHE_BUDGET ?? 10 * 1024 ** 3),
     workDir: env.FALCONET_WORK_DIR ?? join(tmpdir(), `falconet-${executorId.replace(/[^\w.-]/g, '_')}`),
   };
+}
+
+/**
+ * The locality keys of what the cache holds (see protocol/locality.ts), or null before the first
+ * staged task opened the cache. S3 entries are keyed by ETag too; locality is by source.
+ */
+export async function heldLocalityKeys(): Promise<string[] | null> {
+  if (!cache) return null;
+  const c = await cache;
+  return c.keys().map((key) => {
+    if (key.startsWith('sha256:')) return localityKey({ src: '', sha256: key.slice(7) });
+    if (key.startsWith('s3:')) return localityKey({ src: `s3://${key.slice(3, key.lastIndexOf('@'))}` });
+    return localityKey({ src: key.startsWith('url:') ? key.slice(4) : key });
+  });
 }
 
 /** Data moved by this executor, for its heartbeat and the dispatcher's status. */

@@ -187,7 +187,13 @@ const ErrorMsg = Type.Object({
 /** Data an executor moved, carried on its heartbeats (for status: cache hit ratio, bytes moved). */
 export const DataCountersSchema = Type.Object({ cacheHits: Uint, cacheMisses: Uint, bytesIn: Uint, bytesOut: Uint });
 export type DataCounters = Static<typeof DataCountersSchema>;
-const Heartbeat = Type.Object({ t: Type.Literal('hb'), at: Type.Number(), data: Type.Optional(DataCountersSchema) });
+/** `holds`: an executor's cached inputs by locality key (sent when the set changed). */
+const Heartbeat = Type.Object({
+  t: Type.Literal('hb'),
+  at: Type.Number(),
+  data: Type.Optional(DataCountersSchema),
+  holds: Type.Optional(Type.Array(Type.String({ maxLength: 64 }), { maxItems: 100_000 })),
+});
 
 // ---- client → dispatcher ----------------------------------------------------------------------
 export const ClientHello = Type.Object({

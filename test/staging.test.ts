@@ -112,3 +112,36 @@ test('staging: inputs from S3 through the cache, outputs to S3, and every bad ca
   assert.ok(data.cacheHitRatio !== null && data.cacheHitRatio >= 0.5, JSON.stringify(data));
   assert.ok(data.bytesIn >= 1 << 20 && data.bytesOut >= 10 * 1024 * 1024, JSON.stringify(data));
 });
+
+test('data-aware scheduling: with inputs cached on one of two free executors, the tasks go there', async (t) => {
+  const procs = new Procs();
+  const s3rver = new S3rver({ port: 0, address: '127.0.0.1', silent: true, directory: procs.tmpDir() });
+  const { port } = await s3rver.run();
+  const aws = { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${port}`, AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
+  const s3 = new S3Client({ endpoint: aws.AWS_ENDPOINT_URL_S3, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' }, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' });
+  await s3.send(new CreateBucketCommand({ Bucket: 'ddd' }));
+  await s3.send(new PutObjectCommand({ Bucket: 'ddd', Key: 'shared.bin', Body: randomBytes(256 * 1024) }));
+  const d = await startDispatcher(procs, ['--data-policy', 'max-cache-hit', '--cache-wait-ms', '5000']);
+  startExecutor(procs, d.url, ['--id', 'holder', '--slots', '2', '--labels', 'host=a'], { ...aws, FALCONET_CACHE_DIR: procs.tmpDir() });
+  startExecutor(procs, d.url, ['--id', 'other', '--slots', '2', '--labels', 'host=b'], { ...aws, FALCONET_CACHE_DIR: procs.tmpDir() });
+  await waitExecutors(d.url, 2);
+  const client = await connect(d.url);
+  t.after(async () => {
+    await client.close();
+    await procs.killAll();
+    s3.destroy();
+    await s3rver.close();
+  });
+  const input = { src: 's3://ddd/shared.bin', dst: 'in.bin' };
+  const warm = await client.submit({ cmd: ['true'], inputs: [input], labels: { host: 'a' } });
+  assert.equal(warm.executor, 'holder');
+  await waitFor('the holder to report what it caches', async () => (await status(d.url)).executors.find((e) => e.id === 'holder')?.cached === 1);
+  const results = await Promise.all(Array.from({ length: 8 }, () => client.submit({ cmd: ['sh', '-c', 'wc -c < in.bin'], inputs: [input] })));
+  assert.ok(results.every((r) => r.status === 'succeeded' && r.stdout.trim() === String(256 * 1024)));
+  assert.deepEqual([...new Set(results.map((r) => r.executor))], ['holder'], 'every task went to the executor holding its input');
+  const holder = await waitFor('hits counted', async () => {
+    const e = (await status(d.url)).executors.find((x) => x.id === 'holder');
+    return e?.data && e.data.cacheHits >= 8 ? e : undefined;
+  });
+  assert.equal(holder.data!.cacheMisses, 1, 'one download, eight cache hits');
+});
