@@ -586,6 +586,7 @@ export class DispatcherCore {
         finished: r?.finishedAt ?? now,
       },
       ...(error ? { error: { code: error.code, message: error.message } } : {}),
+      ...(r?.environment ? { environment: r.environment } : {}),
     };
     const seq = ++session.lastSeq;
     session.unacked.push({ seq, result });

@@ -10,6 +10,7 @@ import { ErrorCode, FalconetError, localityKey, type TaskSpec } from '../protoco
 import { ContentCache } from './cache.js';
 import { runAttempt, type Outcome, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { insideSandbox, stageInputs, uploadOutputs, type StagingStats } from './staging.js';
+import { Environments, type PreparedEnvironment } from './environments.js';
 
 export interface DataOptions {
   /** Where the content cache lives; it survives executor restarts. */
@@ -48,8 +49,10 @@ export const dataCounters = { cacheHits: 0, cacheMisses: 0, bytesIn: 0, bytesOut
 
 let cache: Promise<ContentCache> | null = null;
 
+let environments: Environments | null = null;
+
 export function startAttempt(spec: TaskSpec, name: string, runner: RunnerOptions, data: DataOptions): RunningAttempt {
-  if (!spec.inputs?.length && !spec.outputs?.length) return runAttempt(spec, runner);
+  if (!spec.inputs?.length && !spec.outputs?.length && !spec.environment) return runAttempt(spec, runner);
   let inner: RunningAttempt | null = null;
   let cancelled = false;
   const startedAt = Date.now();
@@ -69,10 +72,15 @@ export function startAttempt(spec: TaskSpec, name: string, runner: RunnerOptions
       Object.assign(stats, staged.stats);
       dataCounters.cacheHits += stats.cacheHits;
       dataCounters.cacheMisses += leases.length - stats.cacheHits;
+      let env: PreparedEnvironment | null = null;
+      if (spec.environment) {
+        environments ??= new Environments(`${data.cacheDir}.envs`, runner);
+        env = await environments.prepare(spec.environment, runner.baseEnv.PATH ?? '/usr/bin:/bin');
+      }
       if (cancelled) throw new FalconetError(ErrorCode.TASK_CANCELLED, 'cancelled while staging');
       const cwd = spec.cwd === undefined ? sandbox : insideSandbox(sandbox, spec.cwd, 'cwd');
-      inner = runAttempt({ ...spec, cwd }, runner);
-      const outcome = await inner.done;
+      inner = runAttempt({ ...spec, cwd, ...(env ? { env: { ...env.vars, ...spec.env } } : {}) }, runner);
+      const outcome: Outcome = { ...(await inner.done), ...(env ? { environment: env.report } : {}) };
       if (outcome.status === 'succeeded' && spec.outputs?.length) {
         try {
           await uploadOutputs(spec.outputs, sandbox, stats);

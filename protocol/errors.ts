@@ -60,6 +60,8 @@ export const ErrorCode = {
   OUTPUT_FAILED: 'OUTPUT_FAILED',
   /** Staging: a `dst` or `src` path escapes the attempt's sandbox. */
   PATH_ESCAPE: 'PATH_ESCAPE',
+  /** A task's named environment could not be set up; the message carries the log's tail. */
+  ENVIRONMENT_FAILED: 'ENVIRONMENT_FAILED',
   /** The executor's cache cannot hold an input within its disk budget. */
   CACHE_FULL: 'CACHE_FULL',
   /** The dispatcher could not be reached within the connect timeout. */

@@ -91,6 +91,17 @@ export const TaskSpecSchema = Type.Object(
     ),
     /** Keep the attempt's sandbox directory after it ends (for debugging). */
     keepSandbox: Type.Optional(Type.Boolean()),
+    /** A named environment, prepared once per executor and reused (a venv, a toolchain). */
+    environment: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({ minLength: 1, maxLength: 128 }),
+          setup: Type.Array(Type.String({ maxLength: LIMITS.argLength }), { minItems: 1, maxItems: LIMITS.argvItems }),
+          timeoutMs: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -109,6 +120,14 @@ export type TaskStatus = Static<typeof TaskStatusSchema>;
 const Output = Type.String({ maxLength: LIMITS.outputBytes * 2 });
 const Nullable = <T extends TSchema>(s: T) => Type.Union([s, Type.Null()]);
 
+/** How a task's named environment was obtained, with timestamps, like boot phases. */
+export const EnvironmentReportSchema = Type.Object({
+  name: Type.String({ maxLength: 128 }),
+  key: Type.String({ maxLength: 64 }),
+  reused: Type.Boolean(),
+  phases: Type.Array(Type.Object({ phase: Type.String({ maxLength: 64 }), at: Type.Number() }), { maxItems: 16 }),
+});
+
 /** One attempt's outcome as the executor reports it. `lost` is decided by the dispatcher only. */
 export const AttemptResultSchema = Type.Object({
   uid: Uint,
@@ -126,7 +145,8 @@ export const AttemptResultSchema = Type.Object({
   truncated: Type.Boolean(),
   startedAt: Type.Number(),
   finishedAt: Type.Number(),
-  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 64 }), message: Short })),
+  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 64 }), message: Type.String({ maxLength: 16 * KiB }) })),
+  environment: Type.Optional(EnvironmentReportSchema),
 });
 export type AttemptResult = Static<typeof AttemptResultSchema>;
 
@@ -148,6 +168,7 @@ export const TaskResultSchema = Type.Object({
     finished: Type.Number(),
   }),
   error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+  environment: Type.Optional(EnvironmentReportSchema),
 });
 export type TaskResult = Static<typeof TaskResultSchema>;
 

@@ -6,6 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request, type Server } from 'node:http';
 import { randomBytes, createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { GetObjectCommand, PutObjectCommand, S3Client, CreateBucketCommand } from '@aws-sdk/client-s3';
 // s3rver ships no types.
 // @ts-expect-error no declaration file
@@ -144,4 +146,34 @@ test('data-aware scheduling: with inputs cached on one of two free executors, th
     return e?.data && e.data.cacheHits >= 8 ? e : undefined;
   });
   assert.equal(holder.data!.cacheMisses, 1, 'one download, eight cache hits');
+});
+
+test('environments: set up once per executor, reused by 100 tasks; a failed setup fails fast with its log tail', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  startExecutor(procs, d.url, ['--id', 'envy', '--slots', '4'], { FALCONET_CACHE_DIR: join(procs.tmpDir(), 'cache') });
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  t.after(() => client.close());
+  const environment = {
+    name: 'tools',
+    setup: ['sh', '-c', 'mkdir -p bin && printf "#!/bin/sh\\necho hello-from-env\\n" > bin/hello && chmod +x bin/hello && echo setup >> setups'],
+  };
+  const results = await Promise.all(Array.from({ length: 100 }, () => client.submit({ cmd: ['hello'], environment })));
+  assert.ok(results.every((r) => r.status === 'succeeded' && r.stdout === 'hello-from-env\n'), JSON.stringify(results.find((r) => r.status !== 'succeeded')));
+  assert.equal(results.filter((r) => r.environment?.reused === false).length, 1, 'set up once');
+  assert.ok(results[0].environment!.phases.some((p) => p.phase === 'requested'));
+  const count = await client.submit({ cmd: ['sh', '-c', 'wc -l < "$FALCONET_ENV_DIR/setups"'], environment });
+  assert.equal(count.stdout.trim(), '1', 'the setup ran once for 101 tasks');
+
+  const marks = join(procs.tmpDir(), 'attempts');
+  const broken = { name: 'broken', setup: ['sh', '-c', `echo x >> ${marks}; echo missing-compiler >&2; exit 4`] };
+  const [a, b] = [await client.submit({ cmd: ['true'], environment: broken }), await client.submit({ cmd: ['true'], environment: broken })];
+  for (const r of [a, b]) {
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error?.code, 'ENVIRONMENT_FAILED');
+    assert.match(r.error!.message, /missing-compiler/);
+  }
+  assert.equal(readFileSync(marks, 'utf8').trim().split('\n').length, 1, 'a failed setup is not run again for the next task');
 });
