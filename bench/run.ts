@@ -23,6 +23,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   scale: { script: 'scale.js', full: [], smoke: ['--executors', '200', '--per-process', '100', '--tasks', '2000'], writes: ['scale-'] },
   queue: { script: 'queue.js', full: [], smoke: ['--tasks', '5000'], writes: ['queue-'] },
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
+  staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
 };
 
 function main(): number {

@@ -47,6 +47,7 @@ export class Outbound {
   #held: Outgoing[][] = [];
   #committing: Promise<void> | null = null;
   #failed = false;
+  #stopped = false;
 
   constructor(
     private readonly codec: Codec,
@@ -88,7 +89,7 @@ export class Outbound {
   /** Schedules, hands the turn's changes to the store, sends what may go now, holds the rest. */
   flush(): void {
     this.#queued = false;
-    if (this.#failed) return;
+    if (this.#failed || this.#stopped) return;
     this.beforeFlush();
     const held: Outgoing[] = [];
     const now: Outgoing[] = [];
@@ -102,9 +103,13 @@ export class Outbound {
     this.#release(now);
   }
 
-  /** Resolves when no commit is in flight (for shutdown). */
-  async settled(): Promise<void> {
+  /**
+   * Shutdown: waits until no commit is in flight, then stops. What happens after (connections
+   * closing) changes nothing durable that matters and must not reach a store being closed.
+   */
+  async stop(): Promise<void> {
     while (this.#committing) await this.#committing.catch(() => {});
+    this.#stopped = true;
   }
 
   /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */

@@ -322,7 +322,7 @@ export class DispatcherServer {
     this.#stopping = true;
     for (const t of this.#timers) clearInterval(t);
     this.#out.flush();
-    await this.#out.settled();
+    await this.#out.stop();
     for (const c of this.#conns.values()) {
       if (c.helloTimer) clearTimeout(c.helloTimer);
       c.ws.close(1001, ErrorCode.SHUTTING_DOWN);

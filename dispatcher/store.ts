@@ -191,6 +191,7 @@ export class SqliteStore implements Journal {
    */
   commit(): Promise<void> | null {
     if (this.#failure) return Promise.reject(this.#failure);
+    if (!this.#writer) return null; // closed: shutdown is over
     if (this.#rows.size === 0 && this.#results.length === 0 && this.#ops.length === 0 && this.#sessions.size === 0) return null;
     const batch: CommitBatch = {
       rows: [...this.#rows.values()],

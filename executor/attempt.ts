@@ -74,7 +74,7 @@ export function startAttempt(spec: TaskSpec, name: string, runner: RunnerOptions
       dataCounters.cacheMisses += leases.length - stats.cacheHits;
       let env: PreparedEnvironment | null = null;
       if (spec.environment) {
-        environments ??= new Environments(`${data.cacheDir}.envs`, runner);
+        environments ??= new Environments(`${data.cacheDir}.envs`, runner, () => (cache ??= ContentCache.open(data.cacheDir, { budgetBytes: data.cacheBudgetBytes })));
         env = await environments.prepare(spec.environment, runner.baseEnv.PATH ?? '/usr/bin:/bin');
       }
       if (cancelled) throw new FalconetError(ErrorCode.TASK_CANCELLED, 'cancelled while staging');

@@ -12,10 +12,13 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { runAttempt, type RunnerOptions } from './runner.js';
+import { stageInputs, type InputSpec } from './staging.js';
+import type { ContentCache } from './cache.js';
 
 export interface EnvironmentSpec {
   name: string;
   setup: string[];
+  files?: InputSpec[];
   timeoutMs?: number;
 }
 
@@ -41,12 +44,14 @@ export class Environments {
   constructor(
     private readonly root: string,
     private readonly runner: RunnerOptions,
+    /** Where `files` come through (opened on first use). */
+    private readonly cache: () => Promise<ContentCache>,
     private readonly failureTtlMs = 10 * 60_000,
   ) {}
 
   /** Prepares (or reuses) the environment; rejects with ENVIRONMENT_FAILED. */
   async prepare(spec: EnvironmentSpec, basePath: string): Promise<PreparedEnvironment> {
-    const key = createHash('sha256').update(JSON.stringify([spec.name, spec.setup])).digest('hex').slice(0, 16);
+    const key = createHash('sha256').update(JSON.stringify([spec.name, spec.setup, spec.files ?? []])).digest('hex').slice(0, 16);
     const dir = join(this.root, `${spec.name.replace(/[^\w.-]/g, '_')}-${key}`);
     const phases: Array<{ phase: string; at: number }> = [{ phase: 'requested', at: Date.now() }];
     const failed = this.#failed.get(key);
@@ -71,6 +76,17 @@ export class Environments {
   async #setup(spec: EnvironmentSpec, dir: string, key: string, phases: Array<{ phase: string; at: number }>): Promise<string> {
     await rm(dir, { recursive: true, force: true }); // a half-built one from a crash
     await mkdir(dir, { recursive: true });
+    if (spec.files?.length) {
+      phases.push({ phase: 'files-started', at: Date.now() });
+      try {
+        const { leases } = await stageInputs(spec.files, dir, await this.cache());
+        for (const l of leases) l.release();
+      } catch (err) {
+        const error = new FalconetError(ErrorCode.ENVIRONMENT_FAILED, `environment ${spec.name} (${key}): its files could not be staged: ${(err as Error).message}`);
+        this.#failed.set(key, { at: Date.now(), error });
+        throw error;
+      }
+    }
     phases.push({ phase: 'setup-started', at: Date.now() });
     const outcome = await runAttempt(
       { cmd: spec.setup, cwd: dir, env: { FALCONET_ENV_DIR: dir }, timeoutMs: spec.timeoutMs ?? 10 * 60_000 },

@@ -97,6 +97,16 @@ export const TaskSpecSchema = Type.Object(
         {
           name: Type.String({ minLength: 1, maxLength: 128 }),
           setup: Type.Array(Type.String({ maxLength: LIMITS.argLength }), { minItems: 1, maxItems: LIMITS.argvItems }),
+          /** Staged into the environment's directory before its setup runs (like task inputs). */
+          files: Type.Optional(
+            Type.Array(
+              Type.Object(
+                { src: Type.String({ minLength: 1, maxLength: 4096 }), dst: Type.String({ minLength: 1, maxLength: 4096 }), sha256: Type.Optional(Type.String({ pattern: '^[0-9a-fA-F]{64}$' })) },
+                { additionalProperties: false },
+              ),
+              { maxItems: 256 },
+            ),
+          ),
           timeoutMs: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
         },
         { additionalProperties: false },

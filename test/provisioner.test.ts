@@ -108,7 +108,9 @@ test('EC2: kill -9 of the dispatcher; the restarted one re-adopts its instances 
   const double = await ec2(t);
   const port = await freePort();
   const dataDir = procs.tmpDir();
-  const flags = ['--min', '2', '--max', '2', '--policy', 'all-at-once', '--idle-timeout', '600', '--boot-timeout', '5'];
+  // A lease long enough for the executors to redial the restarted dispatcher on a loaded machine
+  // (their backoff grows while it is down), and a boot timeout that still ends the stray soon.
+  const flags = ['--min', '2', '--max', '2', '--policy', 'all-at-once', '--idle-timeout', '600', '--boot-timeout', '5', '--lease-ms', '15000', '--heartbeat-ms', '500'];
   let d = await ec2Dispatcher(procs, double, flags, port, dataDir);
   await waitFor('two executors', async () => (await status(d.url)).executors.filter((e) => e.state !== 'disconnected').length === 2, 30_000);
   const before = alive(double).map((i) => i.instanceId).sort();

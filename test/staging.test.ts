@@ -106,10 +106,22 @@ test('staging: inputs from S3 through the cache, outputs to S3, and every bad ca
   const healthy = await client.submit({ cmd: ['sh', '-c', 'wc -c < b'], inputs: [{ src: 's3://data/in/blob.bin', dst: 'b', sha256: sha }] });
   assert.equal(healthy.stdout.trim(), String(1 << 20), 'the executor and its cache stay healthy');
 
+  // An environment's files are staged into it before its setup runs.
+  const withFile = { name: 'with-file', files: [{ src: 's3://data/in/blob.bin', dst: 'lib/blob.bin' }], setup: ['sh', '-c', 'test -s lib/blob.bin && echo ready > marker'] };
+  const envTask = await client.submit({ cmd: ['sh', '-c', 'cat "$FALCONET_ENV_DIR/marker"'], environment: withFile });
+  assert.equal(envTask.stdout, 'ready\n', JSON.stringify(envTask.error));
+
+  // A source that refuses us (s3rver does not check credentials, so an HTTP server says 403).
+  const refusing = createServer((_req, res) => res.writeHead(403).end('no'));
+  await new Promise<void>((r) => refusing.listen(0, '127.0.0.1', () => r()));
+  const denied = await client.submit({ cmd: ['true'], inputs: [{ src: `http://127.0.0.1:${(refusing.address() as { port: number }).port}/secret`, dst: 'x' }] });
+  refusing.close();
+  assert.equal(denied.error?.code, 'INPUT_ACCESS_DENIED', JSON.stringify(denied.error));
+
   // /api/status shows the cache hit ratio and the bytes moved, from the executors' heartbeats.
   const data = await waitFor('data counters in status', async () => {
-    const s = (await status(d.url)).data;
-    return s.cacheHits >= 2 && s.bytesOut >= 10 * 1024 * 1024 ? s : undefined;
+    const s = (await status(d.url)).executors.find((e) => e.id === 'stager')?.data;
+    return s && s.cacheHits >= 2 && s.bytesOut >= 10 * 1024 * 1024 ? { ...s, cacheHitRatio: s.cacheHits / (s.cacheHits + s.cacheMisses) } : undefined;
   });
   assert.ok(data.cacheHitRatio !== null && data.cacheHitRatio >= 0.5, JSON.stringify(data));
   assert.ok(data.bytesIn >= 1 << 20 && data.bytesOut >= 10 * 1024 * 1024, JSON.stringify(data));
