@@ -92,6 +92,8 @@ export class Client {
   #ref = 0;
   /** Sent submits not yet acknowledged, by ref: resent after a reconnect. */
   readonly #unacked = new Map<number, TaskSpec[]>();
+  /** Tasks in #unacked, kept as it changes: submitMany asks for it once per task. */
+  #unackedCount = 0;
   readonly #waiters = new Map<string, Waiter>();
   /** Specs of tasks awaiting results: resubmitted if the dispatcher forgot the session. */
   readonly #awaiting = new Map<string, TaskSpec>();
@@ -277,13 +279,12 @@ export class Client {
     this.#batch = [];
     const ref = ++this.#ref;
     this.#unacked.set(ref, tasks);
+    this.#unackedCount += tasks.length;
     this.#link.send({ t: 'submit', ref, tasks });
   }
 
   #unackedTasks(): number {
-    let n = this.#batch.length;
-    for (const tasks of this.#unacked.values()) n += tasks.length;
-    return n;
+    return this.#batch.length + this.#unackedCount;
   }
 
   #onUp(w: Msg<DispatcherToClient, 'welcome'>): void {
@@ -296,6 +297,7 @@ export class Client {
       // The dispatcher lost our session (an in-memory dispatcher restarted): submit again
       // everything we still wait for. Ids make this idempotent.
       this.#unacked.clear();
+      this.#unackedCount = 0;
       this.#cursor = this.#lastSeq = this.#ackedSent = 0;
       const inBatch = new Set(this.#batch.map((s) => s.id));
       for (const spec of this.#awaiting.values()) if (!inBatch.has(spec.id)) this.#batch.push(spec);
@@ -332,6 +334,7 @@ export class Client {
     const tasks = this.#unacked.get(m.ref);
     if (!tasks) return;
     this.#unacked.delete(m.ref);
+    this.#unackedCount -= tasks.length;
     this.#remaining = m.remaining;
     this.#acceptedCount += m.accepted;
     for (const spec of tasks) if (this.#detached.has(spec)) this.#awaiting.delete(spec.id!);

@@ -36,7 +36,7 @@ export interface TaskRecord {
   locality: string[] | null;
 }
 
-export type ExecutorState = 'ready' | 'busy' | 'idle' | 'draining' | 'disconnected';
+export type ExecutorState = 'busy' | 'idle' | 'draining' | 'disconnected';
 
 export interface ExecutorRecord {
   info: ExecutorInfo;

@@ -291,8 +291,19 @@ export class ExecutorAgent {
       if (slot?.attempt === attempt) this.#running.delete(uid);
       if (this.#running.size === 0) this.#idleSince = Date.now();
       this.#deliver({ uid, attempt, ...outcome });
-      if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#link.send({ t: 'pull', n: 1 });
+      if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#owePull();
       if (this.#draining && this.#running.size === 0) void this.#retire('drained');
+    });
+  }
+
+  /** Slots freed this turn, asked for again in one `pull` at the end of it. */
+  #pullOwed = 0;
+  #owePull(): void {
+    if (this.#pullOwed++ > 0) return;
+    setImmediate(() => {
+      const n = this.#pullOwed;
+      this.#pullOwed = 0;
+      if (!this.#draining) this.#link.send({ t: 'pull', n });
     });
   }
 

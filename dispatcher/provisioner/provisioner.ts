@@ -127,13 +127,12 @@ export class Provisioner {
       now,
       queued: Math.max(0, this.core.queue.size - unmanagedFree),
       executors: managed.map((e) => {
-        const s = executorState(e);
         return {
           id: e.info.id,
           ...(e.info.instanceId ? { instanceId: e.info.instanceId } : {}),
           slots: e.info.slots,
           running: e.running.size,
-          state: s === 'ready' ? 'idle' : s,
+          state: executorState(e),
           idleSinceMs: e.idleSince,
         };
       }),
