@@ -6,12 +6,11 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableParallelism } from 'node:os';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
-import { connect } from './client.js';
 import { DEFAULT_PORT } from '../dispatcher/config.js';
 import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/main.js';
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
-import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand } from './commands.js';
+import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
 
 const USAGE = `falconet: a fast, lightweight task dispatcher
 
@@ -38,7 +37,8 @@ exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms
 --ec2-key-name, --ec2-spot, --ec2-region, --executor-slots N, --executor-labels k=v,..., --cluster NAME,
 --executor-url URL, --dispatcher-timeout S (executors retire when their dispatcher is gone that long).
 
-Client commands take --dispatcher URL (or FALCONET_URL) and --token T (or FALCONET_TOKEN).
+Client commands take --dispatcher URL (or FALCONET_URL), --token T (or FALCONET_TOKEN) and
+--connect-timeout S (how long to keep dialing a dispatcher that does not answer; default 30).
 `;
 
 const DISPATCHER_FLAGS = {
@@ -75,6 +75,7 @@ const DISPATCHER_FLAGS = {
 const CLIENT_FLAGS = {
   dispatcher: { type: 'string' },
   token: { type: 'string' },
+  'connect-timeout': { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 function usage(message: string): never {
@@ -112,6 +113,15 @@ function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[]
 
 export function clientUrl(flag: string | undefined): string {
   return flag ?? process.env.FALCONET_URL ?? `ws://127.0.0.1:${DEFAULT_PORT}`;
+}
+
+/**
+ * Where a client command dials. A dispatcher that restarts (and replays a large store) can take
+ * a while to answer, so commands keep dialing for 30 s by default, `--connect-timeout S` to change.
+ */
+function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string }): Target {
+  const timeout = num('connect-timeout', values['connect-timeout'], { min: 0.001 }) ?? 30;
+  return { url: clientUrl(values.dispatcher), token: values.token ?? process.env.FALCONET_TOKEN, connectTimeoutMs: Math.round(timeout * 1000) };
 }
 
 function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
@@ -286,7 +296,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
       if (at <= 0 || at === item.length - 1) usage(`--${name} takes SRC=DST (got ${JSON.stringify(item)})`);
       return { src: item.slice(0, at), dst: item.slice(at + 1) };
     };
-    return runCommand(clientUrl(values.dispatcher), values.token, {
+    return runCommand(target(values), {
       cmd: positionals,
       ...(values.input ? { inputs: values.input.map((i) => split('input', i, true)) } : {}),
       ...(values.output ? { outputs: values.output.map((o) => split('output', o, false)) } : {}),
@@ -301,7 +311,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     const lease = num('lease', values.lease, { min: 0.001 });
     const file = values.file ?? (positionals[0] === '-' ? '-' : undefined);
     if (positionals.length > (file === '-' && positionals[0] === '-' ? 1 : 0)) usage(`unexpected argument ${JSON.stringify(positionals[0])}`);
-    return submitCommand(clientUrl(values.dispatcher), values.token, {
+    return submitCommand(target(values), {
       file: file ?? '-',
       session: values.session,
       ...(lease !== undefined ? { leaseMs: Math.round(lease * 1000) } : {}),
@@ -313,22 +323,22 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
   watch: (args) => {
     const { values, positionals } = parse(args, { ...CLIENT_FLAGS, progress: { type: 'boolean' } }, true);
     if (positionals.length !== 1) usage('watch needs exactly one session id');
-    return watchCommand(clientUrl(values.dispatcher), values.token, positionals[0], values.progress ?? process.stderr.isTTY);
+    return watchCommand(target(values), positionals[0], values.progress ?? process.stderr.isTTY);
   },
   status: (args) => {
     const { values } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } });
-    return statusCommand(clientUrl(values.dispatcher), values.token, values.json ?? false);
+    return statusCommand(target(values), values.json ?? false);
   },
   cancel: (args) => {
     const { values, positionals } = parse(args, { ...CLIENT_FLAGS, session: { type: 'string' }, all: { type: 'boolean' } }, true);
     if (positionals.length === 0 && !values.all) usage('cancel needs task ids, or --session S --all');
     if (values.all && !values.session) usage('--all needs --session S');
-    return cancelCommand(clientUrl(values.dispatcher), values.token, positionals, values.session, values.all ?? false);
+    return cancelCommand(target(values), positionals, values.session, values.all ?? false);
   },
   provisioner: async (args) => {
     const { values, positionals } = parse(args, CLIENT_FLAGS, true);
     if (positionals.length !== 1 || positionals[0] !== 'reset') usage('usage: falconet provisioner reset');
-    const client = await connect(clientUrl(values.dispatcher), { token: values.token ?? process.env.FALCONET_TOKEN });
+    const client = await dial(target(values));
     try {
       await client.resetProvisioner();
       process.stdout.write('provisioner reset: launches resume\n');
@@ -339,7 +349,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
   drain: (args) => {
     const { values, positionals } = parse(args, CLIENT_FLAGS, true);
     if (positionals.length !== 1) usage('drain needs exactly one executor id');
-    return drainCommand(clientUrl(values.dispatcher), values.token, positionals[0]);
+    return drainCommand(target(values), positionals[0]);
   },
 };
 

@@ -3,10 +3,19 @@ import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { constants as osConstants } from 'node:os';
 import { ErrorCode, FalconetError, type TaskResult, type TaskSpec } from '../protocol/index.js';
-import { connect, type Client } from './client.js';
+import { connect, type Client, type ConnectOptions } from './client.js';
 
-function token(flag: string | undefined): string | undefined {
-  return flag ?? process.env.FALCONET_TOKEN;
+/** Where a client command dials, as its flags (or the environment) said. */
+export interface Target {
+  url: string;
+  token: string | undefined;
+  /** How long to keep dialing a dispatcher that does not answer (one that restarts, say). */
+  connectTimeoutMs: number;
+}
+
+/** Connects as the command's target says. */
+export function dial(t: Target, extra: ConnectOptions = {}): Promise<Client> {
+  return connect(t.url, { token: t.token, connectTimeoutMs: t.connectTimeoutMs, ...extra });
 }
 
 /** The exit code `run` mirrors: the task's own, else the shell's conventions. */
@@ -19,8 +28,8 @@ export function exitCodeOf(r: TaskResult): number {
   return 1;
 }
 
-export async function runCommand(url: string, tok: string | undefined, task: TaskSpec): Promise<number> {
-  const client = await connect(url, { token: token(tok) });
+export async function runCommand(target: Target, task: TaskSpec): Promise<number> {
+  const client = await dial(target);
   try {
     const r = await client.submit(task);
     process.stdout.write(r.stdout);
@@ -98,8 +107,8 @@ export interface SubmitArgs {
   progress: boolean;
 }
 
-export async function submitCommand(url: string, tok: string | undefined, a: SubmitArgs): Promise<number> {
-  const client = await connect(url, { token: token(tok), ...(a.session ? { session: a.session } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
+export async function submitCommand(target: Target, a: SubmitArgs): Promise<number> {
+  const client = await dial(target, { ...(a.session ? { session: a.session } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
   let badLines = 0;
   const bad = (line: number, message: string) => {
     badLines++;
@@ -157,8 +166,8 @@ async function streamResults(client: Client, a: SubmitArgs, bad: (line: number, 
  * Streams the results of a session not yet seen (acknowledged), from any process at any later
  * time, and exits when all of the session's tasks are finished: 0 if all succeeded, else 1.
  */
-export async function watchCommand(url: string, tok: string | undefined, session: string, progress: boolean): Promise<number> {
-  const client = await connect(url, { token: token(tok), session, attachOnly: true });
+export async function watchCommand(target: Target, session: string, progress: boolean): Promise<number> {
+  const client = await dial(target, { session, attachOnly: true });
   const bar = new Progress(progress);
   let seen = 0;
   let failed = 0;
@@ -181,9 +190,9 @@ export async function watchCommand(url: string, tok: string | undefined, session
   return failed > 0 ? 1 : 0;
 }
 
-export async function statusCommand(url: string, tok: string | undefined, asJson: boolean): Promise<number> {
-  const httpUrl = url.replace(/^ws/, 'http').replace(/\/$/, '') + '/api/status';
-  const t = token(tok);
+export async function statusCommand(target: Target, asJson: boolean): Promise<number> {
+  const httpUrl = target.url.replace(/^ws/, 'http').replace(/\/$/, '') + '/api/status';
+  const t = target.token;
   let res: Response;
   try {
     res = await fetch(httpUrl, { headers: t ? { authorization: `Bearer ${t}` } : {} });
@@ -221,8 +230,8 @@ export async function statusCommand(url: string, tok: string | undefined, asJson
   return 0;
 }
 
-export async function cancelCommand(url: string, tok: string | undefined, ids: string[], session: string | undefined, all: boolean): Promise<number> {
-  const client = await connect(url, { token: token(tok) });
+export async function cancelCommand(target: Target, ids: string[], session: string | undefined, all: boolean): Promise<number> {
+  const client = await dial(target);
   try {
     const n = await client.cancel(ids, { session: session ?? '*', all });
     process.stdout.write(`cancelled ${n}\n`);
@@ -236,8 +245,8 @@ export async function cancelCommand(url: string, tok: string | undefined, ids: s
   }
 }
 
-export async function drainCommand(url: string, tok: string | undefined, executor: string): Promise<number> {
-  const client = await connect(url, { token: token(tok) });
+export async function drainCommand(target: Target, executor: string): Promise<number> {
+  const client = await dial(target);
   try {
     await client.drain(executor);
     process.stdout.write(`draining ${executor}\n`);

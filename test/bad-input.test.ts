@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { pack, unpack } from 'msgpackr';
 import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
-import { Procs, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
+import { Procs, freePort, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
 
 interface Raw {
   ws: WebSocket;
@@ -155,12 +155,24 @@ test('bad CLI arguments: usage errors with exit code 2', async (t) => {
     ['dispatcher', '--lease-ms', '100', '--heartbeat-ms', '100'],
     ['cancel'],
     ['run', '--env', 'NOEQUALS', '--', 'true'],
+    ['watch', 'some-session', '--connect-timeout', 'soon'],
   ];
   for (const args of cases) {
     const r = await runCli(procs, args);
     assert.equal(r.code, 2, `falconet ${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, /USAGE/, args.join(' '));
   }
+});
+
+test('a client command against a port nobody answers: UNREACHABLE after --connect-timeout, exit 1', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const port = await freePort();
+  const started = Date.now();
+  const r = await runCli(procs, ['run', '--dispatcher', `ws://127.0.0.1:${port}`, '--connect-timeout', '0.5', '--', 'true']);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /UNREACHABLE: no dispatcher answered/);
+  assert.ok(Date.now() - started < 20_000, 'gave up at its timeout, not hung');
 });
 
 test('submit: a bad JSON line is reported with its line number; the other tasks still run', async (t) => {

@@ -49,8 +49,12 @@ test('kill -9 of the dispatcher 5 times during a detached run of 20,000 tasks: e
   // watch runs through every crash: its SDK reconnects and resumes at its cursor.
   const watch = procs.spawn(['watch', '--dispatcher', d.url, session]);
   let watched = '';
+  let watchErr = '';
   watch.stdout!.on('data', (b: Buffer) => (watched += b));
+  watch.stderr!.on('data', (b: Buffer) => (watchErr += b));
   const watchDone = new Promise<number | null>((r) => watch.once('exit', (code) => r(code)));
+  // The crashes start once watch is attached: what is under test is its reconnects, not its first dial.
+  await waitFor('watch attached', async () => (await status(d.url)).sessions.connected === 1);
 
   for (let k = 0; k < 5; k++) {
     await sleep(300 + Math.random() * 900);
@@ -61,8 +65,10 @@ test('kill -9 of the dispatcher 5 times during a detached run of 20,000 tasks: e
     const s = await status(d.url).catch(() => undefined);
     return s && s.tasks.queued === 0 && s.tasks.running === 0;
   }, 120_000);
-  assert.equal(await watchDone, 0);
+  const watchCode = await watchDone;
   const results = jsonLines(watched);
+  const unsuccessful = results.filter((r) => r.status !== 'succeeded').slice(0, 3);
+  assert.equal(watchCode, 0, `watch exited ${watchCode}: ${watchErr.slice(-2000)} ${JSON.stringify(unsuccessful)}`);
   const seen = new Set(results.map((r) => r.id));
   assert.equal(results.length, 20_000, 'no result twice');
   assert.equal(seen.size, 20_000);
