@@ -22,6 +22,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
+  ErrorCode,
   compileInbound,
   DispatcherToExecutorSchemas,
   type AttemptResult,
@@ -103,6 +104,8 @@ export function hostAddresses(): string[] {
   return out;
 }
 
+type TaskMsg = Extract<DispatcherToExecutor, { t: 'task' }>;
+
 interface Slot {
   attempt: number;
   run: RunningAttempt;
@@ -113,6 +116,11 @@ export class ExecutorAgent {
   readonly slots: number;
   readonly #link: Link<DispatcherToExecutor>;
   readonly #running = new Map<number, Slot>();
+  /**
+   * Tasks assigned beyond our slots (the dispatcher's `--prefetch`), started in arrival order as
+   * slots free: a slot then turns to its next task without waiting a round trip to the dispatcher.
+   */
+  readonly #queued = new Map<number, { attempt: number; msg: TaskMsg }>();
   /** Results not yet handed to a live connection. */
   #undelivered: AttemptResult[] = [];
   #draining = false;
@@ -218,6 +226,7 @@ export class ExecutorAgent {
       // (it follows the welcome). Either way the dispatcher must not re-queue them.
       running: [
         ...[...this.#running].map(([uid, s]) => ({ uid, attempt: s.attempt })),
+        ...[...this.#queued].map(([uid, q]) => ({ uid, attempt: q.attempt })),
         ...this.#undelivered.map((r) => ({ uid: r.uid, attempt: r.attempt })),
       ],
       boot: this.#boot,
@@ -268,6 +277,24 @@ export class ExecutorAgent {
       case 'cancel': {
         const slot = this.#running.get(msg.uid);
         if (slot && slot.attempt === msg.attempt) slot.run.cancel();
+        const queued = this.#queued.get(msg.uid);
+        if (queued && queued.attempt === msg.attempt) {
+          this.#queued.delete(msg.uid);
+          const now = Date.now();
+          this.#deliver({
+            uid: msg.uid,
+            attempt: msg.attempt,
+            status: 'cancelled',
+            exitCode: null,
+            signal: null,
+            stdout: '',
+            stderr: '',
+            truncated: false,
+            startedAt: now,
+            finishedAt: now,
+            error: { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' },
+          });
+        }
         return;
       }
       case 'drain':
@@ -281,19 +308,37 @@ export class ExecutorAgent {
     }
   }
 
-  #start(uid: number, attempt: number, msg: Extract<DispatcherToExecutor, { t: 'task' }>): void {
-    if (this.#running.has(uid)) return; // a duplicate assignment of what already runs here
+  #start(uid: number, attempt: number, msg: TaskMsg): void {
+    if (this.#running.has(uid) || this.#queued.has(uid)) return; // a duplicate assignment of what we hold
+    if (this.#running.size >= this.slots) {
+      this.#queued.set(uid, { attempt, msg });
+      return;
+    }
+    this.#run(uid, attempt, msg);
+  }
+
+  #run(uid: number, attempt: number, msg: TaskMsg): void {
     const run = startAttempt(msg.spec, `${uid}-${attempt}`, this.#runner, this.#data);
     this.#running.set(uid, { attempt, run });
     run.done.then((outcome) => {
       if (msg.spec.inputs?.length) this.#refreshHolds();
       const slot = this.#running.get(uid);
       if (slot?.attempt === attempt) this.#running.delete(uid);
+      this.#startQueued();
       if (this.#running.size === 0) this.#idleSince = Date.now();
       this.#deliver({ uid, attempt, ...outcome });
       if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#owePull();
       if (this.#draining && this.#running.size === 0) void this.#retire('drained');
     });
+  }
+
+  /** Fills free slots from the local queue, oldest first. */
+  #startQueued(): void {
+    for (const [uid, q] of this.#queued) {
+      if (this.#running.size >= this.slots || this.#exited) return;
+      this.#queued.delete(uid);
+      this.#run(uid, q.attempt, q.msg);
+    }
   }
 
   /** Slots freed this turn, asked for again in one `pull` at the end of it. */

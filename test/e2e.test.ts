@@ -55,6 +55,31 @@ test('pull and push executors side by side, and a pull-only fleet', async (t) =>
   await client.close();
 });
 
+test('prefetch: tasks beyond the slots wait on the executor, never run beyond its slots, and cancel while waiting', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs, ['--prefetch', '3']);
+  startExecutor(procs, d.url, ['--slots', '2', '--id', 'two']);
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  const runs = Array.from({ length: 5 }, (_, i) => client.submit({ id: `p${i}`, builtin: 'sleep', ms: 300 }));
+  // All five are on the executor at once (2 slots + 3 prefetched): cancel the last while it waits.
+  await waitFor('five assigned', async () => (await status(d.url)).tasks.running === 5);
+  assert.equal(await client.cancel(['p4']), 1);
+  const results = await Promise.all(runs);
+  const cancelled = results.find((r) => r.id === 'p4')!;
+  assert.equal(cancelled.status, 'cancelled');
+  assert.equal(cancelled.error?.code, 'TASK_CANCELLED');
+  const ran = results.filter((r) => r.id !== 'p4');
+  assert.ok(ran.every((r) => r.status === 'succeeded'));
+  // Never more than two at once: at every start, at most one other attempt overlaps it.
+  for (const r of ran) {
+    const overlapping = ran.filter((o) => o !== r && o.startedAt < r.startedAt + 1 && o.finishedAt > r.startedAt + 1);
+    assert.ok(overlapping.length <= 1, `${r.id} overlapped ${overlapping.map((o) => o.id)}`);
+  }
+  await client.close();
+});
+
 test('executors started before the dispatcher retry and register once it is up', async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
