@@ -67,12 +67,12 @@ async function roleLoad(url: string, tasks: number, ms: number): Promise<LoadFig
 
 
 
-async function withCluster<T>(slots: number, fn: (url: string) => Promise<T>): Promise<T> {
+async function withCluster<T>(slots: number, dispatcherArgs: string[], fn: (url: string) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-eff-'));
   const procs: ChildProcess[] = [];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   try {
-    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...dispatcherArgs], { stdio: ['ignore', 'pipe', 'ignore'], env });
     procs.push(d);
     const [, url] = await waitLine(d, /listening on (\S+)/);
     for (let i = 0; i < EXECUTORS; i++) {
@@ -169,6 +169,9 @@ async function main(): Promise<void> {
       url: { type: 'string' },
       tasks: { type: 'string' },
       ms: { type: 'string' },
+      prefetch: { type: 'string' },
+      store: { type: 'string' },
+      lengths: { type: 'string' },
     },
   });
   if (values.role === 'load') {
@@ -179,11 +182,16 @@ async function main(): Promise<void> {
   const runs = Number(values.runs ?? (quick ? 1 : 3));
   const slotCounts = (values.slots ?? '1000,4000,10000').split(',').map(Number);
   // [length ms, waves]
-  const lengths: Array<[number, number]> = quick ? [[10, 4], [100, 4], [1000, 4]] : [[10, 4], [100, 4], [1000, 4], [4000, 2]];
+  const lengths: Array<[number, number]> = values.lengths
+    ? values.lengths.split(',').map((l) => l.split(':').map(Number) as [number, number])
+    : quick
+      ? [[10, 4], [100, 4], [1000, 4]]
+      : [[10, 4], [100, 4], [1000, 4], [4000, 2]];
+  const prefetch = Number(values.prefetch ?? 0);
   const cells: Cell[] = [];
   for (const slots of slotCounts) {
     const mine = lengths.map(([ms, waves]): Cell => ({ slots, ms, waves, tasks: waves * slots, idealS: (waves * ms) / 1000, measuredS: [], firstResultS: [], efficiency: { median: 0, min: 0, max: 0 }, failed: 0 }));
-    await withCluster(slots, async (url) => {
+    await withCluster(slots, ['--prefetch', String(prefetch), '--store', values.store ?? 'sqlite'], async (url) => {
       // Warm-up, not measured: one wave of 10 ms tasks, so the first measurement does not pay for
       // the dispatcher's and executors' cold JIT and first store pages.
       execFileSync(process.execPath, [SELF, '--role', 'load', '--url', url, '--tasks', String(slots), '--ms', '10'], { stdio: ['ignore', 'ignore', 'inherit'] });

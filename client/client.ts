@@ -201,6 +201,10 @@ export class Client {
       const spec = this.#enqueue(task);
       if (until === 'accepted') this.#detached.add(spec);
       submitted++;
+      // A full batch was just handed to the link: let it go out before building the next one, so
+      // the dispatcher starts on the first tasks while later ones are still being read and packed
+      // (a synchronous source would otherwise be packed whole before anything leaves).
+      if (this.#batch.length === 0) await new Promise<void>((resolve) => setImmediate(resolve));
     }
     while (inFlight() > 0) await this.#nextSettle();
     return { submitted, accepted: this.#acceptedCount - startAccepted, rejected: this.#rejected.slice(startRejected) };

@@ -72,9 +72,9 @@ export class SqliteStore implements Journal {
         core.restoreSession(s[0], s[1], s[2], s[3]);
         found.sessions++;
       }
-      const results = new Map<number, [seq: number, result: Buffer]>();
-      for (const [seq, uid, result] of db.prepare('SELECT seq, uid, result FROM results').raw().iterate() as Iterable<[number, number, Buffer]>) {
-        results.set(uid, [seq, result]);
+      const results = new Map<number, [seq: number, result: Buffer, session: string]>();
+      for (const [session, seq, uid, result] of db.prepare('SELECT session, seq, uid, result FROM results').raw().iterate() as Iterable<[string, number, number, Buffer]>) {
+        results.set(uid, [seq, result, session]);
       }
       const rows = db.prepare('SELECT * FROM tasks ORDER BY uid').raw().iterate() as Iterable<TaskRow>;
       for (const r of rows) {
@@ -87,6 +87,14 @@ export class SqliteStore implements Journal {
         };
         core.restoreTask(task);
         found[state]++;
+        if (done) results.delete(r[1]);
+      }
+      // Tasks that finished before their row was ever written have only their result row.
+      for (const [uid, [seq, blob, session]] of results) {
+        const result = blobs.unpack(blob) as TaskResult;
+        const submittedAt = result.timings.submitted;
+        core.restoreTask({ session, uid, id: result.id, spec: null, state: 'finished', attempt: result.attempts, lost: 0, executor: null, submittedAt, dispatchedAt: null, seq, result });
+        found.finished++;
       }
       for (const r of db.prepare('SELECT id, record FROM instances').all() as Array<{ id: string; record: string }>) {
         found.instances.push({ id: r.id, record: JSON.parse(r.record) });
@@ -145,10 +153,11 @@ export class SqliteStore implements Journal {
   }
 
   taskFinished(t: TaskRecord, seq: number, result: TaskResult): void {
-    // The task row is left as it is (or written once, without its spec, if it is new in this
-    // batch: its id must be kept for idempotent resubmits); the result row says "finished".
+    // The result row says "finished" and carries the id (kept for idempotent resubmits). A task
+    // whose row was never written (accepted and finished between two commits: the common case
+    // under load) needs no task row at all; one written before keeps its row as it is.
     const pending = this.#rows.get(t.uid);
-    if (pending) pending[3] = null;
+    if (pending && pending[3] !== null) this.#rows.delete(t.uid);
     this.#results.push([t.session.id, seq, t.uid, result]);
   }
 

@@ -62,6 +62,7 @@ test('prefetch: tasks beyond the slots wait on the executor, never run beyond it
   startExecutor(procs, d.url, ['--slots', '2', '--id', 'two']);
   await waitExecutors(d.url, 1);
   const client = await connect(d.url);
+  t.after(() => client.close());
   const runs = Array.from({ length: 5 }, (_, i) => client.submit({ id: `p${i}`, builtin: 'sleep', ms: 300 }));
   // All five are on the executor at once (2 slots + 3 prefetched): cancel the last while it waits.
   await waitFor('five assigned', async () => (await status(d.url)).tasks.running === 5);
@@ -74,10 +75,13 @@ test('prefetch: tasks beyond the slots wait on the executor, never run beyond it
   assert.ok(ran.every((r) => r.status === 'succeeded'));
   // Never more than two at once: at every start, at most one other attempt overlaps it.
   for (const r of ran) {
-    const overlapping = ran.filter((o) => o !== r && o.startedAt < r.startedAt + 1 && o.finishedAt > r.startedAt + 1);
+    const at = r.timings.started! + 1;
+    const overlapping = ran.filter((o) => o !== r && o.timings.started! <= at && o.timings.finished > at);
     assert.ok(overlapping.length <= 1, `${r.id} overlapped ${overlapping.map((o) => o.id)}`);
   }
-  await client.close();
+  // The waiting ones started as the first ones finished, not all at once.
+  const starts = ran.map((r) => r.timings.started!).sort((a, b) => a - b);
+  assert.ok(starts[3] - starts[0] >= 250, `starts ${starts.map((s) => s - starts[0])}`);
 });
 
 test('executors started before the dispatcher retry and register once it is up', async (t) => {
