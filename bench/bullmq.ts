@@ -2,7 +2,7 @@
  * falconet versus BullMQ on Redis, side by side in one run (issue 6, scenario "bullmq"). Each run
  * measures, back to back so the ratio compares like with like on this drifting machine:
  *   falconet: a fresh `falconet dispatcher` (default durable store, temp data dir), two executor
- *     processes, the load in its own process (`dist/bench/load.js`), exactly as bench/stores.ts;
+ *     processes, the load in its own process (`dist/bench/load.js`), exactly as bench/throughput.ts and bench/latency.ts;
  *   BullMQ: a fresh redis-server on 127.0.0.1 (no persistence), two worker processes, and a
  *     producer process (this file, `--role producer`) that adds the jobs and measures at the client.
  * Prints medians (min–max) and falconet/BullMQ ratios, writes bench/results/bullmq-<date>.json.
@@ -17,7 +17,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { waitLine, resultsFile } from './harness.js';
+import { median, percentile, resultsFile, waitLine, withCluster } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -52,8 +52,6 @@ interface BullMQ {
 const BULLMQ = 'bullmq';
 const loadBullmq = () => import(BULLMQ) as Promise<BullMQ>;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 // ---- the BullMQ processes: `--role worker PORT` and `--role producer throughput|latency PORT N` ----
 
@@ -122,27 +120,8 @@ async function stop(procs: ChildProcess[]): Promise<void> {
   await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)))));
 }
 
-async function withFalconet<T>(slots: number, fn: (url: string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-'));
-  const procs: ChildProcess[] = [];
-  const env = { ...process.env, FALCONET_LOG: 'warn' };
-  try {
-    // No --store flag: the default (durable) store, the one users get.
-    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir], { stdio: ['ignore', 'pipe', 'inherit'], env });
-    procs.push(d);
-    const [, url] = await waitLine(d, /listening on (\S+)/);
-    for (let i = 0; i < 2; i++) procs.push(spawn(process.execPath, [CLI, 'executor', '--dispatcher', url, '--slots', String(slots)], { stdio: 'ignore', env }));
-    for (const deadline = Date.now() + 10_000; ; await sleep(50)) {
-      const s = (await (await fetch(url.replace('ws', 'http') + '/api/status')).json()) as { executors: unknown[] };
-      if (s.executors.length === 2) break;
-      if (Date.now() > deadline) throw new Error('executors did not register');
-    }
-    return await fn(url);
-  } finally {
-    await stop(procs);
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+/** The default (durable) store, the one users get: no --store flag. */
+const withFalconet = <T>(slots: number, fn: (url: string) => Promise<T>): Promise<T> => withCluster({ dispatcherArgs: [], executors: 2, slots }, fn);
 
 /** Finds redis-server, installing Debian's package when missing and we are root; null to skip. */
 function redisServer(): string | null {
@@ -232,7 +211,7 @@ async function main(): Promise<void> {
   const keep = (s: Samples, l: Record<string, number>) => (s.p50.push(l.p50us), s.p90.push(l.p90us), s.p99.push(l.p99us));
   for (let r = 0; r < runs; r++) {
     // Interleaved per workload, so each falconet/BullMQ pair is measured within the same minute.
-    // Throughput uses 1,000 slots per executor and latency 4, as stores.ts does.
+    // Throughput uses 1,000 slots per executor and latency 4, as throughput.ts and latency.ts do.
     f.tput.push((await withFalconet(1000, (url) => runJson([LOAD, 'throughput', url, String(tasks)]))).tasksPerSecond);
     if (withBull) b.tput.push((await withBullmq(concurrency, (port) => runJson([SELF, '--role', 'producer', 'throughput', String(port), String(tasks)]))).tasksPerSecond);
     keep(f, await withFalconet(4, (url) => runJson([LOAD, 'latency', url, String(latencyN)])));

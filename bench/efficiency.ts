@@ -16,16 +16,15 @@
  * and 1 s with 4 waves, 4 s with 2 waves (4 waves of 4 s would add 50 s per run); 3 runs.
  * --quick: lengths 10 ms, 100 ms, 1 s; 1 run (about 40 s).
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { waitLine, exited, resultsFile } from './harness.js';
+import { median, resultsFile, withCluster } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
-const CLI = here('../client/cli.js');
 const SELF = here('./efficiency.js');
 const EXECUTORS = 2;
 
@@ -67,33 +66,6 @@ async function roleLoad(url: string, tasks: number, ms: number): Promise<LoadFig
 
 
 
-async function withCluster<T>(slots: number, dispatcherArgs: string[], fn: (url: string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-eff-'));
-  const procs: ChildProcess[] = [];
-  const env = { ...process.env, FALCONET_LOG: 'warn' };
-  try {
-    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...dispatcherArgs], { stdio: ['ignore', 'pipe', 'ignore'], env });
-    procs.push(d);
-    const [, url] = await waitLine(d, /listening on (\S+)/);
-    for (let i = 0; i < EXECUTORS; i++) {
-      procs.push(spawn(process.execPath, [CLI, 'executor', '--dispatcher', url, '--slots', String(Math.ceil(slots / EXECUTORS))], { stdio: 'ignore', env }));
-    }
-    const deadline = Date.now() + 15_000;
-    for (;;) {
-      const s = (await (await fetch(url.replace('ws', 'http') + '/api/status')).json()) as { executors: unknown[] };
-      if (s.executors.length === EXECUTORS) break;
-      if (Date.now() > deadline) throw new Error('executors did not register');
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return await fn(url);
-  } finally {
-    for (const p of procs) p.kill('SIGKILL');
-    await Promise.all(procs.map(exited));
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 interface Cell {
   slots: number;
@@ -191,7 +163,7 @@ async function main(): Promise<void> {
   const cells: Cell[] = [];
   for (const slots of slotCounts) {
     const mine = lengths.map(([ms, waves]): Cell => ({ slots, ms, waves, tasks: waves * slots, idealS: (waves * ms) / 1000, measuredS: [], firstResultS: [], efficiency: { median: 0, min: 0, max: 0 }, failed: 0 }));
-    await withCluster(slots, ['--prefetch', String(prefetch), '--store', values.store ?? 'sqlite'], async (url) => {
+    await withCluster({ dispatcherArgs: ['--prefetch', String(prefetch), '--store', values.store ?? 'sqlite'], executors: EXECUTORS, slots: Math.ceil(slots / EXECUTORS) }, async (url) => {
       // Warm-up, not measured: one wave of 10 ms tasks, so the first measurement does not pay for
       // the dispatcher's and executors' cold JIT and first store pages.
       execFileSync(process.execPath, [SELF, '--role', 'load', '--url', url, '--tasks', String(slots), '--ms', '10'], { stdio: ['ignore', 'ignore', 'inherit'] });

@@ -1,5 +1,7 @@
 /** What every bench scenario shares: where results go, and how to watch its child processes. */
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -27,3 +29,54 @@ export function waitLine(child: ChildProcess, re: RegExp): Promise<RegExpMatchAr
 
 /** Resolves once the child has exited (at once if it already has). */
 export const exited = (p: ChildProcess): Promise<unknown> => new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)));
+
+export const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Median with its min and max, rounded to `digits`. */
+export function spread(xs: number[], digits = 0): { median: number; min: number; max: number } {
+  const r = (x: number) => +x.toFixed(digits);
+  return { median: r(median(xs)), min: r(Math.min(...xs)), max: r(Math.max(...xs)) };
+}
+
+export const percentile = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+
+/** `median (min–max)` for a Markdown cell. */
+export const cell = (s: { median: number; min: number; max: number }): string => `${s.median} (${s.min}–${s.max})`;
+
+/** Dispatcher flags of the store variants the benches compare. */
+export const STORE_VARIANTS: Record<string, string[]> = {
+  memory: ['--store', 'memory'],
+  'sqlite-full': ['--store', 'sqlite', '--sync', 'full'],
+  'sqlite-normal': ['--store', 'sqlite', '--sync', 'normal'],
+};
+
+const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
+
+/**
+ * A fresh dispatcher process (its own temp data dir) with `executors` executor processes of
+ * `slots` each, registered; `fn` gets its URL; every process is killed afterwards.
+ */
+export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: number; slots: number }, fn: (url: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-'));
+  const procs: ChildProcess[] = [];
+  const env = { ...process.env, FALCONET_LOG: 'warn' };
+  try {
+    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...o.dispatcherArgs], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    procs.push(d);
+    const [, url] = await waitLine(d, /listening on (\S+)/);
+    for (let i = 0; i < o.executors; i++) {
+      procs.push(spawn(process.execPath, [CLI, 'executor', '--dispatcher', url, '--slots', String(o.slots)], { stdio: 'ignore', env }));
+    }
+    for (const deadline = Date.now() + 15_000; ; ) {
+      const s = (await (await fetch(url.replace('ws', 'http') + '/api/status')).json()) as { executors: unknown[] };
+      if (s.executors.length === o.executors) break;
+      if (Date.now() > deadline) throw new Error('executors did not register');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return await fn(url);
+  } finally {
+    for (const p of procs) p.kill('SIGKILL');
+    await Promise.all(procs.map(exited));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

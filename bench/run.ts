@@ -17,7 +17,8 @@ interface Scenario {
 }
 
 export const SCENARIOS: Record<string, Scenario> = {
-  stores: { script: 'stores.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--latency', '100'], writes: ['stores-'] },
+  throughput: { script: 'throughput.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['throughput-'] },
+  latency: { script: 'latency.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '100'], writes: ['latency-'] },
   bullmq: { script: 'bullmq.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--latency', '100'], writes: ['bullmq-'] },
   spawn: { script: 'spawn.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '100', '--no-profile'], writes: ['spawn-'] },
   scale: { script: 'scale.js', full: [], smoke: ['--executors', '200', '--per-process', '100', '--tasks', '2000'], writes: ['scale-'] },

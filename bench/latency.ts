@@ -1,0 +1,120 @@
+/**
+ * latency: 10,000 sequential single `noop` tasks (after 1,000 unmeasured to warm the JIT up), round
+ * trip at the client (SDK submit to result), on the memory store and on the durable store (SQLite,
+ * `--sync full`, the default: every result waits for its fsync), each a fresh dispatcher with two
+ * executor processes of 4 slots; the load in its own process. In the same run, the floor of the
+ * stack: a plain `ws` ping-pong of one small msgpack message between two processes, the same
+ * count. Prints p50/p90/p99/max (median over runs) and p50 / floor, and writes
+ * bench/results/latency-<date>.json.
+ *
+ *   npm run build && node dist/bench/latency.js [--runs 3] [--tasks 10000]
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import WebSocket, { WebSocketServer } from 'ws';
+import { pack, unpack } from 'msgpackr';
+import { STORE_VARIANTS, cell, exited, percentile, resultsFile, spread, waitLine, withCluster } from './harness.js';
+
+const SELF = fileURLToPath(new URL('./latency.js', import.meta.url));
+const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
+
+interface Figures {
+  p50us: number;
+  p90us: number;
+  p99us: number;
+  maxus: number;
+}
+
+/** The floor's server: echoes every frame back. */
+function roleEcho(): void {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  wss.on('connection', (ws) => ws.on('message', (data) => ws.send(data as Buffer)));
+  wss.on('listening', () => process.stdout.write(`listening on ws://127.0.0.1:${(wss.address() as { port: number }).port}\n`));
+}
+
+/** The floor's client: n sequential round trips of a small msgpack message, as the SDK's are. */
+async function rolePing(url: string, n: number): Promise<Figures> {
+  const ws = new WebSocket(url);
+  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
+  let wake: () => void = () => {};
+  ws.on('message', (data) => {
+    unpack(data as Buffer);
+    wake();
+  });
+  const times: number[] = [];
+  const warm = Math.min(1000, n);
+  for (let i = 0; i < n + warm; i++) {
+    const t0 = process.hrtime.bigint();
+    const back = new Promise<void>((r) => (wake = r));
+    ws.send(pack({ t: 'submit', ref: i, tasks: [{ id: `p${i}`, builtin: 'noop' }] }));
+    await back;
+    if (i >= warm) times.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  ws.close();
+  return figures(times);
+}
+
+function figures(times: number[]): Figures {
+  const sorted = [...times].sort((a, b) => a - b);
+  const us = (p: number) => Math.round(percentile(sorted, p));
+  return { p50us: us(50), p90us: us(90), p99us: us(99), maxus: Math.round(sorted[sorted.length - 1]) };
+}
+
+async function floor(n: number): Promise<Figures> {
+  const server = spawn(process.execPath, [SELF, '--role', 'echo'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const [, url] = await waitLine(server, /listening on (\S+)/);
+    return JSON.parse(execFileSync(process.execPath, [SELF, '--role', 'ping', '--url', url, '--tasks', String(n)], { encoding: 'utf8' })) as Figures;
+  } finally {
+    server.kill('SIGKILL');
+    await exited(server);
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' } } });
+  const n = Number(values.tasks ?? 10_000);
+  if (values.role === 'echo') return roleEcho();
+  if (values.role === 'ping') {
+    process.stdout.write(JSON.stringify(await rolePing(values.url!, n)) + '\n');
+    process.exit(0);
+  }
+  const runs = Number(values.runs ?? 3);
+  const variants = ['ws-floor', 'memory', 'sqlite-full'];
+  const samples: Record<string, Figures[]> = Object.fromEntries(variants.map((v) => [v, []]));
+  for (let r = 0; r < runs; r++) {
+    for (const v of variants) {
+      const f =
+        v === 'ws-floor'
+          ? await floor(n)
+          : await withCluster({ dispatcherArgs: STORE_VARIANTS[v], executors: 2, slots: 4 }, async (url) =>
+              JSON.parse(execFileSync(process.execPath, [LOAD, 'latency', url, String(n)], { encoding: 'utf8' })) as Figures,
+            );
+      samples[v].push(f);
+      process.stderr.write(`run ${r + 1}/${runs} ${v}: p50 ${f.p50us} µs, p99 ${f.p99us} µs\n`);
+    }
+  }
+  const rows = variants.map((v) => {
+    const s = samples[v];
+    const pick = (k: keyof Figures) => spread(s.map((f) => f[k]));
+    return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), p50ToFloor: spread(s.map((f, i) => f.p50us / samples['ws-floor'][i].p50us), 2) };
+  });
+  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n}`, tasks: n, rows };
+  mkdirSync(resultsFile(), { recursive: true });
+  writeFileSync(resultsFile(`latency-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
+  console.log(`${n.toLocaleString('en')} sequential round trips at the client; median of ${runs} runs (min–max), µs\n`);
+  console.log('| variant | p50 | p90 | p99 | max | p50 / ws floor |');
+  console.log('|---|---|---|---|---|---|');
+  for (const r of rows) console.log(`| ${r.variant} | ${cell(r.p50us)} | ${r.p90us.median} | ${cell(r.p99us)} | ${r.maxus.median} | ${r.p50ToFloor.median} |`);
+  for (const r of rows.filter((x) => x.variant !== 'ws-floor')) {
+    console.log(`- ${r.variant}: target p50 ≤ 400 µs ${r.p50us.median <= 400 ? 'met' : 'not met'}, p99 ≤ 2,000 µs ${r.p99us.median <= 2000 ? 'met' : 'not met'}`);
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
