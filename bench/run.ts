@@ -24,6 +24,12 @@ export const SCENARIOS: Record<string, Scenario> = {
   queue: { script: 'queue.js', full: [], smoke: ['--tasks', '5000'], writes: ['queue-'] },
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
+  transport: {
+    script: 'transport.js',
+    full: ['--runs', '3'],
+    smoke: ['--runs', '1', '--tasks', '2000', '--latency', '100', '--executors', '200', '--per-process', '100', '--scale-tasks', '2000'],
+    writes: ['transport-'],
+  },
 };
 
 function main(): number {

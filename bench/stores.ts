@@ -6,6 +6,7 @@
  * and writes bench/results/stores-<date>.json.
  *
  *   npm run build && node dist/bench/stores.js [--runs 3] [--tasks 200000] [--latency 10000]
+ *        [--transport ws|uws] [--stores memory,sqlite-normal,sqlite-full]
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -58,13 +59,19 @@ function load(kind: string, url: string, n: number): Record<string, number> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, latency: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, latency: { type: 'string' }, transport: { type: 'string' }, stores: { type: 'string' } } });
   const runs = Number(values.runs ?? 3);
   const tasks = Number(values.tasks ?? 200_000);
   const latencyN = Number(values.latency ?? 10_000);
+  const transport = values.transport ?? 'ws';
+  const names = values.stores ? values.stores.split(',') : Object.keys(VARIANTS);
+  for (const n of names) if (!VARIANTS[n]) throw new Error(`unknown store variant ${n}; known: ${Object.keys(VARIANTS).join(', ')}`);
+  // The first variant is the one ratios are taken to.
+  const base = names[0];
   const samples: Record<string, { tput: number[]; p50: number[]; p99: number[] }> = {};
   for (let r = 0; r < runs; r++) {
-    for (const [name, args] of Object.entries(VARIANTS)) {
+    for (const name of names) {
+      const args = [...VARIANTS[name], '--transport', transport];
       const s = (samples[name] ??= { tput: [], p50: [], p99: [] });
       await withDispatcher(args, 1000, async (url) => s.tput.push(load('throughput', url, tasks).tasksPerSecond));
       await withDispatcher(args, 4, async (url) => {
@@ -77,19 +84,20 @@ async function main(): Promise<void> {
   }
   // Ratios are taken within each run (the variants of one run ran back to back), then the
   // median over runs: this machine's speed drifts between runs more than within one.
-  const ratios = (s: { tput: number[] }) => s.tput.map((x, i) => x / samples.memory.tput[i]);
+  const ratios = (s: { tput: number[] }) => s.tput.map((x, i) => x / samples[base].tput[i]);
   const rows = Object.entries(samples).map(([name, s]) => ({
     store: name,
+    transport,
     tasksPerSecond: { median: Math.round(median(s.tput)), min: Math.round(Math.min(...s.tput)), max: Math.round(Math.max(...s.tput)) },
     ratioToMemory: +median(ratios(s)).toFixed(2),
     ratioRange: [+Math.min(...ratios(s)).toFixed(2), +Math.max(...ratios(s)).toFixed(2)],
     p50us: { median: median(s.p50), min: Math.min(...s.p50), max: Math.max(...s.p50) },
     p99us: median(s.p99),
   }));
-  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/stores.js --runs ${runs} --tasks ${tasks} --latency ${latencyN}`, rows };
+  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/stores.js --runs ${runs} --tasks ${tasks} --latency ${latencyN} --transport ${transport}${values.stores ? ' --stores ' + values.stores : ''}`, rows };
   mkdirSync(resultsFile(), { recursive: true });
   writeFileSync(resultsFile(`stores-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
-  console.log('| store | noop tasks/s, median (min–max) | ratio to memory, median of runs (min–max) | round trip p50 µs (min–max) | p99 µs |');
+  console.log(`| store | noop tasks/s, median (min–max) | ratio to ${base}, median of runs (min–max) | round trip p50 µs (min–max) | p99 µs |`);
   console.log('|---|---|---|---|---|');
   for (const r of rows) {
     console.log(`| ${r.store} | ${r.tasksPerSecond.median} (${r.tasksPerSecond.min}–${r.tasksPerSecond.max}) | ${r.ratioToMemory} (${r.ratioRange[0]}–${r.ratioRange[1]}) | ${r.p50us.median} (${r.p50us.min}–${r.p50us.max}) | ${r.p99us} |`);
