@@ -7,7 +7,7 @@
  * count. Prints p50/p90/p99/max (median over runs) and p50 / floor, and writes
  * bench/results/latency-<date>.json.
  *
- *   npm run build && node dist/bench/latency.js [--runs 3] [--tasks 10000]
+ *   npm run build && node dist/bench/latency.js [--runs 3] [--tasks 10000] [--transport ws|uws]
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -75,7 +75,8 @@ async function floor(n: number): Promise<Figures> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' }, transport: { type: 'string' } } });
+  const transport = values.transport ?? 'ws';
   const n = Number(values.tasks ?? 10_000);
   if (values.role === 'echo') return roleEcho();
   if (values.role === 'ping') {
@@ -90,7 +91,7 @@ async function main(): Promise<void> {
       const f =
         v === 'ws-floor'
           ? await floor(n)
-          : await withCluster({ dispatcherArgs: STORE_VARIANTS[v], executors: 2, slots: 4 }, async (url) =>
+          : await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 4 }, async (url) =>
               JSON.parse(execFileSync(process.execPath, [LOAD, 'latency', url, String(n)], { encoding: 'utf8' })) as Figures,
             );
       samples[v].push(f);
@@ -102,7 +103,7 @@ async function main(): Promise<void> {
     const pick = (k: keyof Figures) => spread(s.map((f) => f[k]));
     return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), p50ToFloor: spread(s.map((f, i) => f.p50us / samples['ws-floor'][i].p50us), 2) };
   });
-  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n}`, tasks: n, rows };
+  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n} --transport ${transport}`, transport, tasks: n, rows };
   mkdirSync(resultsFile(), { recursive: true });
   writeFileSync(resultsFile(`latency-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   console.log(`${n.toLocaleString('en')} sequential round trips at the client; median of ${runs} runs (min–max), µs\n`);

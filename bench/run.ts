@@ -14,6 +14,8 @@ interface Scenario {
   smoke: string[];
   /** Result files it writes, by prefix. */
   writes: string[];
+  /** Runs only when named (and in --smoke): a comparison beyond the issue's scenarios. */
+  optional?: boolean;
 }
 
 export const SCENARIOS: Record<string, Scenario> = {
@@ -25,6 +27,13 @@ export const SCENARIOS: Record<string, Scenario> = {
   queue: { script: 'queue.js', full: [], smoke: ['--tasks', '5000'], writes: ['queue-'] },
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
+  transport: {
+    optional: true,
+    script: 'transport.js',
+    full: ['--runs', '3'],
+    smoke: ['--runs', '1', '--tasks', '2000', '--latency', '100', '--executors', '200', '--per-process', '100', '--scale-tasks', '2000'],
+    writes: ['transport-'],
+  },
 };
 
 function main(): number {
@@ -38,7 +47,7 @@ function main(): number {
     }
   }
   let failed = 0;
-  for (const name of names.length ? names : Object.keys(SCENARIOS)) {
+  for (const name of names.length ? names : Object.keys(SCENARIOS).filter((n) => smoke || !SCENARIOS[n].optional)) {
     const s = SCENARIOS[name];
     const script = fileURLToPath(new URL(`./${s.script}`, import.meta.url));
     process.stderr.write(`\n== ${name}${smoke ? ' (smoke)' : ''}: node dist/bench/${s.script} ${(smoke ? s.smoke : s.full).join(' ')}\n`);

@@ -10,7 +10,7 @@
  * (/proc/PID/status VmRSS) before the executors, with them, and after the run.
  *
  *   npm run build && node dist/bench/scale.js [--executors 19000] [--per-process 9500]
- *        [--tasks 200000] [--store memory|sqlite] [--cpu-prof DIR] [--heap-snapshot DIR]
+ *        [--tasks 200000] [--store memory|sqlite] [--transport ws|uws] [--cpu-prof DIR] [--heap-snapshot DIR]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -85,6 +85,7 @@ async function main(): Promise<void> {
       'per-process': { type: 'string' },
       tasks: { type: 'string' },
       store: { type: 'string' },
+      transport: { type: 'string' },
       batch: { type: 'string' },
       'cpu-prof': { type: 'string' },
       'heap-snapshot': { type: 'string' },
@@ -94,14 +95,15 @@ async function main(): Promise<void> {
   const perProcess = Number(values['per-process'] ?? 9_500);
   const tasks = Number(values.tasks ?? 200_000);
   const store = values.store ?? 'memory';
+  const transport = values.transport ?? 'ws';
   const batch = Number(values.batch ?? 250);
   const profDir = values['cpu-prof'] ? resolve(values['cpu-prof']) : null;
   const snapDir = values['heap-snapshot'] ? resolve(values['heap-snapshot']) : null;
-  const command = `node dist/bench/scale.js --executors ${n} --per-process ${perProcess} --tasks ${tasks} --store ${store}${profDir ? ' --cpu-prof ' + values['cpu-prof'] : ''}${snapDir ? ' --heap-snapshot ' + values['heap-snapshot'] : ''}`;
+  const command = `node dist/bench/scale.js --executors ${n} --per-process ${perProcess} --tasks ${tasks} --store ${store} --transport ${transport}${profDir ? ' --cpu-prof ' + values['cpu-prof'] : ''}${snapDir ? ' --heap-snapshot ' + values['heap-snapshot'] : ''}`;
   const began = Date.now();
 
   const dir = mkdtempSync(join(tmpdir(), 'falconet-scale-'));
-  const dispatcherArgs = ['dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--store', store, '--heartbeat-ms', '10000', '--lease-ms', '60000'];
+  const dispatcherArgs = ['dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--store', store, '--transport', transport, '--heartbeat-ms', '10000', '--lease-ms', '60000'];
   const nodeFlags = [...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(snapDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapDir}`] : [])];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   const d = spawn(process.execPath, [...nodeFlags, CLI, ...dispatcherArgs], { stdio: ['ignore', 'pipe', 'inherit'], env });
@@ -162,6 +164,7 @@ async function main(): Promise<void> {
       executors: n,
       loadProcesses: procs,
       store,
+      transport,
       welcomed,
       registrationSeconds: +(welcomeMs / 1000).toFixed(2),
       visibleInStatusSeconds: +(visibleMs / 1000).toFixed(2),

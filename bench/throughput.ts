@@ -7,6 +7,7 @@
  * median), and writes bench/results/throughput-<date>.json.
  *
  *   npm run build && node dist/bench/throughput.js [--runs 3] [--tasks 1000000] [--variants memory,sqlite-full,sqlite-normal]
+ *        [--transport ws|uws]
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -18,7 +19,8 @@ import { STORE_VARIANTS, cell, resultsFile, spread, withCluster } from './harnes
 const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, variants: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, variants: { type: 'string' }, transport: { type: 'string' } } });
+  const transport = values.transport ?? 'ws';
   const runs = Number(values.runs ?? 3);
   const tasks = Number(values.tasks ?? 1_000_000);
   const variants = (values.variants ?? 'memory,sqlite-full').split(',');
@@ -26,7 +28,7 @@ async function main(): Promise<void> {
   const samples: Record<string, number[]> = Object.fromEntries(variants.map((v) => [v, []]));
   for (let r = 0; r < runs; r++) {
     for (const v of variants) {
-      const figures = await withCluster({ dispatcherArgs: STORE_VARIANTS[v], executors: 2, slots: 1000 }, async (url) =>
+      const figures = await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 1000 }, async (url) =>
         JSON.parse(execFileSync(process.execPath, [LOAD, 'throughput', url, String(tasks)], { encoding: 'utf8' })) as { tasksPerSecond: number },
       );
       samples[v].push(figures.tasksPerSecond);
@@ -41,7 +43,7 @@ async function main(): Promise<void> {
     tasksPerSecond: spread(samples[v]),
     ratioToMemory: base ? spread(samples[v].map((x, i) => x / base[i]), 2) : null,
   }));
-  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/throughput.js --runs ${runs} --tasks ${tasks}`, tasks, rows };
+  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/throughput.js --runs ${runs} --tasks ${tasks} --variants ${variants.join(',')} --transport ${transport}`, transport, tasks, rows };
   mkdirSync(resultsFile(), { recursive: true });
   writeFileSync(resultsFile(`throughput-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   console.log(`${tasks.toLocaleString('en')} noop tasks, one SDK client, 2 executors × 1,000 slots; median of ${runs} runs (min–max)\n`);

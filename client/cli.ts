@@ -20,6 +20,7 @@ usage:
                       [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
                       [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N]
+                      [--transport ws|uws]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
@@ -61,6 +62,7 @@ const DISPATCHER_FLAGS = {
   retention: { type: 'string' },
   'data-policy': { type: 'string' },
   'cache-wait-ms': { type: 'string' },
+  transport: { type: 'string' },
   // provisioning
   min: { type: 'string' },
   max: { type: 'string' },
@@ -142,6 +144,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     retentionS: num('retention', v.retention as string | undefined),
     dataPolicy: v['data-policy'] as string | undefined,
     cacheWaitMs: num('cache-wait-ms', v['cache-wait-ms'] as string | undefined),
+    transport: v.transport as string | undefined,
     store: v.store as string | undefined,
     dataDir: v['data-dir'] as string | undefined,
     sync: v.sync as string | undefined,
@@ -184,6 +187,9 @@ function scaling(v: Record<string, string | boolean | undefined>, backend: 'loca
   };
 }
 
+/** The default transport goes unsaid; another one is named on the listening line. */
+const transportNote = (kind: string) => (kind === 'ws' ? '' : `; transport: ${kind}`);
+
 async function dispatcherCommand(args: string[]): Promise<void> {
   const { values } = parse(args, { ...DISPATCHER_FLAGS, ...EC2_FLAGS });
   const log = makeLogger('dispatcher');
@@ -214,7 +220,7 @@ async function dispatcherCommand(args: string[]): Promise<void> {
       }
     : undefined;
   const { server, stop, storeSummary } = await startDispatcher({ ...dispatcherOptions(values), ...(provisioner ? { provisioner } : {}) }, log);
-  process.stdout.write(`falconet dispatcher listening on ${server.url} (${storeSummary})\n`);
+  process.stdout.write(`falconet dispatcher listening on ${server.url} (${storeSummary}${transportNote(server.transport)})\n`);
   onShutdownSignal(stop);
 }
 
@@ -232,7 +238,7 @@ async function upCommand(args: string[]): Promise<void> {
   const log = makeLogger('falconet');
   const { server, stop, storeSummary } = await startDispatcher({ ...dispatcherOptions(values), provisioner }, log);
   const fleet = elastic ? `${provisioner.min}–${provisioner.max} local executors (${provisioner.policy})` : `${count} local executor(s)`;
-  process.stdout.write(`falconet dispatcher listening on ${server.url} with ${fleet} of ${slots} slot(s) (${storeSummary})\n`);
+  process.stdout.write(`falconet dispatcher listening on ${server.url} with ${fleet} of ${slots} slot(s) (${storeSummary}${transportNote(server.transport)})\n`);
   onShutdownSignal(stop);
 }
 

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, FalconetError } from '../protocol/index.js';
+import { TRANSPORTS, type TransportKind } from './transport.js';
 
 /** The well-known port executors and clients dial by default. */
 export const DEFAULT_PORT = 7878;
@@ -29,6 +30,8 @@ export interface DispatcherOptions {
   retentionS?: number;
   dataPolicy?: string;
   cacheWaitMs?: number;
+  /** ws (default) or uws. */
+  transport?: string;
 }
 
 /** The compiled form: every field present and checked. */
@@ -50,6 +53,7 @@ export interface DispatcherConfig {
   retentionMs: number;
   dataPolicy: 'first-available' | 'max-cache-hit';
   cacheWaitMs: number;
+  transport: TransportKind;
 }
 
 export function isLoopback(host: string): boolean {
@@ -79,6 +83,12 @@ function positive(name: string, value: number, min = 1): number {
 function dataPolicy(p: string | undefined): 'first-available' | 'max-cache-hit' {
   if (p === undefined || p === 'max-cache-hit' || p === 'first-available') return p ?? 'max-cache-hit';
   throw new FalconetError(ErrorCode.USAGE, `--data-policy must be first-available or max-cache-hit (got ${JSON.stringify(p)})`);
+}
+
+function transport(t: string | undefined): TransportKind {
+  if (t === undefined) return 'ws';
+  if ((TRANSPORTS as readonly string[]).includes(t)) return t as TransportKind;
+  throw new FalconetError(ErrorCode.USAGE, `--transport must be ${TRANSPORTS.join(' or ')} (got ${JSON.stringify(t)})`);
 }
 
 /** Applies environment fallbacks and defaults, validates, and returns the compiled config. */
@@ -120,5 +130,6 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
     dataPolicy: dataPolicy(o.dataPolicy),
     cacheWaitMs: positive('--cache-wait-ms', o.cacheWaitMs ?? 2000, 0),
+    transport: transport(o.transport),
   };
 }

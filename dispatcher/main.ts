@@ -63,7 +63,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
       process.exit(1);
     },
   });
-  log.info({ url: server.url, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
+  log.info({ url: server.url, transport: config.transport, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
   // Loaded only when asked for: the AWS SDK costs every other command (executors!) startup time.
   const provisioner = options.provisioner
     ? await (await import('./provisioner/setup.js')).startProvisioner(server, store, instances, options.provisioner, log)

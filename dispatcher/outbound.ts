@@ -7,15 +7,15 @@
  * dispatcher cancels when the executor reports it, and holding it would tie every slot's
  * turnaround to the commit latency.
  */
-import type { WebSocket } from 'ws';
 import type { Logger } from 'pino';
 import { ErrorCode, type Codec, type WireError } from '../protocol/index.js';
 import type { ConnId, Journal } from './model.js';
+import type { PeerSocket } from './transport.js';
 
 /** One WebSocket peer, as the adapter tracks it. */
 export interface Conn {
   readonly id: ConnId;
-  readonly ws: WebSocket;
+  readonly ws: PeerSocket;
   role: 'client' | 'executor' | null;
   out: unknown[];
   /** Set once the connection is to end: nothing more is queued, it closes after the flush. */

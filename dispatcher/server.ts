@@ -1,13 +1,10 @@
 /**
- * The dispatcher's thin network adapter: one HTTP server carrying the WebSocket endpoint and the
- * HTTP API. It authenticates the hello, decodes and validates every frame, feeds the core, and
+ * The dispatcher's thin network adapter: the WebSocket endpoint and the HTTP API, on one port of
+ * a transport (transport.ts: ws by default, or uWS). It authenticates the hello, decodes and validates every frame, feeds the core, and
  * once per turn of the event loop runs the scheduler, commits the journal and only then sends
  * what the core queued (so acknowledgements never precede durability).
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { timingSafeEqual } from 'node:crypto';
-import { WebSocketServer, type WebSocket, type RawData } from 'ws';
 import type { Logger } from 'pino';
 import {
   Codec,
@@ -26,6 +23,7 @@ import { nullJournal, systemClock, type Clock, type ConnId } from './model.js';
 import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
 import type { DispatcherConfig } from './config.js';
 import { metricsFor } from './metrics.js';
+import { createTransport, type HttpReply, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
 const validateExecutor = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
@@ -40,8 +38,7 @@ export class DispatcherServer {
   readonly core: DispatcherCore;
   /** Set by a provisioner: its status joins /api/status, and clients can reset it. */
   extension: ServerExtension | null = null;
-  readonly #http: Server;
-  readonly #wss: WebSocketServer;
+  readonly #transport: Transport;
   readonly #codec: Codec;
   readonly #conns = new Map<ConnId, Conn>();
   readonly #out: Outbound;
@@ -53,10 +50,12 @@ export class DispatcherServer {
   private constructor(
     readonly config: DispatcherConfig,
     private readonly log: Logger,
+    transport: Transport,
     journal: CommittingJournal,
     clock: Clock,
     onFatal: (err: Error) => void,
   ) {
+    this.#transport = transport;
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
     this.#out = new Outbound(this.#codec, journal, log, () => this.core.schedule(), (err) => {
       const wire = { code: ErrorCode.STORE_FAILED, message: err.message, retryable: true };
@@ -76,14 +75,6 @@ export class DispatcherServer {
     };
     this.core = new DispatcherCore(config, outbox, clock, journal);
     this.#metrics = metricsFor(this.core);
-    this.#http = createServer((req, res) => void this.#onHttp(req, res));
-    this.#wss = new WebSocketServer({
-      server: this.#http,
-      perMessageDeflate: false,
-      // ws itself cuts off far-oversized frames; between 1× and 2× we answer FRAME_TOO_LARGE.
-      maxPayload: config.maxFrameBytes * 2,
-    });
-    this.#wss.on('connection', (ws) => this.#onConnection(ws));
   }
 
   /**
@@ -100,11 +91,19 @@ export class DispatcherServer {
       onFatal?: (err: Error) => void;
     } = {},
   ): Promise<DispatcherServer> {
-    const server = new DispatcherServer(config, log, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}));
+    // The transport first: a uWS that cannot load fails before the store is replayed.
+    const transport = await createTransport(config.transport, {
+      host: config.host,
+      port: config.port,
+      // The transport cuts off far-oversized frames; between 1× and 2× we answer FRAME_TOO_LARGE.
+      maxPayloadBytes: config.maxFrameBytes * 2,
+      log,
+    });
+    const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}));
     await opts.recover?.(server.core);
-    await new Promise<void>((resolve, reject) => {
-      server.#http.once('error', reject);
-      server.#http.listen(config.port, config.host, () => resolve());
+    await transport.listen({
+      connection: (peer) => server.#onConnection(peer),
+      http: (path, authorization) => server.#onHttp(path, authorization),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));
     server.#timers.push(setInterval(() => server.#heartbeat(), config.heartbeatMs));
@@ -112,7 +111,11 @@ export class DispatcherServer {
   }
 
   get port(): number {
-    return (this.#http.address() as AddressInfo).port;
+    return this.#transport.port;
+  }
+
+  get transport(): Transport['kind'] {
+    return this.#transport.kind;
   }
 
   get url(): string {
@@ -122,19 +125,21 @@ export class DispatcherServer {
 
   // ---- connections ------------------------------------------------------------------------------
 
-  #onConnection(ws: WebSocket): void {
+  #onConnection(ws: PeerSocket): PeerHandlers {
     const c: Conn = { id: this.#nextConn++, ws, role: null, out: [], closing: null, helloTimer: null };
     this.#conns.set(c.id, c);
+    const handlers: PeerHandlers = {
+      message: (data, isBinary) => this.#onFrame(c, data, isBinary),
+      close: () => this.#onClose(c),
+    };
     if (this.#stopping) {
       this.#out.fail(c, { code: ErrorCode.SHUTTING_DOWN, message: 'dispatcher is shutting down', retryable: true });
-      return;
+      return handlers;
     }
     c.helloTimer = setTimeout(() => {
       this.#out.fail(c, { code: ErrorCode.HELLO_TIMEOUT, message: `no hello within ${this.config.helloTimeoutMs} ms`, retryable: true });
     }, this.config.helloTimeoutMs);
-    ws.on('message', (data, isBinary) => this.#onFrame(c, data, isBinary));
-    ws.on('error', (err) => this.log.debug({ err, conn: c.id }, 'socket error'));
-    ws.on('close', () => this.#onClose(c));
+    return handlers;
   }
 
   #onClose(c: Conn): void {
@@ -146,12 +151,12 @@ export class DispatcherServer {
     this.#out.queueFlush();
   }
 
-  #onFrame(c: Conn, data: RawData, isBinary: boolean): void {
+  #onFrame(c: Conn, data: Buffer, isBinary: boolean): void {
     if (c.closing) return;
     let messages: unknown[];
     try {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');
-      messages = this.#codec.decode(data as Buffer);
+      messages = this.#codec.decode(data);
     } catch (err) {
       const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.BAD_FRAME, String(err));
       this.#out.fail(c, e.toWire());
@@ -294,23 +299,18 @@ export class DispatcherServer {
 
   // ---- HTTP -------------------------------------------------------------------------------------
 
-  async #onHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path === '/healthz') return json(res, 200, { ok: !this.#stopping });
+  async #onHttp(path: string, authorization: string | undefined): Promise<HttpReply> {
+    if (path === '/healthz') return json(200, { ok: !this.#stopping });
     if (this.config.httpAuth && this.config.clientToken !== undefined) {
-      const auth = req.headers.authorization ?? '';
+      const auth = authorization ?? '';
       const token = auth.startsWith('Bearer ') ? auth.slice(7) : '';
       if (!sameSecret(token, this.config.clientToken)) {
-        return json(res, 401, { error: { code: ErrorCode.AUTH_FAILED, message: 'Authorization: Bearer <client token> required', retryable: false } });
+        return json(401, { error: { code: ErrorCode.AUTH_FAILED, message: 'Authorization: Bearer <client token> required', retryable: false } });
       }
     }
-    if (path === '/api/status') return json(res, 200, { ...this.core.status(), ...this.extension?.status() });
-    if (path === '/metrics') {
-      res.writeHead(200, { 'content-type': this.#metrics.contentType });
-      res.end(await this.#metrics.metrics());
-      return;
-    }
-    json(res, 404, { error: { code: ErrorCode.NOT_FOUND, message: `no route ${path}`, retryable: false } });
+    if (path === '/api/status') return json(200, { ...this.core.status(), ...this.extension?.status() });
+    if (path === '/metrics') return { status: 200, headers: { 'content-type': this.#metrics.contentType }, body: await this.#metrics.metrics() };
+    return json(404, { error: { code: ErrorCode.NOT_FOUND, message: `no route ${path}`, retryable: false } });
   }
 
   /**
@@ -327,11 +327,7 @@ export class DispatcherServer {
       if (c.helloTimer) clearTimeout(c.helloTimer);
       c.ws.close(1001, ErrorCode.SHUTTING_DOWN);
     }
-    this.#wss.close();
-    await new Promise<void>((resolve) => {
-      this.#http.close(() => resolve());
-      this.#http.closeAllConnections();
-    });
+    await this.#transport.close();
     for (const c of this.#conns.values()) c.ws.terminate();
   }
 }
@@ -342,8 +338,6 @@ function sameSecret(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
-function json(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-  res.end(text);
+function json(status: number, body: unknown): HttpReply {
+  return { status, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: JSON.stringify(body) };
 }

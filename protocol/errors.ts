@@ -72,6 +72,8 @@ export const ErrorCode = {
   USAGE: 'USAGE',
   /** Started on a non-loopback address without credentials and without `--insecure`. */
   INSECURE_CONFIG: 'INSECURE_CONFIG',
+  /** The chosen `--transport` cannot be loaded here (uws: package or binary for this Node missing). */
+  TRANSPORT_UNAVAILABLE: 'TRANSPORT_UNAVAILABLE',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -13,6 +13,12 @@ import type { StatusSnapshot } from '../dispatcher/status.js';
 
 export const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
 
+/**
+ * The transport every dispatcher a test starts uses, unless the test names one: ws by default,
+ * `FALCONET_TEST_TRANSPORT=uws` to run the protocol suites over µWebSockets.js.
+ */
+export const TEST_TRANSPORT = process.env.FALCONET_TEST_TRANSPORT ?? 'ws';
+
 /** Fast timings so that lease expiry and reconnects take a second, not a minute. */
 export const FAST = ['--heartbeat-ms', '100', '--lease-ms', '800'];
 
@@ -28,6 +34,9 @@ export class Procs {
   }
 
   spawn(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+    if ((args[0] === 'dispatcher' || args[0] === 'up') && TEST_TRANSPORT !== 'ws' && !args.includes('--transport')) {
+      args = [...args, '--transport', TEST_TRANSPORT];
+    }
     const child = spawn(process.execPath, [CLI, ...args], {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, FALCONET_LOG: process.env.FALCONET_LOG ?? 'warn', ...env },

@@ -1,0 +1,226 @@
+/**
+ * The µWebSockets.js transport (`--transport uws`): WebSocket endpoint and HTTP API on one port,
+ * served by uWS's own event handling in C++ (~4.6× ws per message here, ../shared/PLATFORM.md).
+ *
+ * Only `@trufflesuite/uws-js-unofficial` runs here (binaries for Node 16/18/20). Its entry point
+ * silently falls back to a slow JS emulation when the binary does not load; we load the binary
+ * itself, so a missing module or binary is TRANSPORT_UNAVAILABLE at startup, never a quiet
+ * downgrade.
+ *
+ * Differences from ws that this file hides:
+ * - uWS drops a frame sent while more than `maxBackpressure` bytes wait (send() returns 2).
+ *   Such frames are queued here, in order, and sent on `drain`; a close waits for the queue.
+ * - A uWS socket must not be touched after its close event: every call checks `closed`.
+ * - A message's ArrayBuffer is valid only during the callback: it is copied.
+ * - Its defaults close idle sockets after 120 s and send pings; both are off, as with ws.
+ * - It binds with SO_REUSEPORT by default; we ask for an exclusive port, as node:http does.
+ */
+import { createRequire } from 'node:module';
+import { STATUS_CODES } from 'node:http';
+import { dirname, join } from 'node:path';
+import { ErrorCode, FalconetError } from '../protocol/index.js';
+import type { PeerHandlers, PeerSocket, Transport, TransportHandlers, TransportOptions } from './transport.js';
+
+/** The package (an optionalDependency). */
+export const UWS_PACKAGE = '@trufflesuite/uws-js-unofficial';
+
+// ---- the subset of the uWS.js API used here (its own typings may not be installed) -----------
+
+interface UwsWebSocket {
+  send(message: Uint8Array, isBinary: boolean): number;
+  getBufferedAmount(): number;
+  end(code: number, shortMessage: string): void;
+  close(): void;
+  getUserData(): { peer?: UwsPeer };
+}
+interface UwsHttpResponse {
+  writeStatus(status: string): UwsHttpResponse;
+  writeHeader(key: string, value: string): UwsHttpResponse;
+  end(body: string): UwsHttpResponse;
+  onAborted(handler: () => void): UwsHttpResponse;
+  cork(cb: () => void): UwsHttpResponse;
+}
+interface UwsHttpRequest {
+  getUrl(): string;
+  getHeader(lowerCaseKey: string): string;
+}
+interface UwsBehavior {
+  maxPayloadLength: number;
+  maxBackpressure: number;
+  closeOnBackpressureLimit: number;
+  idleTimeout: number;
+  maxLifetime: number;
+  sendPingsAutomatically: boolean;
+  compression: number;
+  open(ws: UwsWebSocket): void;
+  message(ws: UwsWebSocket, message: ArrayBuffer, isBinary: boolean): void;
+  drain(ws: UwsWebSocket): void;
+  close(ws: UwsWebSocket, code: number, message: ArrayBuffer): void;
+}
+interface UwsApp {
+  ws(pattern: string, behavior: UwsBehavior): UwsApp;
+  any(pattern: string, handler: (res: UwsHttpResponse, req: UwsHttpRequest) => void): UwsApp;
+  listen(host: string, port: number, options: number, cb: (listenSocket: object | false) => void): UwsApp;
+}
+export interface UwsModule {
+  App(): UwsApp;
+  us_listen_socket_close(listenSocket: object): void;
+  us_socket_local_port(listenSocket: object): number;
+  LIBUS_LISTEN_EXCLUSIVE_PORT: number;
+}
+
+/** send() results. */
+const DROPPED = 2;
+/** Bytes uWS buffers per socket before frames wait in our queue instead. */
+const MAX_BACKPRESSURE = 1 << 20;
+
+/**
+ * Loads the µWebSockets.js binary for this Node (not the package's JS fallback).
+ * Throws FalconetError TRANSPORT_UNAVAILABLE with what is missing.
+ */
+export function loadUws(pkg = UWS_PACKAGE): UwsModule {
+  const require = createRequire(import.meta.url);
+  let dir: string;
+  try {
+    dir = dirname(require.resolve(`${pkg}/package.json`));
+  } catch {
+    throw new FalconetError(
+      ErrorCode.TRANSPORT_UNAVAILABLE,
+      `--transport uws needs the optional package ${pkg}, which is not installed (npm install --include=optional); use --transport ws`,
+    );
+  }
+  const binary = join(dir, 'binaries', `uws_${process.platform}_${process.arch}_${process.versions.modules}.node`);
+  try {
+    return require(binary) as UwsModule;
+  } catch (err) {
+    throw new FalconetError(
+      ErrorCode.TRANSPORT_UNAVAILABLE,
+      `--transport uws: µWebSockets.js has no working binary for Node ${process.version} on ${process.platform}-${process.arch} (${(err as Error).message.split('\n')[0]}); use --transport ws`,
+    );
+  }
+}
+
+class UwsPeer implements PeerSocket {
+  closed = false;
+  handlers: PeerHandlers | null = null;
+  /** Frames uWS refused (over its backpressure limit), oldest first. */
+  #queue: Buffer[] = [];
+  #queuedBytes = 0;
+  #closeWith: [number, string] | null = null;
+
+  constructor(private readonly ws: UwsWebSocket) {}
+
+  send(frame: Buffer): void {
+    if (this.closed || this.#closeWith) return;
+    if (this.#queue.length > 0 || this.ws.send(frame, true) === DROPPED) {
+      this.#queue.push(frame);
+      this.#queuedBytes += frame.length;
+    }
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed || this.#closeWith) return;
+    if (this.#queue.length > 0) this.#closeWith = [code, reason];
+    else this.ws.end(code, reason);
+  }
+
+  terminate(): void {
+    if (!this.closed) this.ws.close();
+  }
+
+  get bufferedAmount(): number {
+    return this.closed ? 0 : this.ws.getBufferedAmount() + this.#queuedBytes;
+  }
+
+  /** uWS wrote some of its buffer: send what waits, then a close that waited for it. */
+  drain(): void {
+    while (this.#queue.length > 0 && !this.closed) {
+      const frame = this.#queue[0];
+      if (this.ws.send(frame, true) === DROPPED) return;
+      this.#queue.shift();
+      this.#queuedBytes -= frame.length;
+    }
+    if (this.#closeWith && !this.closed) this.ws.end(...this.#closeWith);
+  }
+
+  gone(): void {
+    this.closed = true;
+    this.#queue = [];
+    this.#queuedBytes = 0;
+    this.handlers?.close();
+  }
+}
+
+export class UwsTransport implements Transport {
+  readonly kind = 'uws' as const;
+  readonly #app: UwsApp;
+  #listenSocket: object | null = null;
+  #port = 0;
+
+  constructor(
+    private readonly uws: UwsModule,
+    private readonly opts: TransportOptions,
+  ) {
+    this.#app = uws.App();
+  }
+
+  async listen(handlers: TransportHandlers): Promise<void> {
+    this.#app.ws('/*', {
+      maxPayloadLength: this.opts.maxPayloadBytes,
+      maxBackpressure: MAX_BACKPRESSURE,
+      closeOnBackpressureLimit: 0,
+      idleTimeout: 0,
+      maxLifetime: 0,
+      sendPingsAutomatically: false,
+      compression: 0,
+      open: (ws) => {
+        const peer = new UwsPeer(ws);
+        ws.getUserData().peer = peer;
+        peer.handlers = handlers.connection(peer);
+      },
+      message: (ws, message, isBinary) => {
+        // The ArrayBuffer is neutered when this returns; decoded messages may point into it.
+        ws.getUserData().peer?.handlers?.message(Buffer.from(message.slice(0)), isBinary);
+      },
+      drain: (ws) => ws.getUserData().peer?.drain(),
+      close: (ws) => ws.getUserData().peer?.gone(),
+    });
+    this.#app.any('/*', (res, req) => {
+      const path = req.getUrl();
+      const authorization = req.getHeader('authorization');
+      let aborted = false;
+      res.onAborted(() => (aborted = true));
+      handlers.http(path, authorization === '' ? undefined : authorization).then(
+        (reply) => {
+          if (aborted) return;
+          res.cork(() => {
+            res.writeStatus(`${reply.status} ${STATUS_CODES[reply.status] ?? ''}`);
+            for (const [k, v] of Object.entries(reply.headers)) res.writeHeader(k, v);
+            res.end(reply.body);
+          });
+        },
+        (err: Error) => {
+          this.opts.log.error({ err }, 'http handler failed');
+          if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end(''));
+        },
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.#app.listen(this.opts.host, this.opts.port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
+        if (!ls) return reject(new Error(`listen ${this.opts.host}:${this.opts.port} failed (address in use or not available)`));
+        this.#listenSocket = ls;
+        this.#port = this.uws.us_socket_local_port(ls);
+        resolve();
+      });
+    });
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+
+  async close(): Promise<void> {
+    if (this.#listenSocket) this.uws.us_listen_socket_close(this.#listenSocket);
+    this.#listenSocket = null;
+  }
+}
