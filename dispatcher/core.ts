@@ -248,8 +248,11 @@ export class DispatcherCore {
   // ---- executors --------------------------------------------------------------------------------
 
   /** An executor passed the handshake: register it, or resume it and reconcile what it runs. */
-  registerExecutor(conn: ConnId, info: ExecutorInfo): void {
+  registerExecutor(conn: ConnId, received: ExecutorInfo): void {
     const now = this.clock.now();
+    // A copy: strings decoded from a frame can be slices of one string of the whole frame, and
+    // the record lives as long as the executor (19,000 retained hello frames add up).
+    const info = structuredClone(received);
     let exec = this.executors.get(info.id);
     const reported = new Set(info.running.map((r) => `${r.uid}:${r.attempt}`));
     if (exec) {
@@ -523,10 +526,10 @@ export class DispatcherCore {
     const now = this.clock.now();
     const fitsFor = (exec: ExecutorRecord) => (key: string): boolean => {
       if (key === '') return true;
-      let ok = exec.fits.get(key);
+      let ok = exec.fits?.get(key);
       if (ok === undefined) {
         ok = labelsFit(this.#labelsOfKey(key), exec.info.labels);
-        exec.fits.set(key, ok);
+        (exec.fits ??= new Map()).set(key, ok);
       }
       return ok;
     };

@@ -49,8 +49,8 @@ export interface ExecutorRecord {
   registeredAt: number;
   /** Last time anything arrived from it; the lease runs from here. */
   lastSeen: number;
-  /** Memo of label compatibility, by task label key. */
-  readonly fits: Map<string, boolean>;
+  /** Memo of label compatibility, by task label key; made on the first labelled task (most fleets have none). */
+  fits: Map<string, boolean> | null;
   completed: number;
   /** It said `bye`: its going away is planned, not a loss. */
   leaving: boolean;
@@ -128,7 +128,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: new Map(), completed: 0, leaving: false, idleSince: now, data: null, holds: null };
+  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null };
 }
 
 /** A task record in the `queued` state. */
