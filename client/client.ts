@@ -196,7 +196,7 @@ export class Client {
     const startAccepted = this.#acceptedCount;
     const startRejected = this.#rejected.length;
     let submitted = 0;
-    for await (const task of tasks as AsyncIterable<TaskSpec>) {
+    const one = async (task: TaskSpec): Promise<void> => {
       while (inFlight() >= max) await this.#nextSettle();
       const spec = this.#enqueue(task);
       if (until === 'accepted') this.#detached.add(spec);
@@ -205,6 +205,21 @@ export class Client {
       // the dispatcher starts on the first tasks while later ones are still being read and packed
       // (a synchronous source would otherwise be packed whole before anything leaves).
       if (this.#batch.length === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    };
+    if (Symbol.iterator in tasks) {
+      // A synchronous source is read synchronously: awaiting only to wait for room or to let a
+      // batch go saves a promise per task (a third of the SDK's cost per task, profiled).
+      for (const task of tasks) {
+        if (inFlight() < max && this.#batch.length + 1 < (this.o.maxBatch ?? 2000)) {
+          const spec = this.#enqueue(task);
+          if (until === 'accepted') this.#detached.add(spec);
+          submitted++;
+        } else {
+          await one(task);
+        }
+      }
+    } else {
+      for await (const task of tasks) await one(task);
     }
     while (inFlight() > 0) await this.#nextSettle();
     return { submitted, accepted: this.#acceptedCount - startAccepted, rejected: this.#rejected.slice(startRejected) };
