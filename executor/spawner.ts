@@ -33,7 +33,7 @@ export type HelperResult =
   | { kind: 'exited'; exitCode: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; truncated: boolean }
   /** The command did not start; `code` is the errno name (ENOENT), as Node's spawn errors carry. */
   | { kind: 'spawn-failed'; code: string; message: string }
-  /** The helper died while the task ran; the task's process group was killed with it. */
+  /** The helper died while the task ran (its processes may still run: we never learnt their pids). */
   | { kind: 'lost'; message: string }
   /** The helper could not be used (stale or failed to start) before the task started: run it another way. */
   | { kind: 'unavailable' };
@@ -183,7 +183,7 @@ export class SpawnHelper {
     if (!wasReady) this.#disable(`it ${why} before its hello`);
     else if (++this.#deaths >= MAX_DEATHS) this.#disable(`it died ${this.#deaths} times, last ${why}`);
     else warn({ path: this.path, deaths: this.#deaths }, `spawn helper ${why}; its running tasks fail, the next ones start a new helper`);
-    const r: HelperResult = wasReady ? { kind: 'lost', message: `the executor's spawn helper ${why}; the task's process group was killed` } : { kind: 'unavailable' };
+    const r: HelperResult = wasReady ? { kind: 'lost', message: `the executor's spawn helper ${why} while the task ran; the task's processes may still be running` } : { kind: 'unavailable' };
     for (const done of tasks) done?.(r);
   }
 
