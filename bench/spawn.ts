@@ -120,7 +120,7 @@ async function roleRunner(n: number): Promise<Figures> {
   await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, n) }, lane));
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   // The helper's CPU and its children's: read before it exits (it is not our reaped child yet).
-  const helperPid = Number(execFileSync('pgrep', ['-P', String(process.pid), '-f', 'falconet-spawn-helper'], { encoding: 'utf8' }).trim().split('\n')[0]);
+  const helperPid = helperOf(process.pid);
   const helperCpu = helperPid ? cpuMsOf(helperPid) + childCpuMsOf(helperPid) : 0;
   return { tasks: n, seconds, tasksPerSecond: n / seconds, failed, cpuMs: ownCpuMs() - cpu0 + helperCpu };
 }
@@ -141,6 +141,14 @@ function childCpuMsOf(pid: number): number {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return ((Number(f[13]) + Number(f[14])) * 1000) / 100;
 }
+/** The pid of the spawn helper a process started, if it runs. */
+function helperOf(pid: number): number | null {
+  try {
+    return Number(execFileSync('pgrep', ['-P', String(pid), '-f', 'falconet-spawn-helper'], { encoding: 'utf8' }).trim().split('\n')[0]) || null;
+  } catch {
+    return null; // pgrep exits 1 when there is none
+  }
+}
 /** Busy and total jiffies of the whole machine. */
 function machineCpu(): { busy: number; total: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
@@ -160,6 +168,7 @@ interface FalconetRun {
   noopCpuMsPerTask?: CpuSplit;
   machineBusy: number;
   profile?: ProfileSummary;
+  dispatcherProfile?: ProfileSummary;
 }
 
 async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' | 'node'; prefetch: number; profileDir?: string }): Promise<FalconetRun> {
@@ -167,10 +176,12 @@ async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' |
   const procs: ChildProcess[] = [];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   try {
-    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--prefetch', String(opts.prefetch)], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    for (const who of ['dispatcher', 'executor']) if (opts.profileDir) mkdirSync(join(opts.profileDir, who), { recursive: true });
+    const dProfArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', join(opts.profileDir, 'dispatcher')] : [];
+    const d = spawn(process.execPath, [...dProfArgs, CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--prefetch', String(opts.prefetch)], { stdio: ['ignore', 'pipe', 'ignore'], env });
     procs.push(d);
     const [, url] = await waitLine(d, /listening on (\S+)/);
-    const profArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', opts.profileDir] : [];
+    const profArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', join(opts.profileDir, 'executor')] : [];
     const e = spawn(process.execPath, [...profArgs, CLI, 'executor', '--dispatcher', url, '--slots', String(IN_FLIGHT), '--spawner', opts.spawner], { stdio: 'ignore', env });
     procs.push(e);
     const deadline = Date.now() + 10_000;
@@ -183,10 +194,20 @@ async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' |
     const per = (x: number) => +(x / n).toFixed(3);
     // CPU of every falconet process over one load: dispatcher, executor, the executor's reaped
     // children (the /bin/true processes), and the load process (its timed section).
+    // The executor's spawn helper is its child until the executor exits: count its CPU as the
+    // executor's and its reaped children (the /bin/true processes) as the executor's children.
+    const helperCpu = () => {
+      const h = helperOf(e.pid!);
+      return h ? { own: cpuMsOf(h), kids: childCpuMsOf(h) } : { own: 0, kids: 0 };
+    };
+    const snapshot = () => {
+      const h = helperCpu();
+      return { d: cpuMsOf(d.pid!), e: cpuMsOf(e.pid!) + h.own, ec: childCpuMsOf(e.pid!) + h.kids, m: machineCpu() };
+    };
     const measure = (kind: string) => {
-      const before = { d: cpuMsOf(d.pid!), e: cpuMsOf(e.pid!), ec: childCpuMsOf(e.pid!), m: machineCpu() };
+      const before = snapshot();
       const f = runChild(['--role', 'load', '--url', url, '--tasks', String(n), '--kind', kind]);
-      const after = { d: cpuMsOf(d.pid!), e: cpuMsOf(e.pid!), ec: childCpuMsOf(e.pid!), m: machineCpu() };
+      const after = snapshot();
       const cpu = { dispatcher: per(after.d - before.d), executor: per(after.e - before.e), executorChildren: per(after.ec - before.ec), load: per(f.cpuMs ?? 0) };
       f.cpuMs = (after.d - before.d) + (after.e - before.e) + (after.ec - before.ec) + (f.cpuMs ?? 0);
       return { f, cpu, busy: +((after.m.busy - before.m.busy) / (after.m.total - before.m.total)).toFixed(3) };
@@ -202,8 +223,15 @@ async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' |
     if (opts.profileDir) {
       e.kill('SIGTERM'); // a clean exit writes the profile
       await exited(e);
-      const file = readdirSync(opts.profileDir).find((f) => f.endsWith('.cpuprofile'));
-      if (file) out.profile = summarize(JSON.parse(readFileSync(join(opts.profileDir, file), 'utf8')));
+      d.kill('SIGTERM');
+      await exited(d);
+      const load = (who: string) => {
+        const dir = join(opts.profileDir!, who);
+        const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+        return file ? summarize(JSON.parse(readFileSync(join(dir, file), 'utf8')), who === 'executor') : undefined;
+      };
+      out.profile = load('executor');
+      out.dispatcherProfile = load('dispatcher');
     }
     return out;
   } finally {
@@ -227,7 +255,8 @@ interface ProfileSummary {
   inclusive: Array<{ fn: string; pct: number }>;
 }
 
-function summarize(p: CpuProfile): ProfileSummary {
+/** Top self time, and inclusive time of the executor's spawn path (`executorFilter`) or of every function. */
+function summarize(p: CpuProfile, executorFilter: boolean): ProfileSummary {
   const self = new Map<number, number>();
   for (let i = 0; i < p.samples.length; i++) self.set(p.samples[i], (self.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
@@ -262,7 +291,7 @@ function summarize(p: CpuProfile): ProfileSummary {
     idlePct: pct(idle),
     topSelf: [...selfBy].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([fn, t]) => ({ fn, pct: pct(t) })),
     inclusive: [...incl]
-      .filter(([fn]) => /^(spawn|ChildProcess\.spawn|runCommand|runAttempt|#start|#onMessage|#deliver|send|onexit|ChildProcess\._handle\.onexit|processTicksAndRejections|emit) /.test(fn + ' ') || /^\((garbage collector|program)\)/.test(fn))
+      .filter(([fn]) => !executorFilter ? !/^\((root|idle)\)/.test(fn) : /^(spawn|ChildProcess\.spawn|runCommand|runAttempt|#start|#onMessage|#deliver|send|onexit|ChildProcess\._handle\.onexit|processTicksAndRejections|emit) /.test(fn + ' ') || /^\((garbage collector|program)\)/.test(fn))
       .sort((a, b) => b[1] - a[1])
       .slice(0, 12)
       .map(([fn, t]) => ({ fn, pct: pct(t) })),
@@ -363,6 +392,7 @@ async function main(): Promise<void> {
       falconetNoopCpuMsPerTask: noopCpuPerTask,
       falconetMachineBusy: median(falconetRuns.map((f) => f.machineBusy)),
       executorProfile: profile ? { tasksPerSecondWhileProfiled: Math.round(profile.cmd.tasksPerSecond), cpuMsPerTask: profile.cpuMsPerTask, ...profile.profile } : null,
+      dispatcherProfile: profile?.dispatcherProfile ?? null,
     };
     mkdirSync(resultsFile(), { recursive: true });
     const file = resultsFile(`spawn-${out.date.slice(0, 10)}${prefetch ? `-prefetch${prefetch}` : ''}.json`);
@@ -383,9 +413,7 @@ async function main(): Promise<void> {
         `its children (/bin/true) ${cpuPerTask.executorChildren}, load ${cpuPerTask.load}; machine busy ${Math.round(100 * out.falconetMachineBusy)}% of ${out.machine.cores} cores ` +
         `(other users' processes included). noop tasks: dispatcher ${noopCpuPerTask.dispatcher}, executor ${noopCpuPerTask.executor}, load ${noopCpuPerTask.load}`,
     );
-    if (out.executorProfile) {
-      const pr = out.executorProfile;
-      console.log(`\nExecutor CPU profile (one extra run at ${pr.tasksPerSecondWhileProfiled} tasks/s under --cpu-prof; ${pr.totalMs} ms sampled, idle ${pr.idlePct}%):\n`);
+    const printProfile = (pr: Partial<ProfileSummary>) => {
       console.log('| self time | % | | inclusive | % |');
       console.log('|---|---|---|---|---|');
       const rows = Math.max(pr.topSelf?.length ?? 0, pr.inclusive?.length ?? 0);
@@ -394,6 +422,16 @@ async function main(): Promise<void> {
         const c = pr.inclusive?.[i];
         console.log(`| ${s ? '`' + s.fn + '`' : ''} | ${s?.pct ?? ''} | | ${c ? '`' + c.fn + '`' : ''} | ${c?.pct ?? ''} |`);
       }
+    };
+    if (out.executorProfile) {
+      const pr = out.executorProfile;
+      console.log(`\nExecutor CPU profile (one extra run at ${pr.tasksPerSecondWhileProfiled} tasks/s under --cpu-prof; ${pr.totalMs} ms sampled, idle ${pr.idlePct}%):\n`);
+      printProfile(pr);
+    }
+    if (out.dispatcherProfile) {
+      const pr = out.dispatcherProfile;
+      console.log(`\nDispatcher CPU profile (the same run; ${pr.totalMs} ms sampled, idle ${pr.idlePct}%):\n`);
+      printProfile(pr);
     }
     console.log(`\nWrote ${file}`);
   } finally {

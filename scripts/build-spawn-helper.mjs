@@ -24,6 +24,7 @@ const tmp = `${out}.${process.pid}.tmp`;
 const r = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-Werror', '-o', tmp, src], { encoding: 'utf8' });
 if (r.error || r.status !== 0) {
   rmSync(tmp, { force: true });
+  rmSync(out, { force: true }); // an older build must not be used with this source
   const why = r.error ? `${cc}: ${r.error.code === 'ENOENT' ? 'no C compiler found' : r.error.message}` : `${cc} exited with ${r.status}:\n${r.stderr}`;
   process.stderr.write(
     `\nwarning: falconet spawn helper not built (${why.trim()}).\n` +
