@@ -155,7 +155,9 @@ export class SpawnHelper {
     const child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.#child = child;
     child.stdin!.on('error', () => {}); // EPIPE when it died: 'close' below handles that
-    child.stdout!.on('data', (chunk: Buffer) => this.#onData(chunk));
+    child.stdout!.on('data', (chunk: Buffer) => {
+      if (this.#child === child) this.#onData(chunk); // not a helper we already gave up on
+    });
     child.once('error', (err) => this.#onDeath(child, `could not start: ${err.message}`));
     child.once('close', (code, signal) => this.#onDeath(child, signal ? `killed by ${signal}` : `exited with code ${code}`));
   }
