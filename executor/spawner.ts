@@ -33,7 +33,7 @@ export type HelperResult =
   | { kind: 'exited'; exitCode: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; truncated: boolean }
   /** The command did not start; `code` is the errno name (ENOENT), as Node's spawn errors carry. */
   | { kind: 'spawn-failed'; code: string; message: string }
-  /** The helper died while the task ran (its processes may still run: we never learnt their pids). */
+  /** The helper died while the task ran; its process group was killed (if the helper had told us its pid). */
   | { kind: 'lost'; message: string }
   /** The helper could not be used (stale or failed to start) before the task started: run it another way. */
   | { kind: 'unavailable' };
@@ -104,6 +104,8 @@ export class SpawnHelper {
   /** Callbacks of the tasks in the helper, by id; ids are reused (the helper indexes by them). */
   #tasks: Array<((r: HelperResult) => void) | undefined> = [];
   #freeIds: number[] = [];
+  /** The process group of each running task, once the helper told us (lazily: see 'P' in the C). */
+  #pgids: Array<number | undefined> = [];
   #running = 0;
   #out = Buffer.allocUnsafe(64 * 1024);
   #outLen = 0;
@@ -177,7 +179,20 @@ export class SpawnHelper {
     this.#child = null;
     const wasReady = this.#ready;
     const tasks = this.#tasks;
+    // Its tasks are orphans now: kill the groups we know of (all but those started in the last
+    // few ms, whose 'P' had not been sent yet).
+    for (let id = 0; id < tasks.length; id++) {
+      const pgid = this.#pgids[id];
+      if (tasks[id] && pgid) {
+        try {
+          process.kill(-pgid, 'SIGKILL');
+        } catch {
+          // ESRCH: gone already
+        }
+      }
+    }
     this.#tasks = [];
+    this.#pgids = [];
     this.#freeIds = [];
     this.#running = 0;
     this.#outLen = 0;
@@ -185,7 +200,7 @@ export class SpawnHelper {
     if (!wasReady) this.#disable(`it ${why} before its hello`);
     else if (++this.#deaths >= MAX_DEATHS) this.#disable(`it died ${this.#deaths} times, last ${why}`);
     else warn({ path: this.path, deaths: this.#deaths }, `spawn helper ${why}; its running tasks fail, the next ones start a new helper`);
-    const r: HelperResult = wasReady ? { kind: 'lost', message: `the executor's spawn helper ${why} while the task ran; the task's processes may still be running` } : { kind: 'unavailable' };
+    const r: HelperResult = wasReady ? { kind: 'lost', message: `the executor's spawn helper ${why} while the task ran; its process group was killed` } : { kind: 'unavailable' };
     for (const done of tasks) done?.(r);
   }
 
@@ -276,7 +291,12 @@ export class SpawnHelper {
     const id = b.readUInt32LE(start + 1);
     const done = this.#tasks[id];
     if (!done) return;
+    if (type === 0x50 /* P */) {
+      this.#pgids[id] = b.readInt32LE(start + 5);
+      return;
+    }
     this.#tasks[id] = undefined;
+    this.#pgids[id] = undefined;
     this.#freeIds.push(id);
     if (--this.#running === 0) this.#ref(false);
     if (type === 0x52 /* R */) {

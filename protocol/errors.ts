@@ -35,8 +35,8 @@ export const ErrorCode = {
   /** The command could not be started (no such file, permission denied, bad cwd). */
   SPAWN_FAILED: 'SPAWN_FAILED',
   /**
-   * The executor's spawn helper (the process that starts its commands) died while the task ran.
-   * Not the task's fault: it may be run again.
+   * The executor's spawn helper (the process that starts its commands) died while the task ran;
+   * the task's process group was killed. Not the task's fault: it may be run again.
    */
   SPAWN_HELPER_LOST: 'SPAWN_HELPER_LOST',
   /** The command exited non-zero or was killed by a signal. */

@@ -205,6 +205,9 @@ test('the helper killed mid-task: its tasks fail with SPAWN_HELPER_LOST, the nex
       assert.equal(r.error?.code, ErrorCode.SPAWN_HELPER_LOST);
       assert.match(r.error!.message, /spawn helper killed by SIGKILL/);
     }
+    // their groups were killed too (their pids had reached us: they ran for 200 ms)
+    await sleep(100);
+    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `task ${pid} outlived its helper`);
     const next = await parentOf({ helperPath });
     assert.notEqual(next, helperPid);
     assert.notEqual(next, process.pid, 'a new helper, not the fallback');

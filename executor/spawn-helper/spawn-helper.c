@@ -14,6 +14,8 @@
  *   'R' result:  u32 id, i32 exit code (-1: none), i32 signal (0: none), u8 truncated (bit 0 stdout,
  *                bit 1 stderr), u32 n, n bytes of stdout, u32 m, m bytes of stderr
  *   'F' failed:  u32 id, i32 errno, strerror text (rest of the frame): the task did not start
+ *   'P' pid:     u32 id, i32 pid (= its process group): so that the executor can kill the groups
+ *                if we die. Not urgent: written with the next result, or within LAZY_MS
  * executor -> helper
  *   'S' spawn:   u32 id, u32 flags (1: stdin given, 2: cwd given), u32 output limit, u32 argc, u32 envc,
  *                [cwd], argv..., env ("K=V")..., [stdin]          each string: u32 n, n bytes
@@ -39,12 +41,16 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define VERSION 1
 #define MAGIC "falconet-spawn-helper"
 #define MAX_FRAME (1u << 30) /* a sanity bound, far above any task the dispatcher accepts */
 #define MAX_ID (1u << 26)
+/* 'P' frames wait this long for a result to travel with: a wakeup of the executor per task
+ * start would cost more than the rest of the task's traffic */
+#define LAZY_MS 50
 /* epoll tags: low 2 bits say which fd of a task (0 stdout, 1 stderr, 2 stdin), or a control fd */
 #define TAG_CTL 3u
 #define CTL_IN 0u
@@ -75,6 +81,16 @@ static struct buf inbuf, outbuf;
 static int out_blocked;
 /* set when a task was reaped outside reap(): its SIGCHLD is pending and would cost a wakeup */
 static int reaped_inline;
+/* whether the response buffer holds a frame the executor waits for ('R', 'F', 'H') */
+static int urgent;
+/* when the oldest unsent lazy frame was queued (ms, monotonic), or -1 */
+static long long lazy_since = -1;
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* pid -> task id: open addressing, linear probing, deletion by backward shift */
 static struct slot {
@@ -192,6 +208,8 @@ static void flush_out(void) {
 }
 
 static void frame_head(uint32_t len, char type) {
+  if (type != 'P') urgent = 1;
+  else if (lazy_since < 0) lazy_since = now_ms();
   put_u32(&outbuf, len + 1);
   buf_put(&outbuf, &type, 1);
 }
@@ -426,6 +444,9 @@ static int spawn_task(const char *body, size_t len) {
   }
   *t = (struct task){.used = 1, .pid = pid, .fd = {out[0], errp[0], in[1]}, .limit = limit};
   pid_put(pid, id);
+  frame_head(8, 'P');
+  put_u32(&outbuf, id);
+  put_u32(&outbuf, (uint32_t)pid);
   for (int j = 0; j < 2; j++) {
     fcntl(t->fd[j], F_SETFL, O_NONBLOCK); /* our end only: the task's end stays blocking */
     watch(t->fd[j], EPOLLIN, id, (uint32_t)j);
@@ -554,10 +575,17 @@ int main(void) {
   buf_put(&outbuf, &v, 1);
   buf_put(&outbuf, MAGIC, strlen(MAGIC));
   flush_out();
+  urgent = 0;
 
   struct epoll_event evs[256];
   for (;;) {
-    int n = epoll_wait(ep, evs, 256, -1);
+    /* lazy frames only: wake up when they are due, to send them anyway */
+    int timeout = -1;
+    if (outbuf.len && !out_blocked) {
+      long long left = lazy_since + LAZY_MS - now_ms();
+      timeout = left > 0 ? (int)left : 0;
+    }
+    int n = epoll_wait(ep, evs, 256, timeout);
     if (n < 0) {
       if (errno == EINTR) continue;
       die("epoll_wait");
@@ -587,6 +615,10 @@ int main(void) {
         if (tasks[i].used && !tasks[i].reaped) kill(-tasks[i].pid, SIGKILL);
       return 0;
     }
-    flush_out();
+    if (urgent || out_blocked || (outbuf.len && now_ms() - lazy_since >= LAZY_MS)) {
+      flush_out();
+      urgent = 0;
+      lazy_since = outbuf.len ? lazy_since : -1;
+    }
   }
 }
