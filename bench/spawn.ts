@@ -3,19 +3,23 @@
  * measures, back to back, `/bin/true` started N times with 2 in flight (= cores) by:
  *   posix_spawn   a C loop (bench/spawn-helper/spawn-loop.c, compiled with `cc -O2` at run time)
  *   node-spawn    a Node loop of child_process.spawn (stdio ignored)
- *   node-spawn-executor-opts  the same with what executor/runner.ts asks (detached, piped stdout/stderr)
- *   node+helper   a Node loop driving a C spawn helper over a pipe (bench/spawn-helper/spawn-helper.c):
- *                 the prototype of a cheaper spawn path for the executor, measured, not used
- *   falconet      a dispatcher (default durable store, temp data dir) + one executor `--slots 2`;
- *                 N command tasks `{"cmd": ["/bin/true"]}` through the SDK from a load process
- *   falconet-noop the same dispatcher and executor with N `noop` builtins: the dispatch path alone
+ *   node-spawn-executor-opts  the same with what executor/runner.ts asked before the helper (detached,
+ *                 piped stdout/stderr)
+ *   runner-helper a Node loop of executor/runner.ts runAttempt through the spawn helper
+ *                 (executor/spawn-helper/): the executor's own spawn path, without the dispatcher
+ *   falconet      a dispatcher (default durable store, temp data dir) + one executor `--slots 2`
+ *                 (spawn helper); N command tasks `{"cmd": ["/bin/true"]}` through the SDK from a
+ *                 load process
+ *   falconet-node the same with the executor's `--spawner node` (child_process.spawn): the gain
+ *   falconet-noop the first dispatcher and executor with N `noop` builtins: the dispatch path alone
  * and reports medians (min–max) of tasks/s, falconet / posix_spawn and falconet / node-spawn per
  * run (median of runs), the CPU each falconet process spent per task, and a CPU profile of the
  * executor (`node --cpu-prof`) from one extra falconet run. Writes bench/results/spawn-<date>.json.
  *
- *   npm run build && node dist/bench/spawn.js [--tasks 5000] [--runs 3] [--no-profile]
+ *   npm run build && node dist/bench/spawn.js [--tasks 5000] [--runs 3] [--prefetch N] [--no-profile]
  *
- * Internal roles (child processes of the above): --role load|node-spawn|helper.
+ * --prefetch N is passed to the dispatcher (push mode keeps N tasks on the executor beyond its slots).
+ * Internal roles (child processes of the above): --role load|node-spawn|runner.
  */
 import { spawn, execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,6 +33,7 @@ const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
 const SELF = here('./spawn.js');
 const SRC = here('../../bench/spawn-helper/');
+const RUNNER = here('../executor/runner.js');
 const IN_FLIGHT = 2;
 
 type Figures = { tasks: number; seconds: number; tasksPerSecond: number; failed: number; cpuMs?: number };
@@ -97,44 +102,27 @@ function roleNodeSpawn(n: number, executorOpts: boolean): Promise<Figures> {
   });
 }
 
-/** A Node loop driving the C spawn helper over its stdin/stdout, IN_FLIGHT at a time. */
-function roleHelper(helperBin: string, n: number): Promise<Figures> {
-  return new Promise((resolve, reject) => {
-    const helper = spawn(helperBin, ['65536'], { stdio: ['pipe', 'pipe', 'inherit'] });
-    helper.on('error', reject);
-    let started = 0;
-    let done = 0;
-    let failed = 0;
-    let buf: Buffer = Buffer.alloc(0);
-    const cpu0 = ownCpuMs();
-    const start = process.hrtime.bigint();
-    const send = () => {
+/** executor/runner.ts's runAttempt of /bin/true through the spawn helper, IN_FLIGHT at a time. */
+async function roleRunner(n: number): Promise<Figures> {
+  const { runAttempt, taskBaseEnv } = (await import(RUNNER)) as typeof import('../executor/runner.js');
+  const options = { outputLimit: 64 * 1024, killGraceMs: 2000, baseEnv: taskBaseEnv(), spawner: 'helper' as const };
+  await runAttempt({ cmd: ['/bin/true'] }, options).done; // starts the helper, outside the timing
+  let started = 0;
+  let failed = 0;
+  const cpu0 = ownCpuMs();
+  const start = process.hrtime.bigint();
+  const lane = async () => {
+    while (started < n) {
       started++;
-      helper.stdin!.write(`${started}\t/bin/true\n`);
-    };
-    helper.stdout!.on('data', (d: Buffer) => {
-      buf = buf.length ? Buffer.concat([buf, d]) : d;
-      for (;;) {
-        const nl = buf.indexOf(10);
-        if (nl < 0) break;
-        const [, code, , nout, nerr] = buf.subarray(0, nl).toString('latin1').split(' ');
-        const body = Number(nout) + Number(nerr);
-        if (buf.length < nl + 1 + body) break;
-        // stdout = buf.subarray(nl + 1, nl + 1 + Number(nout)), stderr follows: what a result would carry
-        buf = buf.subarray(nl + 1 + body);
-        if (code !== '0') failed++;
-        if (++done === n) {
-          const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-          helper.stdin!.end();
-          // the helper's CPU and its children's count once it is reaped
-          helper.once('exit', () => resolve({ tasks: n, seconds, tasksPerSecond: n / seconds, failed, cpuMs: ownCpuMs() - cpu0 }));
-          return;
-        }
-        if (started < n) send();
-      }
-    });
-    for (let i = 0; i < Math.min(IN_FLIGHT, n); i++) send();
-  });
+      if ((await runAttempt({ cmd: ['/bin/true'] }, options).done).status !== 'succeeded') failed++;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, n) }, lane));
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  // The helper's CPU and its children's: read before it exits (it is not our reaped child yet).
+  const helperPid = helperOf(process.pid);
+  const helperCpu = helperPid ? cpuMsOf(helperPid) + childCpuMsOf(helperPid) : 0;
+  return { tasks: n, seconds, tasksPerSecond: n / seconds, failed, cpuMs: ownCpuMs() - cpu0 + helperCpu };
 }
 
 // ---- orchestration ------------------------------------------------------------------------------
@@ -152,6 +140,14 @@ function childCpuMsOf(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return ((Number(f[13]) + Number(f[14])) * 1000) / 100;
+}
+/** The pid of the spawn helper a process started, if it runs. */
+function helperOf(pid: number): number | null {
+  try {
+    return Number(execFileSync('pgrep', ['-P', String(pid), '-f', 'falconet-spawn-helper'], { encoding: 'utf8' }).trim().split('\n')[0]) || null;
+  } catch {
+    return null; // pgrep exits 1 when there is none
+  }
 }
 /** Busy and total jiffies of the whole machine. */
 function machineCpu(): { busy: number; total: number } {
@@ -172,18 +168,21 @@ interface FalconetRun {
   noopCpuMsPerTask?: CpuSplit;
   machineBusy: number;
   profile?: ProfileSummary;
+  dispatcherProfile?: ProfileSummary;
 }
 
-async function falconetRun(n: number, opts: { noop: boolean; profileDir?: string }): Promise<FalconetRun> {
+async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' | 'node'; prefetch: number; profileDir?: string }): Promise<FalconetRun> {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-spawn-'));
   const procs: ChildProcess[] = [];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   try {
-    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    for (const who of ['dispatcher', 'executor']) if (opts.profileDir) mkdirSync(join(opts.profileDir, who), { recursive: true });
+    const dProfArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', join(opts.profileDir, 'dispatcher')] : [];
+    const d = spawn(process.execPath, [...dProfArgs, CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--prefetch', String(opts.prefetch)], { stdio: ['ignore', 'pipe', 'ignore'], env });
     procs.push(d);
     const [, url] = await waitLine(d, /listening on (\S+)/);
-    const profArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', opts.profileDir] : [];
-    const e = spawn(process.execPath, [...profArgs, CLI, 'executor', '--dispatcher', url, '--slots', String(IN_FLIGHT)], { stdio: 'ignore', env });
+    const profArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', join(opts.profileDir, 'executor')] : [];
+    const e = spawn(process.execPath, [...profArgs, CLI, 'executor', '--dispatcher', url, '--slots', String(IN_FLIGHT), '--spawner', opts.spawner], { stdio: 'ignore', env });
     procs.push(e);
     const deadline = Date.now() + 10_000;
     for (;;) {
@@ -195,10 +194,20 @@ async function falconetRun(n: number, opts: { noop: boolean; profileDir?: string
     const per = (x: number) => +(x / n).toFixed(3);
     // CPU of every falconet process over one load: dispatcher, executor, the executor's reaped
     // children (the /bin/true processes), and the load process (its timed section).
+    // The executor's spawn helper is its child until the executor exits: count its CPU as the
+    // executor's and its reaped children (the /bin/true processes) as the executor's children.
+    const helperCpu = () => {
+      const h = helperOf(e.pid!);
+      return h ? { own: cpuMsOf(h), kids: childCpuMsOf(h) } : { own: 0, kids: 0 };
+    };
+    const snapshot = () => {
+      const h = helperCpu();
+      return { d: cpuMsOf(d.pid!), e: cpuMsOf(e.pid!) + h.own, ec: childCpuMsOf(e.pid!) + h.kids, m: machineCpu() };
+    };
     const measure = (kind: string) => {
-      const before = { d: cpuMsOf(d.pid!), e: cpuMsOf(e.pid!), ec: childCpuMsOf(e.pid!), m: machineCpu() };
+      const before = snapshot();
       const f = runChild(['--role', 'load', '--url', url, '--tasks', String(n), '--kind', kind]);
-      const after = { d: cpuMsOf(d.pid!), e: cpuMsOf(e.pid!), ec: childCpuMsOf(e.pid!), m: machineCpu() };
+      const after = snapshot();
       const cpu = { dispatcher: per(after.d - before.d), executor: per(after.e - before.e), executorChildren: per(after.ec - before.ec), load: per(f.cpuMs ?? 0) };
       f.cpuMs = (after.d - before.d) + (after.e - before.e) + (after.ec - before.ec) + (f.cpuMs ?? 0);
       return { f, cpu, busy: +((after.m.busy - before.m.busy) / (after.m.total - before.m.total)).toFixed(3) };
@@ -214,8 +223,15 @@ async function falconetRun(n: number, opts: { noop: boolean; profileDir?: string
     if (opts.profileDir) {
       e.kill('SIGTERM'); // a clean exit writes the profile
       await exited(e);
-      const file = readdirSync(opts.profileDir).find((f) => f.endsWith('.cpuprofile'));
-      if (file) out.profile = summarize(JSON.parse(readFileSync(join(opts.profileDir, file), 'utf8')));
+      d.kill('SIGTERM');
+      await exited(d);
+      const load = (who: string) => {
+        const dir = join(opts.profileDir!, who);
+        const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+        return file ? summarize(JSON.parse(readFileSync(join(dir, file), 'utf8')), who === 'executor') : undefined;
+      };
+      out.profile = load('executor');
+      out.dispatcherProfile = load('dispatcher');
     }
     return out;
   } finally {
@@ -239,7 +255,8 @@ interface ProfileSummary {
   inclusive: Array<{ fn: string; pct: number }>;
 }
 
-function summarize(p: CpuProfile): ProfileSummary {
+/** Top self time, and inclusive time of the executor's spawn path (`executorFilter`) or of every function. */
+function summarize(p: CpuProfile, executorFilter: boolean): ProfileSummary {
   const self = new Map<number, number>();
   for (let i = 0; i < p.samples.length; i++) self.set(p.samples[i], (self.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
@@ -274,7 +291,7 @@ function summarize(p: CpuProfile): ProfileSummary {
     idlePct: pct(idle),
     topSelf: [...selfBy].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([fn, t]) => ({ fn, pct: pct(t) })),
     inclusive: [...incl]
-      .filter(([fn]) => /^(spawn|ChildProcess\.spawn|runCommand|runAttempt|#start|#onMessage|#deliver|send|onexit|ChildProcess\._handle\.onexit|processTicksAndRejections|emit) /.test(fn + ' ') || /^\((garbage collector|program)\)/.test(fn))
+      .filter(([fn]) => !executorFilter ? !/^\((root|idle)\)/.test(fn) : /^(spawn|ChildProcess\.spawn|runCommand|runAttempt|#start|#onMessage|#deliver|send|onexit|ChildProcess\._handle\.onexit|processTicksAndRejections|emit) /.test(fn + ' ') || /^\((garbage collector|program)\)/.test(fn))
       .sort((a, b) => b[1] - a[1])
       .slice(0, 12)
       .map(([fn, t]) => ({ fn, pct: pct(t) })),
@@ -294,7 +311,7 @@ async function main(): Promise<void> {
       role: { type: 'string' },
       url: { type: 'string' },
       kind: { type: 'string' },
-      helper: { type: 'string' },
+      prefetch: { type: 'string' },
       'executor-opts': { type: 'boolean' },
       'no-profile': { type: 'boolean' },
     },
@@ -304,20 +321,19 @@ async function main(): Promise<void> {
     let f: Figures;
     if (values.role === 'load') f = await roleLoad(values.url!, n, values.kind ?? 'cmd');
     else if (values.role === 'node-spawn') f = await roleNodeSpawn(n, values['executor-opts'] ?? false);
-    else if (values.role === 'helper') f = await roleHelper(values.helper!, n);
+    else if (values.role === 'runner') f = await roleRunner(n);
     else throw new Error(`unknown role ${values.role}`);
     process.stdout.write(JSON.stringify(f) + '\n');
     return;
   }
   const runs = Number(values.runs ?? 3);
+  const prefetch = Number(values.prefetch ?? 0);
   const bin = mkdtempSync(join(tmpdir(), 'falconet-spawn-helper-'));
   try {
     const loopBin = join(bin, 'spawn-loop');
-    const helperBin = join(bin, 'spawn-helper');
     execFileSync('cc', ['-O2', '-o', loopBin, join(SRC, 'spawn-loop.c')], { stdio: 'inherit' });
-    execFileSync('cc', ['-O2', '-o', helperBin, join(SRC, 'spawn-helper.c')], { stdio: 'inherit' });
 
-    const tput: Record<string, number[]> = { 'posix_spawn': [], 'node-spawn': [], 'node-spawn-executor-opts': [], 'node+helper': [], falconet: [], 'falconet-noop': [] };
+    const tput: Record<string, number[]> = { 'posix_spawn': [], 'node-spawn': [], 'node-spawn-executor-opts': [], 'runner-helper': [], falconet: [], 'falconet-node': [], 'falconet-noop': [] };
     const failures: Record<string, number> = {};
     const cpuMs: Record<string, number[]> = Object.fromEntries(Object.keys(tput).map((k) => [k, []]));
     const falconetRuns: FalconetRun[] = [];
@@ -330,18 +346,20 @@ async function main(): Promise<void> {
       record('posix_spawn', JSON.parse(execFileSync(loopBin, [String(n), String(IN_FLIGHT)], { encoding: 'utf8' })));
       record('node-spawn', runChild(['--role', 'node-spawn', '--tasks', String(n)]));
       record('node-spawn-executor-opts', runChild(['--role', 'node-spawn', '--executor-opts', '--tasks', String(n)]));
-      record('node+helper', runChild(['--role', 'helper', '--helper', helperBin, '--tasks', String(n)]));
-      const f = await falconetRun(n, { noop: true });
+      record('runner-helper', runChild(['--role', 'runner', '--tasks', String(n)]));
+      const f = await falconetRun(n, { noop: true, spawner: 'helper', prefetch });
       falconetRuns.push(f);
       record('falconet', f.cmd);
       record('falconet-noop', f.noop!);
+      const fn = await falconetRun(n, { noop: false, spawner: 'node', prefetch });
+      record('falconet-node', fn.cmd);
       process.stderr.write(`run ${r + 1}/${runs}: ${Object.entries(tput).map(([k, v]) => `${k} ${Math.round(v.at(-1)!)}`).join(', ')} tasks/s\n`);
     }
     let profile: FalconetRun | undefined;
     if (!values['no-profile']) {
       const profDir = mkdtempSync(join(tmpdir(), 'falconet-spawn-prof-'));
       try {
-        profile = await falconetRun(n, { noop: false, profileDir: profDir });
+        profile = await falconetRun(n, { noop: false, spawner: 'helper', prefetch, profileDir: profDir });
       } finally {
         rmSync(profDir, { recursive: true, force: true });
       }
@@ -357,7 +375,8 @@ async function main(): Promise<void> {
     const out = {
       date: new Date().toISOString(),
       machine: { cores: cpus().length, node: process.version },
-      command: `node dist/bench/spawn.js --tasks ${n} --runs ${runs}${values['no-profile'] ? ' --no-profile' : ''}`,
+      command: `node dist/bench/spawn.js --tasks ${n} --runs ${runs}${prefetch ? ` --prefetch ${prefetch}` : ''}${values['no-profile'] ? ' --no-profile' : ''}`,
+      prefetch,
       inFlight: IN_FLIGHT,
       rows: Object.entries(tput).map(([name, xs]) => ({
         name,
@@ -373,12 +392,13 @@ async function main(): Promise<void> {
       falconetNoopCpuMsPerTask: noopCpuPerTask,
       falconetMachineBusy: median(falconetRuns.map((f) => f.machineBusy)),
       executorProfile: profile ? { tasksPerSecondWhileProfiled: Math.round(profile.cmd.tasksPerSecond), cpuMsPerTask: profile.cpuMsPerTask, ...profile.profile } : null,
+      dispatcherProfile: profile?.dispatcherProfile ?? null,
     };
     mkdirSync(resultsFile(), { recursive: true });
-    const file = resultsFile(`spawn-${out.date.slice(0, 10)}.json`);
+    const file = resultsFile(`spawn-${out.date.slice(0, 10)}${prefetch ? `-prefetch${prefetch}` : ''}.json`);
     writeFileSync(file, JSON.stringify(out, null, 2) + '\n');
 
-    console.log(`/bin/true, ${n} tasks, ${IN_FLIGHT} in flight, ${runs} run(s); ${out.machine.cores} cores, Node ${out.machine.node}\n`);
+    console.log(`/bin/true, ${n} tasks, ${IN_FLIGHT} in flight, ${runs} run(s), dispatcher --prefetch ${prefetch}; ${out.machine.cores} cores, Node ${out.machine.node}\n`);
     console.log('| path | tasks/s, median (min–max) | / posix_spawn, median of runs (min–max) | / node-spawn (min–max) | CPU ms per task, all its processes |');
     console.log('|---|---|---|---|---|');
     for (const r of out.rows) {
@@ -393,9 +413,7 @@ async function main(): Promise<void> {
         `its children (/bin/true) ${cpuPerTask.executorChildren}, load ${cpuPerTask.load}; machine busy ${Math.round(100 * out.falconetMachineBusy)}% of ${out.machine.cores} cores ` +
         `(other users' processes included). noop tasks: dispatcher ${noopCpuPerTask.dispatcher}, executor ${noopCpuPerTask.executor}, load ${noopCpuPerTask.load}`,
     );
-    if (out.executorProfile) {
-      const pr = out.executorProfile;
-      console.log(`\nExecutor CPU profile (one extra run at ${pr.tasksPerSecondWhileProfiled} tasks/s under --cpu-prof; ${pr.totalMs} ms sampled, idle ${pr.idlePct}%):\n`);
+    const printProfile = (pr: Partial<ProfileSummary>) => {
       console.log('| self time | % | | inclusive | % |');
       console.log('|---|---|---|---|---|');
       const rows = Math.max(pr.topSelf?.length ?? 0, pr.inclusive?.length ?? 0);
@@ -404,6 +422,16 @@ async function main(): Promise<void> {
         const c = pr.inclusive?.[i];
         console.log(`| ${s ? '`' + s.fn + '`' : ''} | ${s?.pct ?? ''} | | ${c ? '`' + c.fn + '`' : ''} | ${c?.pct ?? ''} |`);
       }
+    };
+    if (out.executorProfile) {
+      const pr = out.executorProfile;
+      console.log(`\nExecutor CPU profile (one extra run at ${pr.tasksPerSecondWhileProfiled} tasks/s under --cpu-prof; ${pr.totalMs} ms sampled, idle ${pr.idlePct}%):\n`);
+      printProfile(pr);
+    }
+    if (out.dispatcherProfile) {
+      const pr = out.dispatcherProfile;
+      console.log(`\nDispatcher CPU profile (the same run; ${pr.totalMs} ms sampled, idle ${pr.idlePct}%):\n`);
+      printProfile(pr);
     }
     console.log(`\nWrote ${file}`);
   } finally {

@@ -24,6 +24,7 @@ usage:
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
+                    [--spawner helper|node]
   falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] [--input SRC=DST]... [--output SRC=DST]... -- CMD ARGS...
   falconet submit [--file F | -] [--session S] [--detach] [--lease S] [--max-in-flight N] [--progress]
   falconet watch SESSION [--progress]
@@ -254,6 +255,7 @@ async function executorCommand(args: string[]): Promise<void> {
     mode: { type: 'string' },
     'idle-exit': { type: 'string' },
     'output-limit': { type: 'string' },
+    spawner: { type: 'string' },
     'dispatcher-timeout': { type: 'string' },
     'retire-exit-code': { type: 'string' },
     'shutdown-command': { type: 'string' },

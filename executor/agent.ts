@@ -47,6 +47,8 @@ export interface ExecutorOptions {
   /** Exit after this long with nothing to run (0: never). */
   idleExitMs?: number;
   outputLimit?: number;
+  /** How commands start: the spawn helper (default, when built) or Node's child_process. */
+  spawner?: 'helper' | 'node';
   killGraceMs?: number;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
@@ -148,7 +150,7 @@ export class ExecutorAgent {
   ) {
     this.id = o.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.slots = o.slots ?? availableParallelism();
-    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv() };
+    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), ...(o.spawner ? { spawner: o.spawner } : {}) };
     this.#data = defaultDataOptions(this.id);
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];

@@ -34,6 +34,7 @@ export interface ExecutorFlags {
   mode?: string;
   'idle-exit'?: string;
   'output-limit'?: string;
+  spawner?: string;
   'dispatcher-timeout'?: string;
   'retire-exit-code'?: string;
   'shutdown-command'?: string;
@@ -69,6 +70,7 @@ const SETTINGS = {
   retireExitCode: { flag: 'retire-exit-code', env: 'FALCONET_RETIRE_EXIT_CODE', ud: 'retireExitCode' },
   shutdownCommand: { flag: 'shutdown-command', env: 'FALCONET_SHUTDOWN_COMMAND', ud: 'shutdownCommand' },
   outputLimit: { flag: 'output-limit', env: 'FALCONET_OUTPUT_LIMIT' },
+  spawner: { flag: 'spawner', env: 'FALCONET_SPAWNER', ud: 'spawner' },
 } as const satisfies Record<string, SettingSpec>;
 export type Setting = keyof typeof SETTINGS;
 
@@ -308,6 +310,9 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
   const mode = str('mode') ?? 'push';
   if (mode !== 'push' && mode !== 'pull') usage(`${where('mode', sources.mode!, file)} must be push or pull (got ${JSON.stringify(mode)})`);
 
+  const spawner = str('spawner');
+  if (spawner !== undefined && spawner !== 'helper' && spawner !== 'node') usage(`${where('spawner', sources.spawner!, file)} must be helper or node (got ${JSON.stringify(spawner)})`);
+
   const slots = num('slots', { min: 1, max: 1_000_000, integer: true });
   const idleExit = num('idleExit', { min: 0 });
   const dispatcherTimeout = num('dispatcherTimeout', { min: 0 });
@@ -331,6 +336,7 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     retireExitCode: retireExitCode ?? 0,
     ...(shutdownCommand !== undefined ? { shutdownCommand } : {}),
     ...(outputLimit !== undefined ? { outputLimit } : {}),
+    ...(spawner !== undefined ? { spawner } : {}),
     ...(identity ? { instanceId: identity.instanceId } : {}),
     ...(addresses.length ? { addresses } : {}),
   };

@@ -4,9 +4,15 @@
  * flagged when cut. A timeout or a cancel kills the whole group (SIGTERM, then SIGKILL after a
  * grace period), so a shell's children die with it; so do leftovers once the main process exits,
  * or they would hold the task's pipes open and outlive its accounting.
+ *
+ * Commands start through the spawn helper (spawner.ts) when its binary is there: a Node spawn
+ * forks the whole executor for each task. Node's child_process stays as the fallback (no
+ * compiler at build time, a stale or dying helper) and for `spawner: 'node'`; both paths report
+ * the same outcomes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, type AttemptResult, type TaskSpec } from '../protocol/index.js';
+import { SpawnHelper, type HelperResult } from './spawner.js';
 
 /** What the runner reports; the agent adds uid and attempt. */
 export type Outcome = Omit<AttemptResult, 'uid' | 'attempt'>;
@@ -18,6 +24,13 @@ export interface RunnerOptions {
   killGraceMs: number;
   /** Environment every task starts from (the executor's own, minus its secrets). */
   baseEnv: NodeJS.ProcessEnv;
+  /**
+   * How commands start: `helper` (the default) uses the spawn helper when its binary exists and
+   * falls back to `node` (child_process.spawn) otherwise. Builtins never start a process.
+   */
+  spawner?: 'helper' | 'node';
+  /** The spawn helper's binary; by default the one `npm run build` puts next to this module. */
+  helperPath?: string;
 }
 
 export interface RunningAttempt {
@@ -116,9 +129,92 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 }
 
 function runCommand(spec: TaskSpec, options: RunnerOptions): RunningAttempt {
-  const startedAt = Date.now();
   const cmd = spec.cmd ?? [];
   const argv = spec.shell ? ['/bin/sh', '-c', cmd.join(' ')] : cmd;
+  if (options.spawner !== 'node' && helperCanRun(spec, argv)) {
+    const helper = SpawnHelper.for(options.helperPath);
+    if (helper.usable) return runWithHelper(helper, spec, argv, options);
+  }
+  return runWithNode(spec, argv, options);
+}
+
+/** NUL cannot cross into a C string: Node rejects such tasks itself, with its own message. */
+function helperCanRun(spec: TaskSpec, argv: readonly string[]): boolean {
+  if (argv.length === 0 || (spec.cwd !== undefined && spec.cwd.includes('\0'))) return false;
+  for (const a of argv) if (a.includes('\0')) return false;
+  if (spec.env) for (const k in spec.env) if (k.includes('\0') || spec.env[k].includes('\0')) return false;
+  return true;
+}
+
+/** The outcome of a command that ran to its end (or was stopped), whichever way it was started. */
+function commandOutcome(
+  spec: TaskSpec,
+  startedAt: number,
+  stopReason: 'timed_out' | 'cancelled' | null,
+  captured: { stdout: string; stderr: string; truncated: boolean; exitCode: number | null; signal: NodeJS.Signals | null },
+): Outcome {
+  if (stopReason === 'timed_out') {
+    return outcome('timed_out', startedAt, { ...captured, error: { code: ErrorCode.TASK_TIMEOUT, message: `timed out after ${spec.timeoutMs} ms; process group killed` } });
+  } else if (stopReason === 'cancelled') {
+    return outcome('cancelled', startedAt, { ...captured, error: { code: ErrorCode.TASK_CANCELLED, message: 'cancelled; process group killed' } });
+  } else if (captured.exitCode === 0) {
+    return outcome('succeeded', startedAt, captured);
+  }
+  const why = captured.signal ? `killed by ${captured.signal}` : `exited with code ${captured.exitCode}`;
+  return outcome('failed', startedAt, { ...captured, error: { code: ErrorCode.TASK_FAILED, message: why } });
+}
+
+function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], options: RunnerOptions): RunningAttempt {
+  const startedAt = Date.now();
+  let stopReason: 'timed_out' | 'cancelled' | null = null;
+  let settled = false;
+  let timeoutTimer: NodeJS.Timeout | undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+  let fallback: RunningAttempt | null = null;
+  let settle!: (o: Outcome) => void;
+  const done = new Promise<Outcome>((resolve) => (settle = resolve));
+  const finish = (o: Outcome) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timeoutTimer);
+    clearTimeout(killTimer);
+    settle(o);
+  };
+  const onResult = (r: HelperResult) => {
+    switch (r.kind) {
+      case 'exited':
+        return finish(commandOutcome(spec, startedAt, stopReason, r));
+      case 'spawn-failed':
+        // The message Node's spawn would give (`spawn /no/such ENOENT`), so that nothing matching on it changes.
+        return finish(outcome('failed', startedAt, { error: { code: ErrorCode.SPAWN_FAILED, message: `${argv[0]}: spawn ${argv[0]} ${r.code}` } }));
+      case 'lost':
+        return finish(outcome('failed', startedAt, { error: { code: ErrorCode.SPAWN_HELPER_LOST, message: r.message } }));
+      case 'unavailable':
+        // The helper turned out unusable before this task started: nothing ran yet.
+        clearTimeout(timeoutTimer);
+        if (stopReason) return finish(commandOutcome(spec, startedAt, stopReason, { stdout: '', stderr: '', truncated: false, exitCode: null, signal: null }));
+        fallback = runWithNode(spec, argv, options);
+        void fallback.done.then(finish);
+        return;
+    }
+  };
+  const id = helper.start({ argv, env: spec.env ? { ...options.baseEnv, ...spec.env } : options.baseEnv, cwd: spec.cwd, stdin: spec.stdin, outputLimit: options.outputLimit }, onResult);
+  if (id === null) return runWithNode(spec, argv, options);
+  const stop = (reason: 'timed_out' | 'cancelled') => {
+    if (fallback) return fallback.cancel();
+    if (stopReason || settled) return;
+    stopReason = reason;
+    helper.kill(id, 'SIGTERM');
+    // Only while unsettled: a settled task's id may already belong to another task.
+    killTimer = setTimeout(() => settled || helper.kill(id, 'SIGKILL'), options.killGraceMs);
+  };
+  if (spec.timeoutMs !== undefined) timeoutTimer = setTimeout(() => stop('timed_out'), spec.timeoutMs);
+  return { done, cancel: () => stop('cancelled') };
+}
+
+/** Today's path: Node's child_process.spawn (a fork of this process per task). */
+function runWithNode(spec: TaskSpec, argv: string[], options: RunnerOptions): RunningAttempt {
+  const startedAt = Date.now();
   const stdout = new BoundedCapture(options.outputLimit);
   const stderr = new BoundedCapture(options.outputLimit);
   let stopReason: 'timed_out' | 'cancelled' | null = null;
@@ -168,17 +264,7 @@ function runCommand(spec: TaskSpec, options: RunnerOptions): RunningAttempt {
   });
   child.on('exit', () => killGroup(child, 'SIGKILL'));
   child.on('close', (code, signal) => {
-    const captured = { stdout: stdout.text(), stderr: stderr.text(), truncated: stdout.truncated || stderr.truncated, exitCode: code, signal };
-    if (stopReason === 'timed_out') {
-      finish(outcome('timed_out', startedAt, { ...captured, error: { code: ErrorCode.TASK_TIMEOUT, message: `timed out after ${spec.timeoutMs} ms; process group killed` } }));
-    } else if (stopReason === 'cancelled') {
-      finish(outcome('cancelled', startedAt, { ...captured, error: { code: ErrorCode.TASK_CANCELLED, message: 'cancelled; process group killed' } }));
-    } else if (code === 0) {
-      finish(outcome('succeeded', startedAt, captured));
-    } else {
-      const why = signal ? `killed by ${signal}` : `exited with code ${code}`;
-      finish(outcome('failed', startedAt, { ...captured, error: { code: ErrorCode.TASK_FAILED, message: why } }));
-    }
+    finish(commandOutcome(spec, startedAt, stopReason, { stdout: stdout.text(), stderr: stderr.text(), truncated: stdout.truncated || stderr.truncated, exitCode: code, signal }));
   });
   return { done, cancel: () => stop('cancelled') };
 }

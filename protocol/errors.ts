@@ -34,6 +34,11 @@ export const ErrorCode = {
   TASK_CANCELLED: 'TASK_CANCELLED',
   /** The command could not be started (no such file, permission denied, bad cwd). */
   SPAWN_FAILED: 'SPAWN_FAILED',
+  /**
+   * The executor's spawn helper (the process that starts its commands) died while the task ran;
+   * the task's process group was killed. Not the task's fault: it may be run again.
+   */
+  SPAWN_HELPER_LOST: 'SPAWN_HELPER_LOST',
   /** The command exited non-zero or was killed by a signal. */
   TASK_FAILED: 'TASK_FAILED',
   /** The dispatcher is shutting down and takes no new work. */
@@ -85,6 +90,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.STORE_FAILED,
   ErrorCode.RATE_LIMITED,
   ErrorCode.TASK_EXECUTOR_LOST,
+  ErrorCode.SPAWN_HELPER_LOST,
 ]);
 
 /** The wire form of an error. */

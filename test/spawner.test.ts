@@ -1,0 +1,258 @@
+/**
+ * The executor's spawn helper through runner.ts, with real processes: every behaviour of a command
+ * task (exit, signal, capture, stdin, env, cwd, shell, spawn failures, timeouts and cancels that
+ * kill the whole group, leftovers), many at once, the helper dying mid-task, and the fallbacks to
+ * Node's child_process. Every process a test starts is killed by the end of it.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ErrorCode, type TaskSpec } from '../protocol/index.js';
+import { runAttempt, taskBaseEnv, type RunnerOptions } from '../executor/runner.js';
+import { DEFAULT_HELPER_PATH } from '../executor/spawner.js';
+
+const base: RunnerOptions = { outputLimit: 64 * 1024, killGraceMs: 300, baseEnv: taskBaseEnv(), spawner: 'helper' };
+const run = (spec: TaskSpec, o: Partial<RunnerOptions> = {}) => runAttempt(spec, { ...base, ...o }).done;
+
+/** The parent of a task's process: the helper's pid when it ran through the helper. */
+async function parentOf(o: Partial<RunnerOptions> = {}): Promise<number> {
+  return Number((await run({ cmd: ['/bin/sh', '-c', 'echo $PPID'] }, o)).stdout.trim());
+}
+
+/** Running (a zombie waiting for a reaper that is not us counts as dead). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** Kills the pids listed in `file` (one a line): what a test's tasks left, if anything. */
+function killListed(file: string): void {
+  if (!existsSync(file)) return;
+  for (const pid of readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {}
+  }
+}
+
+test('the helper binary is built and used', async () => {
+  assert.ok(existsSync(DEFAULT_HELPER_PATH), `npm run build should have built ${DEFAULT_HELPER_PATH}`);
+  const ppid = await parentOf();
+  assert.notEqual(ppid, process.pid);
+  assert.match(readFileSync(`/proc/${ppid}/cmdline`, 'latin1'), /falconet-spawn-helper/);
+});
+
+test('exit codes and signals', async () => {
+  const ok = await run({ cmd: ['/bin/true'] });
+  assert.equal(ok.status, 'succeeded');
+  assert.equal(ok.exitCode, 0);
+  assert.equal(ok.error, undefined);
+  const seven = await run({ cmd: ['/bin/sh', '-c', 'exit 7'] });
+  assert.deepEqual([seven.status, seven.exitCode, seven.signal, seven.error?.code, seven.error?.message], ['failed', 7, null, ErrorCode.TASK_FAILED, 'exited with code 7']);
+  const killed = await run({ cmd: ['/bin/sh', '-c', 'kill -TERM $$'] });
+  assert.deepEqual([killed.status, killed.exitCode, killed.signal, killed.error?.message], ['failed', null, 'SIGTERM', 'killed by SIGTERM']);
+  // SIGPIPE is ignored in the helper: the task must get it back at its default (death).
+  const pipe = await run({ cmd: ['/bin/sh', '-c', 'yes | head -c 1 >/dev/null; exit 0'] });
+  assert.equal(pipe.status, 'succeeded');
+});
+
+test('stdout and stderr are captured up to the limit, with a truncated flag', async () => {
+  const exact = await run({ cmd: ['/bin/sh', '-c', 'printf 0123456789; printf abc >&2'] }, { outputLimit: 10 });
+  assert.deepEqual([exact.stdout, exact.stderr, exact.truncated], ['0123456789', 'abc', false]);
+  const over = await run({ cmd: ['/bin/sh', '-c', 'printf 0123456789X'] }, { outputLimit: 10 });
+  assert.deepEqual([over.stdout, over.truncated], ['0123456789', true]);
+  const errOver = await run({ cmd: ['/bin/sh', '-c', 'printf 0123456789X >&2'] }, { outputLimit: 10 });
+  assert.deepEqual([errOver.stderr, errOver.truncated], ['0123456789', true]);
+  // Far more than a pipe holds: the task must not block on its output, and we keep the limit.
+  const big = await run({ cmd: ['/bin/sh', '-c', 'head -c 5000000 /dev/zero | tr "\\0" x; echo done >&2'] }, { outputLimit: 100_000 });
+  assert.equal(big.status, 'succeeded');
+  assert.equal(big.stdout.length, 100_000);
+  assert.equal(big.stderr, 'done\n');
+  assert.equal(big.truncated, true);
+  const utf8 = await run({ cmd: ['/bin/echo', 'héllo ✓'] });
+  assert.equal(utf8.stdout, 'héllo ✓\n');
+});
+
+test('stdin: given bytes, large input, input the task ignores, and /dev/null otherwise', async () => {
+  assert.equal((await run({ cmd: ['/bin/cat'], stdin: 'a\tb\nc' })).stdout, 'a\tb\nc');
+  assert.equal((await run({ cmd: ['/bin/cat'], stdin: '' })).stdout, '');
+  const big = 'x'.repeat(1024 * 1024);
+  assert.equal((await run({ cmd: ['/usr/bin/wc', '-c'], stdin: big })).stdout.trim(), String(big.length));
+  const ignored = await run({ cmd: ['/bin/true'], stdin: big });
+  assert.equal(ignored.status, 'succeeded');
+  assert.equal((await run({ cmd: ['/bin/cat'] })).stdout, '');
+});
+
+test('env is the base environment plus the task’s, and PATH lookup uses the task’s PATH', async () => {
+  const env = await run({ cmd: ['/bin/sh', '-c', 'printf "%s|%s|%s" "$FOO" "$BAR" "$HOME_BASE"'], env: { FOO: 'f o\to', BAR: '' } }, { baseEnv: { HOME_BASE: 'b', FOO: 'base', PATH: '/usr/bin:/bin' } });
+  assert.equal(env.stdout, 'f o\to||b');
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  try {
+    writeFileSync(join(dir, 'mytool'), '#!/bin/sh\necho found me\n');
+    chmodSync(join(dir, 'mytool'), 0o755);
+    const found = await run({ cmd: ['mytool'], env: { PATH: `/nonexistent:${dir}` } });
+    assert.equal(found.stdout, 'found me\n');
+    const notFound = await run({ cmd: ['mytool'] });
+    assert.equal(notFound.error?.code, ErrorCode.SPAWN_FAILED);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cwd, shell tasks, and arguments with newlines, tabs, quotes and long values', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  try {
+    assert.equal((await run({ cmd: ['/bin/pwd'], cwd: dir })).stdout, `${dir}\n`);
+    writeFileSync(join(dir, 'here.sh'), '#!/bin/sh\necho relative\n');
+    chmodSync(join(dir, 'here.sh'), 0o755);
+    assert.equal((await run({ cmd: ['./here.sh'], cwd: dir })).stdout, 'relative\n');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const shell = await run({ cmd: ['echo', 'a', '&&', 'echo', '$((1+2))'], shell: true });
+  assert.equal(shell.stdout, 'a\n3\n');
+  const args = ['line1\nline2', 'tab\there', ' lead', '', "q'uo\"te", 'ünï ✓ \u{1F600}', '\r\x01\x7f', 'x'.repeat(100_000)];
+  const echoed = await run({ cmd: [process.execPath, '-e', 'process.stdout.write(JSON.stringify(process.argv.slice(1)))', ...args] }, { outputLimit: 1 << 20 });
+  assert.deepEqual(JSON.parse(echoed.stdout), args);
+});
+
+test('spawn failures: missing binary, not executable, bad cwd (same messages as Node)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  const plain = join(dir, 'plain');
+  writeFileSync(plain, 'not a program\n', { mode: 0o644 });
+  for (const spawner of ['helper', 'node'] as const) {
+    const missing = await run({ cmd: ['/no/such/binary', 'x'] }, { spawner });
+    assert.deepEqual([missing.status, missing.error?.code, missing.error?.message], ['failed', ErrorCode.SPAWN_FAILED, '/no/such/binary: spawn /no/such/binary ENOENT'], spawner);
+    const noexec = await run({ cmd: [plain] }, { spawner });
+    assert.deepEqual([noexec.error?.code, noexec.error?.message], [ErrorCode.SPAWN_FAILED, `${plain}: spawn ${plain} EACCES`], spawner);
+    const badCwd = await run({ cmd: ['/bin/true'], cwd: '/no/such/dir' }, { spawner });
+    assert.deepEqual([badCwd.error?.code, badCwd.error?.message], [ErrorCode.SPAWN_FAILED, '/bin/true: spawn /bin/true ENOENT'], spawner);
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a timeout kills the whole process group, SIGKILL after the grace if SIGTERM is ignored', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  const pids = join(dir, 'pids');
+  try {
+    const t0 = Date.now();
+    const r = await run({ cmd: ['/bin/sh', '-c', `sleep 60 & echo $! >> ${pids}; echo $$ >> ${pids}; wait`], timeoutMs: 300 });
+    assert.equal(r.status, 'timed_out');
+    assert.equal(r.error?.code, ErrorCode.TASK_TIMEOUT);
+    assert.ok(Date.now() - t0 < 5000);
+    await sleep(100);
+    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `pid ${pid} survived`);
+
+    const t1 = Date.now();
+    const stubborn = await run({ cmd: ['/bin/sh', '-c', `trap "" TERM; echo $$ >> ${pids}; while :; do sleep 0.05; done`], timeoutMs: 200 }, { killGraceMs: 300 });
+    assert.equal(stubborn.status, 'timed_out');
+    assert.equal(stubborn.signal, 'SIGKILL');
+    assert.ok(Date.now() - t1 >= 450, 'SIGKILL only after the grace');
+  } finally {
+    killListed(pids);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cancel stops the task; leftovers are killed once the main process exits', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  const pids = join(dir, 'pids');
+  try {
+    const running = runAttempt({ cmd: ['/bin/sleep', '60'] }, base);
+    await sleep(100);
+    running.cancel();
+    const c = await running.done;
+    assert.deepEqual([c.status, c.error?.code, c.signal], ['cancelled', ErrorCode.TASK_CANCELLED, 'SIGTERM']);
+
+    const t0 = Date.now();
+    const r = await run({ cmd: ['/bin/sh', '-c', `sleep 60 & echo $! >> ${pids}; echo main done`] });
+    assert.deepEqual([r.status, r.stdout], ['succeeded', 'main done\n']);
+    assert.ok(Date.now() - t0 < 5000, 'the background sleep did not hold the pipes open');
+    await sleep(100);
+    const [bg] = readFileSync(pids, 'utf8').split('\n').map(Number);
+    assert.equal(alive(bg), false);
+  } finally {
+    killListed(pids);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('500 tasks at once', async () => {
+  const results = await Promise.all(Array.from({ length: 500 }, (_, i) => run({ cmd: ['/bin/sh', '-c', `sleep 0.2; echo ${i}`] })));
+  results.forEach((r, i) => assert.deepEqual([r.status, r.stdout], ['succeeded', `${i}\n`]));
+});
+
+test('the helper killed mid-task: its tasks fail with SPAWN_HELPER_LOST, the next ones start a new helper', async () => {
+  // Another path string for the same binary: a helper of its own, so this test's deaths are its own.
+  const helperPath = DEFAULT_HELPER_PATH.replace(/falconet-spawn-helper$/, './falconet-spawn-helper');
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  const pids = join(dir, 'pids');
+  try {
+    const helperPid = await parentOf({ helperPath });
+    const running = [1, 2, 3].map(() => runAttempt({ cmd: ['/bin/sh', '-c', `echo $$ >> ${pids}; exec sleep 60`] }, { ...base, helperPath }));
+    await sleep(200);
+    process.kill(helperPid, 'SIGKILL');
+    for (const r of await Promise.all(running.map((x) => x.done))) {
+      assert.equal(r.status, 'failed');
+      assert.equal(r.error?.code, ErrorCode.SPAWN_HELPER_LOST);
+      assert.match(r.error!.message, /spawn helper killed by SIGKILL/);
+    }
+    // their groups were killed too (their pids had reached us: they ran for 200 ms)
+    await sleep(100);
+    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `task ${pid} outlived its helper`);
+    const next = await parentOf({ helperPath });
+    assert.notEqual(next, helperPid);
+    assert.notEqual(next, process.pid, 'a new helper, not the fallback');
+  } finally {
+    killListed(pids);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('fallbacks to Node: spawner node, a missing binary, a stale binary', async () => {
+  assert.equal(await parentOf({ spawner: 'node' }), process.pid);
+  assert.equal(await parentOf({ helperPath: '/no/such/falconet-spawn-helper' }), process.pid);
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  try {
+    // A helper of another protocol version: says hello with version 99, then waits for stdin to close.
+    const stale = join(dir, 'stale-helper');
+    writeFileSync(stale, `#!/bin/sh\nprintf '\\027\\000\\000\\000H\\143falconet-spawn-helper'\nexec cat >/dev/null\n`);
+    chmodSync(stale, 0o755);
+    const r = await run({ cmd: ['/bin/sh', '-c', 'echo $PPID; exit 3'] }, { helperPath: stale });
+    assert.deepEqual([r.status, r.exitCode, Number(r.stdout.trim())], ['failed', 3, process.pid]);
+    // and it stays on Node's spawn without another try
+    assert.equal(await parentOf({ helperPath: stale }), process.pid);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the helper exits and kills its tasks when the executor dies', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  const pids = join(dir, 'pids');
+  try {
+    const script = `
+      import { runAttempt, taskBaseEnv } from ${JSON.stringify(new URL('../executor/runner.js', import.meta.url).href)};
+      runAttempt({ cmd: ['/bin/sh', '-c', 'echo $PPID >> ${pids}; echo $$ >> ${pids}; exec sleep 60'] }, { outputLimit: 1024, killGraceMs: 100, baseEnv: taskBaseEnv() });
+      setTimeout(() => process.kill(process.pid, 'SIGKILL'), 300);`;
+    try {
+      execFileSync(process.execPath, ['--input-type=module', '-e', script], { stdio: 'ignore' });
+    } catch {}
+    const [helper, task] = readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number);
+    const deadline = Date.now() + 3000;
+    while ((alive(helper) || alive(task)) && Date.now() < deadline) await sleep(50);
+    assert.equal(alive(helper), false, 'helper exited');
+    assert.equal(alive(task), false, 'its task was killed');
+  } finally {
+    killListed(pids);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
