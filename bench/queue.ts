@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { connect, type TaskSpec } from '../client/index.js';
-import { resultsFile } from './harness.js';
+import { cell, resultsFile, spread } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -143,26 +143,35 @@ async function scenario(store: string, n: number) {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { role: { type: 'string' }, url: { type: 'string' }, tasks: { type: 'string' }, stores: { type: 'string' } } });
+  const { values } = parseArgs({ options: { role: { type: 'string' }, url: { type: 'string' }, tasks: { type: 'string' }, stores: { type: 'string' }, runs: { type: 'string' } } });
   const n = Number(values.tasks ?? 1_000_000);
   if (values.role === 'load') return load(values.url!, n);
   const stores = (values.stores ?? 'memory,sqlite').split(',');
+  const runs = Number(values.runs ?? 3);
   const began = Date.now();
-  const rows = [];
-  for (const store of stores) rows.push(await scenario(store, n));
+  const perRun: Array<Awaited<ReturnType<typeof scenario>>> = [];
+  for (let r = 0; r < runs; r++) for (const store of stores) perRun.push(await scenario(store, n));
+  const rows = stores.map((store) => {
+    const mine = perRun.filter((x) => x.store === store);
+    const pick = (k: 'queuedSeen' | 'submitSeconds' | 'rssQueuedMB' | 'bytesPerQueuedTask' | 'drainSeconds' | 'drainTasksPerSecond', digits = 0) => spread(mine.map((x) => x[k]), digits);
+    return { store, queuedSeen: pick('queuedSeen'), submitSeconds: pick('submitSeconds', 2), rssQueuedMB: pick('rssQueuedMB', 1), bytesPerQueuedTask: pick('bytesPerQueuedTask'), drainSeconds: pick('drainSeconds', 2), drainTasksPerSecond: pick('drainTasksPerSecond') };
+  });
   const out = {
     date: new Date().toISOString(),
     machine: { cores: cpus().length, node: process.version },
-    command: `node dist/bench/queue.js --tasks ${n} --stores ${stores.join(',')}`,
+    command: `node dist/bench/queue.js --runs ${runs} --tasks ${n} --stores ${stores.join(',')}`,
     wallSeconds: Math.round((Date.now() - began) / 1000),
+    runs,
     figures: rows,
+    perRun,
   };
   mkdirSync(resultsFile(), { recursive: true });
   writeFileSync(resultsFile(`queue-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
-  console.log('| store | tasks queued | submit s | RSS before → queued (peak) MB | bytes per queued task (target ≤ 1024) | drain s | drain tasks/s |');
+  console.log(`${n.toLocaleString('en')} tasks queued, then drained by 2 executors × 1,000 slots; median of ${runs} runs (min–max)\n`);
+  console.log('| store | tasks queued | submit s | RSS queued MB | bytes per queued task (target ≤ 1024) | drain s | drain tasks/s |');
   console.log('|---|---|---|---|---|---|---|');
   for (const r of rows) {
-    console.log(`| ${r.store} | ${r.queuedSeen} | ${r.submitSeconds} | ${r.rssBeforeMB} → ${r.rssQueuedMB} (${r.rssPeakWhileQueuingMB}) | ${r.bytesPerQueuedTask} ${r.bytesPerQueuedTask <= 1024 ? '(met)' : '(not met)'} | ${r.drainSeconds} | ${r.drainTasksPerSecond} |`);
+    console.log(`| ${r.store} | ${r.queuedSeen.median} | ${cell(r.submitSeconds)} | ${cell(r.rssQueuedMB)} | ${cell(r.bytesPerQueuedTask)} ${r.bytesPerQueuedTask.median <= 1024 ? '(met)' : '(not met)'} | ${cell(r.drainSeconds)} | ${cell(r.drainTasksPerSecond)} |`);
   }
 }
 

@@ -23,8 +23,8 @@ export const SCENARIOS: Record<string, Scenario> = {
   latency: { script: 'latency.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '100'], writes: ['latency-'] },
   bullmq: { script: 'bullmq.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--latency', '100'], writes: ['bullmq-'] },
   spawn: { script: 'spawn.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '100', '--no-profile'], writes: ['spawn-'] },
-  scale: { script: 'scale.js', full: [], smoke: ['--executors', '200', '--per-process', '100', '--tasks', '2000'], writes: ['scale-'] },
-  queue: { script: 'queue.js', full: [], smoke: ['--tasks', '5000'], writes: ['queue-'] },
+  scale: { script: 'scale.js', full: [], smoke: ['--runs', '1', '--executors', '200', '--per-process', '100', '--tasks', '2000'], writes: ['scale-'] },
+  queue: { script: 'queue.js', full: [], smoke: ['--runs', '1', '--tasks', '5000'], writes: ['queue-'] },
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
   transport: {

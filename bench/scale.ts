@@ -18,7 +18,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { resultsFile } from './harness.js';
+import { cell, resultsFile, spread } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const CLI = here('../client/cli.js');
@@ -78,30 +78,23 @@ async function stop(procs: ChildProcess[], signal: NodeJS.Signals = 'SIGKILL'): 
   await Promise.all(procs.map((p) => new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r(null) : p.once('exit', r)))));
 }
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      executors: { type: 'string' },
-      'per-process': { type: 'string' },
-      tasks: { type: 'string' },
-      store: { type: 'string' },
-      transport: { type: 'string' },
-      batch: { type: 'string' },
-      'cpu-prof': { type: 'string' },
-      'heap-snapshot': { type: 'string' },
-    },
-  });
-  const n = Number(values.executors ?? 19_000);
-  const perProcess = Number(values['per-process'] ?? 9_500);
-  const tasks = Number(values.tasks ?? 200_000);
-  const store = values.store ?? 'memory';
-  const transport = values.transport ?? 'ws';
-  const batch = Number(values.batch ?? 250);
-  const profDir = values['cpu-prof'] ? resolve(values['cpu-prof']) : null;
-  const snapDir = values['heap-snapshot'] ? resolve(values['heap-snapshot']) : null;
-  const command = `node dist/bench/scale.js --executors ${n} --per-process ${perProcess} --tasks ${tasks} --store ${store} --transport ${transport}${profDir ? ' --cpu-prof ' + values['cpu-prof'] : ''}${snapDir ? ' --heap-snapshot ' + values['heap-snapshot'] : ''}`;
-  const began = Date.now();
+interface MeasureOptions {
+  n: number;
+  perProcess: number;
+  tasks: number;
+  store: string;
+  transport: string;
+  batch: number;
+  profDir: string | null;
+  snapDir: string | null;
+}
 
+type Figures = Record<string, number | string>;
+
+/** One measurement on a fresh dispatcher: registration, the no-op run, memory. */
+async function measure(o: MeasureOptions): Promise<Figures> {
+  const { n, perProcess, tasks, store, transport, batch, profDir, snapDir } = o;
+  const began = Date.now();
   const dir = mkdtempSync(join(tmpdir(), 'falconet-scale-'));
   const dispatcherArgs = ['dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--store', store, '--transport', transport, '--heartbeat-ms', '10000', '--lease-ms', '60000'];
   const nodeFlags = [...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(snapDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapDir}`] : [])];
@@ -184,24 +177,71 @@ async function main(): Promise<void> {
     sims.length = 0;
     await stop([d], 'SIGTERM'); // a clean exit, so --cpu-prof writes its profile
     figures.wallSeconds = Math.round((Date.now() - began) / 1000);
-
-    const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command, figures };
-    mkdirSync(resultsFile(), { recursive: true });
-    writeFileSync(resultsFile(`scale-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
-    const f = figures;
-    const kb = (b: number) => (b / 1024).toFixed(1);
-    console.log(`| metric | measured | target (PRODUCT.md §9) | |`);
-    console.log(`|---|---|---|---|`);
-    console.log(`| executors connected | ${f.welcomed} welcomed, ${f.visibleInStatus} in /api/status, ${f.connectedAfterRun} after the run | 19,000 | ${f.visibleInStatus >= 19_000 && f.connectedAfterRun >= 19_000 ? 'met' : 'not met'} |`);
-    console.log(`| registration, first dial to all welcomed / all in status | ${f.registrationSeconds} s / ${f.visibleInStatusSeconds} s | — | |`);
-    console.log(`| noop tasks/s with them connected (${f.tasks} tasks, ${f.store} store) | ${f.tasksPerSecond} | ≥ 10,000 | ${f.tasksPerSecond >= 10_000 ? 'met' : 'not met'} |`);
-    console.log(`| dispatcher memory per executor (ΔRSS / N) | ${kb(f.bytesPerExecutor)} KB (${kb(f.bytesPerExecutorAfterRun)} KB after the run) | ≤ 8 KB | ${f.bytesPerExecutor <= 8192 ? 'met' : 'not met'} |`);
-    console.log(`| dispatcher RSS before / with executors / after run | ${f.dispatcherRssBeforeMB} / ${f.dispatcherRssWithExecutorsMB} / ${f.dispatcherRssAfterRunMB} MB | — | |`);
+    return figures;
   } finally {
     await stop(sims);
     await stop([d]);
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runs: { type: 'string' },
+      executors: { type: 'string' },
+      'per-process': { type: 'string' },
+      tasks: { type: 'string' },
+      store: { type: 'string' },
+      transport: { type: 'string' },
+      batch: { type: 'string' },
+      'cpu-prof': { type: 'string' },
+      'heap-snapshot': { type: 'string' },
+    },
+  });
+  const runs = Number(values.runs ?? 3);
+  const o: MeasureOptions = {
+    n: Number(values.executors ?? 19_000),
+    perProcess: Number(values['per-process'] ?? 9_500),
+    tasks: Number(values.tasks ?? 200_000),
+    store: values.store ?? 'memory',
+    transport: values.transport ?? 'ws',
+    batch: Number(values.batch ?? 250),
+    profDir: values['cpu-prof'] ? resolve(values['cpu-prof']) : null,
+    snapDir: values['heap-snapshot'] ? resolve(values['heap-snapshot']) : null,
+  };
+  const command = `node dist/bench/scale.js --runs ${runs} --executors ${o.n} --per-process ${o.perProcess} --tasks ${o.tasks} --store ${o.store} --transport ${o.transport}${o.profDir ? ' --cpu-prof ' + values['cpu-prof'] : ''}${o.snapDir ? ' --heap-snapshot ' + values['heap-snapshot'] : ''}`;
+  const all: Figures[] = [];
+  for (let r = 0; r < runs; r++) {
+    all.push(await measure(o));
+    process.stderr.write(`run ${r + 1}/${runs}: ${JSON.stringify(all.at(-1))}\n`);
+  }
+  const num = (k: string) => all.map((f) => Number(f[k]));
+  const s = (k: string, digits = 0) => spread(num(k), digits);
+  const f = {
+    executors: o.n,
+    store: o.store,
+    transport: o.transport,
+    tasks: o.tasks,
+    welcomed: s('welcomed'),
+    visibleInStatus: s('visibleInStatus'),
+    connectedAfterRun: s('connectedAfterRun'),
+    registrationSeconds: s('registrationSeconds', 2),
+    visibleInStatusSeconds: s('visibleInStatusSeconds', 2),
+    tasksPerSecond: s('tasksPerSecond'),
+    kbPerExecutor: spread(num('bytesPerExecutor').map((b) => b / 1024), 1),
+    kbPerExecutorAfterRun: spread(num('bytesPerExecutorAfterRun').map((b) => b / 1024), 1),
+  };
+  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command, runs, figures: f, perRun: all };
+  mkdirSync(resultsFile(), { recursive: true });
+  writeFileSync(resultsFile(`scale-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
+  console.log(`${o.n.toLocaleString('en')} simulated executors, ${o.store} store, ${o.transport}; median of ${runs} runs (min–max)\n`);
+  console.log(`| metric | measured | target (PRODUCT.md §9) | |`);
+  console.log(`|---|---|---|---|`);
+  console.log(`| executors connected (in /api/status; after the run) | ${cell(f.visibleInStatus)}; ${cell(f.connectedAfterRun)} | 19,000 | ${Math.min(...num('visibleInStatus'), ...num('connectedAfterRun')) >= 19_000 ? 'met' : 'not met'} |`);
+  console.log(`| registration, first dial to all welcomed / all in status, s | ${cell(f.registrationSeconds)} / ${cell(f.visibleInStatusSeconds)} | — | |`);
+  console.log(`| noop tasks/s with them connected (${o.tasks} tasks) | ${cell(f.tasksPerSecond)} | ≥ 10,000 | ${f.tasksPerSecond.median >= 10_000 ? 'met' : 'not met'} |`);
+  console.log(`| dispatcher memory per executor (ΔRSS / N), KB | ${cell(f.kbPerExecutor)} (after the run ${f.kbPerExecutorAfterRun.median}) | ≤ 8 KB | ${f.kbPerExecutor.median <= 8 ? 'met' : 'not met'} |`);
 }
 
 main().catch((err) => {

@@ -87,8 +87,8 @@ async function main(): Promise<void> {
       const tput = runScript('throughput.js', ['--runs', '1', '--tasks', tasks, '--variants', 'memory,sqlite-full', '--transport', t]).rows as ThroughputRow[];
       const lat = runScript('latency.js', ['--runs', '1', '--tasks', latency, '--transport', t]).rows as LatencyRow[];
       const [mem, full] = ['memory', 'sqlite-full'].map((n) => ({ tput: tput.find((x) => x.store === n)!, lat: lat.find((x) => x.variant === n)! }));
-      const scale = runScript('scale.js', ['--executors', executors, '--per-process', perProcess, '--tasks', scaleTasks, '--transport', t]);
-      const f = scale.figures as Record<string, number>;
+      const scale = runScript('scale.js', ['--runs', '1', '--executors', executors, '--per-process', perProcess, '--tasks', scaleTasks, '--transport', t]);
+      const f = (scale.perRun as Array<Record<string, number>>)[0];
       const got = [
         mem.tput.tasksPerSecond.median, mem.lat.p50us.median, mem.lat.p99us.median,
         full.tput.tasksPerSecond.median, full.lat.p50us.median, full.lat.p99us.median,
