@@ -4,45 +4,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
-import { pack, unpack } from 'msgpackr';
+import { pack } from 'msgpackr';
 import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
-import { Procs, TEST_TRANSPORT, freePort, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
-
-interface Raw {
-  ws: WebSocket;
-  messages: Array<Record<string, unknown>>;
-  closed: Promise<{ code: number; reason: string }>;
-  next(pred?: (m: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
-}
-
-async function raw(url: string): Promise<Raw> {
-  const ws = new WebSocket(url);
-  const messages: Array<Record<string, unknown>> = [];
-  const waiters: Array<() => void> = [];
-  ws.on('message', (data: Buffer) => {
-    for (const m of unpack(data) as Array<Record<string, unknown>>) messages.push(m);
-    for (const w of waiters.splice(0)) w();
-  });
-  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
-  ws.on('error', () => {});
-  await new Promise((r) => ws.once('open', r));
-  let seen = 0;
-  return {
-    ws,
-    messages,
-    closed,
-    async next(pred = () => true) {
-      for (;;) {
-        while (seen < messages.length) {
-          const m = messages[seen++];
-          if (pred(m)) return m;
-        }
-        await new Promise<void>((r) => waiters.push(r));
-      }
-    },
-  };
-}
+import { Procs, TEST_TRANSPORT, freePort, raw, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
 
 const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
 

@@ -9,6 +9,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import WebSocket from 'ws';
+import { unpack } from 'msgpackr';
 import type { StatusSnapshot } from '../dispatcher/status.js';
 
 export const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
@@ -171,4 +173,40 @@ export function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** A raw protocol peer (frames in and out as they are), as the ws test suite feeds them. */
+export interface Raw {
+  ws: WebSocket;
+  messages: Array<Record<string, unknown>>;
+  closed: Promise<{ code: number; reason: string }>;
+  next(pred?: (m: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
+}
+
+export async function raw(url: string): Promise<Raw> {
+  const ws = new WebSocket(url);
+  const messages: Array<Record<string, unknown>> = [];
+  const waiters: Array<() => void> = [];
+  ws.on('message', (data: Buffer) => {
+    for (const m of unpack(data) as Array<Record<string, unknown>>) messages.push(m);
+    for (const w of waiters.splice(0)) w();
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  ws.on('error', () => {});
+  await new Promise((r) => ws.once('open', r));
+  let seen = 0;
+  return {
+    ws,
+    messages,
+    closed,
+    async next(pred = () => true) {
+      for (;;) {
+        while (seen < messages.length) {
+          const m = messages[seen++];
+          if (pred(m)) return m;
+        }
+        await new Promise<void>((r) => waiters.push(r));
+      }
+    },
+  };
 }

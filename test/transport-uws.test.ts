@@ -5,42 +5,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
-import { pack, unpack } from 'msgpackr';
+import { pack } from 'msgpackr';
 import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
 import { loadUws } from '../dispatcher/transport-uws.js';
-import { Procs, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
+import { Procs, raw, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
 
 type Msg = Record<string, unknown>;
-
-/** A raw protocol peer: frames in and out as they are. */
-async function raw(url: string) {
-  const ws = new WebSocket(url);
-  const messages: Msg[] = [];
-  const waiters: Array<() => void> = [];
-  ws.on('message', (data: Buffer) => {
-    for (const m of unpack(data) as Msg[]) messages.push(m);
-    for (const w of waiters.splice(0)) w();
-  });
-  const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
-  ws.on('error', () => {});
-  await new Promise((r) => ws.once('open', r));
-  let seen = 0;
-  return {
-    ws,
-    messages,
-    closed,
-    async next(pred: (m: Msg) => boolean = () => true): Promise<Msg> {
-      for (;;) {
-        while (seen < messages.length) {
-          const m = messages[seen++];
-          if (pred(m)) return m;
-        }
-        await new Promise<void>((r) => waiters.push(r));
-      }
-    },
-  };
-}
 
 const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
 const http = (url: string) => url.replace(/^ws/, 'http').replace('0.0.0.0', '127.0.0.1');
