@@ -20,7 +20,7 @@ usage:
                       [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
                       [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N]
-                      [--transport ws|uws]
+                      [--transport ws|uws] [--max-frame-bytes B] [--max-buffered-bytes B]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
@@ -56,6 +56,7 @@ const DISPATCHER_FLAGS = {
   'lease-ms': { type: 'string' },
   'max-attempts': { type: 'string' },
   'max-frame-bytes': { type: 'string' },
+  'max-buffered-bytes': { type: 'string' },
   'hello-timeout-ms': { type: 'string' },
   store: { type: 'string' },
   'data-dir': { type: 'string' },
@@ -141,6 +142,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     leaseMs: num('lease-ms', v['lease-ms'] as string | undefined, { min: 10 }),
     maxAttempts: num('max-attempts', v['max-attempts'] as string | undefined, { min: 1, integer: true }),
     maxFrameBytes: num('max-frame-bytes', v['max-frame-bytes'] as string | undefined, { min: 1024, integer: true }),
+    maxBufferedBytes: num('max-buffered-bytes', v['max-buffered-bytes'] as string | undefined, { min: 65536, integer: true }),
     helloTimeoutMs: num('hello-timeout-ms', v['hello-timeout-ms'] as string | undefined, { min: 10 }),
     retentionS: num('retention', v.retention as string | undefined),
     dataPolicy: v['data-policy'] as string | undefined,

@@ -25,6 +25,8 @@ export interface DispatcherOptions {
   prefetch?: number;
   maxAttempts?: number;
   maxFrameBytes?: number;
+  /** Bytes that may wait to be sent to one peer before it is dropped as a slow consumer. */
+  maxBufferedBytes?: number;
   helloTimeoutMs?: number;
   /** Seconds a finished session is kept before it is collected. */
   retentionS?: number;
@@ -49,6 +51,7 @@ export interface DispatcherConfig {
   prefetch: number;
   defaultMaxAttempts: number;
   maxFrameBytes: number;
+  maxBufferedBytes: number;
   helloTimeoutMs: number;
   retentionMs: number;
   dataPolicy: 'first-available' | 'max-cache-hit';
@@ -126,6 +129,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     prefetch,
     defaultMaxAttempts: positive('--max-attempts', o.maxAttempts ?? 3),
     maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
+    maxBufferedBytes: positive('--max-buffered-bytes', o.maxBufferedBytes ?? 64 * 1024 * 1024, 64 * 1024),
     helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
     retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
     dataPolicy: dataPolicy(o.dataPolicy),

@@ -53,6 +53,8 @@ export class Outbound {
     private readonly codec: Codec,
     private readonly journal: CommittingJournal,
     private readonly log: Logger,
+    /** Bytes that may wait for one peer before it is dropped as a slow consumer. */
+    private readonly maxBufferedBytes: number,
     /** Runs first in every flush: the scheduler, so its assignments join the same turn. */
     private readonly beforeFlush: () => void,
     /** The store failed: nothing more will be acknowledged. */
@@ -143,6 +145,17 @@ export class Outbound {
           for (const frame of this.codec.encode(msgs)) c.ws.send(frame);
         } catch (err) {
           this.log.error({ err, conn: c.id }, 'encode failed');
+        }
+        // A peer that does not read must not grow our memory without bound. Dropping it loses
+        // nothing: results stay in the session until acknowledged and are replayed on resume;
+        // an executor's attempts are its to report when it redials.
+        if (!close && !c.closing && c.ws.bufferedAmount > this.maxBufferedBytes) {
+          const message = `${c.ws.bufferedAmount} bytes waited to be sent (limit ${this.maxBufferedBytes}); reconnect and resume`;
+          this.log.warn({ conn: c.id, role: c.role, buffered: c.ws.bufferedAmount }, 'slow consumer dropped');
+          c.closing = { code: ErrorCode.SLOW_CONSUMER, message, retryable: true };
+          c.ws.send(this.codec.encode([{ t: 'error', ...c.closing }])[0]);
+          c.ws.close(1008, ErrorCode.SLOW_CONSUMER);
+          setTimeout(() => c.ws.terminate(), 2000).unref();
         }
       }
       if (close) {

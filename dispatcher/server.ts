@@ -57,7 +57,7 @@ export class DispatcherServer {
   ) {
     this.#transport = transport;
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
-    this.#out = new Outbound(this.#codec, journal, log, () => this.core.schedule(), (err) => {
+    this.#out = new Outbound(this.#codec, journal, log, config.maxBufferedBytes, () => this.core.schedule(), (err) => {
       const wire = { code: ErrorCode.STORE_FAILED, message: err.message, retryable: true };
       for (const c of this.#conns.values()) {
         c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);

@@ -43,6 +43,11 @@ export const ErrorCode = {
   TASK_FAILED: 'TASK_FAILED',
   /** The dispatcher is shutting down and takes no new work. */
   SHUTTING_DOWN: 'SHUTTING_DOWN',
+  /**
+   * The peer read too slowly: more than `--max-buffered-bytes` waited to be sent to it, so the
+   * dispatcher dropped the connection. Nothing is lost: reconnect and resume (the SDK does).
+   */
+  SLOW_CONSUMER: 'SLOW_CONSUMER',
   /** The dispatcher could not make the change durable (store error, disk full). */
   STORE_FAILED: 'STORE_FAILED',
   /** The store is corrupted or truncated; the dispatcher refuses to start on it. */
@@ -87,6 +92,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.HELLO_TIMEOUT,
   ErrorCode.UNREACHABLE,
   ErrorCode.SHUTTING_DOWN,
+  ErrorCode.SLOW_CONSUMER,
   ErrorCode.STORE_FAILED,
   ErrorCode.RATE_LIMITED,
   ErrorCode.TASK_EXECUTOR_LOST,

@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pack } from 'msgpackr';
 import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
-import { Procs, TEST_TRANSPORT, freePort, raw, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
+import { Procs, TEST_TRANSPORT, freePort, raw, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
 
@@ -72,6 +73,39 @@ test('malformed, unknown, invalid and oversized input: clear codes, nothing acce
   const all = await Promise.all(results);
   assert.equal(all.length, 50);
   assert.ok(all.every((r) => r.status === 'succeeded'));
+});
+
+test('a client that stops reading is dropped as a slow consumer; on resume it gets every result once', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs, ['--max-buffered-bytes', '65536']);
+  startExecutor(procs, d.url, ['--slots', '8']);
+  await waitExecutors(d.url, 1);
+  const slow = await raw(d.url);
+  slow.ws.send(pack([{ ...hello, session: 'slow' }]));
+  await slow.next((m) => m.t === 'welcome');
+  // 200 results of 50 KB each: far more than the socket buffers and the 64 KiB allowed to wait.
+  const tasks = Array.from({ length: 200 }, (_, i) => ({ id: `big${i}`, cmd: ['head', '-c', '50000', '/dev/zero'] }));
+  slow.ws.send(pack([{ t: 'submit', ref: 1, tasks }]));
+  await slow.next((m) => m.t === 'accepted');
+  (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
+  await waitFor('every task finished', async () => (await status(d.url)).tasks.finished.succeeded === 200, 30_000);
+  (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.resume();
+  const closed = await Promise.race([slow.closed, sleep(10_000).then(() => null)]);
+  assert.ok(closed, 'the dispatcher dropped the client that did not read');
+  // Resuming the session (as the SDK does after any drop) gets every result, each once.
+  const back = await connect(d.url, { session: 'slow' });
+  t.after(() => back.close());
+  const ids = new Set<string>();
+  for await (const r of back.results()) {
+    assert.equal(r.status, 'succeeded');
+    assert.ok(!ids.has(r.id), `${r.id} twice`);
+    ids.add(r.id);
+    if (back.outstanding === 0) break;
+  }
+  // The raw client consumed none of them (it never acknowledged): all 200 come again.
+  assert.equal(ids.size, 200);
+  assert.equal((await status(d.url)).tasks.finished.succeeded, 200);
 });
 
 test('tokens: a wrong token and a token of the wrong role are refused with codes', async (t) => {
