@@ -130,8 +130,17 @@ export class SpawnHelper {
   #freeIds: number[] = [];
   /** The start callbacks of the tasks in the helper, by id, until their start was reported. */
   #onStart: Array<HelperStarted | undefined> = [];
-  /** The limit on limited tasks (sent to each helper we launch), or null for none. */
+  /** The limit on limited tasks, or null for none. */
   #limit: number | null = null;
+  /**
+   * The limit the current helper process has, and how many limited tasks it holds: the limit is
+   * sent only while it matters (before a limited task, or while any is there), so that an
+   * executor running builtins, whose slots change the limit with every task, costs the helper
+   * no wakeups.
+   */
+  #limitSent: number | null = null;
+  #limitedIn = 0;
+  #isLimited: boolean[] = [];
   /** The process group of each running task, once the helper told us (lazily: see 'P' in the C). */
   #pgids: Array<number | undefined> = [];
   #running = 0;
@@ -162,9 +171,20 @@ export class SpawnHelper {
    */
   setLimit(n: number): void {
     if (!Number.isInteger(n) || n < 0) throw new RangeError(`spawn helper limit must be a whole number ≥ 0, not ${n}`);
-    if (n === this.#limit) return;
     this.#limit = n;
-    if (this.#child) this.#frameLimit(n);
+    if (this.#limitedIn > 0) this.#syncLimit();
+  }
+
+  #syncLimit(): void {
+    if (this.#limit === this.#limitSent || this.#limit === null) return;
+    this.#limitSent = this.#limit;
+    this.#reserve(9);
+    const o = this.#outLen;
+    this.#out.writeUInt32LE(5, o);
+    this.#out[o + 4] = 0x4c; // 'L'
+    this.#out.writeUInt32LE(this.#limit, o + 5);
+    this.#outLen += 9;
+    this.#queueFlush();
   }
 
   /**
@@ -178,6 +198,11 @@ export class SpawnHelper {
     const id = this.#freeIds.pop() ?? this.#tasks.length;
     this.#tasks[id] = done;
     this.#onStart[id] = started;
+    this.#isLimited[id] = task.limited === true;
+    if (task.limited) {
+      this.#syncLimit(); // framed before the spawn request: the helper reads them in order
+      this.#limitedIn++;
+    }
     if (this.#running++ === 0) this.#ref(true);
     this.#frameSpawn(id, task);
     return id;
@@ -204,21 +229,10 @@ export class SpawnHelper {
     return false;
   }
 
-  #frameLimit(n: number): void {
-    this.#reserve(9);
-    const o = this.#outLen;
-    this.#out.writeUInt32LE(5, o);
-    this.#out[o + 4] = 0x4c; // 'L'
-    this.#out.writeUInt32LE(n, o + 5);
-    this.#outLen += 9;
-    this.#queueFlush();
-  }
-
   #launch(): void {
     this.#ready = false;
     this.#in = null;
-    // first thing it reads (the buffer is empty: a dead helper's frames were dropped)
-    if (this.#limit !== null) this.#frameLimit(this.#limit);
+    this.#limitSent = null; // a new process: no limit until told
     const child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.#child = child;
     child.stdin!.on('error', () => {}); // EPIPE when it died: 'close' below handles that
@@ -260,6 +274,8 @@ export class SpawnHelper {
     this.#tasks = [];
     this.#onStart = [];
     this.#pgids = [];
+    this.#isLimited = [];
+    this.#limitedIn = 0;
     this.#freeIds = [];
     this.#running = 0;
     this.#outLen = 0;
@@ -372,6 +388,7 @@ export class SpawnHelper {
     this.#tasks[id] = undefined;
     this.#onStart[id] = undefined;
     this.#pgids[id] = undefined;
+    if (this.#isLimited[id]) this.#limitedIn--;
     this.#freeIds.push(id);
     if (--this.#running === 0) this.#ref(false);
     if (type === 0x52 /* R */) {
