@@ -31,7 +31,7 @@ import {
   type FalconetError,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
-import { taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
+import { helperPlacement, setHelperLimit, taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { dataCounters, defaultDataOptions, heldLocalityKeys, startAttempt, type DataOptions } from './attempt.js';
 
 export const EXECUTOR_VERSION = '0.1.0';
@@ -111,16 +111,26 @@ type TaskMsg = Extract<DispatcherToExecutor, { t: 'task' }>;
 interface Slot {
   attempt: number;
   run: RunningAttempt;
+  /** A command handed to the spawn helper's queue (it runs or waits there), not run by us. */
+  inHelper: boolean;
 }
 
 export class ExecutorAgent {
   readonly id: string;
   readonly slots: number;
   readonly #link: Link<DispatcherToExecutor>;
-  readonly #running = new Map<number, Slot>();
   /**
-   * Tasks assigned beyond our slots (the dispatcher's `--prefetch`), started in arrival order as
-   * slots free: a slot then turns to its next task without waiting a round trip to the dispatcher.
+   * Attempts handed over: each occupies a slot, or is a plain command that waits in the spawn
+   * helper's queue for one (the helper starts it the moment a slot frees: no hop through us).
+   */
+  readonly #running = new Map<number, Slot>();
+  /** How many of #running are not in the helper's queue (builtins, data tasks): slots it must leave free. */
+  #outsideHelper = 0;
+  /**
+   * Tasks assigned beyond our slots (the dispatcher's `--prefetch`) and not handed to the helper
+   * (builtins, data tasks, what follows them, everything with `--spawner node` or before the helper
+   * said hello), started in arrival order as slots free: a slot then turns to its next task without
+   * waiting a round trip to the dispatcher.
    */
   readonly #queued = new Map<number, { attempt: number; msg: TaskMsg }>();
   /** Results not yet handed to a live connection. */
@@ -132,6 +142,8 @@ export class ExecutorAgent {
   /** Since when no dispatcher has welcomed us (boot, or the last loss); null while connected. */
   #unwelcomedSince: number | null = Date.now();
   readonly #runner: RunnerOptions;
+  /** #runner for the commands that go through the helper's queue. */
+  readonly #queuedRunner: RunnerOptions;
   readonly #data: DataOptions;
   /** What the content cache holds, by locality key, and which version of it was last sent. */
   #holds: string[] = [];
@@ -150,7 +162,9 @@ export class ExecutorAgent {
   ) {
     this.id = o.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.slots = o.slots ?? availableParallelism();
-    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), ...(o.spawner ? { spawner: o.spawner } : {}) };
+    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), helperScope: this.id, ...(o.spawner ? { spawner: o.spawner } : {}) };
+    this.#queuedRunner = { ...this.#runner, helperQueue: true };
+    setHelperLimit(this.#runner, this.slots);
     this.#data = defaultDataOptions(this.id);
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
@@ -312,18 +326,28 @@ export class ExecutorAgent {
 
   #start(uid: number, attempt: number, msg: TaskMsg): void {
     if (this.#running.has(uid) || this.#queued.has(uid)) return; // a duplicate assignment of what we hold
-    if (this.#running.size >= this.slots) {
+    const place = helperPlacement(msg.spec, this.#runner);
+    // Beyond our slots only a plain command goes on, to wait in the helper, and only behind no
+    // task of our own queue (arrival order).
+    if (this.#running.size >= this.slots && !(place.helper && place.ready && this.#queued.size === 0)) {
       this.#queued.set(uid, { attempt, msg });
       return;
     }
-    this.#run(uid, attempt, msg);
+    this.#run(uid, attempt, msg, place.helper);
   }
 
-  #run(uid: number, attempt: number, msg: TaskMsg): void {
-    const run = startAttempt(msg.spec, `${uid}-${attempt}`, this.#runner, this.#data);
-    this.#running.set(uid, { attempt, run });
+  /**
+   * Hands an attempt over. A command for the helper counts against its limit (slots minus what
+   * runs outside it), which keeps slots exact however many wait in the helper; anything else
+   * occupies a slot here and lowers that limit while it runs.
+   */
+  #run(uid: number, attempt: number, msg: TaskMsg, inHelper: boolean): void {
+    if (!inHelper) this.#outside(+1);
+    const run = startAttempt(msg.spec, `${uid}-${attempt}`, inHelper ? this.#queuedRunner : this.#runner, this.#data);
+    this.#running.set(uid, { attempt, run, inHelper });
     run.done.then((outcome) => {
       if (msg.spec.inputs?.length) this.#refreshHolds();
+      if (!inHelper) this.#outside(-1);
       const slot = this.#running.get(uid);
       if (slot?.attempt === attempt) this.#running.delete(uid);
       this.#startQueued();
@@ -334,12 +358,23 @@ export class ExecutorAgent {
     });
   }
 
-  /** Fills free slots from the local queue, oldest first. */
+  #outside(delta: number): void {
+    this.#outsideHelper += delta;
+    // Never below 0; it cannot be, as a task outside starts only when a slot is free.
+    setHelperLimit(this.#runner, Math.max(0, this.slots - this.#outsideHelper));
+  }
+
+  /**
+   * Fills free slots from the local queue, oldest first; plain commands at its head go on to wait
+   * in the helper (once it said hello) even when no slot is free.
+   */
   #startQueued(): void {
     for (const [uid, q] of this.#queued) {
-      if (this.#running.size >= this.slots || this.#exited) return;
+      if (this.#exited) return;
+      const place = helperPlacement(q.msg.spec, this.#runner);
+      if (this.#running.size >= this.slots && !(place.helper && place.ready)) return;
       this.#queued.delete(uid);
-      this.#run(uid, q.attempt, q.msg);
+      this.#run(uid, q.attempt, q.msg, place.helper);
     }
   }
 

@@ -9,6 +9,10 @@
  * forks the whole executor for each task. Node's child_process stays as the fallback (no
  * compiler at build time, a stale or dying helper) and for `spawner: 'node'`; both paths report
  * the same outcomes.
+ *
+ * An executor may hand its command tasks to the helper beyond its slots (`helperQueue`, with the
+ * limit from {@link setHelperLimit}): they wait in the helper, which starts each as a slot frees.
+ * A task's startedAt, and its timeout, then count from its real start, as the helper reports it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, type AttemptResult, type TaskSpec } from '../protocol/index.js';
@@ -31,6 +35,16 @@ export interface RunnerOptions {
   spawner?: 'helper' | 'node';
   /** The spawn helper's binary; by default the one `npm run build` puts next to this module. */
   helperPath?: string;
+  /**
+   * Which helper process (with `helperPath`): an executor uses a scope of its own, so that the
+   * limit it sets is not shared with another executor in the same process. Default: ''.
+   */
+  helperScope?: string;
+  /**
+   * A command through the helper counts against the helper's limit ({@link setHelperLimit}) and
+   * waits in the helper while the limit is reached. Without it a command starts at once.
+   */
+  helperQueue?: boolean;
 }
 
 export interface RunningAttempt {
@@ -46,6 +60,28 @@ export function taskBaseEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.Proces
   const base = { ...env };
   for (const k of SECRET_ENV) delete base[k];
   return base;
+}
+
+/**
+ * Sets how many `helperQueue` commands may run at once in the helper of `options` (its path and
+ * scope); the others wait there, oldest first. No effect with `spawner: 'node'`.
+ */
+export function setHelperLimit(options: RunnerOptions, n: number): void {
+  if (options.spawner !== 'node') SpawnHelper.for(options.helperPath, options.helperScope).setLimit(n);
+}
+
+/**
+ * Whether `spec` would run through the helper of `options` (a plain command: no builtin, no
+ * inputs, outputs or environment, nothing the helper cannot carry), and whether that helper runs
+ * and said hello (`ready`), so that tasks may wait in its queue. A command that would not run in
+ * the helper starts with Node's spawn, at once.
+ */
+export function helperPlacement(spec: TaskSpec, options: RunnerOptions): { helper: boolean; ready: boolean } {
+  if (options.spawner === 'node' || spec.builtin !== undefined || spec.inputs?.length || spec.outputs?.length || spec.environment) return { helper: false, ready: false };
+  const cmd = spec.cmd ?? [];
+  if (!helperCanRun(spec, spec.shell ? ['/bin/sh', '-c', cmd.join(' ')] : cmd)) return { helper: false, ready: false };
+  const h = SpawnHelper.for(options.helperPath, options.helperScope);
+  return { helper: h.usable, ready: h.ready };
 }
 
 export function runAttempt(spec: TaskSpec, options: RunnerOptions): RunningAttempt {
@@ -132,7 +168,7 @@ function runCommand(spec: TaskSpec, options: RunnerOptions): RunningAttempt {
   const cmd = spec.cmd ?? [];
   const argv = spec.shell ? ['/bin/sh', '-c', cmd.join(' ')] : cmd;
   if (options.spawner !== 'node' && helperCanRun(spec, argv)) {
-    const helper = SpawnHelper.for(options.helperPath);
+    const helper = SpawnHelper.for(options.helperPath, options.helperScope);
     if (helper.usable) return runWithHelper(helper, spec, argv, options);
   }
   return runWithNode(spec, argv, options);
@@ -165,7 +201,8 @@ function commandOutcome(
 }
 
 function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], options: RunnerOptions): RunningAttempt {
-  const startedAt = Date.now();
+  // The request time until the helper reports the real start (later for a task that waited in its queue).
+  let startedAt = Date.now();
   let stopReason: 'timed_out' | 'cancelled' | null = null;
   let settled = false;
   let timeoutTimer: NodeJS.Timeout | undefined;
@@ -189,26 +226,41 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
         return finish(outcome('failed', startedAt, { error: { code: ErrorCode.SPAWN_FAILED, message: `${argv[0]}: spawn ${argv[0]} ${r.code}` } }));
       case 'lost':
         return finish(outcome('failed', startedAt, { error: { code: ErrorCode.SPAWN_HELPER_LOST, message: r.message } }));
+      case 'not-started': {
+        // Killed while it waited in the helper: as the executor's own queue reports it, no process.
+        const now = Date.now();
+        const error = stopReason === 'timed_out' ? { code: ErrorCode.TASK_TIMEOUT, message: `timed out after ${spec.timeoutMs} ms` } : { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' };
+        return finish(outcome(stopReason ?? 'cancelled', now, { error }));
+      }
       case 'unavailable':
         // The helper turned out unusable before this task started: nothing ran yet.
-        clearTimeout(timeoutTimer);
         if (stopReason) return finish(commandOutcome(spec, startedAt, stopReason, { stdout: '', stderr: '', truncated: false, exitCode: null, signal: null }));
         fallback = runWithNode(spec, argv, options);
         void fallback.done.then(finish);
         return;
     }
   };
-  const id = helper.start({ argv, env: spec.env ? { ...options.baseEnv, ...spec.env } : options.baseEnv, cwd: spec.cwd, stdin: spec.stdin, outputLimit: options.outputLimit }, onResult);
-  if (id === null) return runWithNode(spec, argv, options);
   const stop = (reason: 'timed_out' | 'cancelled') => {
     if (fallback) return fallback.cancel();
-    if (stopReason || settled) return;
+    if (stopReason || settled || id === null) return;
     stopReason = reason;
+    // A task still waiting in the helper is dropped there (reported 'not-started'); one that runs
+    // gets the signal, whether or not its start report has reached us yet.
     helper.kill(id, 'SIGTERM');
     // Only while unsettled: a settled task's id may already belong to another task.
-    killTimer = setTimeout(() => settled || helper.kill(id, 'SIGKILL'), options.killGraceMs);
+    killTimer = setTimeout(() => settled || helper.kill(id!, 'SIGKILL'), options.killGraceMs);
   };
-  if (spec.timeoutMs !== undefined) timeoutTimer = setTimeout(() => stop('timed_out'), spec.timeoutMs);
+  // The timeout runs from the real start: a task that waits in the helper's queue is not timed
+  // while it waits. The report may come up to LAZY_MS (50 ms) late: its time says how much of the
+  // timeout is already spent.
+  const onStarted = (at: number) => {
+    startedAt = at;
+    if (spec.timeoutMs === undefined || settled || stopReason) return;
+    timeoutTimer = setTimeout(() => stop('timed_out'), Math.max(0, spec.timeoutMs - (Date.now() - at)));
+  };
+  const env = spec.env ? { ...options.baseEnv, ...spec.env } : options.baseEnv;
+  const id = helper.start({ argv, env, cwd: spec.cwd, stdin: spec.stdin, outputLimit: options.outputLimit, limited: options.helperQueue === true }, onResult, onStarted);
+  if (id === null) return runWithNode(spec, argv, options);
   return { done, cancel: () => stop('cancelled') };
 }
 

@@ -9,6 +9,12 @@
  * Requests are framed into one buffer per turn (a microtask), so that the tasks started by one
  * dispatcher message cost one write. Responses are parsed in place from the read chunks.
  *
+ * Queue: the executor sets a limit on tasks running at once ({@link SpawnHelper.setLimit}) and
+ * may hand the helper more `limited` tasks than that; the extra ones wait in the helper, which
+ * starts the next one as soon as a running one is reaped, without a round trip through us. The
+ * helper reports each start with its time ('P'); the task's `started` callback gets it (its
+ * startedAt, and when its timeout begins).
+ *
  * The helper is optional: when its binary is missing, stale (wrong hello) or keeps dying, tasks
  * fall back to Node's child_process (runner.ts) after one warning. A task running in a helper that
  * dies finishes failed with SPAWN_HELPER_LOST; the next task starts a new helper.
@@ -20,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { pino, type Logger } from 'pino';
 
 /** Must match VERSION in spawn-helper.c; a binary built from another version is not used. */
-export const HELPER_PROTOCOL_VERSION = 1;
+export const HELPER_PROTOCOL_VERSION = 2;
 const MAGIC = 'falconet-spawn-helper';
 /** Deaths after which we stop restarting the helper and use Node's spawn for good. */
 const MAX_DEATHS = 3;
@@ -33,8 +39,13 @@ export type HelperResult =
   | { kind: 'exited'; exitCode: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; truncated: boolean }
   /** The command did not start; `code` is the errno name (ENOENT), as Node's spawn errors carry. */
   | { kind: 'spawn-failed'; code: string; message: string }
-  /** The helper died while the task ran; its process group was killed (if the helper had told us its pid). */
+  /**
+   * The helper died while the task ran or waited in its queue; its process group was killed (if
+   * the helper had told us its pid).
+   */
   | { kind: 'lost'; message: string }
+  /** The task was killed while it waited in the helper's queue: it never started. */
+  | { kind: 'not-started' }
   /** The helper could not be used (stale or failed to start) before the task started: run it another way. */
   | { kind: 'unavailable' };
 
@@ -46,7 +57,15 @@ export interface HelperSpawn {
   cwd?: string;
   stdin?: string;
   outputLimit: number;
+  /**
+   * Counted against the helper's limit ({@link SpawnHelper.setLimit}): waits in the helper's
+   * queue while the limit is reached. Unlimited tasks start at once and are not counted.
+   */
+  limited?: boolean;
 }
+
+/** Called when the helper reports a task started: its real start time (ms since the epoch). */
+export type HelperStarted = (startedAt: number) => void;
 
 const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
@@ -90,10 +109,15 @@ function encodeEnv(env: NodeJS.ProcessEnv): { count: number; bytes: Buffer } {
 export class SpawnHelper {
   static #byPath = new Map<string, SpawnHelper>();
 
-  /** The helper for a binary path (one process per path, started on first use). */
-  static for(path: string = DEFAULT_HELPER_PATH): SpawnHelper {
-    let h = SpawnHelper.#byPath.get(path);
-    if (!h) SpawnHelper.#byPath.set(path, (h = new SpawnHelper(path)));
+  /**
+   * The helper for a binary path and a scope (one process per pair, started on first use). A
+   * helper's limit is shared by everything that uses it: an executor that sets one uses a scope
+   * of its own, so that another in the same process (tests) does not share its limit.
+   */
+  static for(path: string = DEFAULT_HELPER_PATH, scope = ''): SpawnHelper {
+    const key = `${scope}\0${path}`;
+    let h = SpawnHelper.#byPath.get(key);
+    if (!h) SpawnHelper.#byPath.set(key, (h = new SpawnHelper(path)));
     return h;
   }
 
@@ -104,6 +128,19 @@ export class SpawnHelper {
   /** Callbacks of the tasks in the helper, by id; ids are reused (the helper indexes by them). */
   #tasks: Array<((r: HelperResult) => void) | undefined> = [];
   #freeIds: number[] = [];
+  /** The start callbacks of the tasks in the helper, by id, until their start was reported. */
+  #onStart: Array<HelperStarted | undefined> = [];
+  /** The limit on limited tasks, or null for none. */
+  #limit: number | null = null;
+  /**
+   * The limit the current helper process has, and how many limited tasks it holds: the limit is
+   * sent only while it matters (before a limited task, or while any is there), so that an
+   * executor running builtins, whose slots change the limit with every task, costs the helper
+   * no wakeups.
+   */
+  #limitSent: number | null = null;
+  #limitedIn = 0;
+  #isLimited: boolean[] = [];
   /** The process group of each running task, once the helper told us (lazily: see 'P' in the C). */
   #pgids: Array<number | undefined> = [];
   #running = 0;
@@ -119,12 +156,53 @@ export class SpawnHelper {
     return this.#disabled === null && (this.#child !== null || existsSync(this.path) || this.#disable('binary not found'));
   }
 
-  /** Starts a task; `done` is called once. Returns the task's id, or null if the helper is unusable. */
-  start(task: HelperSpawn, done: (r: HelperResult) => void): number | null {
+  /**
+   * Whether the helper runs and said hello: only then may an executor hand it more limited tasks
+   * than its limit. Before the hello the helper may yet turn out stale, and its tasks would all
+   * start at once with Node's spawn.
+   */
+  get ready(): boolean {
+    return this.#ready && this.#child !== null && this.#disabled === null;
+  }
+
+  /**
+   * Sets how many limited tasks may run at once (a whole number ≥ 0); the others wait in the
+   * helper, oldest first. Lowering it stops nothing that runs: it holds back the next starts.
+   */
+  setLimit(n: number): void {
+    if (!Number.isInteger(n) || n < 0) throw new RangeError(`spawn helper limit must be a whole number ≥ 0, not ${n}`);
+    this.#limit = n;
+    if (this.#limitedIn > 0) this.#syncLimit();
+  }
+
+  #syncLimit(): void {
+    if (this.#limit === this.#limitSent || this.#limit === null) return;
+    this.#limitSent = this.#limit;
+    this.#reserve(9);
+    const o = this.#outLen;
+    this.#out.writeUInt32LE(5, o);
+    this.#out[o + 4] = 0x4c; // 'L'
+    this.#out.writeUInt32LE(this.#limit, o + 5);
+    this.#outLen += 9;
+    this.#queueFlush();
+  }
+
+  /**
+   * Starts a task; `done` is called once, `started` (if given) once when the helper reports the
+   * task's start, before `done` (never for a task that did not start). Returns the task's id, or
+   * null if the helper is unusable.
+   */
+  start(task: HelperSpawn, done: (r: HelperResult) => void, started?: HelperStarted): number | null {
     if (!this.usable) return null;
     if (!this.#child) this.#launch();
     const id = this.#freeIds.pop() ?? this.#tasks.length;
     this.#tasks[id] = done;
+    this.#onStart[id] = started;
+    this.#isLimited[id] = task.limited === true;
+    if (task.limited) {
+      this.#syncLimit(); // framed before the spawn request: the helper reads them in order
+      this.#limitedIn++;
+    }
     if (this.#running++ === 0) this.#ref(true);
     this.#frameSpawn(id, task);
     return id;
@@ -154,6 +232,7 @@ export class SpawnHelper {
   #launch(): void {
     this.#ready = false;
     this.#in = null;
+    this.#limitSent = null; // a new process: no limit until told
     const child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.#child = child;
     child.stdin!.on('error', () => {}); // EPIPE when it died: 'close' below handles that
@@ -191,17 +270,25 @@ export class SpawnHelper {
         }
       }
     }
+    const pgids = this.#pgids; // a task's pid reached us with its start report
     this.#tasks = [];
+    this.#onStart = [];
     this.#pgids = [];
+    this.#isLimited = [];
+    this.#limitedIn = 0;
     this.#freeIds = [];
     this.#running = 0;
     this.#outLen = 0;
     this.#in = null;
     if (!wasReady) this.#disable(`it ${why} before its hello`);
     else if (++this.#deaths >= MAX_DEATHS) this.#disable(`it died ${this.#deaths} times, last ${why}`);
-    else warn({ path: this.path, deaths: this.#deaths }, `spawn helper ${why}; its running tasks fail, the next ones start a new helper`);
-    const r: HelperResult = wasReady ? { kind: 'lost', message: `the executor's spawn helper ${why} while the task ran; its process group was killed` } : { kind: 'unavailable' };
-    for (const done of tasks) done?.(r);
+    else warn({ path: this.path, deaths: this.#deaths }, `spawn helper ${why}; its running and waiting tasks fail, the next ones start a new helper`);
+    // Tasks that waited in its queue fail too (rather than being started again elsewhere): they
+    // may have started in its last few ms without our knowing, and the dispatcher retries
+    // SPAWN_HELPER_LOST anyway.
+    const ran: HelperResult = { kind: 'lost', message: `the executor's spawn helper ${why} while the task ran; its process group was killed` };
+    const waited: HelperResult = { kind: 'lost', message: `the executor's spawn helper ${why} before it reported the task's start; the task's process group, if it started, was killed` };
+    for (let id = 0; id < tasks.length; id++) tasks[id]?.(wasReady ? (pgids[id] !== undefined ? ran : waited) : { kind: 'unavailable' });
   }
 
   #reserve(n: number): void {
@@ -227,7 +314,7 @@ export class SpawnHelper {
     const o = this.#out;
     o[start + 4] = 0x53; // 'S'
     o.writeUInt32LE(id, start + 5);
-    o.writeUInt32LE((t.stdin !== undefined ? 1 : 0) | (t.cwd !== undefined ? 2 : 0), start + 9);
+    o.writeUInt32LE((t.stdin !== undefined ? 1 : 0) | (t.cwd !== undefined ? 2 : 0) | (t.limited ? 4 : 0), start + 9);
     o.writeUInt32LE(Math.min(t.outputLimit, 0xffffffff), start + 13);
     o.writeUInt32LE(t.argv.length, start + 17);
     o.writeUInt32LE(env.count, start + 21);
@@ -293,10 +380,15 @@ export class SpawnHelper {
     if (!done) return;
     if (type === 0x50 /* P */) {
       this.#pgids[id] = b.readInt32LE(start + 5);
+      const started = this.#onStart[id];
+      this.#onStart[id] = undefined;
+      started?.(b.readUInt32LE(start + 9) + b.readUInt32LE(start + 13) * 2 ** 32);
       return;
     }
     this.#tasks[id] = undefined;
+    this.#onStart[id] = undefined;
     this.#pgids[id] = undefined;
+    if (this.#isLimited[id]) this.#limitedIn--;
     this.#freeIds.push(id);
     if (--this.#running === 0) this.#ref(false);
     if (type === 0x52 /* R */) {
@@ -319,6 +411,8 @@ export class SpawnHelper {
       const errno = b.readInt32LE(start + 5);
       const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
       done({ kind: 'spawn-failed', code, message: b.toString('utf8', start + 9, end) });
+    } else if (type === 0x4e /* N */) {
+      done({ kind: 'not-started' });
     }
   }
 }

@@ -84,6 +84,41 @@ test('prefetch: tasks beyond the slots wait on the executor, never run beyond it
   assert.ok(starts[3] - starts[0] >= 250, `starts ${starts.map((s) => s - starts[0])}`);
 });
 
+test('prefetch with the spawn helper: commands wait in the helper, builtins in the executor; never beyond the slots; cancel while waiting', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs, ['--prefetch', '4']);
+  startExecutor(procs, d.url, ['--slots', '2', '--id', 'helperq']);
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  t.after(() => client.close());
+  // one command first: the helper is running and said hello, so later commands may wait in it
+  assert.equal((await client.submit({ cmd: ['true'] })).status, 'succeeded');
+  const specs: TaskSpec[] = [
+    { id: 'q0', cmd: ['/bin/sleep', '0.3'] },
+    { id: 'q1', cmd: ['/bin/sleep', '0.3'] },
+    { id: 'q2', cmd: ['/bin/sh', '-c', 'echo ran; sleep 0.3'] }, // waits in the helper: cancelled there
+    { id: 'q3', cmd: ['/bin/sleep', '0.3'] }, // waits in the helper
+    { id: 'q4', builtin: 'sleep', ms: 300 }, // waits in the executor; holds a slot when it runs
+    { id: 'q5', cmd: ['/bin/sleep', '0.3'], timeoutMs: 450 }, // waits ~0.6 s (behind q4, then in the helper), runs 0.3 s: in time
+  ];
+  const runs = specs.map((s) => client.submit(s));
+  await waitFor('six assigned', async () => (await status(d.url)).tasks.running === 6);
+  assert.equal(await client.cancel(['q2']), 1);
+  const results = await Promise.all(runs);
+  const cancelled = results.find((r) => r.id === 'q2')!;
+  assert.deepEqual([cancelled.status, cancelled.error?.code, cancelled.stdout], ['cancelled', 'TASK_CANCELLED', '']);
+  const ran = results.filter((r) => r.id !== 'q2');
+  assert.ok(ran.every((r) => r.status === 'succeeded'), JSON.stringify(ran.map((r) => [r.id, r.status, r.error?.message])));
+  for (const r of ran) {
+    const at = r.timings.started! + 1;
+    const overlapping = ran.filter((o) => o !== r && o.timings.started! <= at && o.timings.finished > at);
+    assert.ok(overlapping.length <= 1, `${r.id} overlapped ${overlapping.map((o) => o.id)}`);
+  }
+  const starts = ran.map((r) => r.timings.started!).sort((a, b) => a - b);
+  assert.ok(starts[4] - starts[0] >= 500, `three waves: starts ${starts.map((s) => s - starts[0])}`);
+});
+
 test('executors started before the dispatcher retry and register once it is up', async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());

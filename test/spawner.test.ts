@@ -1,8 +1,9 @@
 /**
  * The executor's spawn helper through runner.ts, with real processes: every behaviour of a command
  * task (exit, signal, capture, stdin, env, cwd, shell, spawn failures, timeouts and cancels that
- * kill the whole group, leftovers), many at once, the helper dying mid-task, and the fallbacks to
- * Node's child_process. Every process a test starts is killed by the end of it.
+ * kill the whole group, leftovers), many at once, the helper dying mid-task, the helper's queue
+ * (a limit on tasks at once, cancels, timeouts and the helper's death while tasks wait), and the
+ * fallbacks to Node's child_process. Every process a test starts is killed by the end of it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, type TaskSpec } from '../protocol/index.js';
-import { runAttempt, taskBaseEnv, type RunnerOptions } from '../executor/runner.js';
+import { runAttempt, setHelperLimit, taskBaseEnv, type RunnerOptions } from '../executor/runner.js';
 import { DEFAULT_HELPER_PATH } from '../executor/spawner.js';
 
 const base: RunnerOptions = { outputLimit: 64 * 1024, killGraceMs: 300, baseEnv: taskBaseEnv(), spawner: 'helper' };
@@ -251,6 +252,119 @@ test('the helper exits and kills its tasks when the executor dies', async () => 
     while ((alive(helper) || alive(task)) && Date.now() < deadline) await sleep(50);
     assert.equal(alive(helper), false, 'helper exited');
     assert.equal(alive(task), false, 'its task was killed');
+  } finally {
+    killListed(pids);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// ---- the helper's queue -------------------------------------------------------------------------
+
+/** Options for queued tasks in a helper of their own (a scope per test: its own limit and deaths). */
+function queued(scope: string, limit: number): RunnerOptions {
+  const o: RunnerOptions = { ...base, helperScope: scope, helperQueue: true };
+  setHelperLimit(o, limit);
+  return o;
+}
+
+/** A shell task that prints its real start and end (ms since the epoch) around `body`. */
+const timed = (body: string): string[] => ['/bin/sh', '-c', `date +%s%3N; ${body}; date +%s%3N`];
+
+test('queue: with limit 2, six 0.2 s tasks never run more than 2 at once and finish in 3 waves', async () => {
+  const o = queued('limit-2', 2);
+  const t0 = Date.now();
+  const results = await Promise.all(Array.from({ length: 6 }, () => runAttempt({ cmd: timed('sleep 0.2') }, o).done));
+  const elapsed = Date.now() - t0;
+  const spans = results.map((r) => {
+    assert.equal(r.status, 'succeeded', r.stderr);
+    const [start, end] = r.stdout.trim().split('\n').map(Number);
+    // the reported startedAt is the real start (not the request time), to within the clock's ms
+    assert.ok(Math.abs(r.startedAt - start) <= 20, `startedAt ${r.startedAt} vs real start ${start}`);
+    return { start, end };
+  });
+  // at each task's start, at most 2 tasks (itself included) have started and not ended
+  for (const s of spans) {
+    const overlapping = spans.filter((x) => x.start <= s.start && x.end > s.start).length;
+    assert.ok(overlapping <= 2, `${overlapping} running at ${s.start}: ${JSON.stringify(spans)}`);
+  }
+  const starts = spans.map((x) => x.start).sort((a, b) => a - b);
+  assert.ok(starts[2] - starts[0] >= 190 && starts[4] - starts[2] >= 190, `three waves: ${starts}`);
+  assert.ok(elapsed >= 590 && elapsed < 3000, `3 waves of 0.2 s took ${elapsed} ms`);
+  setHelperLimit(o, 6); // raising the limit lets them all start at once
+  const t1 = Date.now();
+  await Promise.all(Array.from({ length: 6 }, () => runAttempt({ cmd: ['/bin/sleep', '0.2'] }, o).done));
+  assert.ok(Date.now() - t1 < 590, 'one wave with limit 6');
+});
+
+test('queue: a cancelled task that waits never starts; the next one takes the slot', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  try {
+    const o = queued('cancel', 1);
+    const a = runAttempt({ cmd: timed('sleep 0.4') }, o);
+    const b = runAttempt({ cmd: ['/bin/sh', '-c', `touch ${join(dir, 'b-ran')}`] }, o);
+    const c = runAttempt({ cmd: timed('true') }, o);
+    await sleep(100);
+    b.cancel();
+    const rb = await b.done;
+    assert.deepEqual([rb.status, rb.error?.code, rb.error?.message, rb.exitCode, rb.signal], ['cancelled', ErrorCode.TASK_CANCELLED, 'cancelled before it started', null, null]);
+    const ra = await a.done;
+    const rc = await c.done;
+    assert.equal(ra.status, 'succeeded');
+    assert.ok(rb.finishedAt < Number(ra.stdout.trim().split('\n')[1]), 'b was dropped at once, not when a slot freed');
+    assert.equal(rc.status, 'succeeded');
+    assert.ok(Number(rc.stdout.split('\n')[0]) >= Number(ra.stdout.trim().split('\n')[1]), 'c started after a ended');
+    assert.equal(existsSync(join(dir, 'b-ran')), false, 'b never ran');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('queue: a waiting task’s timeout counts from its real start', async () => {
+  const o = queued('timeout', 1);
+  const a = runAttempt({ cmd: timed('sleep 0.5') }, o);
+  // waits ~0.5 s, longer than its timeout, then runs 0.1 s: within its timeout
+  const b = runAttempt({ cmd: ['/bin/sleep', '0.1'], timeoutMs: 300 }, o);
+  const c = runAttempt({ cmd: ['/bin/sleep', '5'], timeoutMs: 300 }, o);
+  const [ra, rb, rc] = await Promise.all([a.done, b.done, c.done]);
+  assert.equal(ra.status, 'succeeded');
+  assert.equal(rb.status, 'succeeded', `b: ${rb.error?.message}`);
+  const aEnd = Number(ra.stdout.trim().split('\n')[1]);
+  assert.ok(rb.startedAt >= aEnd - 20, 'b started when a ended');
+  assert.equal(rc.status, 'timed_out');
+  assert.equal(rc.error?.code, ErrorCode.TASK_TIMEOUT);
+  assert.ok(rc.startedAt >= rb.startedAt + 90, 'c started when b ended');
+  const ran = rc.finishedAt - rc.startedAt;
+  assert.ok(ran >= 290 && ran < 2000, `c ran ${ran} ms before its 300 ms timeout killed it`);
+});
+
+test('queue: the helper killed with tasks waiting: running and waiting tasks fail SPAWN_HELPER_LOST; the waiting ones never ran', async () => {
+  const helperPath = DEFAULT_HELPER_PATH.replace(/falconet-spawn-helper$/, './falconet-spawn-helper');
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
+  const pids = join(dir, 'pids');
+  try {
+    const o = { ...queued('lost', 1), helperPath };
+    setHelperLimit(o, 1);
+    const helperPid = await parentOf(o);
+    const running = runAttempt({ cmd: ['/bin/sh', '-c', `echo $$ >> ${pids}; exec sleep 60`] }, o);
+    const waiting = [1, 2].map((i) => runAttempt({ cmd: ['/bin/sh', '-c', `touch ${join(dir, `ran-${i}`)}`] }, o));
+    await sleep(200);
+    process.kill(helperPid, 'SIGKILL');
+    for (const r of await Promise.all([running, ...waiting].map((x) => x.done))) {
+      assert.deepEqual([r.status, r.error?.code], ['failed', ErrorCode.SPAWN_HELPER_LOST]);
+      assert.match(r.error!.message, /spawn helper killed by SIGKILL/);
+    }
+    await sleep(100);
+    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `task ${pid} outlived its helper`);
+    assert.equal(existsSync(join(dir, 'ran-1')) || existsSync(join(dir, 'ran-2')), false, 'the waiting tasks never ran');
+    // a new helper, with the limit still in force
+    const t0 = Date.now();
+    const next = await Promise.all([1, 2].map(() => runAttempt({ cmd: ['/bin/sh', '-c', 'echo $PPID; sleep 0.2'] }, o).done));
+    assert.ok(Date.now() - t0 >= 390, 'limit 1 re-sent to the new helper');
+    for (const r of next) {
+      assert.equal(r.status, 'succeeded');
+      assert.notEqual(Number(r.stdout.trim()), helperPid);
+      assert.notEqual(Number(r.stdout.trim()), process.pid, 'a new helper, not the fallback');
+    }
   } finally {
     killListed(pids);
     rmSync(dir, { recursive: true, force: true });

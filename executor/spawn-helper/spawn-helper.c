@@ -14,12 +14,24 @@
  *   'R' result:  u32 id, i32 exit code (-1: none), i32 signal (0: none), u8 truncated (bit 0 stdout,
  *                bit 1 stderr), u32 n, n bytes of stdout, u32 m, m bytes of stderr
  *   'F' failed:  u32 id, i32 errno, strerror text (rest of the frame): the task did not start
- *   'P' pid:     u32 id, i32 pid (= its process group): so that the executor can kill the groups
- *                if we die. Not urgent: written with the next result, or within LAZY_MS
+ *   'P' started: u32 id, i32 pid (= its process group), u64 start time (ms since the epoch,
+ *                CLOCK_REALTIME): so that the executor can kill the groups if we die, and knows when
+ *                a task that waited here really started (its startedAt; its timeout runs from then).
+ *                Not urgent: written with the next result, or within LAZY_MS
+ *   'N' not started: u32 id: a task killed while it waited in the queue; it never ran
  * executor -> helper
- *   'S' spawn:   u32 id, u32 flags (1: stdin given, 2: cwd given), u32 output limit, u32 argc, u32 envc,
- *                [cwd], argv..., env ("K=V")..., [stdin]          each string: u32 n, n bytes
- *   'K' kill:    u32 id, i32 signal      (to the task's process group; ignored once it was reaped)
+ *   'S' spawn:   u32 id, u32 flags (1: stdin given, 2: cwd given, 4: limited), u32 output limit,
+ *                u32 argc, u32 envc, [cwd], argv..., env ("K=V")..., [stdin]
+ *                                                          each string: u32 n, n bytes
+ *   'K' kill:    u32 id, i32 signal      (to the task's process group; ignored once it was reaped;
+ *                a task still waiting in the queue is dropped instead and reported 'N')
+ *   'L' limit:   u32 n: at most n limited tasks run at once (initially: no limit)
+ *
+ * The queue: a limited spawn request that finds n limited tasks running (or others waiting) waits
+ * here, in arrival order. Each time a limited task's main process is reaped, the oldest waiting
+ * requests start (up to the limit) before that task's result is written: the next task starts
+ * without a round trip through the executor, which is most of the gap between the executor and a
+ * C spawn loop. Unlimited tasks (the executor's own side work) start at once and are not counted.
  *
  * Ids are chosen by the executor, small and reused only after their 'R' or 'F' (we index by them).
  * A task is reported once its main process is reaped and its stdout and stderr are both at EOF.
@@ -44,7 +56,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define VERSION 1
+#define VERSION 2
 #define MAGIC "falconet-spawn-helper"
 #define MAX_FRAME (1u << 30) /* a sanity bound, far above any task the dispatcher accepts */
 #define MAX_ID (1u << 26)
@@ -72,7 +84,15 @@ struct task {
   size_t limit;
   char *in;
   size_t in_len, in_off;
+  int limited; /* counted against the limit while it runs (until reaped) */
+  /* while waiting in the queue: its request (a copy, with a spare byte) and its neighbours */
+  int queued;
+  char *req;
+  size_t req_len;
+  uint32_t qprev, qnext;
 };
+
+#define NONE UINT32_MAX
 
 static struct task *tasks;
 static size_t ntasks;
@@ -85,6 +105,9 @@ static int reaped_inline;
 static int urgent;
 /* when the oldest unsent lazy frame was queued (ms, monotonic), or -1 */
 static long long lazy_since = -1;
+/* the limit on limited tasks running at once, how many run, and the queue of those waiting */
+static uint32_t limit = UINT32_MAX, active;
+static uint32_t qhead = NONE, qtail = NONE;
 
 static long long now_ms(void) {
   struct timespec ts;
@@ -179,6 +202,13 @@ static void pid_del(size_t i) {
   }
 }
 
+/* SIGKILLs the group of every task that runs (not those waiting: they have no pid, and kill(-0)
+ * would be our own group). */
+static void kill_all(void) {
+  for (size_t i = 0; i < ntasks; i++)
+    if (tasks[i].used && !tasks[i].queued && !tasks[i].reaped && tasks[i].pid > 0) kill(-tasks[i].pid, SIGKILL);
+}
+
 /* Writes what we can of the response buffer; the rest waits for EPOLLOUT. */
 static void flush_out(void) {
   size_t off = 0;
@@ -192,8 +222,7 @@ static void flush_out(void) {
       break;
     } else {
       /* EPIPE: the executor is gone; its tasks go with it */
-      for (size_t i = 0; i < ntasks; i++)
-        if (tasks[i].used && !tasks[i].reaped) kill(-tasks[i].pid, SIGKILL);
+      kill_all();
       exit(0);
     }
   }
@@ -249,7 +278,7 @@ static void maybe_finish(uint32_t id) {
     buf_put(&outbuf, t->cap[j].p, t->cap[j].len);
     free(t->cap[j].p);
   }
-  *t = (struct task){.fd = {-1, -1, -1}};
+  *t = (struct task){.fd = {-1, -1, -1}, .qprev = NONE, .qnext = NONE};
 }
 
 static void watch(int fd, uint32_t events, uint32_t id, uint32_t which) {
@@ -293,6 +322,9 @@ static void drain_output(uint32_t id, int j) {
   }
 }
 
+static void start_queued(void);
+static void protocol_error(const char *what);
+
 /* Reaps the task's main process if it has exited: SIGKILLs what is left of its group first, while
  * the zombie still holds the pid (= the group id), so the id cannot have been reused. */
 static int reap_task(uint32_t id, int nohang) {
@@ -311,6 +343,13 @@ static int reap_task(uint32_t id, int nohang) {
   t->reaped = 1;
   t->status = status;
   close_fd(t, 2);
+  if (t->limited) {
+    t->limited = 0;
+    active--;
+    /* its slot is free: the next task starts now, before this one's result is even written (the
+     * tasks array is not reallocated here: ids are allocated when a request arrives) */
+    start_queued();
+  }
   return 1;
 }
 
@@ -358,35 +397,46 @@ static int search_path(const char *file, char **env, char **out) {
   }
 }
 
-/* Handles one 'S' request; body points past the type byte. Returns 0, or -1 on a malformed frame. */
-static int spawn_task(const char *body, size_t len) {
+static uint64_t realtime_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Checks the layout of an 'S' body (after its fixed 20 bytes: the strings) without touching it.
+ * Returns 0, or -1 on a malformed request. */
+static int check_spawn(const char *body, size_t len) {
   if (len < 20) return -1;
-  uint32_t id = get_u32(body), flags = get_u32(body + 4), limit = get_u32(body + 8);
+  uint32_t id = get_u32(body), flags = get_u32(body + 4);
   uint32_t argc = get_u32(body + 12), envc = get_u32(body + 16);
-  if (id >= MAX_ID || argc == 0 || argc > len || envc > len) return -1;
-  if (id >= ntasks) {
-    size_t n = ntasks ? ntasks : 64;
-    while (n <= id) n *= 2;
-    tasks = xrealloc(tasks, n * sizeof *tasks);
-    memset(tasks + ntasks, 0, (n - ntasks) * sizeof *tasks);
-    ntasks = n;
+  if (id >= MAX_ID || argc == 0 || argc > len || envc > len || (flags & ~7u)) return -1;
+  size_t nstr = (size_t)argc + envc + !!(flags & 1) + !!(flags & 2);
+  size_t off = 20;
+  for (size_t i = 0; i < nstr; i++) {
+    if (len - off < 4) return -1;
+    uint32_t n = get_u32(body + off);
+    if (len - off - 4 < n) return -1;
+    off += 4 + n;
   }
-  if (tasks[id].used) return -1;
-  /* The strings are NUL-terminated in place: each length prefix's last byte makes room for the
-   * previous string's NUL, and a spare byte keeps room after the last one (see read_requests). */
-  size_t nstr = argc + envc + !!(flags & 1) + !!(flags & 2);
+  return off == len ? 0 : -1;
+}
+
+/* Starts the task of a checked 'S' body; tasks[id] must be unused. body[len] must be writable:
+ * the strings are NUL-terminated in place (each length prefix's last byte makes room for the
+ * previous string's NUL, and that spare byte for the last one). A failure is reported 'F'. */
+static void start_task(char *body, size_t len) {
+  uint32_t id = get_u32(body), flags = get_u32(body + 4), limit_bytes = get_u32(body + 8);
+  uint32_t argc = get_u32(body + 12), envc = get_u32(body + 16);
+  size_t nstr = (size_t)argc + envc + !!(flags & 1) + !!(flags & 2);
   char **strs = xrealloc(NULL, (nstr + 2) * sizeof *strs);
   size_t *lens = xrealloc(NULL, nstr * sizeof *lens);
   size_t off = 20;
   for (size_t i = 0; i < nstr; i++) {
-    if (len - off < 4) goto bad;
     uint32_t n = get_u32(body + off);
-    if (len - off - 4 < n) goto bad;
-    strs[i] = (char *)body + off + 4;
+    strs[i] = body + off + 4;
     lens[i] = n;
     off += 4 + n;
   }
-  if (off != len) goto bad;
   for (size_t i = 0; i < nstr; i++) strs[i][lens[i]] = 0;
   char *cwd = flags & 2 ? strs[0] : NULL;
   const char *stdin_data = flags & 1 ? strs[nstr - 1] : NULL;
@@ -398,6 +448,7 @@ static int spawn_task(const char *body, size_t len) {
   memmove(env, argv + argc, envc * sizeof *env);
   argv[argc] = NULL;
   env[envc] = NULL;
+  (void)len;
 
   struct task *t = &tasks[id];
   int out[2] = {-1, -1}, errp[2] = {-1, -1}, in[2] = {-1, -1};
@@ -426,6 +477,8 @@ static int spawn_task(const char *body, size_t len) {
     posix_spawnattr_setsigmask(&at, &none); /* we block SIGCHLD; the task must not inherit that */
     posix_spawnattr_setsigdefault(&at, &all); /* nor our ignored SIGPIPE */
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    /* EAGAIN (a process limit) is reported like any other failure: the task did not start, and
+     * retrying here would only hold up the tasks behind it */
     err = posix_spawn(&pid, file, &fa, &at, argv, env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
@@ -440,13 +493,17 @@ static int spawn_task(const char *body, size_t len) {
       if (ours[j] >= 0) close(ours[j]);
     free(strs);
     report_failure(id, err);
-    return 0;
+    return;
   }
-  *t = (struct task){.used = 1, .pid = pid, .fd = {out[0], errp[0], in[1]}, .limit = limit};
+  *t = (struct task){.used = 1, .pid = pid, .fd = {out[0], errp[0], in[1]}, .limit = limit_bytes, .limited = !!(flags & 4), .qprev = NONE, .qnext = NONE};
+  if (t->limited) active++;
   pid_put(pid, id);
-  frame_head(8, 'P');
+  frame_head(16, 'P');
   put_u32(&outbuf, id);
   put_u32(&outbuf, (uint32_t)pid);
+  uint64_t at_ms = realtime_ms();
+  put_u32(&outbuf, (uint32_t)at_ms);
+  put_u32(&outbuf, (uint32_t)(at_ms >> 32));
   for (int j = 0; j < 2; j++) {
     fcntl(t->fd[j], F_SETFL, O_NONBLOCK); /* our end only: the task's end stays blocking */
     watch(t->fd[j], EPOLLIN, id, (uint32_t)j);
@@ -460,25 +517,87 @@ static int spawn_task(const char *body, size_t len) {
     if (t->fd[2] >= 0) watch(t->fd[2], EPOLLOUT, id, 2);
   }
   free(strs);
+}
+
+static void unqueue(uint32_t id) {
+  struct task *t = &tasks[id];
+  if (t->qprev != NONE) tasks[t->qprev].qnext = t->qnext;
+  else qhead = t->qnext;
+  if (t->qnext != NONE) tasks[t->qnext].qprev = t->qprev;
+  else qtail = t->qprev;
+  t->qprev = t->qnext = NONE;
+}
+
+/* Starts waiting tasks, oldest first, while the limit allows. */
+static void start_queued(void) {
+  while (qhead != NONE && active < limit) {
+    uint32_t id = qhead;
+    unqueue(id);
+    char *req = tasks[id].req;
+    size_t req_len = tasks[id].req_len;
+    tasks[id] = (struct task){.fd = {-1, -1, -1}, .qprev = NONE, .qnext = NONE};
+    start_task(req, req_len);
+    free(req);
+  }
+}
+
+/* Handles one 'S' request; body points past the type byte, and body[len] is writable. Returns 0,
+ * or -1 on a malformed frame. */
+static int spawn_request(char *body, size_t len) {
+  if (check_spawn(body, len) < 0) return -1;
+  uint32_t id = get_u32(body), flags = get_u32(body + 4);
+  if (id >= ntasks) {
+    size_t n = ntasks ? ntasks : 64;
+    while (n <= id) n *= 2;
+    tasks = xrealloc(tasks, n * sizeof *tasks);
+    for (size_t i = ntasks; i < n; i++) tasks[i] = (struct task){.fd = {-1, -1, -1}, .qprev = NONE, .qnext = NONE};
+    ntasks = n;
+  }
+  if (tasks[id].used) return -1;
+  if (!(flags & 4) || (qhead == NONE && active < limit)) {
+    start_task(body, len);
+    return 0;
+  }
+  /* wait: keep a copy of the request (the input buffer is reused), with the spare byte */
+  struct task *t = &tasks[id];
+  *t = (struct task){.used = 1, .queued = 1, .fd = {-1, -1, -1}, .qprev = qtail, .qnext = NONE};
+  t->req = xrealloc(NULL, len + 1);
+  memcpy(t->req, body, len);
+  t->req_len = len;
+  if (qtail != NONE) tasks[qtail].qnext = id;
+  else qhead = id;
+  qtail = id;
   return 0;
-bad:
-  free(strs);
-  free(lens);
-  return -1;
 }
 
 static void kill_task(const char *body, size_t len) {
   if (len != 8) return;
   uint32_t id = get_u32(body);
   int sig = (int)get_u32(body + 4);
+  if (id >= ntasks || !tasks[id].used) return;
+  struct task *t = &tasks[id];
+  if (t->queued) {
+    /* never started: drop it, whatever the signal */
+    unqueue(id);
+    free(t->req);
+    *t = (struct task){.fd = {-1, -1, -1}, .qprev = NONE, .qnext = NONE};
+    frame_head(4, 'N');
+    put_u32(&outbuf, id);
+    return;
+  }
   /* once reaped, the group was already SIGKILLed and its id may be free for reuse */
-  if (id < ntasks && tasks[id].used && !tasks[id].reaped) kill(-tasks[id].pid, sig);
+  if (!t->reaped) kill(-t->pid, sig);
+}
+
+static void limit_request(const char *body, size_t len) {
+  if (len != 4) protocol_error("malformed limit request");
+  limit = get_u32(body);
+  start_queued();
 }
 
 static void protocol_error(const char *what) {
   fprintf(stderr, "falconet-spawn-helper: protocol error: %s\n", what);
-  for (size_t i = 0; i < ntasks; i++)
-    if (tasks[i].used && !tasks[i].reaped) kill(-tasks[i].pid, SIGKILL);
+  kill_all();
   exit(65);
 }
 
@@ -506,9 +625,11 @@ static int read_requests(void) {
     /* the byte after the frame may take the last string's NUL: save and restore it */
     char after = inbuf.p[off + 4 + n];
     if (type == 'S') {
-      if (spawn_task(body, n - 1) < 0) protocol_error("malformed spawn request");
+      if (spawn_request(body, n - 1) < 0) protocol_error("malformed spawn request");
     } else if (type == 'K') {
       kill_task(body, n - 1);
+    } else if (type == 'L') {
+      limit_request(body, n - 1);
     } else {
       protocol_error("unknown request type");
     }
@@ -611,8 +732,7 @@ int main(void) {
       reap(sfd);
     }
     if (!alive) {
-      for (size_t i = 0; i < ntasks; i++)
-        if (tasks[i].used && !tasks[i].reaped) kill(-tasks[i].pid, SIGKILL);
+      kill_all();
       return 0;
     }
     if (urgent || out_blocked || (outbuf.len && now_ms() - lazy_since >= LAZY_MS)) {
