@@ -238,8 +238,13 @@ test('retry on chosen exit codes only, and a crash counter that survives restart
   await k.submitMany([{ id: 'killer', cmd: ['sh', '-c', 'kill -9 $PPID; sleep 5'] }], { until: 'accepted' });
   await k.close();
   for (let i = 0; i < 3; i++) {
-    const e = startExecutor(procs, d.url);
-    await new Promise((r) => e.once('exit', r));
+    // Node's spawn, so that the task's parent ($PPID) is the executor itself (through the spawn
+    // helper it would be the helper, whose death the executor survives: test/spawner.test.ts).
+    const e = startExecutor(procs, d.url, ['--spawner', 'node']);
+    await Promise.race([
+      new Promise((r) => e.once('exit', r)),
+      sleep(20_000).then(() => assert.fail('the task did not kill its executor')),
+    ]);
     await waitFor('the lease to expire', async () => (await status(d.url)).executors.length === 0);
     await kill9(d);
     d = await dispatcherAt(procs, port, dataDir);
