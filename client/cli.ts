@@ -364,6 +364,13 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
 };
 
 async function main(argv: string[]): Promise<void> {
+  // A reader that goes away (`falconet status | head -1`) ends the command quietly, as it ends
+  // other Unix tools, instead of an unhandled EPIPE.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    process.stderr.write(`falconet: cannot write to stdout: ${err.message}\n`);
+    process.exit(1);
+  });
   const [command, ...rest] = argv;
   if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
     process.stdout.write(USAGE);

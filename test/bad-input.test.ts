@@ -163,6 +163,19 @@ test('bad CLI arguments: usage errors with exit code 2', async (t) => {
   }
 });
 
+test('a client command whose reader goes away (| head) exits quietly, not with an unhandled EPIPE', async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  const cli = procs.spawn(['status', '--dispatcher', d.url]);
+  cli.stdout!.destroy(); // the reader is gone before the command writes a byte
+  let stderr = '';
+  cli.stderr!.on('data', (b: Buffer) => (stderr += b));
+  const code = await new Promise<number | null>((r) => cli.once('exit', r));
+  assert.equal(code, 0, stderr);
+  assert.doesNotMatch(stderr, /EPIPE|Unhandled/);
+});
+
 test('a client command against a port nobody answers: UNREACHABLE after --connect-timeout, exit 1', async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
