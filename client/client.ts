@@ -196,11 +196,14 @@ export class Client {
     const startAccepted = this.#acceptedCount;
     const startRejected = this.#rejected.length;
     let submitted = 0;
-    const one = async (task: TaskSpec): Promise<void> => {
-      while (inFlight() >= max) await this.#nextSettle();
+    const add = (task: TaskSpec): void => {
       const spec = this.#enqueue(task);
       if (until === 'accepted') this.#detached.add(spec);
       submitted++;
+    };
+    const one = async (task: TaskSpec): Promise<void> => {
+      while (inFlight() >= max) await this.#nextSettle();
+      add(task);
       // A full batch was just handed to the link: let it go out before building the next one, so
       // the dispatcher starts on the first tasks while later ones are still being read and packed
       // (a synchronous source would otherwise be packed whole before anything leaves).
@@ -210,13 +213,8 @@ export class Client {
       // A synchronous source is read synchronously: awaiting only to wait for room or to let a
       // batch go saves a promise per task (a third of the SDK's cost per task, profiled).
       for (const task of tasks) {
-        if (inFlight() < max && this.#batch.length + 1 < (this.o.maxBatch ?? 2000)) {
-          const spec = this.#enqueue(task);
-          if (until === 'accepted') this.#detached.add(spec);
-          submitted++;
-        } else {
-          await one(task);
-        }
+        if (inFlight() < max && this.#batch.length + 1 < (this.o.maxBatch ?? 2000)) add(task);
+        else await one(task);
       }
     } else {
       for await (const task of tasks) await one(task);

@@ -97,6 +97,8 @@ export class DispatcherCore {
   #hungry = new Set<ExecutorRecord>();
   /** Queued tasks by the locality keys of their inputs (entries pruned lazily). */
   #byLocality = new Map<string, Set<TaskRecord>>();
+  /** Executors by the locality keys their caches hold: who a task may wait for (max-cache-hit). */
+  #holders = new Map<string, Set<ExecutorRecord>>();
   #nextUid = 1;
   #dispatched = 0;
 
@@ -310,7 +312,22 @@ export class DispatcherCore {
     const exec = this.#seen(conn);
     if (!exec) return;
     if (data) exec.data = data;
-    if (holds) exec.holds = new Set(holds);
+    if (holds) this.#setHolds(exec, new Set(holds));
+  }
+
+  /** Replaces what an executor's cache holds (null: it is gone), keeping #holders in step. */
+  #setHolds(exec: ExecutorRecord, holds: Set<string> | null): void {
+    for (const key of exec.holds ?? []) {
+      const set = this.#holders.get(key);
+      set?.delete(exec);
+      if (set?.size === 0) this.#holders.delete(key);
+    }
+    exec.holds = holds;
+    for (const key of holds ?? []) {
+      let set = this.#holders.get(key);
+      if (!set) this.#holders.set(key, (set = new Set()));
+      set.add(exec);
+    }
   }
 
   #seen(conn: ConnId): ExecutorRecord | undefined {
@@ -434,6 +451,7 @@ export class DispatcherCore {
     this.executors.delete(exec.info.id);
     this.journal.executorRemoved(exec);
     this.#hungry.delete(exec);
+    this.#setHolds(exec, null);
     if (exec.conn !== null) this.#executorConns.delete(exec.conn);
     for (const task of [...exec.running.values()]) {
       if (lost) this.#lose(task, exec);
@@ -500,8 +518,9 @@ export class DispatcherCore {
   #waitsForHolder(task: TaskRecord, exec: ExecutorRecord, now: number): boolean {
     if (this.options.dataPolicy !== 'max-cache-hit' || task.locality === null) return false;
     if (now - task.submittedAt > (this.options.cacheWaitMs ?? 2000)) return false;
-    for (const other of this.executors.values()) {
-      if (other === exec || other.conn === null || other.draining || !other.holds) continue;
+    // Only executors holding its first input can hold them all.
+    for (const other of this.#holders.get(task.locality[0]) ?? []) {
+      if (other === exec || other.conn === null || other.draining) continue;
       if (task.locality.every((k) => other.holds!.has(k))) return true;
     }
     return false;
@@ -544,11 +563,8 @@ export class DispatcherCore {
         this.#hungry.delete(exec);
         continue;
       }
-      const fits = fitsFor(exec);
-      if (exec.credit > 0) {
-        const skip = this.options.dataPolicy === 'max-cache-hit' && this.#byLocality.size > 0 ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
-        for (const task of this.queue.take(exec.credit, fits, skip)) this.#dispatch(task, exec, now);
-      }
+      const skip = this.options.dataPolicy === 'max-cache-hit' && this.#byLocality.size > 0 ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+      for (const task of this.queue.take(exec.credit, fitsFor(exec), skip)) this.#dispatch(task, exec, now);
       if (exec.credit <= 0) this.#hungry.delete(exec);
       if (this.queue.size === 0) break;
     }

@@ -149,13 +149,10 @@ export class Outbound {
         // A peer that does not read must not grow our memory without bound. Dropping it loses
         // nothing: results stay in the session until acknowledged and are replayed on resume;
         // an executor's attempts are its to report when it redials.
-        if (!close && !c.closing && c.ws.bufferedAmount > this.maxBufferedBytes) {
-          const message = `${c.ws.bufferedAmount} bytes waited to be sent (limit ${this.maxBufferedBytes}); reconnect and resume`;
+        if (!c.closing && c.ws.bufferedAmount > this.maxBufferedBytes) {
           this.log.warn({ conn: c.id, role: c.role, buffered: c.ws.bufferedAmount }, 'slow consumer dropped');
-          c.closing = { code: ErrorCode.SLOW_CONSUMER, message, retryable: true };
-          c.ws.send(this.codec.encode([{ t: 'error', ...c.closing }])[0]);
-          c.ws.close(1008, ErrorCode.SLOW_CONSUMER);
-          setTimeout(() => c.ws.terminate(), 2000).unref();
+          const message = `${c.ws.bufferedAmount} bytes waited to be sent (limit ${this.maxBufferedBytes}); reconnect and resume`;
+          this.fail(c, { code: ErrorCode.SLOW_CONSUMER, message, retryable: true });
         }
       }
       if (close) {

@@ -31,7 +31,7 @@ import {
   type FalconetError,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
-import { helperPlacement, setHelperLimit, taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
+import { helperPlacement, outcome, setHelperLimit, taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { dataCounters, defaultDataOptions, heldLocalityKeys, startAttempt, type DataOptions } from './attempt.js';
 
 export const EXECUTOR_VERSION = '0.1.0';
@@ -296,20 +296,8 @@ export class ExecutorAgent {
         const queued = this.#queued.get(msg.uid);
         if (queued && queued.attempt === msg.attempt) {
           this.#queued.delete(msg.uid);
-          const now = Date.now();
-          this.#deliver({
-            uid: msg.uid,
-            attempt: msg.attempt,
-            status: 'cancelled',
-            exitCode: null,
-            signal: null,
-            stdout: '',
-            stderr: '',
-            truncated: false,
-            startedAt: now,
-            finishedAt: now,
-            error: { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' },
-          });
+          const error = { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' };
+          this.#deliver({ uid: msg.uid, attempt: msg.attempt, ...outcome('cancelled', Date.now(), { error }) });
         }
         return;
       }

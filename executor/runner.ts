@@ -88,7 +88,8 @@ export function runAttempt(spec: TaskSpec, options: RunnerOptions): RunningAttem
   return spec.builtin !== undefined ? runBuiltin(spec) : runCommand(spec, options);
 }
 
-function outcome(status: Outcome['status'], startedAt: number, extra: Partial<Outcome> = {}): Outcome {
+/** An outcome with nothing captured: the common shape, `extra` fills in what happened. */
+export function outcome(status: Outcome['status'], startedAt: number, extra: Partial<Outcome> = {}): Outcome {
   return {
     status,
     exitCode: null,
@@ -200,23 +201,32 @@ function commandOutcome(
   return outcome('failed', startedAt, { ...captured, error: { code: ErrorCode.TASK_FAILED, message: why } });
 }
 
+/**
+ * An attempt's one outcome: the first `finish` wins, clears the attempt's timeout and kill timers
+ * and resolves `done`; later ones (a close after an error, a kill after the exit) are ignored.
+ */
+class Settlement {
+  settled = false;
+  timeoutTimer: NodeJS.Timeout | undefined;
+  killTimer: NodeJS.Timeout | undefined;
+  #resolve!: (o: Outcome) => void;
+  readonly done = new Promise<Outcome>((resolve) => (this.#resolve = resolve));
+  readonly finish = (o: Outcome): void => {
+    if (this.settled) return;
+    this.settled = true;
+    clearTimeout(this.timeoutTimer);
+    clearTimeout(this.killTimer);
+    this.#resolve(o);
+  };
+}
+
 function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], options: RunnerOptions): RunningAttempt {
   // The request time until the helper reports the real start (later for a task that waited in its queue).
   let startedAt = Date.now();
   let stopReason: 'timed_out' | 'cancelled' | null = null;
-  let settled = false;
-  let timeoutTimer: NodeJS.Timeout | undefined;
-  let killTimer: NodeJS.Timeout | undefined;
   let fallback: RunningAttempt | null = null;
-  let settle!: (o: Outcome) => void;
-  const done = new Promise<Outcome>((resolve) => (settle = resolve));
-  const finish = (o: Outcome) => {
-    if (settled) return;
-    settled = true;
-    clearTimeout(timeoutTimer);
-    clearTimeout(killTimer);
-    settle(o);
-  };
+  const settlement = new Settlement();
+  const finish = settlement.finish;
   const onResult = (r: HelperResult) => {
     switch (r.kind) {
       case 'exited':
@@ -242,26 +252,26 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
   };
   const stop = (reason: 'timed_out' | 'cancelled') => {
     if (fallback) return fallback.cancel();
-    if (stopReason || settled || id === null) return;
+    if (stopReason || settlement.settled || id === null) return;
     stopReason = reason;
     // A task still waiting in the helper is dropped there (reported 'not-started'); one that runs
     // gets the signal, whether or not its start report has reached us yet.
     helper.kill(id, 'SIGTERM');
     // Only while unsettled: a settled task's id may already belong to another task.
-    killTimer = setTimeout(() => settled || helper.kill(id!, 'SIGKILL'), options.killGraceMs);
+    settlement.killTimer = setTimeout(() => settlement.settled || helper.kill(id!, 'SIGKILL'), options.killGraceMs);
   };
   // The timeout runs from the real start: a task that waits in the helper's queue is not timed
   // while it waits. The report may come up to LAZY_MS (50 ms) late: its time says how much of the
   // timeout is already spent.
   const onStarted = (at: number) => {
     startedAt = at;
-    if (spec.timeoutMs === undefined || settled || stopReason) return;
-    timeoutTimer = setTimeout(() => stop('timed_out'), Math.max(0, spec.timeoutMs - (Date.now() - at)));
+    if (spec.timeoutMs === undefined || settlement.settled || stopReason) return;
+    settlement.timeoutTimer = setTimeout(() => stop('timed_out'), Math.max(0, spec.timeoutMs - (Date.now() - at)));
   };
   const env = spec.env ? { ...options.baseEnv, ...spec.env } : options.baseEnv;
   const id = helper.start({ argv, env, cwd: spec.cwd, stdin: spec.stdin, outputLimit: options.outputLimit, limited: options.helperQueue === true }, onResult, onStarted);
   if (id === null) return runWithNode(spec, argv, options);
-  return { done, cancel: () => stop('cancelled') };
+  return { done: settlement.done, cancel: () => stop('cancelled') };
 }
 
 /** Today's path: Node's child_process.spawn (a fork of this process per task). */
@@ -270,16 +280,8 @@ function runWithNode(spec: TaskSpec, argv: string[], options: RunnerOptions): Ru
   const stdout = new BoundedCapture(options.outputLimit);
   const stderr = new BoundedCapture(options.outputLimit);
   let stopReason: 'timed_out' | 'cancelled' | null = null;
-  let settle!: (o: Outcome) => void;
-  const done = new Promise<Outcome>((resolve) => (settle = resolve));
-  let settled = false;
-  const finish = (o: Outcome) => {
-    if (settled) return;
-    settled = true;
-    clearTimeout(timeoutTimer);
-    clearTimeout(killTimer);
-    settle(o);
-  };
+  const settlement = new Settlement();
+  const finish = settlement.finish;
 
   let child: ChildProcess;
   try {
@@ -295,15 +297,13 @@ function runWithNode(spec: TaskSpec, argv: string[], options: RunnerOptions): Ru
       cancel() {},
     };
   }
-  let timeoutTimer: NodeJS.Timeout | undefined;
-  let killTimer: NodeJS.Timeout | undefined;
   const stop = (reason: 'timed_out' | 'cancelled') => {
-    if (stopReason || settled) return;
+    if (stopReason || settlement.settled) return;
     stopReason = reason;
     killGroup(child, 'SIGTERM');
-    killTimer = setTimeout(() => killGroup(child, 'SIGKILL'), options.killGraceMs);
+    settlement.killTimer = setTimeout(() => killGroup(child, 'SIGKILL'), options.killGraceMs);
   };
-  if (spec.timeoutMs !== undefined) timeoutTimer = setTimeout(() => stop('timed_out'), spec.timeoutMs);
+  if (spec.timeoutMs !== undefined) settlement.timeoutTimer = setTimeout(() => stop('timed_out'), spec.timeoutMs);
 
   child.stdout!.on('data', (c: Buffer) => stdout.add(c));
   child.stderr!.on('data', (c: Buffer) => stderr.add(c));
@@ -318,5 +318,5 @@ function runWithNode(spec: TaskSpec, argv: string[], options: RunnerOptions): Ru
   child.on('close', (code, signal) => {
     finish(commandOutcome(spec, startedAt, stopReason, { stdout: stdout.text(), stderr: stderr.text(), truncated: stdout.truncated || stderr.truncated, exitCode: code, signal }));
   });
-  return { done, cancel: () => stop('cancelled') };
+  return { done: settlement.done, cancel: () => stop('cancelled') };
 }
