@@ -41,6 +41,22 @@ export const ErrorCode = {
   SPAWN_HELPER_LOST: 'SPAWN_HELPER_LOST',
   /** The command exited non-zero or was killed by a signal. */
   TASK_FAILED: 'TASK_FAILED',
+  /**
+   * The executor's report of an attempt could not be accepted (it broke the protocol's limits or
+   * schema). The attempt ends `failed` with this code instead of waiting forever.
+   */
+  RESULT_INVALID: 'RESULT_INVALID',
+  /**
+   * The task went back to the queue without a crash (its executor reconnected without it, drained,
+   * or stopped) more often than the dispatcher allows (`--max-requeues`): it ends `lost`.
+   */
+  TASK_REQUEUE_LIMIT: 'TASK_REQUEUE_LIMIT',
+  /** A submitted id already finished in this session and its result was delivered before. */
+  TASK_DUPLICATE: 'TASK_DUPLICATE',
+  /** The client was closed: what it still waited for is rejected with this code. */
+  CLIENT_CLOSED: 'CLIENT_CLOSED',
+  /** The dispatcher's port is taken by another process. */
+  ADDRESS_IN_USE: 'ADDRESS_IN_USE',
   /** The dispatcher is shutting down and takes no new work. */
   SHUTTING_DOWN: 'SHUTTING_DOWN',
   /**
@@ -54,7 +70,7 @@ export const ErrorCode = {
   STORE_CORRUPT: 'STORE_CORRUPT',
   /** The data dir cannot be used: not writable, or held by another dispatcher. */
   STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
-  /** The peer is sending faster than it is allowed to. */
+  /** Reserved: the peer is sending faster than it is allowed to (nothing produces it yet). */
   RATE_LIMITED: 'RATE_LIMITED',
   /** Staging: an input object or file does not exist. */
   INPUT_NOT_FOUND: 'INPUT_NOT_FOUND',
@@ -87,7 +103,12 @@ export const ErrorCode = {
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
-/** Which codes a client may retry as-is (after a reconnect or a pause). */
+/**
+ * The one source of retryability. For a connection-level error it means: reconnect (or wait) and
+ * send the same thing again. For a result's error code it means: not the task's fault, so the
+ * dispatcher runs the task again by itself while it has attempts left (`maxAttempts`); the code
+ * reaches the client only once they are used up. docs/protocol.md's table says the same.
+ */
 const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.HELLO_TIMEOUT,
   ErrorCode.UNREACHABLE,
@@ -97,7 +118,18 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.RATE_LIMITED,
   ErrorCode.TASK_EXECUTOR_LOST,
   ErrorCode.SPAWN_HELPER_LOST,
+  ErrorCode.INTERNAL,
 ]);
+
+/** True when `code` is retryable (see RETRYABLE); unknown codes are not. */
+export function isRetryable(code: string): boolean {
+  return RETRYABLE.has(code as ErrorCode);
+}
+
+/** The wire form of an error, its retryability taken from the one table. */
+export function wireError(code: ErrorCode, message: string): WireError {
+  return { code, message, retryable: RETRYABLE.has(code) };
+}
 
 /** The wire form of an error. */
 export interface WireError {
@@ -124,13 +156,16 @@ export class FalconetError extends Error {
     return { code: this.code, message: this.message, retryable: this.retryable };
   }
 
-  /** Rebuilds an error received from the wire. */
+  /**
+   * Rebuilds an error received from the wire. A code this version does not know (a newer peer)
+   * is kept as sent: callers compare codes as strings, so nothing is lost by not narrowing it.
+   */
   static fromWire(e: { code: string; message: string; retryable?: boolean }): FalconetError {
     return new FalconetError(e.code as ErrorCode, e.message, { retryable: e.retryable });
   }
 }
 
-/** True when `code` is one of ours (used to validate codes received from peers). */
+/** True when `code` is one of ours. */
 export function isErrorCode(code: string): code is ErrorCode {
   return Object.prototype.hasOwnProperty.call(ErrorCode, code);
 }

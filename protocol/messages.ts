@@ -22,7 +22,21 @@ export const LIMITS = {
   labelEntries: 64,
   tasksPerSubmit: 100_000,
   outputBytes: 1 * MiB,
+  /** stdout and stderr of one attempt, in characters (UTF-16 units, what the schema counts). */
+  outputChars: 2 * MiB,
+  /** An attempt's error message, in characters. */
+  errorChars: 16 * KiB,
 } as const;
+
+/**
+ * Cuts `text` to at most `max` characters, saying so at the end, so that what an executor reports
+ * always fits the schema: a report the dispatcher refuses is a task that never finishes.
+ */
+export function fitText(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const note = `\n[... ${text.length - max} more characters cut]`;
+  return text.slice(0, Math.max(0, max - note.length)) + note;
+}
 
 const Id = Type.String({ minLength: 1, maxLength: LIMITS.idLength });
 const Short = Type.String({ maxLength: 1024 });
@@ -127,7 +141,7 @@ export const TaskStatusSchema = Type.Union([
 /** Terminal states of a task (PRODUCT.md §4). */
 export type TaskStatus = Static<typeof TaskStatusSchema>;
 
-const Output = Type.String({ maxLength: LIMITS.outputBytes * 2 });
+const Output = Type.String({ maxLength: LIMITS.outputChars });
 const Nullable = <T extends TSchema>(s: T) => Type.Union([s, Type.Null()]);
 
 /** How a task's named environment was obtained, with timestamps, like boot phases. */
@@ -155,7 +169,7 @@ export const AttemptResultSchema = Type.Object({
   truncated: Type.Boolean(),
   startedAt: Type.Number(),
   finishedAt: Type.Number(),
-  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 64 }), message: Type.String({ maxLength: 16 * KiB }) })),
+  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 64 }), message: Type.String({ maxLength: LIMITS.errorChars }) })),
   environment: Type.Optional(EnvironmentReportSchema),
 });
 export type AttemptResult = Static<typeof AttemptResultSchema>;
@@ -300,6 +314,11 @@ export const Accepted = Type.Object({
   rejected: Type.Array(
     Type.Object({ index: Uint, id: Type.Optional(Type.String()), code: Type.String(), message: Type.String() }),
   ),
+  /**
+   * Tasks of this submit whose id the session already had (an idempotent resubmit): `finished`
+   * says whether that task has its result already (it came, or comes, on the result stream).
+   */
+  known: Type.Optional(Type.Array(Type.Object({ index: Uint, id: Id, finished: Type.Boolean() }))),
 });
 /**
  * `remaining`: results this connection will still receive after this one as things stand
@@ -361,12 +380,21 @@ export const Assign = Type.Object({
 });
 export const CancelAttempt = Type.Object({ t: Type.Literal('cancel'), uid: Uint, attempt: Uint });
 export const DrainOrder = Type.Object({ t: Type.Literal('drain') });
-export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, error: ErrorMsg, hb: Heartbeat } as const;
+/**
+ * The dispatcher has these attempts' `done` (committed, when the store is durable): the executor
+ * may forget them. Until then it keeps each result and sends it again after a reconnect.
+ */
+export const ResultsAck = Type.Object({
+  t: Type.Literal('ack'),
+  done: Type.Array(Type.Object({ uid: Uint, attempt: Uint }), { maxItems: 1_000_000 }),
+});
+export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToExecutor =
   | Static<typeof ExecutorWelcome>
   | Static<typeof Assign>
   | Static<typeof CancelAttempt>
   | Static<typeof DrainOrder>
+  | Static<typeof ResultsAck>
   | Static<typeof ErrorMsg>
   | Static<typeof Heartbeat>;
 
