@@ -162,6 +162,7 @@ export class DispatcherCore {
     if (!session) return;
     const now = this.clock.now();
     const rejected: Array<{ index: number; id?: string; code: string; message: string }> = [];
+    const known: Array<{ index: number; id: string; finished: boolean }> = [];
     let accepted = 0;
     for (let i = 0; i < msg.tasks.length; i++) {
       const raw = msg.tasks[i];
@@ -175,7 +176,11 @@ export class DispatcherCore {
       const uid = this.#nextUid++;
       const id = spec.id ?? `t${uid}`;
       accepted++;
-      if (session.tasks.has(id) || session.finishedIds.has(id)) continue; // idempotent resubmit
+      if (session.tasks.has(id) || session.finishedIds.has(id)) {
+        // Idempotent resubmit: one task; the client learns which, so no waiter hangs on it.
+        known.push({ index: i, id, finished: !session.tasks.has(id) });
+        continue;
+      }
       const task = newTask(uid, id, session, spec, now);
       session.tasks.set(id, task);
       session.submitted++;
@@ -184,7 +189,7 @@ export class DispatcherCore {
       this.journal.taskAccepted(task);
       this.rates.submitted++;
     }
-    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, remaining: session.tasks.size, rejected });
+    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, remaining: session.tasks.size, rejected, ...(known.length ? { known } : {}) });
   }
 
   /** The client consumed every result up to `cursor`. */

@@ -90,6 +90,10 @@ export const ErrorCode = {
   ENVIRONMENT_FAILED: 'ENVIRONMENT_FAILED',
   /** The executor's cache cannot hold an input within its disk budget. */
   CACHE_FULL: 'CACHE_FULL',
+  /** The executor's content cache could not be opened (its directory is unusable); the executor keeps serving. */
+  CACHE_UNAVAILABLE: 'CACHE_UNAVAILABLE',
+  /** The attempt's sandbox directory could not be created (disk full, read-only work dir). */
+  SANDBOX_FAILED: 'SANDBOX_FAILED',
   /** The dispatcher could not be reached within the connect timeout. */
   UNREACHABLE: 'UNREACHABLE',
   /** A bug on our side; the message says what. */
