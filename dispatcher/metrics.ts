@@ -3,16 +3,16 @@
  * (prom-client `collect`), so the dispatch path pays nothing for them.
  */
 import { Registry, Gauge, Counter } from 'prom-client';
-import type { DispatcherCore } from './core.js';
+import type { CoreView } from './view.js';
 
-export function metricsFor(core: DispatcherCore): Registry {
+export function metricsFor(core: CoreView): Registry {
   const registry = new Registry();
   new Gauge({
     name: 'falconet_tasks_queued',
     help: 'Tasks waiting for an executor',
     registers: [registry],
     collect() {
-      this.set(core.queue.size);
+      this.set(core.queued);
     },
   });
   new Gauge({
@@ -20,7 +20,7 @@ export function metricsFor(core: DispatcherCore): Registry {
     help: 'Tasks dispatched to an executor and not finished',
     registers: [registry],
     collect() {
-      this.set(core.tasks.size - core.queue.size);
+      this.set(core.running);
     },
   });
   new Gauge({
@@ -28,7 +28,7 @@ export function metricsFor(core: DispatcherCore): Registry {
     help: 'Registered executors',
     registers: [registry],
     collect() {
-      this.set(core.executors.size);
+      this.set(core.executorCount);
     },
   });
   new Counter({

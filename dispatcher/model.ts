@@ -3,6 +3,7 @@
  * only through the core's snapshots. Kept small on purpose: a queued task is one TaskRecord
  * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
  */
+import { randomUUID } from 'node:crypto';
 import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
@@ -26,6 +27,8 @@ export interface TaskRecord {
   attempt: number;
   /** Attempts whose executor was lost: the crash counter. */
   lost: number;
+  /** Attempts handed back without fault (see attempts.ts): they do not count against maxAttempts. */
+  requeues: number;
   executor: ExecutorRecord | null;
   cancelRequested: boolean;
   submittedAt: number;
@@ -90,10 +93,16 @@ export interface Clock {
 }
 export const systemClock: Clock = { now: () => Date.now() };
 
+/** Where new session ids come from, injected like the clock so that tests can name them. */
+export interface IdSource {
+  session(): string;
+}
+export const randomIds: IdSource = { session: () => randomUUID() };
+
 /**
  * Every state change of the core passes through this interface, in order. The in-memory store
- * ignores them; the durable store (a later issue) writes them and commits once per tick, before
- * the adapter sends the acknowledgements the changes imply.
+ * ignores them; the durable store writes them and commits them as one group per turn of the event
+ * loop (outbound.ts), before the adapter sends the acknowledgements the changes imply.
  */
 export interface Journal {
   taskAccepted(task: TaskRecord): void;
@@ -143,6 +152,7 @@ export function newTask(uid: number, id: string, session: SessionRecord, spec: T
     state: 'queued',
     attempt: 0,
     lost: 0,
+    requeues: 0,
     executor: null,
     cancelRequested: false,
     submittedAt,

@@ -8,7 +8,7 @@
  * turnaround to the commit latency.
  */
 import type { Logger } from 'pino';
-import { ErrorCode, type Codec, type WireError } from '../protocol/index.js';
+import { ErrorCode, wireError, type Codec, type WireError } from '../protocol/index.js';
 import type { ConnId, Journal } from './model.js';
 import type { PeerSocket } from './transport.js';
 
@@ -18,6 +18,8 @@ export interface Conn {
   readonly ws: PeerSocket;
   role: 'client' | 'executor' | null;
   out: unknown[];
+  /** Executor reports received this turn, acknowledged once the turn is committed. */
+  acks: Array<{ uid: number; attempt: number }>;
   /** Set once the connection is to end: nothing more is queued, it closes after the flush. */
   closing: WireError | null;
   helloTimer: NodeJS.Timeout | null;
@@ -78,6 +80,14 @@ export class Outbound {
     this.queueFlush();
   }
 
+  /** Acknowledges an executor's report of an attempt once this turn's changes are durable. */
+  ackResult(c: Conn, uid: number, attempt: number): void {
+    if (c.closing) return;
+    c.acks.push({ uid, attempt });
+    this.#dirty.add(c);
+    this.queueFlush();
+  }
+
   forget(c: Conn): void {
     this.#dirty.delete(c);
   }
@@ -98,6 +108,12 @@ export class Outbound {
     for (const c of this.#dirty) {
       (c.role === 'client' ? held : now).push({ c, msgs: c.out, close: c.closing });
       c.out = [];
+      if (c.acks.length > 0) {
+        // After the commit, like a client's: an executor that forgets a result we then lose in a
+        // crash would make the restarted dispatcher run the attempt again.
+        held.push({ c, msgs: [{ t: 'ack', done: c.acks }], close: null });
+        c.acks = [];
+      }
     }
     this.#dirty.clear();
     if (held.length > 0) this.#held.push(held);
@@ -140,12 +156,8 @@ export class Outbound {
 
   #release(group: Outgoing[]): void {
     for (const { c, msgs, close } of group) {
+      if (msgs.length > 0 && !this.#sent(c, msgs)) continue;
       if (msgs.length > 0) {
-        try {
-          for (const frame of this.codec.encode(msgs)) c.ws.send(frame);
-        } catch (err) {
-          this.log.error({ err, conn: c.id }, 'encode failed');
-        }
         // A peer that does not read must not grow our memory without bound. Dropping it loses
         // nothing: results stay in the session until acknowledged and are replayed on resume;
         // an executor's attempts are its to report when it redials.
@@ -160,6 +172,33 @@ export class Outbound {
         // A peer that ignores the close handshake must not hold the socket forever.
         setTimeout(() => c.ws.terminate(), 2000).unref();
       }
+    }
+  }
+
+  /**
+   * Sends a turn's messages to one peer. A message that cannot be encoded (larger than any frame)
+   * must not take the others with it: they go one by one, and then the connection fails with the
+   * code, so that the peer reconnects and resumes (a client's results are replayed from its
+   * session, an executor reports what it holds). Returns false when the connection failed.
+   */
+  #sent(c: Conn, msgs: unknown[]): boolean {
+    try {
+      for (const frame of this.codec.encode(msgs)) c.ws.send(frame);
+      return true;
+    } catch (err) {
+      let failure: WireError | null = null;
+      for (const msg of msgs) {
+        try {
+          for (const frame of this.codec.encode([msg])) c.ws.send(frame);
+        } catch (e) {
+          const code = (e as { code?: string }).code === ErrorCode.FRAME_TOO_LARGE ? ErrorCode.FRAME_TOO_LARGE : ErrorCode.INTERNAL;
+          failure ??= wireError(code, `a ${(msg as { t?: string }).t ?? 'message'} could not be sent: ${(e as Error).message}`);
+        }
+      }
+      this.log.error({ err, conn: c.id, role: c.role }, 'encode failed; failing the connection');
+      c.closing = null; // fail() below must be able to queue its error even if a close was pending
+      this.fail(c, failure ?? wireError(ErrorCode.INTERNAL, `encode failed: ${(err as Error).message}`));
+      return false;
     }
   }
 

@@ -16,6 +16,7 @@ import {
   ExecutorMessageSchemas,
   type ClientMessage,
   type ExecutorMessage,
+  wireError,
   type WireError,
 } from '../protocol/index.js';
 import { DispatcherCore, type Outbox } from './core.js';
@@ -52,13 +53,13 @@ export class DispatcherServer {
     private readonly log: Logger,
     transport: Transport,
     journal: CommittingJournal,
-    clock: Clock,
+    private readonly clock: Clock,
     onFatal: (err: Error) => void,
   ) {
     this.#transport = transport;
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
     this.#out = new Outbound(this.#codec, journal, log, config.maxBufferedBytes, () => this.core.schedule(), (err) => {
-      const wire = { code: ErrorCode.STORE_FAILED, message: err.message, retryable: true };
+      const wire = wireError(ErrorCode.STORE_FAILED, err.message);
       for (const c of this.#conns.values()) {
         c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
         c.ws.close(1011, ErrorCode.STORE_FAILED);
@@ -68,13 +69,17 @@ export class DispatcherServer {
     const outbox: Outbox = {
       toClient: (conn, msg) => this.#send(conn, msg),
       toExecutor: (conn, msg) => this.#send(conn, msg),
+      resultReceived: (conn, uid, attempt) => {
+        const c = this.#conns.get(conn);
+        if (c) this.#out.ackResult(c, uid, attempt);
+      },
       close: (conn, code, message) => {
         const c = this.#conns.get(conn);
-        if (c) this.#out.fail(c, { code, message, retryable: false });
+        if (c) this.#out.fail(c, wireError(code, message));
       },
     };
     this.core = new DispatcherCore(config, outbox, clock, journal);
-    this.#metrics = metricsFor(this.core);
+    this.#metrics = metricsFor(this.core.view);
   }
 
   /**
@@ -126,18 +131,18 @@ export class DispatcherServer {
   // ---- connections ------------------------------------------------------------------------------
 
   #onConnection(ws: PeerSocket): PeerHandlers {
-    const c: Conn = { id: this.#nextConn++, ws, role: null, out: [], closing: null, helloTimer: null };
+    const c: Conn = { id: this.#nextConn++, ws, role: null, out: [], acks: [], closing: null, helloTimer: null };
     this.#conns.set(c.id, c);
     const handlers: PeerHandlers = {
       message: (data, isBinary) => this.#onFrame(c, data, isBinary),
       close: () => this.#onClose(c),
     };
     if (this.#stopping) {
-      this.#out.fail(c, { code: ErrorCode.SHUTTING_DOWN, message: 'dispatcher is shutting down', retryable: true });
+      this.#out.fail(c, wireError(ErrorCode.SHUTTING_DOWN, 'dispatcher is shutting down'));
       return handlers;
     }
     c.helloTimer = setTimeout(() => {
-      this.#out.fail(c, { code: ErrorCode.HELLO_TIMEOUT, message: `no hello within ${this.config.helloTimeoutMs} ms`, retryable: true });
+      this.#out.fail(c, wireError(ErrorCode.HELLO_TIMEOUT, `no hello within ${this.config.helloTimeoutMs} ms`));
     }, this.config.helloTimeoutMs);
     return handlers;
   }
@@ -171,7 +176,7 @@ export class DispatcherServer {
       } catch (err) {
         // A bug must cost one connection, never the dispatcher.
         this.log.error({ err, conn: c.id }, 'message handling failed');
-        this.#out.fail(c, { code: ErrorCode.INTERNAL, message: String((err as Error).message), retryable: true });
+        this.#out.fail(c, wireError(ErrorCode.INTERNAL, String((err as Error).message)));
       }
     }
     this.#out.queueFlush();
@@ -180,17 +185,13 @@ export class DispatcherServer {
   #onHello(c: Conn, raw: unknown): void {
     const head = raw as { t?: unknown; v?: unknown; role?: unknown; token?: unknown } | null;
     if (head === null || typeof head !== 'object' || head.t !== 'hello') {
-      return this.#out.fail(c, { code: ErrorCode.HELLO_REQUIRED, message: 'the first message must be hello', retryable: false });
+      return this.#out.fail(c, wireError(ErrorCode.HELLO_REQUIRED, 'the first message must be hello'));
     }
     if (head.v !== PROTOCOL_VERSION) {
-      return this.#out.fail(c, {
-        code: ErrorCode.VERSION_MISMATCH,
-        message: `protocol version ${String(head.v)} is not supported; this dispatcher speaks ${PROTOCOL_VERSION}`,
-        retryable: false,
-      });
+      return this.#out.fail(c, wireError(ErrorCode.VERSION_MISMATCH, `protocol version ${String(head.v)} is not supported; this dispatcher speaks ${PROTOCOL_VERSION}`));
     }
     const role = head.role === 'client' || head.role === 'executor' ? head.role : null;
-    if (!role) return this.#out.fail(c, { code: ErrorCode.INVALID_MESSAGE, message: 'hello.role must be client or executor', retryable: false });
+    if (!role) return this.#out.fail(c, wireError(ErrorCode.INVALID_MESSAGE, 'hello.role must be client or executor'));
     const checked = (role === 'client' ? validateClient : validateExecutor)(raw);
     if (!checked.ok) return this.#out.fail(c, checked.error);
     const authError = this.#authenticate(role, typeof head.token === 'string' ? head.token : undefined);
@@ -201,8 +202,8 @@ export class DispatcherServer {
     const msg = checked.msg;
     if (msg.t !== 'hello') return;
     if (msg.role === 'client') {
-      if (msg.attachOnly && msg.session !== undefined && !this.core.sessions.has(msg.session)) {
-        return this.#out.fail(c, { code: ErrorCode.NOT_FOUND, message: `no session ${msg.session} (finished sessions are kept for --retention)`, retryable: false });
+      if (msg.attachOnly && msg.session !== undefined && !this.core.view.hasSession(msg.session)) {
+        return this.#out.fail(c, wireError(ErrorCode.NOT_FOUND, `no session ${msg.session} (finished sessions are kept for --retention)`));
       }
       this.core.openSession(c.id, msg.session, msg.cursor, msg.leaseMs);
     } else {
@@ -217,9 +218,9 @@ export class DispatcherServer {
     if (expected === undefined) return null;
     if (token !== undefined && sameSecret(token, expected)) return null;
     if (token !== undefined && other !== undefined && sameSecret(token, other)) {
-      return { code: ErrorCode.AUTH_WRONG_ROLE, message: `this credential is for ${role === 'client' ? 'executors' : 'clients'}, not ${role}s`, retryable: false };
+      return wireError(ErrorCode.AUTH_WRONG_ROLE, `this credential is for ${role === 'client' ? 'executors' : 'clients'}, not ${role}s`);
     }
-    return { code: ErrorCode.AUTH_FAILED, message: token === undefined ? 'a token is required' : 'wrong token', retryable: false };
+    return wireError(ErrorCode.AUTH_FAILED, token === undefined ? 'a token is required' : 'wrong token');
   }
 
   #onClientMessage(c: Conn, raw: unknown): void {
@@ -228,7 +229,7 @@ export class DispatcherServer {
     const msg = v.msg;
     switch (msg.t) {
       case 'submit':
-        if (this.#stopping) return this.#send(c.id, { t: 'error', ref: msg.ref, code: ErrorCode.SHUTTING_DOWN, message: 'dispatcher is shutting down', retryable: true });
+        if (this.#stopping) return this.#send(c.id, { t: 'error', ref: msg.ref, ...wireError(ErrorCode.SHUTTING_DOWN, 'dispatcher is shutting down') });
         return this.core.submit(c.id, msg);
       case 'cancel':
         return this.core.cancel(c.id, msg);
@@ -240,12 +241,12 @@ export class DispatcherServer {
           t: 'reply',
           ref: msg.ref,
           ok,
-          ...(ok ? {} : { error: { code: ErrorCode.NOT_FOUND, message: `no executor ${msg.executor}`, retryable: false } }),
+          ...(ok ? {} : { error: wireError(ErrorCode.NOT_FOUND, `no executor ${msg.executor}`) }),
         });
       }
       case 'provisioner': {
         if (!this.extension) {
-          return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: false, error: { code: ErrorCode.NOT_FOUND, message: 'this dispatcher runs no provisioner', retryable: false } });
+          return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: false, error: wireError(ErrorCode.NOT_FOUND, 'this dispatcher runs no provisioner') });
         }
         this.extension.resetProvisioner();
         return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: true });
@@ -253,13 +254,22 @@ export class DispatcherServer {
       case 'hb':
         return;
       case 'hello':
-        return this.#reject(c, { code: ErrorCode.INVALID_MESSAGE, message: 'hello was already received', retryable: false }, raw);
+        return this.#reject(c, wireError(ErrorCode.INVALID_MESSAGE, 'hello was already received'), raw);
     }
   }
 
   #onExecutorMessage(c: Conn, raw: unknown): void {
     const v = validateExecutor(raw);
-    if (!v.ok) return this.#reject(c, v.error, raw);
+    if (!v.ok) {
+      // A report we cannot accept still ends its attempt (RESULT_INVALID), or the task would
+      // wait forever while the executor's heartbeats keep its lease alive.
+      const attempt = attemptOf(raw);
+      if (attempt) {
+        this.log.warn({ conn: c.id, ...attempt, problem: v.error.message }, 'invalid attempt report; the attempt fails with RESULT_INVALID');
+        return this.core.attemptInvalid(c.id, attempt.uid, attempt.attempt, v.error.message);
+      }
+      return this.#reject(c, v.error, raw);
+    }
     const msg = v.msg;
     switch (msg.t) {
       case 'done':
@@ -272,7 +282,7 @@ export class DispatcherServer {
         this.log.info({ conn: c.id, reason: msg.reason }, 'executor leaving');
         return this.core.executorBye(c.id);
       case 'hello':
-        return this.#reject(c, { code: ErrorCode.INVALID_MESSAGE, message: 'hello was already received', retryable: false }, raw);
+        return this.#reject(c, wireError(ErrorCode.INVALID_MESSAGE, 'hello was already received'), raw);
     }
   }
 
@@ -293,7 +303,7 @@ export class DispatcherServer {
   }
 
   #heartbeat(): void {
-    const hb = { t: 'hb', at: Date.now() };
+    const hb = { t: 'hb', at: this.clock.now() };
     for (const c of this.#conns.values()) if (c.role !== null) this.#send(c.id, hb);
   }
 
@@ -305,12 +315,12 @@ export class DispatcherServer {
       const auth = authorization ?? '';
       const token = auth.startsWith('Bearer ') ? auth.slice(7) : '';
       if (!sameSecret(token, this.config.clientToken)) {
-        return json(401, { error: { code: ErrorCode.AUTH_FAILED, message: 'Authorization: Bearer <client token> required', retryable: false } });
+        return json(401, { error: wireError(ErrorCode.AUTH_FAILED, 'Authorization: Bearer <client token> required') });
       }
     }
     if (path === '/api/status') return json(200, { ...this.core.status(), ...this.extension?.status() });
     if (path === '/metrics') return { status: 200, headers: { 'content-type': this.#metrics.contentType }, body: await this.#metrics.metrics() };
-    return json(404, { error: { code: ErrorCode.NOT_FOUND, message: `no route ${path}`, retryable: false } });
+    return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no route ${path}`) });
   }
 
   /**
@@ -330,6 +340,14 @@ export class DispatcherServer {
     await this.#transport.close();
     for (const c of this.#conns.values()) c.ws.terminate();
   }
+}
+
+/** The attempt a malformed `done` names, when it names one: `{t: 'done', result: {uid, attempt}}`. */
+function attemptOf(raw: unknown): { uid: number; attempt: number } | null {
+  const m = raw as { t?: unknown; result?: { uid?: unknown; attempt?: unknown } } | null;
+  if (m === null || typeof m !== 'object' || m.t !== 'done' || m.result === null || typeof m.result !== 'object') return null;
+  const { uid, attempt } = m.result;
+  return Number.isSafeInteger(uid) && Number.isSafeInteger(attempt) && (uid as number) >= 0 && (attempt as number) >= 0 ? { uid: uid as number, attempt: attempt as number } : null;
 }
 
 function sameSecret(a: string, b: string): boolean {

@@ -4,7 +4,8 @@
  * the two counters in Rates.
  */
 import type { DataCounters, TaskStatus } from '../protocol/index.js';
-import type { ExecutorRecord, ExecutorState } from './model.js';
+import type { ExecutorState } from './model.js';
+import type { CoreView, ExecutorView } from './view.js';
 
 /** Per-second rates over a sliding window, sampled from the core's tick. */
 export class Rates {
@@ -69,19 +70,10 @@ export interface StatusSnapshot {
   data: DataCounters & { cacheHitRatio: number | null };
 }
 
-export function executorState(exec: ExecutorRecord): ExecutorState {
-  if (exec.conn === null) return 'disconnected';
+export function executorState(exec: ExecutorView): ExecutorState {
+  if (!exec.connected) return 'disconnected';
   if (exec.draining || exec.leaving) return 'draining';
-  return exec.running.size > 0 ? 'busy' : 'idle';
-}
-
-interface CoreView {
-  readonly startedAt: number;
-  readonly rates: Rates;
-  readonly executors: Map<string, ExecutorRecord>;
-  readonly sessions: Map<string, { conn: number | null }>;
-  readonly queue: { size: number };
-  readonly tasks: Map<number, unknown>;
+  return exec.running > 0 ? 'busy' : 'idle';
 }
 
 export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
@@ -89,17 +81,17 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
   let total = 0;
   let busy = 0;
   const data = { cacheHits: 0, cacheMisses: 0, bytesIn: 0, bytesOut: 0 };
-  for (const exec of core.executors.values()) {
+  for (const exec of core.executors()) {
     const i = exec.info;
     total += i.slots;
-    busy += Math.min(i.slots, exec.running.size);
+    busy += Math.min(i.slots, exec.running);
     executors.push({
       id: i.id,
       state: executorState(exec),
       hostname: i.hostname,
       addresses: i.addresses,
       slots: i.slots,
-      running: exec.running.size,
+      running: exec.running,
       mode: i.mode,
       labels: i.labels,
       version: i.version,
@@ -110,24 +102,22 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       lastSeenMsAgo: now - exec.lastSeen,
       ...(i.boot ? { boot: i.boot } : {}),
       ...(exec.data ? { data: exec.data } : {}),
-      ...(exec.holds ? { cached: exec.holds.size } : {}),
+      ...(exec.cached !== null ? { cached: exec.cached } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }
-  let connected = 0;
-  for (const s of core.sessions.values()) if (s.conn !== null) connected++;
   return {
     now,
     uptimeMs: now - core.startedAt,
     executors,
     slots: { total, busy },
     tasks: {
-      queued: core.queue.size,
-      running: core.tasks.size - core.queue.size,
+      queued: core.queued,
+      running: core.running,
       finished: { ...core.rates.finished },
       submitted: core.rates.submitted,
     },
-    sessions: { total: core.sessions.size, connected },
+    sessions: core.sessionCounts(),
     rates: core.rates.perSecond(),
     data: { ...data, cacheHitRatio: data.cacheHits + data.cacheMisses > 0 ? data.cacheHits / (data.cacheHits + data.cacheMisses) : null },
   };

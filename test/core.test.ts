@@ -53,6 +53,9 @@ class Harness implements Outbox {
   toExecutor(conn: number, msg: DispatcherToExecutor): void {
     this.#push(conn, toExecutor(msg));
   }
+  resultReceived(conn: number, uid: number, attempt: number): void {
+    this.#push(conn, toExecutor({ t: 'ack', done: [{ uid, attempt }] }));
+  }
   close(conn: number, code: string): void {
     this.closed.set(conn, code);
   }
@@ -198,7 +201,7 @@ test('heartbeats keep a lease; a late result of a re-queued task is used once', 
     h.core.executorSeen(10);
     h.core.tick();
   }
-  assert.equal(h.core.executors.size, 1, 'still leased');
+  assert.equal(h.core.view.executorCount, 1, 'still leased');
   h.done(10, a.uid, a.attempt);
   h.done(10, a.uid, a.attempt); // a duplicate delivery
   const results = h.resultsFor(1);
@@ -213,7 +216,7 @@ test('idempotent submit: the same id twice in a session is one task', () => {
   h.submit(1, [{ id: 'same', builtin: 'noop' }], 2);
   const acks = h.take(1).filter((m) => m.t === 'accepted');
   assert.equal(acks.length, 2);
-  assert.equal(h.core.queue.size, 1);
+  assert.equal(h.core.view.queued, 1);
 });
 
 test('invalid tasks are rejected one by one; the rest of the batch is accepted', () => {

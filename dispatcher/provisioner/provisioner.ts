@@ -7,7 +7,8 @@
  */
 import type { Logger } from 'pino';
 import type { DispatcherCore } from '../core.js';
-import type { Clock, ExecutorRecord } from '../model.js';
+import type { Clock } from '../model.js';
+import type { ExecutorView } from '../view.js';
 import { executorState } from '../status.js';
 import { isTransientLaunchError, type Backend, type CloudState } from './backend.js';
 import { ProvisioningPolicy, type PolicyConfig } from './policy.js';
@@ -67,7 +68,8 @@ export class Provisioner {
   #backoffMs = 0;
 
   constructor(
-    private readonly core: DispatcherCore,
+    /** What the provisioner may do to the core: read it, and drain an executor. */
+    private readonly core: Pick<DispatcherCore, 'view' | 'drain'>,
     private readonly backend: Backend,
     private readonly o: ProvisionerOptions,
     private readonly log: Logger,
@@ -118,20 +120,21 @@ export class Provisioner {
     const now = this.clock.now();
     this.#observe(now);
     await this.#refreshCloudStates();
-    const managed = [...this.core.executors.values()].filter((e) => this.#recordOf(e));
+    const all = this.core.view.executors();
+    const managed = all.filter((e) => this.#recordOf(e));
     let unmanagedFree = 0;
-    for (const e of this.core.executors.values()) {
-      if (!this.#recordOf(e) && e.conn !== null && !e.draining) unmanagedFree += Math.max(0, e.info.slots - e.running.size);
+    for (const e of all) {
+      if (!this.#recordOf(e) && e.connected && !e.draining) unmanagedFree += Math.max(0, e.info.slots - e.running);
     }
     const decision = this.policy.decide({
       now,
-      queued: Math.max(0, this.core.queue.size - unmanagedFree),
+      queued: Math.max(0, this.core.view.queued - unmanagedFree),
       executors: managed.map((e) => {
         return {
           id: e.info.id,
           ...(e.info.instanceId ? { instanceId: e.info.instanceId } : {}),
           slots: e.info.slots,
-          running: e.running.size,
+          running: e.running,
           state: executorState(e),
           idleSinceMs: e.idleSince,
         };
@@ -149,13 +152,13 @@ export class Provisioner {
     this.#prune(now);
   }
 
-  #recordOf(e: ExecutorRecord): InstanceRecord | undefined {
+  #recordOf(e: ExecutorView): InstanceRecord | undefined {
     return this.#records.get(e.info.instanceId ?? '') ?? this.#records.get(e.info.id);
   }
 
   /** Registrations, state changes and departures of the executors on our instances. */
   #observe(now: number): void {
-    for (const e of this.core.executors.values()) {
+    for (const e of this.core.view.executors()) {
       const rec = this.#recordOf(e);
       if (!rec || !ACTIVE.has(rec.state)) continue;
       if (WAITING.has(rec.state)) {
@@ -170,7 +173,7 @@ export class Provisioner {
     // An executor that left (drained, idle, lost): its instance is done; make sure it is gone.
     for (const rec of this.#records.values()) {
       if (!ACTIVE.has(rec.state) || WAITING.has(rec.state) || rec.executorId === undefined) continue;
-      if (!this.core.executors.has(rec.executorId)) {
+      if (this.core.view.executor(rec.executorId) === undefined) {
         this.#end(rec, 'terminated', 'its executor left');
         void this.backend.terminate([rec.id]).catch((err) => this.log.warn({ err, instance: rec.id }, 'terminate failed'));
       }

@@ -1,0 +1,100 @@
+/**
+ * The core seen from outside: status, metrics, the server and the provisioner read the
+ * dispatcher's state through this, never through the core's own tables, so that nothing outside
+ * the core can change a record behind the scheduler's back.
+ */
+import type { ExecutorInfo, DataCounters } from '../protocol/index.js';
+import type { ExecutorRecord } from './model.js';
+import type { ExecutorRegistry } from './registry.js';
+import type { Scheduler } from './scheduler.js';
+import type { SessionTable } from './sessions.js';
+import type { TaskLifecycle } from './lifecycle.js';
+import type { Rates } from './status.js';
+
+/** One executor as the outside sees it. */
+export interface ExecutorView {
+  readonly info: Readonly<ExecutorInfo>;
+  /** Connected now (false while a lost executor's lease runs out, or before it comes back after a restart). */
+  readonly connected: boolean;
+  readonly draining: boolean;
+  readonly leaving: boolean;
+  /** Attempts it holds. */
+  readonly running: number;
+  readonly completed: number;
+  readonly registeredAt: number;
+  readonly lastSeen: number;
+  /** Since when it has held no attempt (null while it holds some). */
+  readonly idleSince: number | null;
+  readonly data: Readonly<DataCounters> | null;
+  /** Locality keys its cache holds (null before it said). */
+  readonly cached: number | null;
+}
+
+function executorView(e: ExecutorRecord): ExecutorView {
+  return {
+    info: e.info,
+    connected: e.conn !== null,
+    draining: e.draining,
+    leaving: e.leaving,
+    running: e.running.size,
+    completed: e.completed,
+    registeredAt: e.registeredAt,
+    lastSeen: e.lastSeen,
+    idleSince: e.idleSince,
+    data: e.data,
+    cached: e.holds?.size ?? null,
+  };
+}
+
+export class CoreView {
+  constructor(
+    private readonly core: { readonly startedAt: number; readonly rates: Rates },
+    private readonly sessions: SessionTable,
+    private readonly registry: ExecutorRegistry,
+    private readonly scheduler: Scheduler,
+    private readonly tasks: TaskLifecycle,
+  ) {}
+
+  get startedAt(): number {
+    return this.core.startedAt;
+  }
+
+  /** Counters and per-second rates (read them; the core writes them). */
+  get rates(): Readonly<Rates> {
+    return this.core.rates;
+  }
+
+  /** Tasks waiting for an executor. */
+  get queued(): number {
+    return this.scheduler.size;
+  }
+
+  /** Tasks dispatched and not finished. */
+  get running(): number {
+    return this.tasks.size - this.scheduler.size;
+  }
+
+  get executorCount(): number {
+    return this.registry.size;
+  }
+
+  /** A snapshot of every registered executor. */
+  executors(): ExecutorView[] {
+    const out: ExecutorView[] = [];
+    for (const e of this.registry.values()) out.push(executorView(e));
+    return out;
+  }
+
+  executor(id: string): ExecutorView | undefined {
+    const e = this.registry.get(id);
+    return e ? executorView(e) : undefined;
+  }
+
+  hasSession(id: string): boolean {
+    return this.sessions.get(id) !== undefined;
+  }
+
+  sessionCounts(): { total: number; connected: number } {
+    return { total: this.sessions.size, connected: this.sessions.connected() };
+  }
+}
