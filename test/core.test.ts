@@ -258,3 +258,147 @@ test('a resumed session gets every unacknowledged result again, in order', () =>
   assert.equal(msgs[0].t, 'welcome');
   assert.deepEqual(msgs.slice(1).map((m) => m.t === 'result' && [m.seq, m.result.id]), [[2, 't1'], [3, 't2']]);
 });
+
+test('a late result of a re-queued task is used once, and the newer run is cancelled', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'x', builtin: 'sleep', ms: 10_000 }]);
+  h.executor(10);
+  h.core.schedule();
+  const [a1] = h.tasksFor(10);
+  // Executor 10 comes back (same incarnation) without the attempt: handed back, re-queued. It
+  // comes back in pull mode, asking for nothing, so that the next attempt goes to executor 11.
+  h.executor(10, { running: [], mode: 'pull' });
+  h.take(10);
+  h.executor(11);
+  h.core.schedule();
+  const [a2] = h.tasksFor(11);
+  assert.equal(a2.attempt, a1.attempt + 1);
+  h.done(10, a1.uid, a1.attempt); // the first attempt did finish after all
+  assert.deepEqual(h.take(11), [{ t: 'cancel', uid: a2.uid, attempt: a2.attempt }]);
+  h.done(11, a2.uid, a2.attempt);
+  const results = h.resultsFor(1);
+  assert.equal(results.length, 1);
+  assert.equal(results[0].executor, 'e10');
+});
+
+test('every report is acknowledged once received, duplicates and unknown attempts too', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'x', builtin: 'noop' }]);
+  h.executor(10);
+  h.core.schedule();
+  const [a] = h.tasksFor(10);
+  h.done(10, a.uid, a.attempt);
+  h.done(10, a.uid, a.attempt);
+  h.done(10, 999, 1);
+  assert.deepEqual(
+    h.take(10).filter((m) => m.t === 'ack'),
+    [a, a, { uid: 999, attempt: 1 }].map((x) => ({ t: 'ack', done: [{ uid: x.uid, attempt: x.attempt }] })),
+  );
+});
+
+test('a reconnect loop ends: hand-backs without fault are capped (TASK_REQUEUE_LIMIT)', () => {
+  const h = new Harness({ maxRequeues: 3 });
+  h.client(1);
+  h.submit(1, [{ id: 'loop', builtin: 'noop' }]);
+  h.executor(10);
+  for (let i = 0; i < 10; i++) {
+    h.core.schedule();
+    if (h.tasksFor(10).length === 0) break;
+    h.executor(10, { running: [] }); // it comes back without the attempt, every time
+  }
+  const [r] = h.resultsFor(1);
+  assert.equal(r?.status, 'lost');
+  assert.equal(r.error?.code, 'TASK_REQUEUE_LIMIT');
+  assert.equal(r.attempts, 4);
+});
+
+test('a retryable result code (SPAWN_HELPER_LOST) is retried up to maxAttempts', () => {
+  const h = new Harness({ defaultMaxAttempts: 2 });
+  h.client(1);
+  h.submit(1, [{ id: 'r', cmd: ['true'] }]);
+  h.executor(10);
+  const helperLost = (uid: number, attempt: number) => {
+    const m = fromExecutor({
+      t: 'done',
+      result: { uid, attempt, status: 'failed', exitCode: null, signal: 'SIGKILL', stdout: '', stderr: '', truncated: false, startedAt: h.now, finishedAt: h.now, error: { code: 'SPAWN_HELPER_LOST', message: 'helper died' } },
+    });
+    if (m.t === 'done') h.core.attemptDone(10, m.result);
+  };
+  h.core.schedule();
+  const [a1] = h.tasksFor(10);
+  helperLost(a1.uid, a1.attempt);
+  assert.equal(h.resultsFor(1).length, 0, 'retried, not finished');
+  h.core.schedule();
+  const [a2] = h.tasksFor(10);
+  assert.equal(a2.attempt, 2);
+  helperLost(a2.uid, a2.attempt);
+  const [r] = h.resultsFor(1);
+  assert.equal(r.status, 'failed');
+  assert.equal(r.error?.code, 'SPAWN_HELPER_LOST');
+  assert.equal(r.attempts, 2);
+});
+
+test('a report the dispatcher cannot accept ends its attempt failed with RESULT_INVALID', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'big', cmd: ['yes'] }]);
+  h.executor(10);
+  h.core.schedule();
+  const [a] = h.tasksFor(10);
+  h.core.attemptInvalid(10, a.uid, a.attempt, 'done: /result/stdout: too long');
+  const [r] = h.resultsFor(1);
+  assert.equal(r.status, 'failed');
+  assert.equal(r.error?.code, 'RESULT_INVALID');
+  assert.match(r.error!.message, /too long/);
+  assert.deepEqual(h.take(10), [{ t: 'ack', done: [{ uid: a.uid, attempt: a.attempt }] }]);
+});
+
+test('a cancelled task handed back by its executor ends cancelled instead of running again', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'c', builtin: 'sleep', ms: 1e6 }]);
+  h.executor(10);
+  h.core.schedule();
+  h.tasksFor(10);
+  const c = fromClient({ t: 'cancel', ref: 1, ids: ['c'] });
+  if (c.t === 'cancel') h.core.cancel(1, c);
+  h.executor(10, { running: [] });
+  h.core.schedule();
+  assert.equal(h.tasksFor(10).length, 0);
+  const [r] = h.resultsFor(1);
+  assert.equal(r.status, 'cancelled');
+});
+
+test('a resubmitted id is named in accepted.known, finished or not', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'a', builtin: 'noop' }, { id: 'b', builtin: 'noop' }], 1);
+  h.executor(10);
+  h.core.schedule();
+  const [first] = h.tasksFor(10);
+  h.done(10, first.uid, first.attempt);
+  h.take(1);
+  h.submit(1, [{ id: 'a', builtin: 'noop' }, { id: 'b', builtin: 'noop' }, { id: 'c', builtin: 'noop' }], 2);
+  const [ack] = h.take(1).filter((m) => m.t === 'accepted');
+  assert.deepEqual(ack.t === 'accepted' && ack.known, [
+    { index: 0, id: 'a', finished: true },
+    { index: 1, id: 'b', finished: false },
+  ]);
+});
+
+test('session ids come from the injected id source', () => {
+  const sent: DispatcherToClient[] = [];
+  const out: Outbox = { toClient: (_c, m) => sent.push(m), toExecutor: () => {}, resultReceived: () => {}, close: () => {} };
+  let n = 0;
+  const core = new DispatcherCore({ heartbeatMs: 100, leaseMs: 1000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, retentionMs: 1000 }, out, { now: () => 0 }, undefined, {
+    session: () => `s-${++n}`,
+  });
+  core.openSession(1, undefined, undefined);
+  core.openSession(2, undefined, undefined);
+  assert.deepEqual(
+    sent.map((m) => m.t === 'welcome' && m.session),
+    ['s-1', 's-2'],
+  );
+});
