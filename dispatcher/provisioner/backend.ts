@@ -16,6 +16,16 @@ export interface Backend {
   consoleOutput(instanceId: string): Promise<string>;
   /** Every instance of ours that still exists, with its state (adoption after a restart). */
   list(): Promise<Map<string, CloudState>>;
+  /**
+   * Called once at start with the instances a previous dispatcher recorded, before `list`: a
+   * backend that cannot list what it did not start itself (local processes) finds them here.
+   */
+  adopt?(instanceIds: string[]): Promise<void>;
+  /**
+   * True when an executor that registered without a record of ours was started by a backend of
+   * this kind (a local executor of a previous dispatcher that kept no records): it is drained.
+   */
+  isStray?(executorId: string): boolean;
   /** Stops what the backend itself holds (local processes); cloud instances are left running. */
   close(): Promise<void>;
 }

@@ -89,6 +89,7 @@ export class Provisioner {
     const now = this.clock.now();
     let cloud = new Map<string, CloudState>();
     try {
+      await this.backend.adopt?.([...known.keys()]);
       cloud = await this.backend.list();
     } catch (err) {
       this.#lastError = `listing instances failed: ${(err as Error).message}`;
@@ -143,6 +144,7 @@ export class Provisioner {
     });
     this.#lastDecision = decision.reason;
     for (const id of decision.bootFailed) await this.#bootFailed(id, now);
+    this.#drainStrays(all);
     for (const id of decision.drain) {
       this.core.drain(id);
       const rec = [...this.#records.values()].find((r) => r.executorId === id);
@@ -150,6 +152,19 @@ export class Provisioner {
     }
     if (decision.launch > 0) await this.#launch(decision.launch, now);
     this.#prune(now);
+  }
+
+  /**
+   * Executors this backend started for a dispatcher that kept no record of them (an in-memory
+   * store, or records lost): nobody counts them, so they are drained rather than left beside the
+   * fleet this dispatcher launches.
+   */
+  #drainStrays(executors: ExecutorView[]): void {
+    for (const e of executors) {
+      if (!e.connected || e.draining || e.leaving || this.#recordOf(e) || !this.backend.isStray?.(e.info.id)) continue;
+      this.log.warn({ executor: e.info.id }, 'draining an executor of a previous dispatcher that this one cannot account for');
+      this.core.drain(e.info.id);
+    }
   }
 
   #recordOf(e: ExecutorView): InstanceRecord | undefined {
