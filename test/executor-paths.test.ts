@@ -151,6 +151,35 @@ process.stdin.on('data', (chunk) => {
   assert.match(r.error!.message, /unknown type 0x5a/);
 });
 
+test('crash-only: an unhandled rejection or uncaught exception in the executor process exits 70 after logging it', T, async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await startDispatcher(procs);
+  const dir = procs.tmpDir();
+  for (const [kind, fault, logged] of [
+    ['rejection', 'Promise.reject(new Error("injected fault"))', /unhandled promise rejection; exiting/],
+    ['exception', '(() => { throw new Error("injected fault"); })()', /uncaught exception; exiting/],
+  ] as const) {
+    // Preloaded into the executor: waits until the executor installed its handlers (or 5 s, for
+    // the code before them, where Node's own default then decides), then injects the fault.
+    const preload = join(dir, `${kind}.mjs`);
+    writeFileSync(preload, `const t0 = Date.now();
+const poll = setInterval(() => {
+  if (process.listenerCount('unhandledRejection') === 0 && Date.now() - t0 < 5000) return;
+  clearInterval(poll);
+  ${fault};
+}, 10);
+`);
+    const ex = startExecutor(procs, d.url, ['--id', `crash-${kind}`], { NODE_OPTIONS: `--import ${preload}`, FALCONET_LOG: 'info' });
+    let stderr = '';
+    ex.stderr!.on('data', (b: Buffer) => (stderr += b));
+    const code = await new Promise<number | null>((r) => ex.once('exit', (c) => r(c)));
+    assert.equal(code, 70, `${kind}: ${stderr.slice(-2000)}`);
+    assert.match(stderr, logged);
+    assert.match(stderr, /injected fault/);
+  }
+});
+
 /** A dispatcher that only does what a test tells it: welcome, assign, ack, drop the connection. */
 class FakeDispatcher {
   readonly wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
