@@ -1,12 +1,16 @@
 /**
  * The executor agent: dials the dispatcher (retrying until it is there), registers with what
  * this host is (addresses, slots, memory, labels), then runs the tasks it is given or asks for.
- * Results that finish while the dispatcher is unreachable are kept and delivered after the next
- * welcome; the attempts still running are reported in the hello so the dispatcher keeps their
- * leases instead of re-queueing them.
+ * Every result is kept (delivery.ts) until the dispatcher acknowledges it, sent again after each
+ * welcome, and listed in the hello with the attempts still running, so the dispatcher keeps their
+ * leases instead of re-queueing them: a result that finishes while the dispatcher is unreachable,
+ * or whose frame is lost with a connection, is delivered after the next welcome.
+ *
+ * An attempt always ends in a result, whatever fails on the way (its sandbox, the cache, the spawn
+ * helper, a bug that rejects its promise), and the executor goes on serving.
  *
  * Boot feedback: the hello carries the boot phases with their timestamps (`started`,
- * `config-loaded`, `environment-ready`, then `registered` once welcomed).
+ * `config-loaded`, then `registered` once welcomed).
  *
  * Retirement (no orphaned cost): idle past `idleExitMs`, drained by the dispatcher, or no
  * dispatcher for `dispatcherTimeoutMs` ends the agent with `retireExitCode` (the AMI sets 75, which
@@ -16,23 +20,27 @@
  * Heartbeats come from the link's own timer. Task work never runs on this event loop (commands
  * are child processes, builtins are timers), so no task can starve them.
  */
-import { hostname, networkInterfaces, totalmem, availableParallelism } from 'node:os';
+import { hostname, totalmem, availableParallelism } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { spawn, type ChildProcess } from 'node:child_process';
 import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
   ErrorCode,
+  FalconetError,
+  LIMITS,
   compileInbound,
   DispatcherToExecutorSchemas,
   type AttemptResult,
   type DispatcherToExecutor,
   type ExecutorInfo,
-  type FalconetError,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
-import { helperPlacement, outcome, setHelperLimit, taskBaseEnv, type RunnerOptions, type RunningAttempt } from './runner.js';
-import { dataCounters, defaultDataOptions, heldLocalityKeys, startAttempt, type DataOptions } from './attempt.js';
+import { helperPlacement, outcome, setHelperLimit, taskBaseEnv, type Outcome, type RunnerOptions, type RunningAttempt } from './runner.js';
+import { AttemptContext, defaultDataOptions, startAttempt } from './attempt.js';
+import { ResultOutbox } from './delivery.js';
+import { hostAddresses, runShutdownCommand } from './host.js';
+
+export { hostAddresses, runShutdownCommand };
 
 export const EXECUTOR_VERSION = '0.1.0';
 
@@ -68,44 +76,6 @@ export interface ExecutorOptions {
   shutdownCommandTimeoutMs?: number;
 }
 
-/** Runs the shutdown command; never rejects (a failure is logged, the caller exits anyway). */
-export function runShutdownCommand(command: string, env: NodeJS.ProcessEnv, log: Logger, timeoutMs = 60_000): Promise<void> {
-  return new Promise((resolve) => {
-    log.info({ command }, 'running the shutdown command');
-    let child: ChildProcess;
-    try {
-      child = spawn('/bin/sh', ['-c', command], { stdio: ['ignore', 'inherit', 'inherit'], env });
-    } catch (err) {
-      log.error({ command, err: (err as Error).message }, 'shutdown command could not start');
-      return resolve();
-    }
-    const timer = setTimeout(() => {
-      log.error({ command, timeoutMs }, 'shutdown command still running; exiting anyway');
-      child.kill('SIGKILL');
-      resolve();
-    }, timeoutMs);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      log.error({ command, err: err.message }, 'shutdown command could not start');
-      resolve();
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (code !== 0) log.error({ command, code, signal }, 'shutdown command failed');
-      resolve();
-    });
-  });
-}
-
-/** Every non-internal address of this host, as its DHCP (or whoever) gave them. */
-export function hostAddresses(): string[] {
-  const out: string[] = [];
-  for (const list of Object.values(networkInterfaces())) {
-    for (const a of list ?? []) if (!a.internal) out.push(a.address);
-  }
-  return out;
-}
-
 type TaskMsg = Extract<DispatcherToExecutor, { t: 'task' }>;
 
 interface Slot {
@@ -133,8 +103,8 @@ export class ExecutorAgent {
    * waiting a round trip to the dispatcher.
    */
   readonly #queued = new Map<number, { attempt: number; msg: TaskMsg }>();
-  /** Results not yet handed to a live connection. */
-  #undelivered: AttemptResult[] = [];
+  /** Results the dispatcher has not acknowledged yet: sent again after every welcome. */
+  readonly #outbox = new ResultOutbox();
   #draining = false;
   #idleSince = Date.now();
   #idleTimer: NodeJS.Timeout | null = null;
@@ -144,7 +114,8 @@ export class ExecutorAgent {
   readonly #runner: RunnerOptions;
   /** #runner for the commands that go through the helper's queue. */
   readonly #queuedRunner: RunnerOptions;
-  readonly #data: DataOptions;
+  /** What this executor's attempts share: the content cache, environments, data counters. */
+  readonly #ctx: AttemptContext;
   /** What the content cache holds, by locality key, and which version of it was last sent. */
   #holds: string[] = [];
   #holdsSig = '';
@@ -162,10 +133,14 @@ export class ExecutorAgent {
   ) {
     this.id = o.id ?? `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
     this.slots = o.slots ?? availableParallelism();
+    if (o.outputLimit !== undefined && o.outputLimit > LIMITS.outputBytes) {
+      // A result carrying more would break the protocol's limit on stdout/stderr.
+      throw new FalconetError(ErrorCode.USAGE, `the output limit is at most ${LIMITS.outputBytes} bytes (got ${o.outputLimit})`);
+    }
     this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), helperScope: this.id, ...(o.spawner ? { spawner: o.spawner } : {}) };
     this.#queuedRunner = { ...this.#runner, helperQueue: true };
     setHelperLimit(this.#runner, this.slots);
-    this.#data = defaultDataOptions(this.id);
+    this.#ctx = new AttemptContext(defaultDataOptions(this.id), this.#runner, log);
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
@@ -193,7 +168,7 @@ export class ExecutorAgent {
     const idle = this.o.idleExitMs ?? 0;
     if (idle > 0) {
       this.#idleTimer = setInterval(() => {
-        if (this.#running.size === 0 && Date.now() - this.#idleSince >= idle) void this.#retire(`idle for ${idle} ms`);
+        if (this.#running.size === 0 && Date.now() - this.#idleSince >= idle) this.#retire(`idle for ${idle} ms`);
       }, Math.max(10, Math.min(1000, idle / 4)));
     }
     const orphan = this.o.dispatcherTimeoutMs ?? 0;
@@ -202,28 +177,14 @@ export class ExecutorAgent {
         const since = this.#unwelcomedSince;
         if (since !== null && Date.now() - since >= orphan) {
           this.log.warn({ timeoutMs: orphan, url: this.o.url }, 'no dispatcher within the dispatcher timeout; retiring');
-          void this.#retire(`dispatcher unreachable for ${orphan} ms`);
+          this.#retire(`dispatcher unreachable for ${orphan} ms`);
         }
       }, Math.max(10, Math.min(1000, orphan / 4)));
     }
-    void this.#prepareEnvironment().then(
-      () => {
-        if (this.#exited) return;
-        this.#boot.push({ phase: 'environment-ready', at: Date.now() });
-        this.#link.start();
-      },
-      (err: unknown) => {
-        this.log.error({ err: (err as Error)?.message }, 'environment setup failed');
-        this.#exit(1, `environment setup failed: ${(err as Error)?.message}`);
-      },
-    );
+    // Named environments are prepared per task (environments.ts), so nothing stands between the
+    // configuration and dialing.
+    this.#link.start();
   }
-
-  /**
-   * Whatever this executor needs before it can take work (named environments, a warm cache) goes
-   * here; `environment-ready` is recorded when it resolves, and only then do we dial.
-   */
-  async #prepareEnvironment(): Promise<void> {}
 
   #info(): ExecutorInfo {
     return {
@@ -238,12 +199,12 @@ export class ExecutorAgent {
       incarnation: this.#incarnation,
       ...(this.o.instanceId ? { instanceId: this.o.instanceId } : {}),
       mode: this.o.mode ?? 'push',
-      // Attempts this executor holds: running, or finished with the result not yet delivered
+      // Attempts this executor holds: running, or finished with the result not yet acknowledged
       // (it follows the welcome). Either way the dispatcher must not re-queue them.
       running: [
         ...[...this.#running].map(([uid, s]) => ({ uid, attempt: s.attempt })),
         ...[...this.#queued].map(([uid, q]) => ({ uid, attempt: q.attempt })),
-        ...this.#undelivered.map((r) => ({ uid: r.uid, attempt: r.attempt })),
+        ...this.#outbox.refs(),
       ],
       boot: this.#boot,
     };
@@ -252,7 +213,8 @@ export class ExecutorAgent {
   /** Data counters once there are any; the cache's holdings when they changed since last sent. */
   #heartbeatExtra(): Record<string, unknown> {
     const extra: Record<string, unknown> = {};
-    if (dataCounters.cacheHits + dataCounters.cacheMisses + dataCounters.bytesOut > 0) extra.data = { ...dataCounters };
+    const counters = this.#ctx.counters;
+    if (counters.cacheHits + counters.cacheMisses + counters.bytesOut > 0) extra.data = { ...counters };
     if (this.#holdsVersion !== this.#holdsSent) {
       extra.holds = this.#holds;
       this.#holdsSent = this.#holdsVersion;
@@ -261,14 +223,18 @@ export class ExecutorAgent {
   }
 
   #refreshHolds(): void {
-    void heldLocalityKeys().then((keys) => {
-      if (!keys) return;
-      const sig = keys.join(',');
-      if (sig === this.#holdsSig) return;
-      this.#holds = keys;
-      this.#holdsSig = sig;
-      this.#holdsVersion++;
-    });
+    this.#ctx.heldLocalityKeys().then(
+      (keys) => {
+        if (!keys) return;
+        const sig = keys.join(',');
+        if (sig === this.#holdsSig) return;
+        this.#holds = keys;
+        this.#holdsSig = sig;
+        this.#holdsVersion++;
+      },
+      // It does not reject today; if it ever does, the holdings stay as last sent.
+      (err: unknown) => this.log.warn({ err: (err as Error)?.message }, 'cache holdings not refreshed'),
+    );
   }
 
   #onUp(): void {
@@ -276,14 +242,14 @@ export class ExecutorAgent {
     this.#unwelcomedSince = null;
     if (!this.#boot.some((b) => b.phase === 'registered')) this.#boot.push({ phase: 'registered', at: Date.now() });
     this.log.info({ id: this.id, slots: this.slots, url: this.o.url }, 'registered');
-    const pending = this.#undelivered;
-    this.#undelivered = [];
-    for (const result of pending) this.#deliver(result);
+    // Everything not acknowledged, whether or not it was sent before: a frame sent just before
+    // the last loss may never have arrived, and the dispatcher drops (and acks) duplicates.
+    for (const result of this.#outbox.pending()) this.#link.send({ t: 'done', result });
     if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) {
       const free = this.slots - this.#running.size;
       if (free > 0) this.#link.send({ t: 'pull', n: free });
     }
-    if (this.#draining && this.#running.size === 0) void this.#retire('drained');
+    if (this.#draining && this.#running.size === 0) this.#retire('drained');
   }
 
   #onMessage(msg: DispatcherToExecutor): void {
@@ -301,10 +267,13 @@ export class ExecutorAgent {
         }
         return;
       }
+      case 'ack':
+        this.#outbox.ack(msg.done);
+        return;
       case 'drain':
         this.#draining = true;
         this.log.info({ running: this.#running.size }, 'draining');
-        if (this.#running.size === 0) void this.#retire('drained');
+        if (this.#running.size === 0) this.#retire('drained');
         return;
       case 'error':
         this.log.warn({ code: msg.code }, msg.message);
@@ -331,19 +300,38 @@ export class ExecutorAgent {
    */
   #run(uid: number, attempt: number, msg: TaskMsg, inHelper: boolean): void {
     if (!inHelper) this.#outside(+1);
-    const run = startAttempt(msg.spec, `${uid}-${attempt}`, inHelper ? this.#queuedRunner : this.#runner, this.#data);
+    const startedAt = Date.now();
+    // A bug that throws or rejects must still end the attempt with a result and free its slot:
+    // otherwise the task stays `dispatched` for as long as our heartbeats keep its lease.
+    const internal = (err: unknown): Outcome =>
+      outcome('failed', startedAt, { error: { code: ErrorCode.INTERNAL, message: `the executor failed to run the attempt: ${(err as Error)?.message ?? String(err)}` } });
+    let run: RunningAttempt;
+    try {
+      run = startAttempt(msg.spec, `${uid}-${attempt}`, inHelper ? this.#queuedRunner : this.#runner, this.#ctx);
+    } catch (err) {
+      run = { done: Promise.resolve(internal(err)), cancel() {} };
+    }
     this.#running.set(uid, { attempt, run, inHelper });
-    run.done.then((outcome) => {
-      if (msg.spec.inputs?.length) this.#refreshHolds();
-      if (!inHelper) this.#outside(-1);
-      const slot = this.#running.get(uid);
-      if (slot?.attempt === attempt) this.#running.delete(uid);
-      this.#startQueued();
-      if (this.#running.size === 0) this.#idleSince = Date.now();
-      this.#deliver({ uid, attempt, ...outcome });
-      if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#owePull();
-      if (this.#draining && this.#running.size === 0) void this.#retire('drained');
-    });
+    run.done.then(
+      (o) => this.#finished(uid, attempt, msg, inHelper, o),
+      (err: unknown) => {
+        this.log.error({ uid, attempt, err: (err as Error)?.stack ?? String(err) }, 'attempt failed inside the executor');
+        this.#finished(uid, attempt, msg, inHelper, internal(err));
+      },
+    );
+  }
+
+  /** An attempt ended: free its slot, deliver its result, take the next task. */
+  #finished(uid: number, attempt: number, msg: TaskMsg, inHelper: boolean, o: Outcome): void {
+    if (msg.spec.inputs?.length) this.#refreshHolds();
+    if (!inHelper) this.#outside(-1);
+    const slot = this.#running.get(uid);
+    if (slot?.attempt === attempt) this.#running.delete(uid);
+    this.#startQueued();
+    if (this.#running.size === 0) this.#idleSince = Date.now();
+    this.#deliver({ uid, attempt, ...o });
+    if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#owePull();
+    if (this.#draining && this.#running.size === 0) this.#retire('drained');
   }
 
   #outside(delta: number): void {
@@ -377,21 +365,22 @@ export class ExecutorAgent {
     });
   }
 
+  /** Keeps the result until acknowledged and sends it now if a connection is up (else after the next welcome). */
   #deliver(result: AttemptResult): void {
     if (this.#exited) return; // stopping: the dispatcher re-queues what we did not finish
-    if (!this.#link.send({ t: 'done', result })) this.#undelivered.push(result);
+    this.#link.send({ t: 'done', result: this.#outbox.add(result) });
   }
 
   /** Says goodbye (so the dispatcher does not count us lost) and exits. */
-  async #leave(code: number, reason: string, retire = false): Promise<void> {
+  #leave(code: number, reason: string, retire = false): void {
     if (this.#exited) return;
     this.#link.send({ t: 'bye', reason });
     this.#exit(code, reason, retire);
   }
 
   /** This executor is no longer needed (idle, drained, orphaned): exit with `retireExitCode`. */
-  #retire(reason: string): Promise<void> {
-    return this.#leave(this.o.retireExitCode ?? 0, reason, true);
+  #retire(reason: string): void {
+    this.#leave(this.o.retireExitCode ?? 0, reason, true);
   }
 
   #exit(code: number, reason: string, retire = false): void {
@@ -409,6 +398,7 @@ export class ExecutorAgent {
           await runShutdownCommand(command, env, this.log, this.o.shutdownCommandTimeoutMs);
         }
       })
+      .catch((err: unknown) => this.log.error({ err: (err as Error)?.message }, 'closing the dispatcher connection failed'))
       .finally(() => this.onExit(code, reason));
   }
 
@@ -417,6 +407,6 @@ export class ExecutorAgent {
    * re-queues them at once without counting them as crashes.
    */
   async stop(): Promise<void> {
-    await this.#leave(0, 'stopped');
+    this.#leave(0, 'stopped');
   }
 }

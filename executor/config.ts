@@ -18,7 +18,7 @@
  * is not) is a FalconetError(USAGE): the CLI prints it and exits 2.
  */
 import { readFile as fsReadFile } from 'node:fs/promises';
-import { ErrorCode, FalconetError } from '../protocol/index.js';
+import { ErrorCode, FalconetError, LIMITS } from '../protocol/index.js';
 import type { ExecutorOptions } from './agent.js';
 import { Imds, type ImdsReader, type InstanceIdentity } from './imds.js';
 
@@ -318,6 +318,10 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
   const dispatcherTimeout = num('dispatcherTimeout', { min: 0 });
   const retireExitCode = num('retireExitCode', { min: 0, max: 255, integer: true });
   const outputLimit = num('outputLimit', { min: 0, integer: true });
+  if (outputLimit !== undefined && outputLimit > LIMITS.outputBytes) {
+    // What a task prints travels in one result, whose stdout and stderr the protocol bounds.
+    usage(`${where('outputLimit', sources.outputLimit!, file)} must be at most ${LIMITS.outputBytes} bytes (1 MiB, the protocol's limit on one result's stdout or stderr); got ${outputLimit}`);
+  }
   const token = str('token');
   const id = str('id');
   const shutdownCommand = str('shutdownCommand');

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ErrorCode, FalconetError } from '../protocol/index.js';
+import { ErrorCode, FalconetError, LIMITS } from '../protocol/index.js';
 import { runAttempt, type RunnerOptions } from './runner.js';
 import { stageInputs, type InputSpec } from './staging.js';
 import type { ContentCache } from './cache.js';
@@ -35,6 +35,19 @@ export interface PreparedEnvironment {
   report: EnvironmentReport;
   /** Variables the task runs with. */
   vars: Record<string, string>;
+}
+
+/**
+ * How much of a failed setup's log goes into the task's error: its last 10 lines, and of those at
+ * most this many characters (one line may be megabytes). Well below LIMITS.errorChars, which the
+ * whole message must fit, with room for the name, key and reason around it.
+ */
+export const LOG_TAIL_CHARS = Math.min(4096, LIMITS.errorChars / 4);
+
+/** The last `lines` lines of `log`, at most `chars` characters of them (the start cut, marked). */
+export function logTail(log: string, lines = 10, chars = LOG_TAIL_CHARS): string {
+  const tail = log.trim().split('\n').slice(-lines).join('\n');
+  return tail.length <= chars ? tail : `[...]${tail.slice(tail.length - chars)}`;
 }
 
 export class Environments {
@@ -74,8 +87,13 @@ export class Environments {
   }
 
   async #setup(spec: EnvironmentSpec, dir: string, key: string, phases: Array<{ phase: string; at: number }>): Promise<string> {
-    await rm(dir, { recursive: true, force: true }); // a half-built one from a crash
-    await mkdir(dir, { recursive: true });
+    try {
+      await rm(dir, { recursive: true, force: true }); // a half-built one from a crash
+      await mkdir(dir, { recursive: true });
+    } catch (err) {
+      // Not remembered as failed: the directory's trouble (a full disk) may pass by the next task.
+      throw new FalconetError(ErrorCode.ENVIRONMENT_FAILED, `environment ${spec.name} (${key}): its directory ${dir} cannot be made: ${(err as Error)?.message ?? String(err)}`);
+    }
     if (spec.files?.length) {
       phases.push({ phase: 'files-started', at: Date.now() });
       try {
@@ -94,7 +112,7 @@ export class Environments {
     ).done;
     await writeFile(join(dir, '.falconet-setup.log'), outcome.stdout + outcome.stderr).catch(() => {});
     if (outcome.status !== 'succeeded') {
-      const tail = (outcome.stdout + outcome.stderr).trim().split('\n').slice(-10).join('\n');
+      const tail = logTail(outcome.stdout + outcome.stderr);
       const why = outcome.error?.message ?? `exited with ${outcome.exitCode}`;
       const error = new FalconetError(ErrorCode.ENVIRONMENT_FAILED, `environment ${spec.name} (${key}) setup failed: ${why}${tail ? `; log tail:\n${tail}` : ''}`);
       this.#failed.set(key, { at: Date.now(), error });

@@ -246,7 +246,8 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
         // The helper turned out unusable before this task started: nothing ran yet.
         if (stopReason) return finish(commandOutcome(spec, startedAt, stopReason, { stdout: '', stderr: '', truncated: false, exitCode: null, signal: null }));
         fallback = runWithNode(spec, argv, options);
-        void fallback.done.then(finish);
+        // Node's path settles with an outcome and never rejects; if it ever did, the attempt still ends.
+        fallback.done.then(finish, (err: unknown) => finish(outcome('failed', startedAt, { error: { code: ErrorCode.INTERNAL, message: `the command could not be run: ${(err as Error)?.message ?? String(err)}` } })));
         return;
     }
   };

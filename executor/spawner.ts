@@ -283,12 +283,20 @@ export class SpawnHelper {
     if (!wasReady) this.#disable(`it ${why} before its hello`);
     else if (++this.#deaths >= MAX_DEATHS) this.#disable(`it died ${this.#deaths} times, last ${why}`);
     else warn({ path: this.path, deaths: this.#deaths }, `spawn helper ${why}; its running and waiting tasks fail, the next ones start a new helper`);
-    // Tasks that waited in its queue fail too (rather than being started again elsewhere): they
-    // may have started in its last few ms without our knowing, and the dispatcher retries
-    // SPAWN_HELPER_LOST anyway.
+    // Tasks that waited in its queue fail too (rather than being started again here): they may
+    // have started in its last few ms without our knowing. SPAWN_HELPER_LOST is retryable, so the
+    // dispatcher runs such a task again while it has attempts left (its maxAttempts).
     const ran: HelperResult = { kind: 'lost', message: `the executor's spawn helper ${why} while the task ran; its process group was killed` };
     const waited: HelperResult = { kind: 'lost', message: `the executor's spawn helper ${why} before it reported the task's start; the task's process group, if it started, was killed` };
     for (let id = 0; id < tasks.length; id++) tasks[id]?.(wasReady ? (pgids[id] !== undefined ? ran : waited) : { kind: 'unavailable' });
+  }
+
+  /** The helper said something we cannot read: kill it and fail its tasks as if it had died. */
+  #broken(why: string): void {
+    const child = this.#child;
+    if (!child) return;
+    this.#onDeath(child, why);
+    child.kill('SIGKILL');
   }
 
   #reserve(n: number): void {
@@ -353,7 +361,13 @@ export class SpawnHelper {
     while (buf.length - off >= 5) {
       const len = buf.readUInt32LE(off);
       if (buf.length - off - 4 < len) break;
-      this.#onFrame(buf, off + 4, off + 4 + len);
+      try {
+        this.#onFrame(buf, off + 4, off + 4 + len);
+      } catch (err) {
+        // A frame too short for its type (reads past the buffer): out of step, as below.
+        this.#broken(`sent a frame that cannot be read (${(err as Error)?.message})`);
+        return;
+      }
       off += 4 + len;
       if (!this.#child) return; // a bad hello killed it
     }
@@ -373,6 +387,14 @@ export class SpawnHelper {
       }
       this.#ready = true;
       this.#queueFlush();
+      return;
+    }
+    if (type !== 0x50 /* P */ && type !== 0x52 /* R */ && type !== 0x46 /* F */ && type !== 0x4e /* N */) {
+      // A frame we cannot read means we are out of step with the helper (a build of another
+      // layout, a corrupted pipe): no later frame can be trusted either. Treat it as dead, so
+      // that each of its tasks ends SPAWN_HELPER_LOST (retried by the dispatcher) rather than
+      // waiting for an outcome that will never be read.
+      this.#broken(`sent a frame of unknown type 0x${type.toString(16).padStart(2, '0')} (out of step with this executor)`);
       return;
     }
     const id = b.readUInt32LE(start + 1);
