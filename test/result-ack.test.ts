@@ -1,0 +1,82 @@
+/**
+ * Results are acknowledged: a `done` lost with its connection is sent again after the executor
+ * reconnects, instead of the attempt being run again. A TCP proxy between the executor and the
+ * dispatcher swallows what the executor sends once the task has run, then cuts the connection.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, connect, type Socket } from 'node:net';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect as connectClient } from '../client/index.js';
+import { Procs, startDispatcher, startExecutor, waitFor } from './helpers.js';
+
+/** Forwards loopback TCP to `port`; `swallow` drops what executors send, `cut` ends every connection. */
+async function proxy(port: number) {
+  const pairs = new Set<[Socket, Socket]>();
+  let swallowing = false;
+  const server = createServer((inbound) => {
+    const outbound = connect(port, '127.0.0.1');
+    const pair: [Socket, Socket] = [inbound, outbound];
+    pairs.add(pair);
+    inbound.on('data', (d) => {
+      if (!swallowing) outbound.write(d);
+    });
+    outbound.on('data', (d) => inbound.write(d));
+    const end = () => {
+      inbound.destroy();
+      outbound.destroy();
+      pairs.delete(pair);
+    };
+    inbound.on('close', end).on('error', end);
+    outbound.on('close', end).on('error', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as { port: number }).port,
+    swallow(on: boolean) {
+      swallowing = on;
+    },
+    cut() {
+      for (const [a, b] of pairs) {
+        a.destroy();
+        b.destroy();
+      }
+      pairs.clear();
+    },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+test('a result lost with its connection is delivered after the reconnect; the attempt is not run again', { timeout: 60_000 }, async () => {
+  const procs = new Procs();
+  const client = { close: async () => {} };
+  let p: Awaited<ReturnType<typeof proxy>> | null = null;
+  try {
+    // A long lease: this test is about the result, not about an expired lease.
+    const d = await startDispatcher(procs, ['--lease-ms', '10000']);
+    p = await proxy(d.port);
+    startExecutor(procs, `ws://127.0.0.1:${p.port}`, ['--slots', '1']);
+    const dir = procs.tmpDir();
+    const runs = join(dir, 'runs');
+    const c = await connectClient(d.url);
+    client.close = () => c.close();
+    const result = c.submit({ id: 'once', cmd: ['/bin/sh', '-c', `echo ran >> ${runs}; sleep 0.3`] });
+    // The task has started: from now on nothing the executor sends arrives (its `done` included).
+    await waitFor('the task to start', () => existsSync(runs), 20_000);
+    p.swallow(true);
+    // Past the task's end, the connection goes; the executor redials through a working proxy.
+    await new Promise((r) => setTimeout(r, 800));
+    p.cut();
+    p.swallow(false);
+    const r = await result;
+    assert.equal(r.status, 'succeeded');
+    assert.equal(r.attempts, 1, 'delivered from the executor, not run again');
+    assert.equal(readFileSync(runs, 'utf8'), 'ran\n');
+  } finally {
+    await client.close();
+    await procs.killAll();
+    p?.cut(); // server.close() waits for open connections
+    await p?.close();
+  }
+});
