@@ -19,7 +19,7 @@ usage:
   falconet dispatcher [--port 7878] [--host H] [--client-token T] [--executor-token T] [--insecure]
                       [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
                       [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
-                      [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N]
+                      [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N] [--max-requeues N]
                       [--transport ws|uws] [--max-frame-bytes B] [--max-buffered-bytes B]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
@@ -55,6 +55,7 @@ const DISPATCHER_FLAGS = {
   'heartbeat-ms': { type: 'string' },
   'lease-ms': { type: 'string' },
   'max-attempts': { type: 'string' },
+  'max-requeues': { type: 'string' },
   'max-frame-bytes': { type: 'string' },
   'max-buffered-bytes': { type: 'string' },
   'hello-timeout-ms': { type: 'string' },
@@ -141,6 +142,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     heartbeatMs: num('heartbeat-ms', v['heartbeat-ms'] as string | undefined, { min: 10 }),
     leaseMs: num('lease-ms', v['lease-ms'] as string | undefined, { min: 10 }),
     maxAttempts: num('max-attempts', v['max-attempts'] as string | undefined, { min: 1, integer: true }),
+    maxRequeues: num('max-requeues', v['max-requeues'] as string | undefined, { min: 0, integer: true }),
     maxFrameBytes: num('max-frame-bytes', v['max-frame-bytes'] as string | undefined, { min: 1024, integer: true }),
     maxBufferedBytes: num('max-buffered-bytes', v['max-buffered-bytes'] as string | undefined, { min: 65536, integer: true }),
     helloTimeoutMs: num('hello-timeout-ms', v['hello-timeout-ms'] as string | undefined, { min: 10 }),

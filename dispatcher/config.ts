@@ -24,6 +24,8 @@ export interface DispatcherOptions {
   leaseMs?: number;
   prefetch?: number;
   maxAttempts?: number;
+  /** Hand-backs without fault (reconnect, drain) a task may take before it ends lost. */
+  maxRequeues?: number;
   maxFrameBytes?: number;
   /** Bytes that may wait to be sent to one peer before it is dropped as a slow consumer. */
   maxBufferedBytes?: number;
@@ -50,6 +52,7 @@ export interface DispatcherConfig {
   tickMs: number;
   prefetch: number;
   defaultMaxAttempts: number;
+  maxRequeues: number;
   maxFrameBytes: number;
   maxBufferedBytes: number;
   helloTimeoutMs: number;
@@ -128,6 +131,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     tickMs: Math.max(5, Math.min(250, Math.floor(leaseMs / 4))),
     prefetch,
     defaultMaxAttempts: positive('--max-attempts', o.maxAttempts ?? 3),
+    maxRequeues: positive('--max-requeues', o.maxRequeues ?? 20, 0),
     maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
     maxBufferedBytes: positive('--max-buffered-bytes', o.maxBufferedBytes ?? 64 * 1024 * 1024, 64 * 1024),
     helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
