@@ -17,6 +17,8 @@ export interface Conn {
   readonly id: ConnId;
   readonly ws: PeerSocket;
   role: 'client' | 'executor' | null;
+  /** How frames to this peer are encoded: msgpackr records if its hello announced them, else standard msgpack. */
+  codec: Codec;
   out: unknown[];
   /** Executor reports received this turn, acknowledged once the turn is committed. */
   acks: Array<{ uid: number; attempt: number }>;
@@ -52,7 +54,6 @@ export class Outbound {
   #stopped = false;
 
   constructor(
-    private readonly codec: Codec,
     private readonly journal: CommittingJournal,
     private readonly log: Logger,
     /** Bytes that may wait for one peer before it is dropped as a slow consumer. */
@@ -183,13 +184,13 @@ export class Outbound {
    */
   #sent(c: Conn, msgs: unknown[]): boolean {
     try {
-      for (const frame of this.codec.encode(msgs)) c.ws.send(frame);
+      for (const frame of c.codec.encode(msgs)) c.ws.send(frame);
       return true;
     } catch (err) {
       let failure: WireError | null = null;
       for (const msg of msgs) {
         try {
-          for (const frame of this.codec.encode([msg])) c.ws.send(frame);
+          for (const frame of c.codec.encode([msg])) c.ws.send(frame);
         } catch (e) {
           const code = (e as { code?: string }).code === ErrorCode.FRAME_TOO_LARGE ? ErrorCode.FRAME_TOO_LARGE : ErrorCode.INTERNAL;
           failure ??= wireError(code, `a ${(msg as { t?: string }).t ?? 'message'} could not be sent: ${(e as Error).message}`);

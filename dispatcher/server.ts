@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import {
   Codec,
   ErrorCode,
+  RECORDS_CAP,
   FalconetError,
   PROTOCOL_VERSION,
   compileInbound,
@@ -40,7 +41,10 @@ export class DispatcherServer {
   /** Set by a provisioner: its status joins /api/status, and clients can reset it. */
   extension: ServerExtension | null = null;
   readonly #transport: Transport;
+  /** Decodes every peer's frames (records or not); encodes for peers that announced records. */
   readonly #codec: Codec;
+  /** Standard msgpack, for every other peer (and for anything sent before a hello). */
+  readonly #plain: Codec;
   readonly #conns = new Map<ConnId, Conn>();
   readonly #out: Outbound;
   #nextConn = 1;
@@ -58,10 +62,11 @@ export class DispatcherServer {
   ) {
     this.#transport = transport;
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
-    this.#out = new Outbound(this.#codec, journal, log, config.maxBufferedBytes, () => this.core.schedule(), (err) => {
+    this.#plain = new Codec({ maxFrameBytes: config.maxFrameBytes, records: false });
+    this.#out = new Outbound(journal, log, config.maxBufferedBytes, () => this.core.schedule(), (err) => {
       const wire = wireError(ErrorCode.STORE_FAILED, err.message);
       for (const c of this.#conns.values()) {
-        c.ws.send(this.#codec.encode([{ t: 'error', ...wire }])[0]);
+        c.ws.send(c.codec.encode([{ t: 'error', ...wire }])[0]);
         c.ws.close(1011, ErrorCode.STORE_FAILED);
       }
       onFatal(err);
@@ -131,7 +136,7 @@ export class DispatcherServer {
   // ---- connections ------------------------------------------------------------------------------
 
   #onConnection(ws: PeerSocket): PeerHandlers {
-    const c: Conn = { id: this.#nextConn++, ws, role: null, out: [], acks: [], closing: null, helloTimer: null };
+    const c: Conn = { id: this.#nextConn++, ws, role: null, codec: this.#plain, out: [], acks: [], closing: null, helloTimer: null };
     this.#conns.set(c.id, c);
     const handlers: PeerHandlers = {
       message: (data, isBinary) => this.#onFrame(c, data, isBinary),
@@ -200,6 +205,7 @@ export class DispatcherServer {
     c.helloTimer = null;
     c.role = role;
     const msg = checked.msg;
+    if (msg.t === 'hello' && msg.caps.includes(RECORDS_CAP)) c.codec = this.#codec;
     if (msg.t !== 'hello') return;
     if (msg.role === 'client') {
       if (msg.attachOnly && msg.session !== undefined && !this.core.view.hasSession(msg.session)) {

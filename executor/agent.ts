@@ -25,6 +25,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
+  RECORDS_CAP,
   ErrorCode,
   FalconetError,
   LIMITS,
@@ -146,7 +147,7 @@ export class ExecutorAgent {
     this.#link = new Link<DispatcherToExecutor>({
       url: o.url,
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
-      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull'], executor: this.#info() }),
+      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
       onUp: () => this.#onUp(),
       heartbeatExtra: () => this.#heartbeatExtra(),
       onMessage: (msg) => this.#onMessage(msg),

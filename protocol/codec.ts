@@ -1,8 +1,14 @@
 /**
  * The one codec: a frame is a msgpack array of messages. Batching many messages per WebSocket
- * frame is what lifts throughput from ~100k messages/s (one write each) to ~0.8M/s here
- * (../shared/PLATFORM.md). msgpackr records (`useRecords`) send each object shape's keys once
- * per frame, so a frame of 1,000 tasks carries the field names once, not 1,000 times.
+ * frame is what lifts throughput from ~100k messages/s (one write each) to ~0.8M/s here.
+ * msgpackr records (`useRecords`) send each object shape's keys once per frame, so a frame of
+ * 1,000 tasks carries the field names once, not 1,000 times.
+ *
+ * Records are a msgpackr extension that other msgpack libraries cannot decode. A peer that
+ * announces the `records` capability in its hello gets them; any other peer gets standard msgpack
+ * (maps, no extension types), so a client in any language is a msgpack library away. Decoding
+ * accepts both, and 64-bit integers (what standard encoders write for ms timestamps or byte
+ * counts) decode as numbers.
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { ErrorCode, FalconetError } from './errors.js';
@@ -15,16 +21,24 @@ export const MAX_MESSAGES_PER_FRAME = 4096;
 export interface CodecOptions {
   /** Frames larger than this are refused on decode and split on encode. */
   maxFrameBytes?: number;
+  /** Encode with msgpackr records (default true); false writes standard msgpack only. */
+  records?: boolean;
 }
+
+/** The capability a peer announces in its hello to receive msgpackr records. */
+export const RECORDS_CAP = 'records';
 
 export class Codec {
   readonly maxFrameBytes: number;
+  readonly records: boolean;
   // One instance per direction: msgpackr keeps per-instance state for records.
-  readonly #packr = new Packr({ useRecords: true, moreTypes: false });
-  readonly #unpackr = new Unpackr({ useRecords: true, moreTypes: false, mapsAsObjects: true });
+  readonly #packr: Packr;
+  readonly #unpackr = new Unpackr({ useRecords: true, moreTypes: false, mapsAsObjects: true, int64AsType: 'number' });
 
   constructor(options: CodecOptions = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.records = options.records ?? true;
+    this.#packr = new Packr({ useRecords: this.records, moreTypes: false });
   }
 
   /**

@@ -275,11 +275,30 @@ export const Cancel = Type.Object({
 });
 export const Ack = Type.Object({ t: Type.Literal('ack'), cursor: Uint });
 export const Drain = Type.Object({ t: Type.Literal('drain'), ref: Ref, executor: Id });
+/** States a task query reports: waiting, running (an attempt on an executor), or how it ended. */
+export const TaskStateSchema = Type.Union([Type.Literal('queued'), Type.Literal('running'), ...TaskStatusSchema.anyOf]);
+export type TaskState = Static<typeof TaskStateSchema>;
+/**
+ * Asks about tasks from any session: by `ids` (each looked up in every session, or in `session`),
+ * or by listing (`session`, `state`, newest first, up to `limit`). Answered by `tasks`.
+ */
+export const Query = Type.Object({
+  t: Type.Literal('query'),
+  ref: Ref,
+  ids: Type.Optional(Type.Array(Id, { maxItems: 10_000 })),
+  session: Type.Optional(Id),
+  state: Type.Optional(Type.Union([TaskStateSchema, Type.Literal('finished')])),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })),
+});
+/** Lists the dispatcher's sessions. Answered by `sessions`. */
+export const ListSessions = Type.Object({ t: Type.Literal('sessions'), ref: Ref });
 /** Operator actions on the provisioner: `reset` closes its circuit breaker. */
 export const ProvisionerAction = Type.Object({ t: Type.Literal('provisioner'), ref: Ref, action: Type.Literal('reset') });
 
-export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, provisioner: ProvisionerAction, hb: Heartbeat } as const;
+export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, provisioner: ProvisionerAction, query: Query, sessions: ListSessions, hb: Heartbeat } as const;
 export type ClientMessage =
+  | Static<typeof Query>
+  | Static<typeof ListSessions>
   | Static<typeof ClientHello>
   | Static<typeof Submit>
   | Static<typeof Cancel>
@@ -332,8 +351,41 @@ export const Reply = Type.Object({
   count: Type.Optional(Uint),
   error: Type.Optional(WireErrorSchema),
 });
-export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, error: ErrorMsg, hb: Heartbeat } as const;
+/** What a task query says of one task. */
+export const TaskInfoSchema = Type.Object({
+  id: Id,
+  session: Id,
+  state: TaskStateSchema,
+  /** Attempts started so far. */
+  attempt: Uint,
+  /** The executor of the running attempt, or of the last one. */
+  executor: Nullable(Type.String()),
+  submittedAt: Nullable(Type.Number()),
+  dispatchedAt: Nullable(Type.Number()),
+  /** Why a queued task waits, when the dispatcher can tell (no executor fits its labels, none connected). */
+  waiting: Type.Optional(Type.String()),
+  /** The result of a finished task, when the dispatcher still has it (the in-memory store forgets acknowledged results). */
+  result: Type.Optional(TaskResultSchema),
+});
+export type TaskInfo = Static<typeof TaskInfoSchema>;
+/** The answer to `query`: what was found, and the ids asked for that no session has. */
+export const TasksMsg = Type.Object({ t: Type.Literal('tasks'), ref: Ref, tasks: Type.Array(TaskInfoSchema), missing: Type.Optional(Type.Array(Id)) });
+export const SessionInfoSchema = Type.Object({
+  id: Id,
+  createdAt: Type.Number(),
+  connected: Type.Boolean(),
+  submitted: Uint,
+  finished: Uint,
+  unfinished: Uint,
+  /** Results finished and not yet acknowledged by a client. */
+  unacked: Uint,
+});
+export type SessionInfo = Static<typeof SessionInfoSchema>;
+export const SessionsMsg = Type.Object({ t: Type.Literal('sessions'), ref: Ref, sessions: Type.Array(SessionInfoSchema) });
+export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToClient =
+  | Static<typeof TasksMsg>
+  | Static<typeof SessionsMsg>
   | Static<typeof ClientWelcome>
   | Static<typeof Accepted>
   | Static<typeof ResultMsg>
