@@ -10,6 +10,7 @@ import { DEFAULT_PORT } from '../dispatcher/config.js';
 import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/main.js';
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
+import { dispatcherUrl } from './url.js';
 import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
 
 const USAGE = `falconet: a fast, lightweight task dispatcher
@@ -39,8 +40,9 @@ exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms
 --ec2-key-name, --ec2-spot, --ec2-region, --executor-slots N, --executor-labels k=v,..., --cluster NAME,
 --executor-url URL, --dispatcher-timeout S (executors retire when their dispatcher is gone that long).
 
-Client commands take --dispatcher URL (or FALCONET_URL), --token T (or FALCONET_TOKEN) and
---connect-timeout S (how long to keep dialing a dispatcher that does not answer; default 30).
+Client commands take --dispatcher URL (or FALCONET_URL; ws://HOST:PORT, wss://HOST:PORT or HOST:PORT),
+--token T (or FALCONET_TOKEN) and --connect-timeout S (how long to keep dialing a dispatcher that does
+not answer; default 30). \`run\` cancels its task on Ctrl-C or SIGTERM (exit 130 or 143).
 `;
 
 const DISPATCHER_FLAGS = {
@@ -116,8 +118,9 @@ function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[]
   }
 }
 
+/** The dispatcher a client command dials: --dispatcher, else FALCONET_URL, else the local default; `host:port` is understood. */
 export function clientUrl(flag: string | undefined): string {
-  return flag ?? process.env.FALCONET_URL ?? `ws://127.0.0.1:${DEFAULT_PORT}`;
+  return dispatcherUrl(flag ?? process.env.FALCONET_URL ?? `ws://127.0.0.1:${DEFAULT_PORT}`);
 }
 
 /**

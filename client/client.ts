@@ -1,12 +1,16 @@
 /**
  * The client SDK. A client works in a session: every task it submits gets an id (its own, or
- * one the SDK makes), every result arrives once, in order, and the session outlives the
- * connection: the SDK reconnects on its own, resends submits the dispatcher had not yet
- * acknowledged (idempotent by id), and resumes the result stream at its cursor.
+ * one the SDK makes), and the session outlives the connection: the SDK reconnects on its own,
+ * resends submits the dispatcher had not yet acknowledged (idempotent by id), and resumes the
+ * result stream at its cursor.
  *
- * Submits are batched: every call in one event-loop turn goes out in one frame.
+ * Delivery: within one process every result is handed out once (to its submit() promise or to a
+ * results() iterator), in sequence order for the iterators. Results are acknowledged lazily: after
+ * a crash of the client process, a reattaching client gets the last few again. See results.ts.
+ *
+ * Every path ends: a promise the SDK returns settles (close() rejects what is pending with
+ * CLIENT_CLOSED), and nothing the SDK does on a timer or a socket event can throw into the host.
  */
-import { randomBytes } from 'node:crypto';
 import {
   ErrorCode,
   FalconetError,
@@ -20,12 +24,30 @@ import {
   type TaskSpec,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
+import { ResultStream } from './results.js';
+import { SubmitPipeline, type Rejection } from './submits.js';
+import { dispatcherUrl } from './url.js';
 
 export type { TaskResult, TaskSpec } from '../protocol/index.js';
+export type { Rejection } from './submits.js';
+
+/** Where a client stands with its dispatcher. */
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
+
+/** One change of {@link Client.state}, as {@link Client.onState} listeners receive it. */
+export interface StateChange {
+  state: ConnectionState;
+  /** With `connected`: the dispatcher knew the session (it was resumed, not opened afresh). */
+  resumed?: boolean;
+  /** With `reconnecting` (why the connection was lost) and `closed` (why the client ended). */
+  reason?: string;
+  /** With `closed`: the error that ended the client (UNREACHABLE, AUTH_FAILED, CLIENT_CLOSED). */
+  error?: FalconetError;
+}
 
 /** Options of {@link connect}. */
 export interface ConnectOptions {
-  /** The client credential (or FALCONET_TOKEN). */
+  /** The client credential. The SDK reads no environment variable for it; the CLI passes FALCONET_TOKEN. */
   token?: string;
   /** Resume this session instead of starting a new one. */
   session?: string;
@@ -39,12 +61,17 @@ export interface ConnectOptions {
   leaseMs?: number;
   /** With `session`: fail with NOT_FOUND instead of opening a session the dispatcher does not know. */
   attachOnly?: boolean;
-  /** How long {@link connect} waits for the first welcome. Default 10 s. */
+  /**
+   * How long {@link connect} keeps dialing before it rejects with UNREACHABLE (naming the URL and
+   * the last socket error). Default 10 s.
+   */
   connectTimeoutMs?: number;
-  /** Tasks per submit frame. Default 2,000. */
+  /** Tasks per submit message at most (default 2,000); batches are also split to fit the dispatcher's frame limit. */
   maxBatch?: number;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
+  /** Called on every state change from the first `connecting` on; the same as {@link Client.onState}. */
+  onState?: (change: StateChange) => void;
 }
 
 /** Options of {@link Client.submitMany}. */
@@ -58,74 +85,52 @@ export interface SubmitManyOptions {
   until?: 'finished' | 'accepted';
 }
 
-/** One task the dispatcher refused, with why. */
-export interface Rejection {
-  id: string;
-  code: string;
-  message: string;
-}
-
-interface Waiter {
-  resolve(r: TaskResult): void;
-  reject(e: Error): void;
-}
-
-/** Connects to a dispatcher and resolves once the session is open. */
+/**
+ * Connects to a dispatcher and resolves once the session is open. `url` is `ws://HOST:PORT`,
+ * `wss://HOST:PORT` or `HOST:PORT`. Rejects once: USAGE for an address that is none of these,
+ * UNREACHABLE when no dispatcher answered within `connectTimeoutMs`, or the dispatcher's refusal
+ * (AUTH_FAILED, VERSION_MISMATCH, NOT_FOUND). After a rejection nothing is left running.
+ */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
-  const client = new Client(url, options);
+  const client = new Client(dispatcherUrl(url), options);
   await client.ready;
   return client;
 }
 
 /** A session with a dispatcher. Create it with {@link connect}. */
 export class Client {
-  /** Resolves at the first welcome; rejects if the dispatcher refuses us or cannot be reached. */
+  /** Resolves at the first welcome; rejects if the dispatcher refuses us, cannot be reached, or close() comes first. */
   readonly ready: Promise<void>;
   #sessionId: string | undefined;
-  /** Sequence number of the last result handed to the application. */
-  #cursor: number;
-  #lastSeq: number;
   readonly #link: Link<DispatcherToClient>;
-  readonly #prefix = randomBytes(4).toString('hex');
-  #counter = 0;
-  #batch: TaskSpec[] = [];
-  #batchQueued = false;
-  #ref = 0;
-  /** Sent submits not yet acknowledged, by ref: resent after a reconnect. */
-  readonly #unacked = new Map<number, TaskSpec[]>();
-  /** Tasks in #unacked, kept as it changes: submitMany asks for it once per task. */
-  #unackedCount = 0;
-  readonly #waiters = new Map<string, Waiter>();
-  /** Specs of tasks awaiting results: resubmitted if the dispatcher forgot the session. */
-  readonly #awaiting = new Map<string, TaskSpec>();
-  readonly #replies = new Map<number, Waiter & { resolveReply(m: Msg<DispatcherToClient, 'reply'>): void }>();
-  readonly #buffer: Array<{ seq: number; result: TaskResult }> = [];
-  #readers: Array<(r: IteratorResult<TaskResult>) => void> = [];
+  readonly #results: ResultStream;
+  readonly #submits: SubmitPipeline;
+  readonly #replies = new Map<number, { resolve(m: Msg<DispatcherToClient, 'reply'>): void; reject(e: Error): void }>();
   #ackTimer: NodeJS.Timeout | null = null;
-  #ackedSent = 0;
-  /** Listeners for progress of in-flight accounting (submitMany backpressure). */
-  #settled: Array<() => void> = [];
-  #acceptedCount = 0;
-  #rejected: Rejection[] = [];
-  /** Specs submitted to be left behind: forgotten once accepted. */
-  readonly #detached = new WeakSet<TaskSpec>();
-  #fatal: FalconetError | null = null;
-  #closed = false;
+  #ackedSent: number;
+  #connectTimer: NodeJS.Timeout | null;
+  #rejectReady: (e: Error) => void = () => {};
+  /** Why this client can no longer be used (closed, refused, never reached); null while usable. */
+  #ended: FalconetError | null = null;
+  #state: ConnectionState = 'connecting';
+  readonly #listeners = new Set<(change: StateChange) => void>();
   /** Results the dispatcher will still send, as of the last message from it. */
   #remaining = 0;
   #resumed = false;
 
+  /** Prefer {@link connect}, which checks `url` and waits for {@link ready}. */
   constructor(url: string, private readonly o: ConnectOptions = {}) {
     this.#sessionId = o.session;
-    this.#cursor = this.#lastSeq = this.#ackedSent = o.cursor ?? 0;
+    this.#ackedSent = o.cursor ?? 0;
+    this.#results = new ResultStream(o.cursor ?? 0, () => this.#scheduleAck());
     let resolveReady!: () => void;
-    let rejectReady!: (e: Error) => void;
-    this.ready = new Promise((res, rej) => ((resolveReady = res), (rejectReady = rej)));
-    const timer = setTimeout(() => {
-      rejectReady(new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${url} within ${o.connectTimeoutMs ?? 10_000} ms`));
-      void this.#link.close();
-    }, o.connectTimeoutMs ?? 10_000);
-    const token = o.token ?? process.env.FALCONET_TOKEN;
+    this.ready = new Promise((res, rej) => ((resolveReady = res), (this.#rejectReady = rej)));
+    // Whoever holds `ready` sees its rejection; one who does not (new Client without awaiting)
+    // must not get an unhandled rejection that ends the process.
+    this.ready.catch(() => {});
+    if (o.onState) this.#listeners.add(o.onState);
+    const timeoutMs = o.connectTimeoutMs ?? 10_000;
+    const token = o.token;
     this.#link = new Link<DispatcherToClient>({
       url,
       validate: compileInbound<DispatcherToClient>(DispatcherToClientSchemas),
@@ -136,26 +141,48 @@ export class Client {
         ...(token ? { token } : {}),
         caps: ['batch', RECORDS_CAP],
         ...(this.#sessionId ? { session: this.#sessionId } : {}),
-        ...(this.#sessionId && this.#cursor > 0 ? { cursor: this.#cursor } : {}),
+        ...(this.#sessionId && this.#results.cursor > 0 ? { cursor: this.#results.cursor } : {}),
         ...(o.leaseMs !== undefined ? { leaseMs: o.leaseMs } : {}),
         ...(o.attachOnly ? { attachOnly: true } : {}),
       }),
       onUp: (w) => {
-        clearTimeout(timer);
+        this.#clearConnectTimer();
         this.#onUp(w as Msg<DispatcherToClient, 'welcome'>);
         resolveReady();
       },
+      onDown: (reason) => this.#setState({ state: 'reconnecting', reason }),
       onMessage: (m) => this.#onMessage(m),
-      onFatal: (err) => {
-        clearTimeout(timer);
-        this.#fatal = err;
-        rejectReady(err);
-        this.#failAll(err);
-      },
+      onUnsendable: (msg, err) => this.#onUnsendable(msg as { t: string; ref?: number }, err),
+      onFatal: (err) => this.#end(err),
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
     });
+    this.#submits = new SubmitPipeline({
+      send: (msg) => this.#link.send(msg),
+      maxBatch: o.maxBatch ?? 2000,
+      takeBuffered: (id) => this.#results.take(id),
+      sessionId: () => this.#sessionId ?? '',
+    });
+    this.#connectTimer = setTimeout(() => {
+      const why = this.#link.lastError;
+      this.#end(new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${url} within ${timeoutMs} ms${why ? ` (last error: ${why})` : ''}`));
+    }, timeoutMs);
+    this.#emit({ state: 'connecting' });
     this.#link.start();
+  }
+
+  /** Where the client stands: `connecting` (first dial), `connected`, `reconnecting` (after a loss) or `closed`. */
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /**
+   * Calls `listener` on every state change (a `connected` after a loss says whether the session
+   * was resumed). Returns the function that removes the listener.
+   */
+  onState(listener: (change: StateChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /** True when the dispatcher knew the session this client asked to resume. */
@@ -165,7 +192,7 @@ export class Client {
 
   /** The session id and cursor: what a later process needs to resume this stream. */
   get session(): { id: string; cursor: number } {
-    return { id: this.#sessionId ?? '', cursor: this.#cursor };
+    return { id: this.#sessionId ?? '', cursor: this.#results.cursor };
   }
 
   /**
@@ -173,81 +200,53 @@ export class Client {
    * for tasks submitted so far. 0 means the session is done (until more tasks are submitted).
    */
   get outstanding(): number {
-    return this.#remaining + this.#buffer.length + this.#batch.length + this.#unackedTasks();
+    return this.#remaining + this.#results.buffered + this.#submits.unaccepted;
   }
 
-  /** Submits one task; resolves with its result (whatever its status). */
+  /**
+   * Submits one task; resolves with its result (whatever its status). Rejects with the
+   * dispatcher's refusal (TASK_INVALID), FRAME_TOO_LARGE for a task no frame can carry,
+   * TASK_DUPLICATE for an id this session finished before whose result was already handed out,
+   * or CLIENT_CLOSED. A second submit of an id still pending in this client shares the first one's
+   * result (the second spec is not sent).
+   */
   submit(task: TaskSpec): Promise<TaskResult> {
-    const spec = this.#enqueue(task);
-    return new Promise((resolve, reject) => this.#waiters.set(spec.id!, { resolve, reject }));
+    if (this.#ended) return Promise.reject(this.#ended);
+    return this.#submits.submit(task);
   }
 
   /**
    * Submits tasks from an iterable with backpressure: at most `maxInFlight` are in flight.
    * Results arrive on {@link results}. Resolves when every task is accepted (and, with
-   * `until: 'finished'`, finished).
+   * `until: 'finished'`, finished); rejects with CLIENT_CLOSED if the client closes first.
    */
   async submitMany(
     tasks: Iterable<TaskSpec> | AsyncIterable<TaskSpec>,
     options: SubmitManyOptions = {},
   ): Promise<{ submitted: number; accepted: number; rejected: Rejection[] }> {
-    const max = options.maxInFlight ?? 10_000;
-    const until = options.until ?? 'finished';
-    const inFlight = () => (until === 'finished' ? this.#awaiting.size : this.#unackedTasks());
-    const startAccepted = this.#acceptedCount;
-    const startRejected = this.#rejected.length;
-    let submitted = 0;
-    const add = (task: TaskSpec): void => {
-      const spec = this.#enqueue(task);
-      if (until === 'accepted') this.#detached.add(spec);
-      submitted++;
-    };
-    const one = async (task: TaskSpec): Promise<void> => {
-      while (inFlight() >= max) await this.#nextSettle();
-      add(task);
-      // A full batch was just handed to the link: let it go out before building the next one, so
-      // the dispatcher starts on the first tasks while later ones are still being read and packed
-      // (a synchronous source would otherwise be packed whole before anything leaves).
-      if (this.#batch.length === 0) await new Promise<void>((resolve) => setImmediate(resolve));
-    };
-    if (Symbol.iterator in tasks) {
-      // A synchronous source is read synchronously: awaiting only to wait for room or to let a
-      // batch go saves a promise per task (a third of the SDK's cost per task, profiled).
-      for (const task of tasks) {
-        if (inFlight() < max && this.#batch.length + 1 < (this.o.maxBatch ?? 2000)) add(task);
-        else await one(task);
-      }
-    } else {
-      for await (const task of tasks) await one(task);
-    }
-    while (inFlight() > 0) await this.#nextSettle();
-    return { submitted, accepted: this.#acceptedCount - startAccepted, rejected: this.#rejected.slice(startRejected) };
+    if (this.#ended) throw this.#ended;
+    return this.#submits.submitMany(tasks, options.maxInFlight ?? 10_000, options.until ?? 'finished');
   }
 
-  /** Every result of the session not yet consumed, in order, as it arrives. Ends on close(). */
+  /**
+   * Every result of the session not yet handed out (and not taken by a submit() promise), in
+   * order, as it arrives. Each call gives an iterator; concurrent iterators share the stream.
+   *
+   * - A result counts as consumed when its iterator is asked for the next one or returned, so
+   *   after a crash it comes again (see the module doc).
+   * - Calling next() while an earlier next() of the same iterator is still pending returns that
+   *   same promise: a next() abandoned in a Promise.race loses nothing if you ask again.
+   * - return() (a `break` out of `for await`) detaches a pending next(), which then ends.
+   * - The iterator ends after close(), once it has handed out what was already received.
+   */
   results(): AsyncIterableIterator<TaskResult> {
-    const self = this;
-    return {
-      [Symbol.asyncIterator]() {
-        return this;
-      },
-      next(): Promise<IteratorResult<TaskResult>> {
-        const item = self.#buffer.shift();
-        if (item) {
-          self.#consumed(item.seq);
-          return Promise.resolve({ value: item.result, done: false });
-        }
-        if (self.#closed) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => self.#readers.push(resolve));
-      },
-      return(): Promise<IteratorResult<TaskResult>> {
-        return Promise.resolve({ value: undefined, done: true });
-      },
-    };
+    return this.#results.iterator();
   }
 
   /** Cancels tasks of this session by id (or, with `session`, of another one; `*` for all). */
   async cancel(ids: string[], opts: { session?: string; all?: boolean } = {}): Promise<number> {
+    // Submits made before this call go first, so a cancel right after a submit finds its task.
+    this.#submits.flush();
     const reply = await this.#request({ t: 'cancel', ids, ...opts });
     return reply.count ?? 0;
   }
@@ -264,45 +263,56 @@ export class Client {
     if (!reply.ok) throw FalconetError.fromWire(reply.error ?? { code: ErrorCode.NOT_FOUND, message: 'no provisioner' });
   }
 
-  /** Sends pending submits and acknowledgements, then closes the connection. */
+  /**
+   * Sends pending submits and acknowledgements, then closes the connection. Everything still
+   * pending (submit() promises, submitMany(), requests) rejects with CLIENT_CLOSED; the tasks
+   * themselves stay in the session, and a later client can reattach to collect their results.
+   */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#flushBatch();
+    if (this.#ended) return this.#link.close();
+    this.#submits.flush();
     this.#sendAck();
-    this.#closed = true;
-    if (this.#ackTimer) clearTimeout(this.#ackTimer);
-    await this.#link.close();
-    for (const r of this.#readers.splice(0)) r({ value: undefined, done: true });
+    await this.#end(new FalconetError(ErrorCode.CLIENT_CLOSED, 'the client was closed'));
   }
 
   // ---- internals --------------------------------------------------------------------------------
 
-  #enqueue(task: TaskSpec): TaskSpec {
-    if (this.#fatal) throw this.#fatal;
-    const spec = task.id === undefined ? { ...task, id: `${this.#prefix}-${++this.#counter}` } : task;
-    this.#awaiting.set(spec.id!, spec);
-    this.#batch.push(spec);
-    if (this.#batch.length >= (this.o.maxBatch ?? 2000)) this.#flushBatch();
-    else if (!this.#batchQueued) {
-      this.#batchQueued = true;
-      setImmediate(() => this.#flushBatch());
+  /** The one way a client ends: everything pending rejects with `err`, and nothing is left running. */
+  #end(err: FalconetError): Promise<void> {
+    if (this.#ended) return this.#link.close();
+    this.#ended = err;
+    this.#clearConnectTimer();
+    if (this.#ackTimer) clearTimeout(this.#ackTimer);
+    this.#ackTimer = null;
+    this.#rejectReady(err);
+    this.#submits.failAll(err);
+    for (const w of this.#replies.values()) w.reject(err);
+    this.#replies.clear();
+    this.#results.close();
+    this.#setState({ state: 'closed', reason: err.message, error: err });
+    return this.#link.close();
+  }
+
+  #clearConnectTimer(): void {
+    if (this.#connectTimer) clearTimeout(this.#connectTimer);
+    this.#connectTimer = null;
+  }
+
+  #setState(change: StateChange): void {
+    if (this.#state === 'closed' || (change.state === this.#state && change.state !== 'connected')) return;
+    this.#state = change.state;
+    this.#emit(change);
+  }
+
+  #emit(change: StateChange): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(change);
+      } catch (err) {
+        // A listener's bug must not break the connection it observes (this runs in socket events).
+        process.emitWarning(`falconet: a state listener threw: ${(err as Error)?.stack ?? String(err)}`);
+      }
     }
-    return spec;
-  }
-
-  #flushBatch(): void {
-    this.#batchQueued = false;
-    if (this.#batch.length === 0) return;
-    const tasks = this.#batch;
-    this.#batch = [];
-    const ref = ++this.#ref;
-    this.#unacked.set(ref, tasks);
-    this.#unackedCount += tasks.length;
-    this.#link.send({ t: 'submit', ref, tasks });
-  }
-
-  #unackedTasks(): number {
-    return this.#batch.length + this.#unackedCount;
   }
 
   #onUp(w: Msg<DispatcherToClient, 'welcome'>): void {
@@ -310,127 +320,74 @@ export class Client {
     this.#sessionId = w.session;
     this.#resumed = w.resumed;
     this.#remaining = w.unfinished + w.unacked;
-    if (w.cursor > this.#cursor) this.#cursor = this.#lastSeq = this.#ackedSent = w.cursor;
-    if (forgotten) {
-      // The dispatcher lost our session (an in-memory dispatcher restarted): submit again
-      // everything we still wait for. Ids make this idempotent.
-      this.#unacked.clear();
-      this.#unackedCount = 0;
-      this.#cursor = this.#lastSeq = this.#ackedSent = 0;
-      const inBatch = new Set(this.#batch.map((s) => s.id));
-      for (const spec of this.#awaiting.values()) if (!inBatch.has(spec.id)) this.#batch.push(spec);
-    }
-    for (const [ref, tasks] of this.#unacked) this.#link.send({ t: 'submit', ref, tasks });
-    this.#flushBatch();
+    this.#results.rebase(w.cursor, forgotten);
+    this.#ackedSent = forgotten ? 0 : Math.max(this.#ackedSent, w.cursor);
+    this.#setState({ state: 'connected', resumed: w.resumed });
+    // The dispatcher lost our session (an in-memory dispatcher restarted): submit again
+    // everything we still wait for. Ids make this idempotent.
+    this.#submits.resend(forgotten);
   }
 
   #onMessage(m: DispatcherToClient): void {
     switch (m.t) {
       case 'accepted':
-        return this.#onAccepted(m);
-      case 'result':
         this.#remaining = m.remaining;
-        return this.#onResult(m.seq, m.result);
+        return this.#submits.onAccepted(m);
+      case 'result': {
+        this.#remaining = m.remaining;
+        const claimed = this.#submits.hasWaiter(m.result.id);
+        if (this.#results.receive(m.seq, m.result, claimed)) this.#submits.onResult(m.result);
+        return;
+      }
       case 'reply': {
         const w = this.#replies.get(m.ref);
         this.#replies.delete(m.ref);
-        return w?.resolveReply(m);
+        return w?.resolve(m);
       }
       case 'error': {
-        const err = FalconetError.fromWire(m);
+        // Errors about a submit are answered by resending it on reconnect; others have no waiter.
         const w = m.ref !== undefined ? this.#replies.get(m.ref) : undefined;
         if (w) {
           this.#replies.delete(m.ref!);
-          w.reject(err);
+          w.reject(FalconetError.fromWire(m));
         }
         return;
       }
     }
   }
 
-  #onAccepted(m: Msg<DispatcherToClient, 'accepted'>): void {
-    const tasks = this.#unacked.get(m.ref);
-    if (!tasks) return;
-    this.#unacked.delete(m.ref);
-    this.#unackedCount -= tasks.length;
-    this.#remaining = m.remaining;
-    this.#acceptedCount += m.accepted;
-    for (const spec of tasks) if (this.#detached.has(spec)) this.#awaiting.delete(spec.id!);
-    for (const r of m.rejected) {
-      const spec = tasks[r.index];
-      const id = spec?.id ?? r.id ?? '';
-      this.#awaiting.delete(id);
-      this.#rejected.push({ id, code: r.code, message: r.message });
-      const w = this.#waiters.get(id);
-      if (w) {
-        this.#waiters.delete(id);
-        w.reject(new FalconetError(r.code as ErrorCode, r.message));
-      }
-    }
-    this.#settle();
-  }
-
-  #onResult(seq: number, result: TaskResult): void {
-    if (seq <= this.#lastSeq) return; // already seen: delivery to the application is exactly-once
-    this.#lastSeq = seq;
-    this.#awaiting.delete(result.id);
-    const w = this.#waiters.get(result.id);
+  /** A message the link could not fit in a frame: a submit is split (or its one task refused); a request fails. */
+  #onUnsendable(msg: { t: string; ref?: number }, err: FalconetError): void {
+    if (msg.t === 'submit' && msg.ref !== undefined) return this.#submits.onUnsendable(msg.ref, err);
+    const w = msg.ref !== undefined ? this.#replies.get(msg.ref) : undefined;
     if (w) {
-      this.#waiters.delete(result.id);
-      if (this.#buffer.length === 0) this.#consumed(seq);
-      w.resolve(result);
-    } else {
-      const reader = this.#readers.shift();
-      if (reader) {
-        this.#consumed(seq);
-        reader({ value: result, done: false });
-      } else {
-        this.#buffer.push({ seq, result });
-      }
+      this.#replies.delete(msg.ref!);
+      w.reject(err);
     }
-    this.#settle();
   }
 
-  /** The application has everything up to `seq`; acknowledge it soon (batched). */
-  #consumed(seq: number): void {
-    if (seq > this.#cursor) this.#cursor = seq;
-    if (this.#cursor - this.#ackedSent >= 1000) this.#sendAck();
-    else if (!this.#ackTimer) this.#ackTimer = setTimeout(() => this.#sendAck(), 50);
+  /** The results stream moved its cursor: acknowledge soon, batched (every 1,000 or after 50 ms). */
+  #scheduleAck(): void {
+    if (this.#results.cursor - this.#ackedSent >= 1000) this.#sendAck();
+    else if (!this.#ackTimer && !this.#ended) this.#ackTimer = setTimeout(() => this.#sendAck(), 50);
   }
 
   #sendAck(): void {
     if (this.#ackTimer) clearTimeout(this.#ackTimer);
     this.#ackTimer = null;
-    if (this.#cursor > this.#ackedSent && this.#link.send({ t: 'ack', cursor: this.#cursor })) this.#ackedSent = this.#cursor;
-  }
-
-  #nextSettle(): Promise<void> {
-    if (this.#fatal) return Promise.reject(this.#fatal);
-    return new Promise((resolve) => this.#settled.push(resolve));
-  }
-
-  #settle(): void {
-    const waiting = this.#settled;
-    this.#settled = [];
-    for (const f of waiting) f();
+    const cursor = this.#results.cursor;
+    if (cursor > this.#ackedSent && this.#link.send({ t: 'ack', cursor })) this.#ackedSent = cursor;
   }
 
   #request(msg: Record<string, unknown>): Promise<Msg<DispatcherToClient, 'reply'>> {
-    const ref = ++this.#ref;
-    return new Promise((resolveReply, reject) => {
-      this.#replies.set(ref, { resolveReply, reject, resolve() {} });
+    if (this.#ended) return Promise.reject(this.#ended);
+    const ref = this.#submits.nextRef();
+    return new Promise((resolve, reject) => {
+      this.#replies.set(ref, { resolve, reject });
       if (!this.#link.send({ ...msg, ref })) {
         this.#replies.delete(ref);
         reject(new FalconetError(ErrorCode.UNREACHABLE, 'not connected to the dispatcher'));
       }
     });
-  }
-
-  #failAll(err: FalconetError): void {
-    for (const w of this.#waiters.values()) w.reject(err);
-    this.#waiters.clear();
-    for (const w of this.#replies.values()) w.reject(err);
-    this.#replies.clear();
-    this.#settle();
   }
 }

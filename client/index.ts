@@ -9,5 +9,6 @@
  * await client.close();
  * ```
  */
-export { connect, Client, type ConnectOptions, type SubmitManyOptions, type Rejection } from './client.js';
+export { connect, Client, type ConnectOptions, type ConnectionState, type StateChange, type SubmitManyOptions, type Rejection } from './client.js';
+export { dispatcherUrl } from './url.js';
 export { ErrorCode, FalconetError, PROTOCOL_VERSION, type TaskSpec, type TaskResult, type TaskStatus, type WireError } from '../protocol/index.js';

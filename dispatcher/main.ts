@@ -2,6 +2,7 @@
  * Starting and stopping a dispatcher process: config, logger, store, server, signals.
  * Shared by `falconet dispatcher` and `falconet up`.
  */
+import { createServer } from 'node:net';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
@@ -37,8 +38,27 @@ export interface RunningDispatcher {
   stop(): Promise<void>;
 }
 
+function addressInUse(host: string, port: number): FalconetError {
+  return new FalconetError(ErrorCode.ADDRESS_IN_USE, `port ${port} on ${host} is in use; pick another with --port`);
+}
+
+/**
+ * Fails with ADDRESS_IN_USE when another process holds host:port, before the store is opened or
+ * anything is logged: a second dispatcher on a busy port then says one line and exits 1. The
+ * transport's own listen error (EADDRINUSE) is mapped too, for the rare port taken in between.
+ */
+async function checkPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  await new Promise<void>((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' ? reject(addressInUse(host, port)) : resolve())); // anything else: the real listen reports it
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 export async function startDispatcher(options: DispatcherOptions & StoreChoice & { provisioner?: ProvisionerFlags }, log: Logger): Promise<RunningDispatcher> {
   const config = compileDispatcherConfig(options);
+  await checkPortFree(config.host, config.port);
   const kind = options.store ?? 'sqlite';
   if (kind !== 'sqlite' && kind !== 'memory') throw new FalconetError(ErrorCode.USAGE, `--store must be sqlite or memory (got ${JSON.stringify(kind)})`);
   const sync = options.sync ?? 'full';
@@ -62,6 +82,9 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
       process.stderr.write(`falconet: ${ErrorCode.STORE_FAILED}: ${err.message}\n`);
       process.exit(1);
     },
+  }).catch(async (err: NodeJS.ErrnoException) => {
+    await store?.close().catch(() => {}); // the listen error is what the operator must see
+    throw err?.code === 'EADDRINUSE' ? addressInUse(config.host, config.port) : err;
   });
   log.info({ url: server.url, transport: config.transport, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
   // Loaded only when asked for: the AWS SDK costs every other command (executors!) startup time.

@@ -7,6 +7,10 @@
  * What must survive a reconnect (a client's unacknowledged submits, an executor's undelivered
  * results) is the caller's to keep: the link drops what it could not send, and calls `onUp` after
  * each welcome so the caller can send it again.
+ *
+ * Frame limits are negotiated: the welcome names the dispatcher's `maxFrameBytes`, and from then on
+ * the link encodes and decodes with that limit. A message that cannot be encoded within it is
+ * handed back to its owner (`onUnsendable`); the other messages of the same turn still go out.
  */
 import WebSocket from 'ws';
 import { Codec } from './codec.js';
@@ -24,12 +28,22 @@ export interface LinkOptions<In extends { t: string }> {
   /** Called with the welcome; after it returns, queued messages are flushed. */
   onUp(welcome: In): void;
   onMessage(msg: In): void;
-  /** The connection is gone; the link is already dialing again (unless closed). */
+  /**
+   * The connection is gone; the link is already dialing again (unless closed). `reason` names the
+   * close code and, when there was one, the last socket error (ECONNRESET, a failed upgrade).
+   */
   onDown?(reason: string): void;
+  /**
+   * A message passed to {@link Link.send} that cannot be encoded within the negotiated frame limit
+   * (FRAME_TOO_LARGE). It was not sent; the owner decides what to do (split it, fail its waiter).
+   * Without this callback the message is dropped.
+   */
+  onUnsendable?(msg: unknown, err: FalconetError): void;
   /** The dispatcher refused us for good (bad credential, incompatible version). */
   onFatal(err: FalconetError): void;
   initialBackoffMs?: number;
   maxBackoffMs?: number;
+  /** Frame limit until the welcome names the dispatcher's (default 16 MiB). */
   maxFrameBytes?: number;
   /** Extra fields for each heartbeat (an executor's data counters). */
   heartbeatExtra?(): Record<string, unknown>;
@@ -46,7 +60,9 @@ export class Link<In extends { t: string }> {
   #watchdog: NodeJS.Timeout | null = null;
   #retry: NodeJS.Timeout | null = null;
   #silenceMs = 0;
-  readonly #codec: Codec;
+  #codec: Codec;
+  /** The last thing that went wrong with the socket: why a dial or a connection failed. */
+  #lastError: string | null = null;
 
   constructor(private readonly o: LinkOptions<In>) {
     this.#codec = new Codec({ maxFrameBytes: o.maxFrameBytes });
@@ -55,6 +71,19 @@ export class Link<In extends { t: string }> {
   /** True between welcome and the next loss. */
   get up(): boolean {
     return this.#up;
+  }
+
+  /** The frame limit in force: the dispatcher's once it has welcomed us. */
+  get maxFrameBytes(): number {
+    return this.#codec.maxFrameBytes;
+  }
+
+  /**
+   * Why the last dial or connection failed (`connect ECONNREFUSED 127.0.0.1:1`,
+   * `Unexpected server response: 401`), or null if nothing failed since the last welcome.
+   */
+  get lastError(): string | null {
+    return this.#lastError;
   }
 
   start(): void {
@@ -92,7 +121,15 @@ export class Link<In extends { t: string }> {
 
   #dial(): void {
     if (this.#closed) return;
-    const ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2 });
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2 });
+    } catch (err) {
+      // A URL the ws library refuses cannot get better by dialing again.
+      this.#closed = true;
+      this.o.onFatal(new FalconetError(ErrorCode.USAGE, `cannot dial ${this.o.url}: ${(err as Error).message}`));
+      return;
+    }
     this.#ws = ws;
     ws.binaryType = 'nodebuffer';
     ws.on('open', () => {
@@ -100,7 +137,11 @@ export class Link<In extends { t: string }> {
       this.#armWatchdog(30_000); // the welcome must come
     });
     ws.on('message', (data: Buffer) => this.#onFrame(ws, data));
-    ws.on('error', () => {}); // 'close' follows and handles it
+    // 'close' follows and redials; the error is kept so that onDown and a caller giving up on the
+    // dispatcher (UNREACHABLE) can say why: refused, not resolved, refused at upgrade.
+    ws.on('error', (err) => {
+      this.#lastError = err.message || (err as NodeJS.ErrnoException).code || String(err);
+    });
     ws.on('close', (code, reason) => this.#onClose(ws, `${code} ${reason.toString()}`.trim()));
   }
 
@@ -108,7 +149,8 @@ export class Link<In extends { t: string }> {
     let messages: unknown[];
     try {
       messages = this.#codec.decode(data);
-    } catch {
+    } catch (err) {
+      this.#lastError = `undecodable frame from the dispatcher: ${(err as Error).message}`;
       ws.terminate();
       return;
     }
@@ -127,9 +169,13 @@ export class Link<In extends { t: string }> {
         }
       }
       if (msg.t === 'welcome' && !this.#up) {
-        const w = msg as unknown as { heartbeatMs: number; leaseMs?: number };
+        const w = msg as unknown as { heartbeatMs: number; leaseMs?: number; maxFrameBytes?: number };
         this.#up = true;
         this.#attempt = 0;
+        this.#lastError = null;
+        // The dispatcher's limit, both ways: it refuses larger frames and may send frames this large.
+        // A fresh codec per connection is right anyway: msgpack records never span connections.
+        if (w.maxFrameBytes && w.maxFrameBytes !== this.#codec.maxFrameBytes) this.#codec = new Codec({ maxFrameBytes: w.maxFrameBytes });
         this.#silenceMs = w.leaseMs ?? 3 * w.heartbeatMs;
         this.#armWatchdog(this.#silenceMs);
         this.#heartbeat = setInterval(() => this.send({ t: 'hb', at: Date.now(), ...this.o.heartbeatExtra?.() }), w.heartbeatMs);
@@ -153,7 +199,7 @@ export class Link<In extends { t: string }> {
     this.#up = false;
     this.#out = [];
     this.#stopTimers();
-    if (wasUp) this.o.onDown?.(reason);
+    if (wasUp) this.o.onDown?.(this.#lastError ? `${reason}: ${this.#lastError}` : reason);
     if (this.#closed) return;
     const base = this.o.initialBackoffMs ?? 100;
     const cap = this.o.maxBackoffMs ?? 10_000;
@@ -173,6 +219,29 @@ export class Link<In extends { t: string }> {
     if (this.#out.length === 0 || !ws || ws.readyState !== WebSocket.OPEN) return;
     const batch = this.#out;
     this.#out = [];
-    for (const frame of this.#codec.encode(batch)) ws.send(frame);
+    let frames: Buffer[];
+    try {
+      frames = this.#codec.encode(batch);
+    } catch {
+      // One message (or more) is larger than any frame may be. This runs from setImmediate, so a
+      // throw would kill the host process: hand each such message back, send all the others.
+      frames = this.#encodeSendable(batch);
+    }
+    for (const frame of frames) ws.send(frame);
+  }
+
+  /** The slow path of #flush: find the messages that cannot be encoded, encode the rest. */
+  #encodeSendable(batch: unknown[]): Buffer[] {
+    const sendable: unknown[] = [];
+    for (const msg of batch) {
+      try {
+        this.#codec.encode([msg]);
+        sendable.push(msg);
+      } catch (err) {
+        const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.INTERNAL, `cannot encode a ${(msg as { t?: string }).t ?? ''} message: ${String(err)}`);
+        this.o.onUnsendable?.(msg, e);
+      }
+    }
+    return this.#codec.encode(sendable);
   }
 }
