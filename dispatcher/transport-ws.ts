@@ -47,6 +47,8 @@ export class WsTransport implements Transport {
     });
     const wss = new WebSocketServer({ server: this.#http, perMessageDeflate: false, maxPayload: this.opts.maxPayloadBytes });
     this.#wss = wss;
+    // wss re-emits the http server's errors (EADDRINUSE at listen): that one is answered below.
+    wss.on('error', () => {});
     wss.on('connection', (ws) => {
       const peer = handlers.connection(new WsPeer(ws));
       ws.on('message', (data, isBinary) => peer.message(data as Buffer, isBinary));
