@@ -99,7 +99,7 @@ export interface SubmitManyOptions {
  */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
   const client = new Client(dispatcherUrl(url), options);
-  await abortable(client.ready, options.signal, () => void client.close());
+  await abortable(client.ready, options.signal, () => void client.close().catch(() => {}));
   return client;
 }
 
