@@ -332,8 +332,9 @@ test('a full disk: the dispatcher refuses to acknowledge and exits with STORE_FA
   let stderr = '';
   d.proc.stderr!.on('data', (b: Buffer) => (stderr += b));
   const exit = exited(d.proc, 60_000, 'the dispatcher to fail on the full store');
-  // A raw client, so that every `accepted` the dispatcher sends is seen, by ref: 200 submits of
-  // one 60 KB task each, 12 MB against a 1 MiB disk.
+  // A raw client, so that every `accepted` the dispatcher sends is seen, by ref: first 5 small
+  // submits that fit (the session and some work are in the store), then 200 submits of one 60 KB
+  // task each, 12 MB against a 1 MiB disk.
   const ws = new WebSocket(d.url);
   const accepted = new Map<number, number>();
   ws.on('message', (data: Buffer) => {
@@ -341,14 +342,16 @@ test('a full disk: the dispatcher refuses to acknowledge and exits with STORE_FA
   });
   ws.on('error', () => {});
   await within(new Promise((r) => ws.once('open', r)), 10_000, 'the raw client to connect');
-  const big = 'z'.repeat(60_000);
   ws.send(pack([{ t: 'hello', v: 1, role: 'client', caps: [], session: 'full' }]));
-  for (let ref = 1; ref <= 200; ref++) ws.send(pack([{ t: 'submit', ref, tasks: [{ id: `f${ref}`, builtin: 'noop', env: { BIG: big } }] }]));
+  for (let ref = 1; ref <= 5; ref++) ws.send(pack([{ t: 'submit', ref, tasks: [{ id: `f${ref}`, builtin: 'noop' }] }]));
+  await waitFor('the small submits acknowledged', () => accepted.size === 5, 15_000);
+  const big = 'z'.repeat(60_000);
+  for (let ref = 6; ref <= 205; ref++) ws.send(pack([{ t: 'submit', ref, tasks: [{ id: `f${ref}`, builtin: 'noop', env: { BIG: big } }] }]));
   assert.equal((await exit).code, 1);
   assert.match(stderr, /STORE_FAILED/);
   ws.terminate();
   // Some work was refused: the submits the store could not commit got no `accepted`.
-  assert.ok(accepted.size < 200, `all 200 submits acknowledged on a 1 MiB disk`);
+  assert.ok(accepted.size < 205, `all 205 submits acknowledged on a 1 MiB disk`);
   // Every `accepted` that did arrive is for work that is in the store: with room on the disk
   // again, a restarted dispatcher runs exactly those tasks (and maybe some never acknowledged,
   // whose commit landed before the failure), never fewer.
@@ -360,7 +363,7 @@ test('a full disk: the dispatcher refuses to acknowledge and exits with STORE_FA
   const ran = new Set(jsonLines(w.stdout).map((r) => r.id));
   const lost = [...accepted.keys()].filter((ref) => !ran.has(`f${ref}`));
   assert.deepEqual(lost, [], `acknowledged but not in the store (${accepted.size} acknowledged, ${ran.size} in the store)`);
-  t.diagnostic(`${accepted.size} of 200 submits acknowledged before STORE_FAILED; ${ran.size} tasks in the store`);
+  t.diagnostic(`${accepted.size} of 205 submits acknowledged before STORE_FAILED; ${ran.size} tasks in the store`);
 });
 
 test('watch of an unknown session is an error, not an empty stream', async (t) => {
