@@ -33,7 +33,9 @@ test('kill -9 of the dispatcher 5 times during a detached run of 20,000 tasks: e
   // The crash times are random, from a printed seed: FALCONET_TEST_SEED=<seed> replays them.
   const seed = testSeed();
   const random = mulberry32(seed);
+  // Both: node:test can drop a diagnostic when several files report at once; stdout it keeps.
   t.diagnostic(`FALCONET_TEST_SEED=${seed}`);
+  console.log(`durable.test.ts kill -9 run: FALCONET_TEST_SEED=${seed}`);
   const procs = new Procs();
   t.after(() => procs.killAll());
   const port = await freePort();
@@ -73,6 +75,7 @@ test('kill -9 of the dispatcher 5 times during a detached run of 20,000 tasks: e
     return s && s.tasks.queued === 0 && s.tasks.running === 0;
   }, 120_000);
   t.diagnostic(`crashes after ${delays.join(', ')} ms (seed ${seed})`);
+  console.log(`durable.test.ts kill -9 run: crashes after ${delays.join(', ')} ms (FALCONET_TEST_SEED=${seed})`);
   const watchCode = (await watchDone).code;
   const results = jsonLines(watched);
   const unsuccessful = results.filter((r) => r.status !== 'succeeded').slice(0, 3);
