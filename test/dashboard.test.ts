@@ -128,7 +128,8 @@ test('the dashboard shows the live status, executors, provisioner, sessions and 
   const client = await connect(d.url, { token });
   t.after(() => client.close());
   const tasks: TaskSpec[] = [];
-  for (let i = 0; i < 400; i++) tasks.push(i % 4 === 0 ? { id: `s${i}`, builtin: 'sleep', ms: 20 } : { id: `n${i}`, builtin: 'noop' });
+  // About 2 s of work on 5 slots, so that the page samples a busy queue.
+  for (let i = 0; i < 400; i++) tasks.push(i % 2 === 0 ? { id: `s${i}`, builtin: 'sleep', ms: 50 } : { id: `n${i}`, builtin: 'noop' });
   tasks.push({ id: 'exits-3', cmd: ['sh', '-c', 'exit 3'], maxAttempts: 1 });
   tasks.push({ id: 'no-such-binary', cmd: ['/nonexistent/falconet-dashboard-test'], maxAttempts: 1 });
   tasks.push({ id: 'too-slow', cmd: ['sleep', '5'], timeoutMs: 300, maxAttempts: 1 });
@@ -201,13 +202,19 @@ test('the dashboard shows the live status, executors, provisioner, sessions and 
   assert.equal(await text('last-decision'), (states as StatusSnapshot & { provisioner: { lastDecision: string } }).provisioner.lastDecision);
   await waitFor('one instance', async () => (await page.locator('#instance-rows tr').count()) === 1 && (await text('instances')) === '1', 5_000);
   const sessionId = client.session.id;
-  await waitFor('our session in the sessions', async () => (await page.locator('#session-rows').textContent())?.includes(sessionId), 5_000);
+  // id, client, submitted, finished, unfinished, unacked, created
+  await waitFor('our session, all finished, in the sessions', async () => {
+    const r = await page.evaluate(() => [...document.querySelectorAll('#session-rows tr:first-child td')].map((td) => (td as HTMLElement).title || td.textContent));
+    return r.length === 7 && r[0] === sessionId && r[1] === 'connected' && r[2] === '403' && r[3] === '403' && r[4] === '0';
+  }, 5_000);
 
   // The charts drew the last seconds from the page's own samples.
-  const points = ((await page.locator('#chart-queue polyline[data-series="queued"]').getAttribute('points')) ?? '').trim().split(/\s+/);
-  assert.ok(points.length >= 3, `queue chart points: ${points.length}`);
-  const rate = ((await page.locator('#chart-rate polyline[data-series="finishedRate"]').getAttribute('points')) ?? '').trim().split(/\s+/);
-  assert.ok(rate.length >= 3, `rate chart points: ${rate.length}`);
+  // Each series is a polyline of "x,y" points; y below the baseline (144 in the 160-high view) is > 0.
+  for (const [chart, series] of [['queue', 'running'], ['rate', 'finishedRate']]) {
+    const points = ((await page.locator(`#chart-${chart} polyline[data-series="${series}"]`).getAttribute('points')) ?? '').trim().split(/\s+/);
+    assert.ok(points.length >= 3, `${series} chart points: ${points.length}`);
+    assert.ok(points.some((p) => Number(p.split(',')[1]) < 143), `${series} never above 0 in the chart: ${points.join(' ')}`);
+  }
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: `${ARTIFACTS}dashboard.png`, fullPage: true });

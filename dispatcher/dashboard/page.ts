@@ -3,7 +3,7 @@
  * no build step) kept as a string so that `tsc` alone puts it in dist. It is static: it holds no
  * data and no secret, so `/` needs no token. The data comes from the JSON API it polls:
  * - `/api/status` every second (queue, rates, executors, cache, the provisioner when there is one);
- * - `/api/sessions` every 2 s;
+ * - `/api/sessions` after each status;
  * - `/api/tasks?state=failed|timed_out|lost&limit=20` when those counts change (and at start), with
  *   `/api/tasks/ID` for a failure whose list entry carries no result (the list leaves results out).
  * Off loopback the API needs the client token: the page takes it from the URL fragment
@@ -33,7 +33,7 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
   #banner.show { display:block; }
   main { padding:12px 16px; display:grid; gap:12px; grid-template-columns:repeat(auto-fit, minmax(480px, 1fr)); }
   main.nodata { display:none; }
-  section { background:var(--panel); border:1px solid var(--line); border-radius:6px; padding:10px 12px; min-width:0; }
+  section { background:var(--panel); border:1px solid var(--line); border-radius:6px; padding:10px 12px; min-width:0; overflow-x:auto; }
   section.wide { grid-column:1 / -1; }
   h2 { font-size:13px; text-transform:uppercase; letter-spacing:.8px; color:var(--dim); margin:0 0 8px; font-weight:600; }
   .tiles { display:flex; flex-wrap:wrap; gap:8px; }
@@ -51,6 +51,7 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
   th, td { text-align:left; padding:3px 6px; border-bottom:1px solid var(--line); white-space:nowrap; overflow:hidden; text-overflow:ellipsis; max-width:360px; }
   th { color:var(--dim); font-weight:600; font-size:11px; text-transform:uppercase; }
   td.num, th.num { text-align:right; }
+  td.id { max-width:220px; } td.id.short { max-width:150px; }
   .pill { display:inline-block; padding:0 6px; border-radius:8px; font-size:11px; background:#2a333d; }
   .st-busy { background:#1f3d5a; } .st-idle { background:#1d4d33; } .st-draining { background:#5a4a1d; } .st-disconnected, .st-terminated, .st-boot-failed { background:#5a2222; }
   .code { color:var(--bad); font-family:ui-monospace, Menlo, monospace; }
@@ -263,14 +264,16 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
     return e;
   }
   function niceMax(v) {
-    if (v <= 1) return 1;
+    if (v <= 4) return 4;
     var p = Math.pow(10, Math.floor(Math.log10(v))), n = v / p;
     return (n <= 1 ? 1 : n <= 2 ? 2 : n <= 5 ? 5 : 10) * p;
   }
   function chart(id, series) {
     var box = $(id), W = 600, H = 160, L = 44, T = 8, B = 16;
     var now = samples.length ? samples[samples.length - 1].at : Date.now();
-    var t0 = now - KEEP_MS;
+    // The last 5 minutes, or since the page opened (at least 30 s) while it has less.
+    var span = Math.min(KEEP_MS, Math.max(30000, samples.length ? now - samples[0].at : 0));
+    var t0 = now - span;
     var max = 0;
     samples.forEach(function (p) { series.forEach(function (s) { max = Math.max(max, p[s.key]); }); });
     max = niceMax(max);
@@ -279,13 +282,13 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
       var y = T + (H - T - B) * g / 4;
       nodes.push(svg('line', { x1: L, x2: W, y1: y, y2: y, class: 'grid' }));
       var v = max * (4 - g) / 4;
-      nodes.push(svg('text', { x: L - 4, y: y + 3, 'text-anchor': 'end' }, v >= 100 || v === Math.round(v) ? String(Math.round(v)) : v.toFixed(1)));
+      nodes.push(svg('text', { x: L - 4, y: y + 3, 'text-anchor': 'end' }, v === Math.round(v) ? String(v) : v.toFixed(1)));
     }
-    nodes.push(svg('text', { x: L, y: H - 3 }, '-5 min'));
+    nodes.push(svg('text', { x: L, y: H - 3 }, span >= 120000 ? '-' + Math.round(span / 60000) + ' min' : '-' + Math.round(span / 1000) + ' s'));
     nodes.push(svg('text', { x: W - 2, y: H - 3, 'text-anchor': 'end' }, 'now'));
     series.forEach(function (s) {
       var pts = samples.map(function (p) {
-        var x = L + (W - L) * Math.max(0, p.at - t0) / KEEP_MS;
+        var x = L + (W - L) * Math.max(0, p.at - t0) / span;
         var y = T + (H - T - B) * (1 - p[s.key] / max);
         return x.toFixed(1) + ',' + y.toFixed(1);
       });
@@ -370,7 +373,7 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
 
   function renderSessions(list) {
     var rows = list.slice().sort(function (a, b) { return b.createdAt - a.createdAt; }).slice(0, 50).map(function (x) {
-      return row([{ text: x.id, title: x.id }, x.connected ? 'connected' : 'away', { text: x.submitted, cls: 'num' }, { text: x.finished, cls: 'num' }, { text: x.unfinished, cls: 'num' }, { text: x.unacked, cls: 'num' }, fmtTime(x.createdAt)]);
+      return row([{ text: x.id, title: x.id, cls: 'id short' }, x.connected ? 'connected' : 'away', { text: x.submitted, cls: 'num' }, { text: x.finished, cls: 'num' }, { text: x.unfinished, cls: 'num' }, { text: x.unacked, cls: 'num' }, fmtTime(x.createdAt)]);
     });
     fill($('session-rows'), rows, 7, 'no sessions');
   }
@@ -404,10 +407,10 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
         fill($('failure-rows'), rows.map(function (x) {
           var r = x.r, err = r && r.error;
           var tr = row([
-            { text: x.t.id, title: x.t.id }, pill(x.t.state), { text: err ? err.code : '–', cls: 'code' },
+            { text: x.t.id, title: x.t.id, cls: 'id' }, pill(x.t.state), { text: err ? err.code : '–', cls: 'code' },
             { text: err ? err.message : '', title: err ? err.message : '' },
             r ? (r.exitCode !== null ? String(r.exitCode) : r.signal || '–') : '–',
-            (r && r.executor) || x.t.executor || '–', x.t.session, r ? fmtTime(r.timings.finished) : '–',
+            (r && r.executor) || x.t.executor || '–', { text: x.t.session, title: x.t.session, cls: 'id' }, r ? fmtTime(r.timings.finished) : '–',
           ]);
           tr.setAttribute('data-task', x.t.id);
           return tr;
@@ -430,7 +433,6 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
     conn('error', 'no answer: ' + (err && err.message ? err.message : String(err)).slice(0, 80));
   }
 
-  var sessionsAt = 0;
   var timer = null;
   function tick() {
     clearTimeout(timer);
@@ -441,10 +443,7 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
       $('main').classList.remove('nodata');
       conn('live', 'live · ' + new Date(s.now).toLocaleTimeString());
       refreshFailures(s);
-      if (started - sessionsAt >= 2000) {
-        sessionsAt = started;
-        api('/api/sessions').then(function (x) { renderSessions(x.sessions); }).catch(onError);
-      }
+      return api('/api/sessions').then(function (x) { renderSessions(x.sessions); });
     }).catch(onError).then(function () {
       if (!needToken) timer = setTimeout(tick, Math.max(100, 1000 - (Date.now() - started)));
     });
