@@ -69,13 +69,18 @@ test('the dashboard shows the live status, executors, provisioner, sessions and 
   if (!existsSync(CHROMIUM)) return t.skip(`no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
 
   const procs = new Procs();
-  t.after(() => procs.killAll());
+  // Cleanup in this order, whatever failed: the browser, the client, the dispatcher by SIGTERM (so
+  // that its provisioner stops the executor it started: SIGKILL would orphan it), then the rest.
+  const cleanup: Array<() => Promise<unknown>> = [];
+  t.after(async () => {
+    for (const step of cleanup.reverse()) await step().catch((err: Error) => t.diagnostic(`cleanup: ${err.message}`));
+    await procs.killAll();
+  });
   const token = `dash-${Math.random().toString(36).slice(2)}`;
   // --http-auth: the HTTP API wants the client token even on loopback, as it does off loopback.
   // A local provisioner keeps one executor of 2 slots; one more executor of 3 slots is ours.
   const d = await startDispatcher(procs, ['--http-auth', '--client-token', token, '--provisioner', 'local', '--min', '1', '--max', '1', '--executor-slots', '2']);
-  t.after(async () => {
-    // SIGTERM, so that the provisioner stops the executor it started (SIGKILL would orphan it).
+  cleanup.push(async () => {
     const exit = exited(d.proc, 20_000, 'the dispatcher after SIGTERM');
     d.proc.kill('SIGTERM');
     await exit;
@@ -92,7 +97,7 @@ test('the dashboard shows the live status, executors, provisioner, sessions and 
   assert.equal((await fetch(`${base}/api/status`)).status, 401);
 
   const browser = await pw.chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
-  t.after(() => browser.close());
+  cleanup.push(() => browser.close());
 
   // Without the token: the page asks (the prompt is dismissed), says so and shows no data.
   const bare = await browser.newContext();
@@ -126,7 +131,7 @@ test('the dashboard shows the live status, executors, provisioner, sessions and 
 
   // Work, some of which fails in three ways.
   const client = await connect(d.url, { token });
-  t.after(() => client.close());
+  cleanup.push(() => client.close());
   const tasks: TaskSpec[] = [];
   // About 2 s of work on 5 slots, so that the page samples a busy queue.
   for (let i = 0; i < 400; i++) tasks.push(i % 2 === 0 ? { id: `s${i}`, builtin: 'sleep', ms: 50 } : { id: `n${i}`, builtin: 'noop' });
