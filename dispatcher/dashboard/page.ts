@@ -4,7 +4,7 @@
  * data and no secret, so `/` needs no token. The data comes from the JSON API it polls:
  * - `/api/status` every second (queue, rates, executors, cache, the provisioner when there is one);
  * - `/api/sessions` after each status;
- * - `/api/tasks?state=failed|timed_out|lost&limit=20` when those counts change (and at start), with
+ * - `/api/tasks?state=failed|timed_out|lost&limit=20` when those counts change (at most every 3 s), with
  *   `/api/tasks/ID` for a failure whose list entry carries no result (the list leaves results out).
  * Off loopback the API needs the client token: the page takes it from the URL fragment
  * (`/#token=…`, which browsers never send to the server) or a prompt, keeps it in sessionStorage,
@@ -378,14 +378,17 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
     fill($('session-rows'), rows, 7, 'no sessions');
   }
 
-  // Failures: refetched when the failed/timed_out/lost counts move. Finished tasks never change, so
-  // a result fetched once (for a list entry without one) is kept by session and id.
+  // Failures: refetched when the failed/timed_out/lost counts move, at most every 3 s (a filtered
+  // task list walks the sessions' finished tasks). Finished tasks never change, so a result fetched
+  // once (for a list entry without one) is kept by session and id.
   var failKey = null;
+  var failAt = 0;
   var results = new Map();
   var failFetch = null;
   function refreshFailures(s) {
     var key = FAIL_STATES.map(function (k) { return s.tasks.finished[k] || 0; }).join('/');
-    if (key === failKey || failFetch) return;
+    if (key === failKey || failFetch || (failKey !== null && Date.now() - failAt < 3000)) return;
+    failAt = Date.now();
     failFetch = Promise.all(FAIL_STATES.map(function (st) { return api('/api/tasks?state=' + st + '&limit=20'); }))
       .then(function (lists) {
         var tasks = [];
