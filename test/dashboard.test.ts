@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { connect, type TaskSpec } from '../client/index.js';
 import type { StatusSnapshot } from '../dispatcher/status.js';
-import { Procs, exited, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
+import { Procs, ensureDebianPackages, exited, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
 
 /** The little of playwright-core's API this test uses (it is not a dependency of the build). */
 interface Locator {
@@ -66,7 +66,8 @@ function loadPlaywright(): Playwright | string {
 test('the dashboard shows the live status, executors, provisioner, sessions and failures, and nothing without the token', { timeout: 150_000 }, async (t) => {
   const pw = loadPlaywright();
   if (typeof pw === 'string') return t.skip(pw);
-  if (!existsSync(CHROMIUM)) return t.skip(`no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
+  const missing = process.env.FALCONET_CHROMIUM ? (existsSync(CHROMIUM) ? null : `no Chromium at ${CHROMIUM}`) : ensureDebianPackages(['chromium'], () => existsSync(CHROMIUM));
+  if (missing) return t.skip(missing);
 
   const procs = new Procs();
   // Cleanup in this order, whatever failed: the browser, the client, the dispatcher by SIGTERM (so

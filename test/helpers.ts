@@ -2,7 +2,7 @@
  * Test harness: real dispatcher and executor processes on loopback, port 0, each tracked by pid
  * and stopped at the end of the test that started it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -345,4 +345,24 @@ export async function raw(url: string): Promise<Raw> {
       }
     },
   };
+}
+
+/**
+ * Makes sure Debian packages a test needs are installed, as the project installs what its tests
+ * need: when `present()` is false and we are root, `apt-get install` them (waiting for the dpkg
+ * lock, since test files run side by side). Returns null when they are there, else why not (the
+ * caller skips, saying so).
+ */
+export function ensureDebianPackages(packages: string[], present: () => boolean): string | null {
+  if (present()) return null;
+  if (process.getuid?.() !== 0) return `${packages.join(', ')} missing and not root (apt-get install -y ${packages.join(' ')})`;
+  const apt = (args: string) =>
+    execSync(`apt-get -o DPkg::Lock::Timeout=600 -q ${args}`, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, timeout: 900_000 });
+  try {
+    apt('update');
+    apt(`install -y --no-install-recommends ${packages.join(' ')}`);
+  } catch (err) {
+    return `apt-get install ${packages.join(' ')} failed: ${String((err as { stderr?: Buffer }).stderr ?? (err as Error).message).trim().split('\n').pop()}`;
+  }
+  return present() ? null : `${packages.join(', ')} still missing after apt-get install`;
 }
