@@ -216,6 +216,11 @@ class Client:
         return self._resumed
 
     @property
+    def in_flight(self) -> int:
+        """Tasks submitted through this client whose results have not arrived yet."""
+        return len(self._awaiting)
+
+    @property
     def outstanding(self) -> int:
         """Results not yet handed out: buffered here, still to come, or of tasks not yet accepted."""
         return self._remaining + len(self._buffer) + len(self._batch) + self._unacked_count
@@ -360,14 +365,14 @@ class Client:
         return int(reply.get("count") or 0)
 
     async def task(self, task_id: str, *, session: Optional[str] = None) -> TaskInfo:
-        """What the dispatcher says of one task now (state, attempt, executor, result when
-        finished). Looks in this client's session, in ``session``, or in every session with
-        ``session="*"``. Raises ``FalconetError('NOT_FOUND')`` when there is no such task."""
+        """What the dispatcher says of one task now: queued (with why it waits, when known),
+        running (attempt, executor), or how it ended with its result. Searches every session, or
+        only ``session``. Raises ``FalconetError('NOT_FOUND')`` when no session has the id."""
         infos = await self.tasks(ids=[task_id], session=session)
         for info in infos:
             if info.id == task_id:
                 return info
-        raise FalconetError("NOT_FOUND", f"no task {task_id}")
+        raise FalconetError("NOT_FOUND", f"no task {task_id}" + (f" in session {session}" if session else ""))
 
     async def tasks(
         self,
@@ -377,15 +382,15 @@ class Client:
         state: Optional[str] = None,
         limit: Optional[int] = None,
     ) -> list[TaskInfo]:
-        """Queries tasks: by ``ids``, or by listing (``state``: a state or ``"finished"``; newest
-        first, up to ``limit``). ``session`` defaults to this client's; ``"*"`` means every one."""
+        """Queries tasks of every session, or of ``session``: by ``ids``, or by listing (``state``:
+        ``queued``, ``running``, a final status, or ``"finished"`` for any end; newest first, at
+        most ``limit``). Use ``session=client.session.id`` for this client's own tasks."""
         self._flush_batch()
         msg: dict[str, Any] = {"t": "query"}
         if ids is not None:
             msg["ids"] = list(ids)
-        sess = self._session_id if session is None else session
-        if sess and sess != "*":
-            msg["session"] = sess
+        if session:
+            msg["session"] = session
         if state is not None:
             msg["state"] = state
         if limit is not None:
@@ -475,8 +480,10 @@ class Client:
                 if self._ended is not None:
                     break
                 self._ws = ws
+                self._last_error = None
                 await self._serve(ws)
-                self._last_error = f"connection closed ({ws.close_code})"
+                if self._last_error is None:
+                    self._last_error = f"connection closed ({ws.close_code} {ws.close_reason})".strip()
             except asyncio.CancelledError:
                 raise
             except FalconetError as e:

@@ -76,9 +76,10 @@ class Executor(concurrent.futures.Executor):
 
         return gen()
 
-    def cancel(self, ids: Iterable[str]) -> int:
-        """Cancels tasks by id (blocking); returns how many were unfinished."""
-        return asyncio.run_coroutine_threadsafe(self.client.cancel(list(ids)), self._loop).result()
+    def cancel(self, ids: Iterable[str], *, session: Optional[str] = None) -> int:
+        """Cancels tasks by id (blocking), of this session or of ``session`` (``"*"``: every
+        session); returns how many were unfinished."""
+        return asyncio.run_coroutine_threadsafe(self.client.cancel(list(ids), session=session), self._loop).result()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stops taking tasks. ``cancel_futures``: cancel the unfinished ones on the dispatcher

@@ -65,9 +65,7 @@ def decode(data: bytes) -> list[Any]:
     standard-msgpack array (an extension type included)."""
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError("text frame received; the protocol is binary msgpack")
-    value = msgpack.unpackb(
-        data, raw=False, ext_hook=_no_ext, strict_map_key=False, max_buffer_size=max(len(data), 1 << 20)
-    )
+    value = msgpack.unpackb(data, raw=False, ext_hook=_no_ext, strict_map_key=False)
     if not isinstance(value, list):
         raise ValueError("a frame must be a msgpack array of messages")
     return value
