@@ -78,6 +78,11 @@ export interface ConnectOptions {
   onState?: (change: StateChange) => void;
   /** Stops {@link connect}: it rejects with the signal's reason and the client is closed. */
   signal?: AbortSignal;
+  /**
+   * Errors from the dispatcher that answer no request of yours (SHUTTING_DOWN for a submit that
+   * the SDK will resend after the reconnect, INVALID_MESSAGE): for logs. Nothing to act on.
+   */
+  onError?: (err: FalconetError) => void;
 }
 
 /** Options of {@link Client.submitMany}. */
@@ -99,7 +104,7 @@ export interface SubmitManyOptions {
  */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
   const client = new Client(dispatcherUrl(url), options);
-  await abortable(client.ready, options.signal, () => void client.close());
+  await abortable(client.ready, options.signal, () => void client.close().catch(() => {}));
   return client;
 }
 
@@ -409,12 +414,13 @@ export class Client {
         return w?.resolve(m);
       }
       case 'error': {
-        // Errors about a submit are answered by resending it on reconnect; others have no waiter.
+        // Errors about a submit are answered by resending it on reconnect; others have no waiter
+        // and go to whoever listens (SHUTTING_DOWN, INVALID_MESSAGE), so none is silent.
         const w = m.ref !== undefined ? this.#replies.get(m.ref) : undefined;
         if (w) {
           this.#replies.delete(m.ref!);
           w.reject(FalconetError.fromWire(m));
-        }
+        } else this.o.onError?.(FalconetError.fromWire(m));
         return;
       }
     }

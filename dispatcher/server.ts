@@ -273,7 +273,10 @@ export class DispatcherServer {
         return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: true });
       }
       case 'query':
-        return void this.#answerQuery(c, msg);
+        return void this.#answerQuery(c, msg).catch((err: unknown) => {
+          this.log.error({ err, conn: c.id }, 'query failed');
+          this.#out.fail(c, wireError(ErrorCode.INTERNAL, String((err as Error)?.message)));
+        });
       case 'sessions':
         return this.#send(c.id, { t: 'sessions', ref: msg.ref, sessions: this.core.sessionInfos() });
       case 'hb':

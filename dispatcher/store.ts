@@ -255,13 +255,18 @@ export class SqliteStore implements Journal {
   /** Writes what is left and stops the writer. */
   async close(): Promise<void> {
     const last = this.commit();
-    if (last) await last.catch(() => {});
+    let failure: unknown = null;
+    // A failed last commit must reach the operator (the caller exits non-zero); nothing it held
+    // was acknowledged, so nothing acknowledged is lost.
+    if (last) await last.catch((err: unknown) => (failure = err));
     const writer = this.#writer;
-    if (!writer) return;
-    this.#writer = null;
-    await new Promise<void>((resolve) => {
-      writer.once('exit', () => resolve());
-      writer.postMessage('close');
-    });
+    if (writer) {
+      this.#writer = null;
+      await new Promise<void>((resolve) => {
+        writer.once('exit', () => resolve());
+        writer.postMessage('close');
+      });
+    }
+    if (failure) throw failure;
   }
 }
