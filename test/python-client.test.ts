@@ -136,6 +136,7 @@ test('python client: a dispatcher kill -9 and restart; the client reconnects, re
     return `unexpected ${line}`;
   });
   passed(s, 'resume');
+  t.diagnostic(`resume: ${JSON.stringify(s.figures)}`);
   assert.equal(kills, 1, 'the dispatcher was killed while the client worked');
 });
 

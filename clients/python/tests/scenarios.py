@@ -177,12 +177,20 @@ async def resume(url: str) -> None:
             assert r.ok, r
             seen.append(r.id)
             if len(seen) == 20:
+                # Results arriving meanwhile wait here unread, so unacknowledged: the restarted
+                # dispatcher sends them again, and the client must hand each out once.
+                await asyncio.sleep(0.5)
+                buffered_at_kill = len(c._buffer)
+                assert buffered_at_kill, "results buffered while the application is busy"
                 await ask_node("@@kill", "killed")  # kill -9 of the dispatcher
                 # Submitted while the dispatcher is down: resent after the reconnect.
                 tasks = [asyncio.ensure_future(c.submit(t)) for t in later]
                 await asyncio.sleep(0.3)
                 assert not c.connected
                 await ask_node("@@restart", "restarted")  # same port, same data dir
+                # Reconnected while those results are still unread: they come again (unacked).
+                while not c.connected:
+                    await asyncio.sleep(0.02)
             if len(seen) == len(first):
                 break
     assert len(seen) == len(set(seen)), f"duplicates: {len(seen) - len(set(seen))}"
@@ -191,6 +199,8 @@ async def resume(url: str) -> None:
     # submit() results are theirs, not the stream's: the stream has the first 150 only.
     assert set(seen) == {t["id"] for t in first}, len(seen)
     assert c.connections >= 2 and c.resumed and c.session.id == sid, (c.connections, c.resumed)
+    report(buffered_at_kill=buffered_at_kill, replays_dropped=c.replays_dropped)
+    assert c.replays_dropped > 0, "the restarted dispatcher sent the unacknowledged results again"
 
     # Another process resumes the session at its cursor: the rest, each once.
     await c.submit_many([{"builtin": "sleep", "ms": 30, "id": f"t{i}"} for i in range(40)], until="accepted")

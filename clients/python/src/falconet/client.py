@@ -195,6 +195,8 @@ class Client:
         self.frames_received = 0
         #: Frames that could not be decoded (the connection was dropped and redialed).
         self.bad_frames = 0
+        #: Results received again after a reconnect (already here: dropped).
+        self.replays_dropped = 0
         #: Connections opened (welcomes received).
         self.connections = 0
 
@@ -810,6 +812,7 @@ class Client:
 
     def _receive(self, seq: int, result: Result, claimed: bool) -> bool:
         if seq <= self._last_seq:
+            self.replays_dropped += 1
             return False  # a replay of what this process already has
         self._last_seq = seq
         entry = _Entry(seq, result, claimed)
