@@ -142,7 +142,7 @@ export class TaskLifecycle {
   }
 
   /** The single place a task becomes terminal and its result enters the session's stream. */
-  finish(task: TaskRecord, r: AttemptResult | null, status: TaskStatus, error?: { code: string; message: string }): void {
+  finish(task: TaskRecord, r: AttemptResult | null, status: TaskStatus, error?: { code: ErrorCode; message: string }): void {
     const now = this.clock.now();
     task.state = 'finished';
     this.#tasks.delete(task.uid);

@@ -30,6 +30,26 @@ export const TEST_TRANSPORT = process.env.FALCONET_TEST_TRANSPORT ?? 'ws';
 export const LEASE_MS = 2000;
 export const FAST = ['--heartbeat-ms', '100', '--lease-ms', String(LEASE_MS)];
 
+/**
+ * Every process any test of this file started and that still runs: killed when this test process
+ * ends however it ends (a test that timed out never reaches its cleanup).
+ */
+const everyChild = new Set<ChildProcess>();
+function killEveryChild(): void {
+  for (const child of everyChild) {
+    try {
+      process.kill(child.pid!, 'SIGKILL');
+    } catch {}
+  }
+}
+process.once('exit', killEveryChild);
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(signal, () => {
+    killEveryChild();
+    process.exit(128 + (signal === 'SIGTERM' ? 15 : 2));
+  });
+}
+
 export class Procs {
   readonly all = new Set<ChildProcess>();
   readonly dirs: string[] = [];
@@ -50,7 +70,11 @@ export class Procs {
       env: { ...process.env, FALCONET_LOG: process.env.FALCONET_LOG ?? 'warn', ...env },
     });
     this.all.add(child);
-    child.once('exit', () => this.all.delete(child));
+    everyChild.add(child);
+    child.once('exit', () => {
+      this.all.delete(child);
+      everyChild.delete(child);
+    });
     // Drain the pipes so a chatty child never blocks on a full one.
     child.stderr!.on('data', (d: Buffer) => {
       if (process.env.FALCONET_TEST_VERBOSE) process.stderr.write(d);
@@ -61,6 +85,19 @@ export class Procs {
   /** Stops every process still running (SIGKILL after SIGCONT, in case one is stopped). */
   async killAll(): Promise<void> {
     try {
+      // A dispatcher with a local provisioner stops the executors it started when it is stopped;
+      // killed outright it leaves them (they outlive a crash of their dispatcher, on purpose).
+      const dispatchers = [...this.all].filter((c) => c.spawnargs[2] === 'up' || (c.spawnargs[2] === 'dispatcher' && c.spawnargs.includes('--provisioner')));
+      await Promise.all(
+        dispatchers.map((child) => {
+          const exit = exited(child, 5000).catch(() => undefined);
+          try {
+            process.kill(child.pid!, 'SIGCONT');
+          } catch {}
+          child.kill('SIGTERM');
+          return exit;
+        }),
+      );
       await Promise.all(
         [...this.all].map((child) => {
           const exit = exited(child, 10_000, `process ${child.pid} (falconet ${child.spawnargs.slice(2, 4).join(' ')}) after SIGKILL`);
