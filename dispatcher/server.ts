@@ -9,6 +9,7 @@ import {
   Codec,
   ErrorCode,
   RECORDS_CAP,
+  assertStandardMsgpack,
   FalconetError,
   PROTOCOL_VERSION,
   compileInbound,
@@ -181,6 +182,8 @@ export class DispatcherServer {
     let messages: unknown[];
     try {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');
+      // A peer past its hello without the records capability speaks standard msgpack only.
+      if (c.role !== null && c.codec === this.#plain && data.length <= this.config.maxFrameBytes) assertStandardMsgpack(data);
       messages = this.#codec.decode(data);
     } catch (err) {
       const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.BAD_FRAME, String(err));
