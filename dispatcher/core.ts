@@ -30,7 +30,7 @@ import { Scheduler, type SchedulerOptions } from './scheduler.js';
 import { TaskLifecycle } from './lifecycle.js';
 import { CoreView } from './view.js';
 import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
-import { Rates, snapshotOf, type StatusSnapshot } from './status.js';
+import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './status.js';
 
 /** A task row as the store kept it. */
 export interface RestoredTask {
@@ -329,6 +329,12 @@ export class DispatcherCore {
     task.lost = row.lost;
     task.dispatchedAt = row.dispatchedAt;
     this.#tasks.restore(task, exec);
+  }
+
+  /** The task counters the store kept (metrics stay monotonic across a restart). */
+  restoreCounters(c: StoredCounters): void {
+    this.#tasks.dispatched = c.dispatched;
+    this.rates.restore(c, this.clock.now(), c.dispatched);
   }
 
   finishRestore(): void {

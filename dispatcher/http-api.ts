@@ -32,6 +32,8 @@ export interface HttpApiDeps {
   /** The expected client token when HTTP needs one (off loopback), else undefined. */
   token(): string | undefined;
   stopping(): boolean;
+  /** Counts a refused credential (metrics). */
+  authFailed?(): void;
   /** Extra fields for /api/status (the provisioner's). */
   statusExtra(): Record<string, unknown> | undefined;
 }
@@ -45,6 +47,7 @@ export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<Http
   if (token !== undefined) {
     const auth = req.authorization ?? '';
     if (!sameSecret(auth.startsWith('Bearer ') ? auth.slice(7) : '', token)) {
+      d.authFailed?.();
       return json(401, { error: wireError(ErrorCode.AUTH_FAILED, 'Authorization: Bearer <client token> required') });
     }
   }

@@ -119,6 +119,7 @@ export class TaskLifecycle {
       task.executor = null;
       this.scheduler.enqueue(task);
       this.journal.taskRequeued(task);
+      this.rates.retried++;
       return;
     }
     this.finish(task, end.kind === 'result' ? end.result : null, verdict.status, verdict.error);
@@ -169,6 +170,7 @@ export class TaskLifecycle {
     const seq = this.sessions.append(session, task.id, result);
     this.journal.taskFinished(task, seq, result);
     this.rates.count(status);
+    this.rates.timed(result.timings);
     if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: session.tasks.size, result });
   }
 

@@ -153,7 +153,11 @@ export class ExecutorAgent {
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
         this.#unwelcomedSince = Date.now();
-        log.warn({ reason }, 'dispatcher connection lost; redialing');
+        // Our own close on the way out (drain, idle, stop): the exit line says what happened.
+        if (this.#exited) return;
+        // A dispatcher that shuts down cleanly (restart, upgrade) closes with 1001: expected, so info.
+        if (reason.startsWith('1001')) log.info({ reason }, 'dispatcher shut down; redialing');
+        else log.warn({ reason }, 'dispatcher connection lost; redialing');
       },
       onFatal: (err: FalconetError) => {
         log.error({ code: err.code }, err.message);
