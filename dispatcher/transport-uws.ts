@@ -14,12 +14,18 @@
  * - A message's ArrayBuffer is valid only during the callback: it is copied.
  * - Its defaults close idle sockets after 120 s and send pings; both are off, as with ws.
  * - It binds with SO_REUSEPORT by default; we ask for an exclusive port, as node:http does.
+ *
+ * TLS: uWS's SSLApp (this build has it), reading the PEM files itself. uWS.js cannot change the
+ * certificate of a listening app, so reloadTls() builds a new SSLApp with the same routes and binds
+ * it to the port in place of the old one (the old listen socket closes first: the port is bound
+ * exclusively, so a connect in those microseconds may be refused, and a client dials again). The
+ * old app keeps serving the connections it has, with the old certificate, until they end.
  */
 import { createRequire } from 'node:module';
 import { STATUS_CODES } from 'node:http';
 import { dirname, join } from 'node:path';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
-import type { PeerHandlers, PeerSocket, Transport, TransportHandlers, TransportOptions } from './transport.js';
+import { loadTlsPair, type PeerHandlers, type PeerSocket, type Transport, type TransportHandlers, type TransportOptions } from './transport.js';
 
 /** The package (an optionalDependency). */
 export const UWS_PACKAGE = '@trufflesuite/uws-js-unofficial';
@@ -65,8 +71,15 @@ interface UwsApp {
   any(pattern: string, handler: (res: UwsHttpResponse, req: UwsHttpRequest) => void): UwsApp;
   listen(host: string, port: number, options: number, cb: (listenSocket: object | false) => void): UwsApp;
 }
+/** SSLApp's options (file names: uWS reads the files itself). */
+interface UwsSslOptions {
+  cert_file_name: string;
+  key_file_name: string;
+}
 export interface UwsModule {
   App(): UwsApp;
+  /** Absent from builds without TLS. */
+  SSLApp?(options: UwsSslOptions): UwsApp;
   us_listen_socket_close(listenSocket: object): void;
   us_socket_local_port(listenSocket: object): number;
   LIBUS_LISTEN_EXCLUSIVE_PORT: number;
@@ -156,7 +169,10 @@ class UwsPeer implements PeerSocket {
 
 export class UwsTransport implements Transport {
   readonly kind = 'uws' as const;
-  readonly #app: UwsApp;
+  #app: UwsApp | null = null;
+  /** Apps replaced by a TLS reload: they still serve the connections they accepted. */
+  readonly #retired: UwsApp[] = [];
+  #handlers: TransportHandlers | null = null;
   #listenSocket: object | null = null;
   #port = 0;
 
@@ -164,11 +180,66 @@ export class UwsTransport implements Transport {
     private readonly uws: UwsModule,
     private readonly opts: TransportOptions,
   ) {
-    this.#app = uws.App();
+    if (opts.tls && typeof uws.SSLApp !== 'function') {
+      throw new FalconetError(
+        ErrorCode.TRANSPORT_UNAVAILABLE,
+        `--transport uws with --tls-cert/--tls-key: this µWebSockets.js build has no TLS (no SSLApp); use --transport ws for TLS`,
+      );
+    }
+  }
+
+  get tls(): boolean {
+    return !!this.opts.tls;
+  }
+
+  /** A new app (plain, or SSLApp with the TLS files as they are now) with every route. */
+  #makeApp(handlers: TransportHandlers): UwsApp {
+    const tls = this.opts.tls;
+    const app = tls ? this.uws.SSLApp!({ cert_file_name: tls.certFile, key_file_name: tls.keyFile }) : this.uws.App();
+    this.#routes(app, handlers);
+    return app;
+  }
+
+  #bind(app: UwsApp, port: number): Promise<object> {
+    return new Promise<object>((resolve, reject) => {
+      app.listen(this.opts.host, port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
+        if (!ls) return reject(new Error(`listen ${this.opts.host}:${port} failed (address in use or not available)`));
+        resolve(ls);
+      });
+    });
   }
 
   async listen(handlers: TransportHandlers): Promise<void> {
-    this.#app.ws('/*', {
+    this.#handlers = handlers;
+    if (this.opts.tls) loadTlsPair(this.opts.tls); // a clear error before uWS reads the files its own way
+    const app = this.#makeApp(handlers);
+    const ls = await this.#bind(app, this.opts.port);
+    this.#app = app;
+    this.#listenSocket = ls;
+    this.#port = this.uws.us_socket_local_port(ls);
+  }
+
+  async reloadTls(): Promise<void> {
+    if (!this.opts.tls || !this.#handlers || !this.#listenSocket || !this.#app) return;
+    loadTlsPair(this.opts.tls); // throws, keeping the old app, when the files are wrong
+    const app = this.#makeApp(this.#handlers);
+    const old = this.#app;
+    this.uws.us_listen_socket_close(this.#listenSocket);
+    this.#listenSocket = null;
+    let ls: object;
+    try {
+      ls = await this.#bind(app, this.#port);
+    } catch (err) {
+      this.#listenSocket = await this.#bind(old, this.#port); // back to the old certificate
+      throw err;
+    }
+    this.#retired.push(old);
+    this.#app = app;
+    this.#listenSocket = ls;
+  }
+
+  #routes(app: UwsApp, handlers: TransportHandlers): void {
+    app.ws('/*', {
       maxPayloadLength: this.opts.maxPayloadBytes,
       maxBackpressure: MAX_BACKPRESSURE,
       closeOnBackpressureLimit: 0,
@@ -188,7 +259,7 @@ export class UwsTransport implements Transport {
       drain: (ws) => ws.getUserData().peer?.drain(),
       close: (ws) => ws.getUserData().peer?.gone(),
     });
-    this.#app.any('/*', (res, req) => {
+    app.any('/*', (res, req) => {
       // The request object is valid only in this callback: copy what we need now.
       const path = req.getUrl();
       const method = req.getMethod().toUpperCase();
@@ -221,14 +292,6 @@ export class UwsTransport implements Transport {
           if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end(''));
         },
       );
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.#app.listen(this.opts.host, this.opts.port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
-        if (!ls) return reject(new Error(`listen ${this.opts.host}:${this.opts.port} failed (address in use or not available)`));
-        this.#listenSocket = ls;
-        this.#port = this.uws.us_socket_local_port(ls);
-        resolve();
-      });
     });
   }
 
