@@ -75,6 +75,8 @@ export interface ExecutorOptions {
   shutdownCommand?: string;
   /** How long the shutdown command may run before we exit anyway (default 60 s). */
   shutdownCommandTimeoutMs?: number;
+  /** wss://: PEM CA certificate(s) trusted besides the root CAs (a certificate that does not verify: exit 2, TLS_FAILED). */
+  ca?: string | Buffer;
 }
 
 type TaskMsg = Extract<DispatcherToExecutor, { t: 'task' }>;
@@ -161,6 +163,7 @@ export class ExecutorAgent {
       },
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
+      ...(o.ca !== undefined ? { ca: o.ca } : {}),
     });
   }
 

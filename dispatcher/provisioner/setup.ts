@@ -2,6 +2,7 @@
  * Provisioner configuration as the CLI gives it, compiled and checked, and the wiring of a
  * provisioner to a running dispatcher (backend choice, user-data for EC2 executors).
  */
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../../protocol/index.js';
 import type { DispatcherServer } from '../server.js';
@@ -47,9 +48,14 @@ export async function startProvisioner(
   }
   const url = f.executorUrl ?? server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
   const token = server.config.executorToken;
+  // With TLS, the executors it starts trust the dispatcher with --tls-ca (default: its own
+  // certificate file, right for a self-signed one): local ones get the file's name (read at each
+  // start, so a certificate reloaded on SIGHUP reaches new executors), EC2 ones its PEM text.
+  const tls = server.config.tls;
   let backend: Backend;
   if (f.backend === 'local') {
-    backend = new LocalBackend({ url, slots: f.slots, args: f.localArgs ?? [], env: { ...process.env, ...(token ? { FALCONET_TOKEN: token } : {}) } });
+    const env = { ...process.env, ...(token ? { FALCONET_TOKEN: token } : {}), ...(tls ? { FALCONET_CA: tls.caFile } : {}) };
+    backend = new LocalBackend({ url, slots: f.slots, args: f.localArgs ?? [], env });
   } else {
     const e = f.ec2 ?? {};
     if (!e.imageId && !e.launchTemplate) throw new FalconetError(ErrorCode.USAGE, 'the ec2 provisioner needs --ec2-image or --ec2-launch-template');
@@ -66,6 +72,7 @@ export async function startProvisioner(
         idleExitS: Math.round((f.idleTimeoutS ?? POLICY_DEFAULTS.idleTimeoutMs / 1000) * 2),
         dispatcherTimeoutS: e.dispatcherTimeoutS ?? 600,
         retireExitCode: 75,
+        ...(tls ? { ca: readFileSync(tls.caFile, 'utf8') } : {}),
       },
     });
   }
