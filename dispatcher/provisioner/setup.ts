@@ -3,6 +3,9 @@
  * provisioner to a running dispatcher (backend choice, user-data for EC2 executors).
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { tlsFailure, trustedCas } from '../../protocol/tls.js';
 import type { Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../../protocol/index.js';
 import type { DispatcherServer } from '../server.js';
@@ -34,6 +37,35 @@ export interface ProvisionerFlags {
   ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number; labels?: Record<string, string> };
 }
 
+/**
+ * Dials `url` as a local executor would, trusting `caFile`: a certificate they would refuse
+ * (a CA-signed certificate given without its CA) is a USAGE error now, not executors that exit
+ * TLS_FAILED one after another. Anything but a TLS failure (a timeout, say) passes.
+ */
+async function checkLocalTrust(url: string, caFile: string): Promise<void> {
+  const u = new URL(url);
+  if (u.protocol !== 'wss:') return;
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const failure = await new Promise<Error | null>((resolve) => {
+    const sock = tlsConnect({ host, port: Number(u.port || 443), ...(isIP(host) ? {} : { servername: host }), ca: trustedCas(readFileSync(caFile, 'utf8')) });
+    const end = (result: Error | null) => {
+      sock.destroy();
+      resolve(result);
+    };
+    sock.once('secureConnect', () => end(null));
+    sock.once('error', (err) => end(tlsFailure(err, url)));
+    sock.setTimeout(5000, () => end(null));
+  });
+  if (failure) {
+    const cause = (failure.cause as Error | undefined)?.message ?? failure.message;
+    const code = (failure.cause as NodeJS.ErrnoException | undefined)?.code;
+    throw new FalconetError(
+      ErrorCode.USAGE,
+      `the local executors would not trust this dispatcher at ${url} with the CA file ${caFile}: ${cause}${code ? ` (${code})` : ''}; give the CA that signed the certificate with --tls-ca FILE (or put the chain, CA included, in the --tls-cert file)`,
+    );
+  }
+}
+
 export async function startProvisioner(
   server: DispatcherServer,
   store: SqliteStore | null,
@@ -54,6 +86,7 @@ export async function startProvisioner(
   const tls = server.config.tls;
   let backend: Backend;
   if (f.backend === 'local') {
+    if (tls) await checkLocalTrust(url, tls.caFile);
     const env = { ...process.env, ...(token ? { FALCONET_TOKEN: token } : {}), ...(tls ? { FALCONET_CA: tls.caFile } : {}) };
     backend = new LocalBackend({ url, slots: f.slots, args: f.localArgs ?? [], env });
   } else {
