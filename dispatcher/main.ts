@@ -141,6 +141,7 @@ function describeCert(file: string): Record<string, string> {
  */
 function reloadTlsOnSighup(server: DispatcherServer, tls: TlsFiles, log: Logger): void {
   log.info({ cert: tls.certFile, ...describeCert(tls.certFile) }, 'TLS certificate loaded');
+  if (server.transport === 'uws') log.warn('the uws transport cannot reload its TLS certificate on SIGHUP: a renewed certificate needs a restart (or --transport ws)');
   let reloading: Promise<void> = Promise.resolve();
   process.on('SIGHUP', () => {
     reloading = reloading.then(() =>

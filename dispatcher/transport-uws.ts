@@ -15,11 +15,13 @@
  * - Its defaults close idle sockets after 120 s and send pings; both are off, as with ws.
  * - It binds with SO_REUSEPORT by default; we ask for an exclusive port, as node:http does.
  *
- * TLS: uWS's SSLApp (this build has it), reading the PEM files itself. uWS.js cannot change the
- * certificate of a listening app, so reloadTls() builds a new SSLApp with the same routes and binds
- * it to the port in place of the old one (the old listen socket closes first: the port is bound
- * exclusively, so a connect in those microseconds may be refused, and a client dials again). The
- * old app keeps serving the connections it has, with the old certificate, until they end.
+ * TLS: uWS's SSLApp (this build has it), reading the PEM files itself. The certificate cannot be
+ * reloaded: uWS.js has no call that changes a listening app's certificate, and a new SSLApp cannot
+ * take the port over while connections accepted by the old one live (the exclusive listen socket
+ * sets no SO_REUSEADDR, so the kernel refuses the bind: tried, EADDRINUSE). reloadTls() therefore
+ * rejects and says so; renewing the certificate means restarting the dispatcher (executors and
+ * clients reconnect and resume), or using --transport ws. (SNI contexts, addServerName, could be
+ * swapped, but only for peers that dial by name; those dialing an address get the default one.)
  */
 import { createRequire } from 'node:module';
 import { STATUS_CODES } from 'node:http';
@@ -169,10 +171,7 @@ class UwsPeer implements PeerSocket {
 
 export class UwsTransport implements Transport {
   readonly kind = 'uws' as const;
-  #app: UwsApp | null = null;
-  /** Apps replaced by a TLS reload: they still serve the connections they accepted. */
-  readonly #retired: UwsApp[] = [];
-  #handlers: TransportHandlers | null = null;
+  readonly #app: UwsApp;
   #listenSocket: object | null = null;
   #port = 0;
 
@@ -180,11 +179,17 @@ export class UwsTransport implements Transport {
     private readonly uws: UwsModule,
     private readonly opts: TransportOptions,
   ) {
-    if (opts.tls && typeof uws.SSLApp !== 'function') {
-      throw new FalconetError(
-        ErrorCode.TRANSPORT_UNAVAILABLE,
-        `--transport uws with --tls-cert/--tls-key: this µWebSockets.js build has no TLS (no SSLApp); use --transport ws for TLS`,
-      );
+    if (opts.tls) {
+      if (typeof uws.SSLApp !== 'function') {
+        throw new FalconetError(
+          ErrorCode.TRANSPORT_UNAVAILABLE,
+          `--transport uws with --tls-cert/--tls-key: this µWebSockets.js build has no TLS (no SSLApp); use --transport ws for TLS`,
+        );
+      }
+      loadTlsPair(opts.tls); // a clear error before uWS reads the files its own way
+      this.#app = uws.SSLApp({ cert_file_name: opts.tls.certFile, key_file_name: opts.tls.keyFile });
+    } else {
+      this.#app = uws.App();
     }
   }
 
@@ -192,50 +197,23 @@ export class UwsTransport implements Transport {
     return !!this.opts.tls;
   }
 
-  /** A new app (plain, or SSLApp with the TLS files as they are now) with every route. */
-  #makeApp(handlers: TransportHandlers): UwsApp {
-    const tls = this.opts.tls;
-    const app = tls ? this.uws.SSLApp!({ cert_file_name: tls.certFile, key_file_name: tls.keyFile }) : this.uws.App();
-    this.#routes(app, handlers);
-    return app;
-  }
-
-  #bind(app: UwsApp, port: number): Promise<object> {
-    return new Promise<object>((resolve, reject) => {
-      app.listen(this.opts.host, port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
-        if (!ls) return reject(new Error(`listen ${this.opts.host}:${port} failed (address in use or not available)`));
-        resolve(ls);
+  async listen(handlers: TransportHandlers): Promise<void> {
+    this.#routes(this.#app, handlers);
+    await new Promise<void>((resolve, reject) => {
+      this.#app.listen(this.opts.host, this.opts.port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
+        if (!ls) return reject(new Error(`listen ${this.opts.host}:${this.opts.port} failed (address in use or not available)`));
+        this.#listenSocket = ls;
+        this.#port = this.uws.us_socket_local_port(ls);
+        resolve();
       });
     });
   }
 
-  async listen(handlers: TransportHandlers): Promise<void> {
-    this.#handlers = handlers;
-    if (this.opts.tls) loadTlsPair(this.opts.tls); // a clear error before uWS reads the files its own way
-    const app = this.#makeApp(handlers);
-    const ls = await this.#bind(app, this.opts.port);
-    this.#app = app;
-    this.#listenSocket = ls;
-    this.#port = this.uws.us_socket_local_port(ls);
-  }
-
   async reloadTls(): Promise<void> {
-    if (!this.opts.tls || !this.#handlers || !this.#listenSocket || !this.#app) return;
-    loadTlsPair(this.opts.tls); // throws, keeping the old app, when the files are wrong
-    const app = this.#makeApp(this.#handlers);
-    const old = this.#app;
-    this.uws.us_listen_socket_close(this.#listenSocket);
-    this.#listenSocket = null;
-    let ls: object;
-    try {
-      ls = await this.#bind(app, this.#port);
-    } catch (err) {
-      this.#listenSocket = await this.#bind(old, this.#port); // back to the old certificate
-      throw err;
-    }
-    this.#retired.push(old);
-    this.#app = app;
-    this.#listenSocket = ls;
+    if (!this.opts.tls) return;
+    throw new Error(
+      'the uws transport cannot reload its TLS certificate (µWebSockets.js cannot change a listening app\'s certificate, nor rebind its port while connections live); restart the dispatcher to use the new certificate, or run it with --transport ws',
+    );
   }
 
   #routes(app: UwsApp, handlers: TransportHandlers): void {
