@@ -16,6 +16,8 @@ import { join } from 'node:path';
 import { connect } from '../client/index.js';
 import { FalconetError } from '../protocol/index.js';
 import { loadUws } from '../dispatcher/transport-uws.js';
+import { resolveExecutorConfig, type ConfigDeps } from '../executor/config.js';
+import type { ImdsReader } from '../executor/imds.js';
 import { FAST, Procs, exited, runCli, startExecutor, waitFor, waitForLine } from './helpers.js';
 
 const T = { timeout: 120_000 };
@@ -274,4 +276,26 @@ test('off loopback without TLS: a warning at start and in /api/status; usage err
   const r = await runCli(procs, ['status', '--ca', join(pki.dir, 'ext.cnf')]);
   assert.equal(r.code, 2, r.stderr);
   assert.match(r.stderr, /USAGE: --ca: .* holds no PEM certificate/);
+});
+
+test('the executor\'s ca setting: PEM text in user-data, a file name in the env file, a usage error for no certificate', T, async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const pki = makePki(procs);
+  const identity = { instanceId: 'i-0tls', region: 'us-east-1', availabilityZone: 'us-east-1a', instanceType: 't3.micro', localIpv4: '10.0.0.9' };
+  const deps = (files: Record<string, string>, userData?: string): ConfigDeps => ({
+    readFile: async (p) => files[p],
+    imds: () => ({ endpoint: 'http://imds.fake', readInstanceIdentity: async () => identity, readUserData: async () => userData }) as unknown as ImdsReader,
+  });
+  // User-data (what the EC2 backend sends): the PEM itself.
+  const ud = await resolveExecutorConfig({}, {}, deps({}, JSON.stringify({ url: 'wss://d.example:7878', ca: pki.ca })));
+  assert.equal(ud.options.ca, pki.ca);
+  assert.equal(ud.sources.ca, 'user-data');
+  assert.deepEqual(ud.warnings, [], 'ca is a known user-data key');
+  // The env file: a file name, read.
+  const file = await resolveExecutorConfig({}, {}, deps({ '/etc/falconet/executor.env': 'FALCONET_URL=wss://d.example:7878\nFALCONET_CA=/etc/falconet/ca.pem\n', '/etc/falconet/ca.pem': pki.ca }));
+  assert.equal(file.options.ca, pki.ca);
+  // A flag wins, and a file without a certificate (or missing) is USAGE naming the setting.
+  await assert.rejects(resolveExecutorConfig({ dispatcher: 'wss://d:1', ca: '/nowhere.pem' }, {}, deps({})), /--ca: the CA file \/nowhere\.pem does not exist/);
+  await assert.rejects(resolveExecutorConfig({ dispatcher: 'wss://d:1' }, { FALCONET_CA: '/x' }, deps({ '/x': 'junk' })), /FALCONET_CA holds no PEM certificate/);
 });
