@@ -11,6 +11,7 @@ import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/mai
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { dispatcherUrl } from './url.js';
+import { readCa } from '../protocol/tls.js';
 import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
 
 const USAGE = `falconet: a fast, lightweight task dispatcher
@@ -22,10 +23,11 @@ usage:
                       [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N] [--max-requeues N]
                       [--transport ws|uws] [--max-frame-bytes B] [--max-buffered-bytes B]
+                      [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
-                    [--spawner helper|node]
+                    [--spawner helper|node] [--ca FILE]
   falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] [--input SRC=DST]... [--output SRC=DST]... -- CMD ARGS...
   falconet submit [--file F | -] [--session S] [--detach] [--lease S] [--max-in-flight N] [--progress]
   falconet watch SESSION [--progress]
@@ -41,8 +43,8 @@ exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms
 --executor-url URL, --dispatcher-timeout S (executors retire when their dispatcher is gone that long).
 
 Client commands take --dispatcher URL (or FALCONET_URL; ws://HOST:PORT, wss://HOST:PORT or HOST:PORT),
---token T (or FALCONET_TOKEN) and --connect-timeout S (how long to keep dialing a dispatcher that does
-not answer; default 30). \`run\` cancels its task on Ctrl-C or SIGTERM (exit 130 or 143).
+--token T (or FALCONET_TOKEN), --ca FILE (or FALCONET_CA: a CA to trust for wss:// besides the root CAs)
+and --connect-timeout S (how long to keep dialing a dispatcher that does not answer; default 30). \`run\` cancels its task on Ctrl-C or SIGTERM (exit 130 or 143).
 `;
 
 const DISPATCHER_FLAGS = {
@@ -70,6 +72,9 @@ const DISPATCHER_FLAGS = {
   'cache-wait-ms': { type: 'string' },
   transport: { type: 'string' },
   'log-format': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
   // provisioning
   min: { type: 'string' },
   max: { type: 'string' },
@@ -85,6 +90,7 @@ const CLIENT_FLAGS = {
   dispatcher: { type: 'string' },
   token: { type: 'string' },
   'connect-timeout': { type: 'string' },
+  ca: { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 function usage(message: string): never {
@@ -129,9 +135,10 @@ export function clientUrl(flag: string | undefined): string {
  * Where a client command dials. A dispatcher that restarts (and replays a large store) can take
  * a while to answer, so commands keep dialing for 30 s by default, `--connect-timeout S` to change.
  */
-function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string }): Target {
+function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string; ca?: string }): Target {
   const timeout = num('connect-timeout', values['connect-timeout'], { min: 0.001 }) ?? 30;
-  return { url: clientUrl(values.dispatcher), token: values.token ?? process.env.FALCONET_TOKEN, connectTimeoutMs: Math.round(timeout * 1000) };
+  const ca = readCa(values.ca ?? process.env.FALCONET_CA, values.ca !== undefined ? '--ca' : 'FALCONET_CA');
+  return { url: clientUrl(values.dispatcher), token: values.token ?? process.env.FALCONET_TOKEN, connectTimeoutMs: Math.round(timeout * 1000), ...(ca ? { ca } : {}) };
 }
 
 function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
@@ -156,6 +163,9 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     dataPolicy: v['data-policy'] as string | undefined,
     cacheWaitMs: num('cache-wait-ms', v['cache-wait-ms'] as string | undefined),
     transport: v.transport as string | undefined,
+    tlsCert: v['tls-cert'] as string | undefined,
+    tlsKey: v['tls-key'] as string | undefined,
+    tlsCa: v['tls-ca'] as string | undefined,
     store: v.store as string | undefined,
     dataDir: v['data-dir'] as string | undefined,
     sync: v.sync as string | undefined,
@@ -271,6 +281,7 @@ async function executorCommand(args: string[]): Promise<void> {
     'shutdown-command': { type: 'string' },
     config: { type: 'string' },
     imds: { type: 'boolean' },
+    ca: { type: 'string' },
   });
   // flags > environment > env file (--config, /etc/falconet/executor.env) > EC2 user-data (IMDSv2).
   const { resolveExecutorConfig, defaultConfigDeps } = await import('../executor/config.js');

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, FalconetError } from '../protocol/index.js';
-import { TRANSPORTS, type TransportKind } from './transport.js';
+import { TRANSPORTS, loadTlsPair, type TransportKind } from './transport.js';
 
 /** The well-known port executors and clients dial by default. */
 export const DEFAULT_PORT = 7878;
@@ -38,6 +38,23 @@ export interface DispatcherOptions {
   cacheWaitMs?: number;
   /** ws (default) or uws. */
   transport?: string;
+  /** PEM certificate (chain) file: with tlsKey, serve wss:// and https:// (reloaded on SIGHUP). */
+  tlsCert?: string;
+  /** PEM private key file of tlsCert. */
+  tlsKey?: string;
+  /**
+   * PEM CA file the executors this dispatcher starts (local, EC2 user-data) trust it with;
+   * default: the tlsCert file (right for a self-signed certificate).
+   */
+  tlsCa?: string;
+}
+
+/** Where the dispatcher's TLS certificate and key are read from (again on SIGHUP). */
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+  /** What the dispatcher's own executors are told to trust (a file name). */
+  caFile: string;
 }
 
 /** The compiled form: every field present and checked. */
@@ -62,10 +79,17 @@ export interface DispatcherConfig {
   dataPolicy: 'first-available' | 'max-cache-hit';
   cacheWaitMs: number;
   transport: TransportKind;
+  /** null: plain ws:// and http://. */
+  tls: TlsFiles | null;
 }
 
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+/** What a dispatcher off loopback without TLS says at start and in its status. */
+export function cleartextWarning(host: string): string {
+  return `listening on ${host} without TLS: tokens and task specs travel in clear; give --tls-cert and --tls-key`;
 }
 
 function readToken(value: string | undefined, file: string | undefined, what: string): string | undefined {
@@ -97,6 +121,25 @@ function transport(t: string | undefined): TransportKind {
   if (t === undefined) return 'ws';
   if ((TRANSPORTS as readonly string[]).includes(t)) return t as TransportKind;
   throw new FalconetError(ErrorCode.USAGE, `--transport must be ${TRANSPORTS.join(' or ')} (got ${JSON.stringify(t)})`);
+}
+
+function tlsFiles(o: DispatcherOptions, env: NodeJS.ProcessEnv): TlsFiles | null {
+  const nonEmpty = (v: string | undefined) => (v === undefined || v === '' ? undefined : v);
+  const certFile = nonEmpty(o.tlsCert ?? env.FALCONET_TLS_CERT);
+  const keyFile = nonEmpty(o.tlsKey ?? env.FALCONET_TLS_KEY);
+  const caFile = nonEmpty(o.tlsCa ?? env.FALCONET_TLS_CA);
+  if (certFile === undefined && keyFile === undefined) {
+    if (caFile !== undefined) throw new FalconetError(ErrorCode.USAGE, '--tls-ca needs --tls-cert and --tls-key');
+    return null;
+  }
+  if (certFile === undefined || keyFile === undefined) throw new FalconetError(ErrorCode.USAGE, 'TLS needs both --tls-cert FILE and --tls-key FILE');
+  try {
+    loadTlsPair({ certFile, keyFile });
+    if (caFile !== undefined && !readFileSync(caFile, 'utf8').includes('-----BEGIN CERTIFICATE-----')) throw new Error(`the --tls-ca file ${caFile} holds no PEM certificate`);
+  } catch (err) {
+    throw new FalconetError(ErrorCode.USAGE, (err as Error).message);
+  }
+  return { certFile, keyFile, caFile: caFile ?? certFile };
 }
 
 /** Applies environment fallbacks and defaults, validates, and returns the compiled config. */
@@ -141,5 +184,6 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     dataPolicy: dataPolicy(o.dataPolicy),
     cacheWaitMs: positive('--cache-wait-ms', o.cacheWaitMs ?? 2000, 0),
     transport: transport(o.transport),
+    tls: tlsFiles(o, env),
   };
 }

@@ -24,7 +24,7 @@ import {
 import { DispatcherCore, type Outbox } from './core.js';
 import { nullJournal, systemClock, type Clock, type ConnId } from './model.js';
 import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
-import type { DispatcherConfig } from './config.js';
+import { cleartextWarning, isLoopback, type DispatcherConfig } from './config.js';
 import { metricsFor, type ServerCounters } from './metrics.js';
 import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
 import { handleHttp, sameSecret, withStoredResults } from './http-api.js';
@@ -119,6 +119,7 @@ export class DispatcherServer {
       // The transport cuts off far-oversized frames; between 1× and 2× we answer FRAME_TOO_LARGE.
       maxPayloadBytes: config.maxFrameBytes * 2,
       log,
+      tls: config.tls,
     });
     const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}), opts.lookupResults);
     await opts.recover?.(server.core);
@@ -132,7 +133,7 @@ export class DispatcherServer {
           token: () => (config.httpAuth ? config.clientToken : undefined),
           stopping: () => server.#stopping,
           authFailed: () => server.#authFailures.http++,
-          statusExtra: () => server.extension?.status(),
+          statusExtra: () => ({ ...server.tlsStatus(), ...server.extension?.status() }),
         }),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));
@@ -150,7 +151,21 @@ export class DispatcherServer {
 
   get url(): string {
     const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
-    return `ws://${host}:${this.port}`;
+    return `${this.#transport.tls ? 'wss' : 'ws'}://${host}:${this.port}`;
+  }
+
+  /** Reads the TLS certificate and key again (SIGHUP); rejects, keeping the old pair, if they do not load. */
+  reloadTls(): Promise<void> {
+    return this.#transport.reloadTls();
+  }
+
+  /**
+   * `/api/status`'s `tls` (true: wss:// and https://) and, off loopback without TLS,
+   * `tlsWarning`: that tokens and tasks travel in clear.
+   */
+  tlsStatus(): { tls: boolean; tlsWarning?: string } {
+    if (this.#transport.tls) return { tls: true };
+    return isLoopback(this.config.host) ? { tls: false } : { tls: false, tlsWarning: cleartextWarning(this.config.host) };
   }
 
   /** What /metrics reads from the adapter, at scrape time. */

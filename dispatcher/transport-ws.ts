@@ -1,10 +1,12 @@
 /**
- * The default transport: the `ws` package on a node:http server, both on one port.
+ * The default transport: the `ws` package on a node:http server, both on one port; with TLS, on
+ * a node:https server (wss:// and https://), whose secure context reloadTls() swaps in place.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { PeerSocket, Transport, TransportHandlers, TransportOptions } from './transport.js';
+import { loadTlsPair, type PeerSocket, type Transport, type TransportHandlers, type TransportOptions } from './transport.js';
 
 class WsPeer implements PeerSocket {
   constructor(private readonly ws: WebSocket) {}
@@ -38,11 +40,27 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
 
 export class WsTransport implements Transport {
   readonly kind = 'ws' as const;
-  readonly #http: Server;
+  readonly #http: Server | HttpsServer;
   #wss: WebSocketServer | null = null;
 
   constructor(private readonly opts: TransportOptions) {
-    this.#http = createServer();
+    if (opts.tls) {
+      const https = createHttpsServer(loadTlsPair(opts.tls));
+      // A peer that gives up during the handshake (it does not trust us, it spoke plain HTTP).
+      https.on('tlsClientError', (err) => opts.log.debug({ err: err.message }, 'TLS handshake failed'));
+      this.#http = https;
+    } else {
+      this.#http = createServer();
+    }
+  }
+
+  get tls(): boolean {
+    return !!this.opts.tls;
+  }
+
+  async reloadTls(): Promise<void> {
+    if (!this.opts.tls) return;
+    (this.#http as HttpsServer).setSecureContext(loadTlsPair(this.opts.tls));
   }
 
   async listen(handlers: TransportHandlers): Promise<void> {
