@@ -186,6 +186,8 @@ function generators(fc: FastCheck) {
     fc.oneof<unknown>(
       msg,
       msg,
+      msg,
+      msg,
       fc.tuple(msg, fc.nat(10)).map(([m, k]) => withoutKey(m, k)),
       fc.tuple(msg, fc.nat(10), anyValue).map(([m, k, v]) => withKey(m, k, v)),
       fc.tuple(msg, fc.nat(10), big).map(([m, k, v]) => withKey(m, k, v)),
@@ -197,19 +199,21 @@ function generators(fc: FastCheck) {
       anyValue,
     );
 
-  const frame = (msg: Arbitrary<unknown>): Arbitrary<Frame> =>
-    fc.oneof<Frame>(
-      fc.record({ kind: fc.constant('msgs' as const), records: fc.boolean(), msgs: fc.array(msg, { minLength: 1, maxLength: 6 }) }),
-      fc.record({ kind: fc.constant('msgs' as const), records: fc.boolean(), msgs: fc.array(msg, { minLength: 1, maxLength: 6 }) }),
-      fc.record({ kind: fc.constant('msgs' as const), records: fc.boolean(), msgs: fc.array(msg, { minLength: 1, maxLength: 6 }) }),
+  // A bad frame closes the connection (BAD_FRAME): rare, so that sessions live long enough.
+  const frame = (msg: Arbitrary<unknown>): Arbitrary<Frame> => {
+    const msgs = fc.record({ kind: fc.constant('msgs' as const), records: fc.boolean(), msgs: fc.array(msg, { minLength: 1, maxLength: 6 }) });
+    return fc.oneof<Frame>(
+      ...Array.from({ length: 24 }, () => msgs),
       fc.record({ kind: fc.constant('bytes' as const), bytes: fc.uint8Array({ maxLength: 64 }) }),
       fc.record({ kind: fc.constant('text' as const), text: fc.string({ maxLength: 40 }) }),
       fc.record({ kind: fc.constant('nested' as const), depth: fc.constantFrom(50, 5_000, 100_000) }),
       fc.record({ kind: fc.constant('truncated' as const), msgs: fc.array(msg, { minLength: 1, maxLength: 3 }), cut: fc.nat(30) }),
     );
+  };
 
-  const token = fc.constantFrom<Token>('client', 'client', 'client', 'executor', 'none', 'wrong');
-  const eToken = fc.constantFrom<Token>('executor', 'executor', 'executor', 'client', 'none', 'wrong');
+  // Mostly the right credential: most of the state to break lies past the hello.
+  const token = fc.constantFrom<Token>('client', 'client', 'client', 'client', 'client', 'client', 'client', 'executor', 'none', 'wrong');
+  const eToken = fc.constantFrom<Token>('executor', 'executor', 'executor', 'executor', 'executor', 'executor', 'executor', 'client', 'none', 'wrong');
   const clientHello = fc
     .record({
       t: fc.constant('hello'),
@@ -242,17 +246,17 @@ function generators(fc: FastCheck) {
       }),
     });
   const helloOf = (h: Arbitrary<Record<string, unknown>>) =>
-    fc.oneof<unknown>(h, h, h, h, h, h, mutate(h), fc.tuple(h, fc.integer({ min: 0, max: 99 })).map(([m, v]) => ({ ...m, v })), fc.tuple(h, big).map(([m, v]) => ({ ...m, v })));
+    fc.oneof<unknown>(h, h, h, h, h, h, h, h, h, h, h, h, mutate(h), fc.tuple(h, fc.integer({ min: 0, max: 99 })).map(([m, v]) => ({ ...m, v })), fc.tuple(h, big).map(([m, v]) => ({ ...m, v })));
 
   const action = fc.oneof<Action>(
-    fc.record({ kind: fc.constant('client' as const), token, records: fc.boolean(), hello: helloOf(clientHello), frames: fc.array(frame(mutate(clientMsg)), { maxLength: 8 }), linger: fc.integer({ min: 0, max: 400 }) }),
-    fc.record({ kind: fc.constant('client' as const), token, records: fc.boolean(), hello: helloOf(clientHello), frames: fc.array(frame(mutate(clientMsg)), { maxLength: 8 }), linger: fc.integer({ min: 0, max: 400 }) }),
+    fc.record({ kind: fc.constant('client' as const), token, records: fc.boolean(), hello: helloOf(clientHello), frames: fc.array(frame(mutate(clientMsg)), { maxLength: 16 }), linger: fc.integer({ min: 0, max: 400 }) }),
+    fc.record({ kind: fc.constant('client' as const), token, records: fc.boolean(), hello: helloOf(clientHello), frames: fc.array(frame(mutate(clientMsg)), { maxLength: 16 }), linger: fc.integer({ min: 0, max: 400 }) }),
     fc.record({
       kind: fc.constant('executor' as const),
       token: eToken,
       records: fc.boolean(),
       hello: helloOf(executorHello),
-      frames: fc.array(frame(mutate(executorMsg)), { maxLength: 10 }),
+      frames: fc.array(frame(mutate(executorMsg)), { maxLength: 20 }),
       linger: fc.integer({ min: 0, max: 600 }),
       honestId: fc.integer({ min: 0, max: 19 }).map((k) => k === 0),
     }),
@@ -261,7 +265,7 @@ function generators(fc: FastCheck) {
       token: eToken,
       records: fc.boolean(),
       hello: helloOf(executorHello),
-      frames: fc.array(frame(mutate(executorMsg)), { maxLength: 10 }),
+      frames: fc.array(frame(mutate(executorMsg)), { maxLength: 20 }),
       linger: fc.integer({ min: 0, max: 600 }),
       honestId: fc.constant(false),
     }),
@@ -404,6 +408,8 @@ async function peer(ctx: RunContext, what: string, hello: unknown | null, frames
   ctx.connections++;
   const st: PeerState = { own: [] };
   let closeCode = 0;
+  let onWelcome!: () => void;
+  const welcomed = new Promise<void>((res) => (onWelcome = res));
   const closed = new Promise<void>((res) =>
     ws.on('close', (code) => {
       closeCode = code;
@@ -421,6 +427,7 @@ async function peer(ctx: RunContext, what: string, hello: unknown | null, frames
     }
     for (const m of msgs as Array<Record<string, unknown>>) {
       if (m.t === 'error') noteCode(ctx, String(m.code), what);
+      if (m.t === 'welcome') onWelcome();
       if (m.t === 'task' && typeof m.uid === 'number') {
         st.own.push({ uid: m.uid, attempt: m.attempt as number });
         if (m.uid > ctx.maxUid) ctx.maxUid = m.uid;
@@ -449,14 +456,14 @@ async function peer(ctx: RunContext, what: string, hello: unknown | null, frames
   if (hello !== null) {
     send(Buffer.from(plain.pack([hello])), true);
     ctx.messages++;
-    await Promise.race([closed, sleep(60)]);
+    await Promise.race([closed, welcomed, sleep(1000)]);
   }
   for (const f of frames) {
     if (ws.readyState !== WebSocket.OPEN) break;
     const e = encodeFrame(f, st, ctx);
     send(e.data, e.binary);
     ctx.messages += e.messages;
-    await Promise.race([closed, sleep(5)]);
+    await Promise.race([closed, new Promise((r) => setImmediate(r))]);
   }
   await Promise.race([closed, sleep(linger)]);
   if (ws.readyState === WebSocket.OPEN) ws.close(1000, 'fuzz done');
