@@ -20,6 +20,7 @@ test('soak: load through kill -9s, SIGSTOP, cut connections and dispatcher resta
   assert.equal(report.duplicates, 0);
   assert.ok(report.events.dispatcherKill9 >= 1 && report.events.executorKill9 >= 3 && report.events.sigstop >= 1 && report.events.proxyCut >= 2, JSON.stringify(report.events));
   assert.deepEqual(report.leaked, []);
-  // Flat: the last dispatcher, quiet, is not much larger than the smallest one was.
-  assert.ok(report.rssGrowthMB < 60, `RSS grew ${report.rssGrowthMB} MB`);
+  // Flat: no dispatcher grew much over its life (a restarted one starts larger: it recovers the
+  // finished tasks kept for --retention).
+  assert.ok(report.rssGrowthMB < 40, `a dispatcher's RSS grew ${report.rssGrowthMB} MB`);
 });
