@@ -32,6 +32,12 @@ export interface DispatcherOptions {
   /** Bytes that may wait to be sent to one peer before it is dropped as a slow consumer. */
   maxBufferedBytes?: number;
   helloTimeoutMs?: number;
+  /** Largest frame a peer may send before its hello is accepted (bytes); enforced while reading. */
+  helloMaxBytes?: number;
+  /** Connections without a completed hello: at most this many in total (`--max-pending-hellos`). */
+  maxPendingHellos?: number;
+  /** ... and at most this many from one remote address (`--max-pending-hellos-per-address`). */
+  maxPendingHellosPerAddress?: number;
   /** Seconds a finished session is kept before it is collected. */
   retentionS?: number;
   dataPolicy?: string;
@@ -75,6 +81,11 @@ export interface DispatcherConfig {
   maxFrameBytes: number;
   maxBufferedBytes: number;
   helloTimeoutMs: number;
+  /** Pre-hello frame limit: what an unauthenticated peer can make the dispatcher buffer. */
+  helloMaxBytes: number;
+  /** Cap on connections that have not completed their hello, in total and per remote address. */
+  maxPendingHellos: number;
+  maxPendingHellosPerAddress: number;
   retentionMs: number;
   dataPolicy: 'first-available' | 'max-cache-hit';
   cacheWaitMs: number;
@@ -142,6 +153,21 @@ function tlsFiles(o: DispatcherOptions, env: NodeJS.ProcessEnv): TlsFiles | null
   return { certFile, keyFile, caFile: caFile ?? certFile };
 }
 
+/** Defaults of the pre-authentication bounds (docs/security.md). */
+export const DEFAULT_HELLO_MAX_BYTES = 64 * 1024;
+export const DEFAULT_MAX_PENDING_HELLOS = 1024;
+export const DEFAULT_MAX_PENDING_HELLOS_PER_ADDRESS = 64;
+
+function pendingHellos(o: DispatcherOptions): Pick<DispatcherConfig, 'helloMaxBytes' | 'maxPendingHellos' | 'maxPendingHellosPerAddress'> {
+  const helloMaxBytes = positive('--hello-max-bytes', o.helloMaxBytes ?? DEFAULT_HELLO_MAX_BYTES, 1024);
+  const maxPendingHellos = positive('--max-pending-hellos', o.maxPendingHellos ?? DEFAULT_MAX_PENDING_HELLOS);
+  const maxPendingHellosPerAddress = positive('--max-pending-hellos-per-address', o.maxPendingHellosPerAddress ?? Math.min(DEFAULT_MAX_PENDING_HELLOS_PER_ADDRESS, maxPendingHellos));
+  for (const [name, v] of [['--hello-max-bytes', helloMaxBytes], ['--max-pending-hellos', maxPendingHellos], ['--max-pending-hellos-per-address', maxPendingHellosPerAddress]] as const) {
+    if (!Number.isInteger(v)) throw new FalconetError(ErrorCode.USAGE, `${name} must be an integer (got ${v})`);
+  }
+  return { helloMaxBytes, maxPendingHellos, maxPendingHellosPerAddress };
+}
+
 /** Applies environment fallbacks and defaults, validates, and returns the compiled config. */
 export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.ProcessEnv = process.env): DispatcherConfig {
   const host = o.host ?? '127.0.0.1';
@@ -180,6 +206,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
     maxBufferedBytes: positive('--max-buffered-bytes', o.maxBufferedBytes ?? 64 * 1024 * 1024, 64 * 1024),
     helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
+    ...pendingHellos(o),
     retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
     dataPolicy: dataPolicy(o.dataPolicy),
     cacheWaitMs: positive('--cache-wait-ms', o.cacheWaitMs ?? 2000, 0),

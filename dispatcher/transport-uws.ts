@@ -40,6 +40,7 @@ interface UwsWebSocket {
   end(code: number, shortMessage: string): void;
   close(): void;
   getUserData(): { peer?: UwsPeer };
+  getRemoteAddressAsText(): ArrayBuffer;
 }
 interface UwsHttpResponse {
   writeStatus(status: string): UwsHttpResponse;
@@ -126,7 +127,25 @@ class UwsPeer implements PeerSocket {
   #queuedBytes = 0;
   #closeWith: [number, string] | null = null;
 
-  constructor(private readonly ws: UwsWebSocket) {}
+  /** Read in `open`, while uWS lets us. */
+  readonly remoteAddress: string;
+
+  constructor(private readonly ws: UwsWebSocket) {
+    let addr = '';
+    try {
+      addr = Buffer.from(ws.getRemoteAddressAsText()).toString();
+    } catch {}
+    this.remoteAddress = addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+  }
+
+  /**
+   * uWS has one `maxPayloadLength` per endpoint, fixed at startup, and buffers a message whole in
+   * C++ before the JS callback sees it: a per-connection limit is not possible here. Pre-hello
+   * peers are bounded by their count only (docs/security.md).
+   */
+  limitPayload(_bytes: number): boolean {
+    return false;
+  }
 
   send(frame: Buffer): void {
     if (this.closed || this.#closeWith) return;

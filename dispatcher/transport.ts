@@ -34,6 +34,14 @@ export interface PeerSocket {
   terminate(): void;
   /** Bytes handed to send() and not yet written to the kernel. */
   readonly bufferedAmount: number;
+  /** The peer's IP address as text ('' if unknown); IPv4-mapped IPv6 addresses are given as IPv4. */
+  readonly remoteAddress: string;
+  /**
+   * From now on, frames from this peer larger than `bytes` are refused by the transport while it
+   * reads them, before they are buffered whole (close 1009). Returns false where the transport
+   * cannot do that per connection (uWS: its limit is the endpoint's `maxPayloadBytes`).
+   */
+  limitPayload(bytes: number): boolean;
 }
 
 /** What the server does with one peer's events. */
