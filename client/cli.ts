@@ -18,7 +18,7 @@ const USAGE = `falconet: a fast, lightweight task dispatcher
 
 usage:
   falconet up [--port 7878] [--host 127.0.0.1] [--executors N] [--slots N] [dispatcher flags]
-  falconet dispatcher [--port 7878] [--host H] [--client-token T] [--executor-token T] [--insecure]
+  falconet dispatcher [--port 7878] [--host H] [--client-token T] [--executor-token T] [--insecure] [--http-auth]
                       [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
                       [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N] [--max-requeues N]
@@ -57,6 +57,7 @@ const DISPATCHER_FLAGS = {
   'executor-token': { type: 'string' },
   'executor-token-file': { type: 'string' },
   insecure: { type: 'boolean' },
+  'http-auth': { type: 'boolean' },
   prefetch: { type: 'string' },
   'heartbeat-ms': { type: 'string' },
   'lease-ms': { type: 'string' },
@@ -145,6 +146,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     executorToken: v['executor-token'] as string | undefined,
     executorTokenFile: v['executor-token-file'] as string | undefined,
     insecure: v.insecure as boolean | undefined,
+    httpAuth: v["http-auth"] as boolean | undefined,
     prefetch: num('prefetch', v.prefetch as string | undefined, { integer: true }),
     heartbeatMs: num('heartbeat-ms', v['heartbeat-ms'] as string | undefined, { min: 10 }),
     leaseMs: num('lease-ms', v['lease-ms'] as string | undefined, { min: 10 }),

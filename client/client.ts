@@ -20,12 +20,16 @@ import {
   DispatcherToClientSchemas,
   type DispatcherToClient,
   type Msg,
+  type SessionInfo,
+  type TaskInfo,
+  type TaskState,
   type TaskResult,
   type TaskSpec,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
 import { ResultStream } from './results.js';
 import { SubmitPipeline, type Rejection } from './submits.js';
+import { abortable, type TaskHandle } from './handles.js';
 import { dispatcherUrl } from './url.js';
 
 export type { TaskResult, TaskSpec } from '../protocol/index.js';
@@ -72,6 +76,13 @@ export interface ConnectOptions {
   maxBackoffMs?: number;
   /** Called on every state change from the first `connecting` on; the same as {@link Client.onState}. */
   onState?: (change: StateChange) => void;
+  /** Stops {@link connect}: it rejects with the signal's reason and the client is closed. */
+  signal?: AbortSignal;
+  /**
+   * Errors from the dispatcher that answer no request of yours (SHUTTING_DOWN for a submit that
+   * the SDK will resend after the reconnect, INVALID_MESSAGE): for logs. Nothing to act on.
+   */
+  onError?: (err: FalconetError) => void;
 }
 
 /** Options of {@link Client.submitMany}. */
@@ -93,9 +104,11 @@ export interface SubmitManyOptions {
  */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
   const client = new Client(dispatcherUrl(url), options);
-  await client.ready;
+  await abortable(client.ready, options.signal, () => void client.close().catch(() => {}));
   return client;
 }
+
+type Answer = Msg<DispatcherToClient, 'reply' | 'tasks' | 'sessions'>;
 
 /** A session with a dispatcher. Create it with {@link connect}. */
 export class Client {
@@ -105,7 +118,8 @@ export class Client {
   readonly #link: Link<DispatcherToClient>;
   readonly #results: ResultStream;
   readonly #submits: SubmitPipeline;
-  readonly #replies = new Map<number, { resolve(m: Msg<DispatcherToClient, 'reply'>): void; reject(e: Error): void }>();
+  /** Requests waiting for their answer (`reply`, `tasks` or `sessions`), by ref. */
+  readonly #replies = new Map<number, { resolve(m: Answer): void; reject(e: Error): void }>();
   #ackTimer: NodeJS.Timeout | null = null;
   #ackedSent: number;
   #connectTimer: NodeJS.Timeout | null;
@@ -210,9 +224,58 @@ export class Client {
    * or CLIENT_CLOSED. A second submit of an id still pending in this client shares the first one's
    * result (the second spec is not sent).
    */
-  submit(task: TaskSpec): Promise<TaskResult> {
+  submit(task: TaskSpec, options: { signal?: AbortSignal } = {}): Promise<TaskResult> {
     if (this.#ended) return Promise.reject(this.#ended);
-    return this.#submits.submit(task);
+    if (!options.signal) return this.#submits.submit(task);
+    // An engine that stops waiting for a task wants it stopped: abort cancels it, too.
+    const spec = task.id === undefined ? { ...task, id: this.#submits.newId() } : task;
+    const result = this.#submits.submit(spec);
+    return abortable(result, options.signal, () => {
+      result.catch(() => {});
+      void this.cancel([spec.id!]).catch(() => {});
+    });
+  }
+
+  /**
+   * Submits a task and returns its handle once the dispatcher has it (accepted, durable): the id
+   * at once, the result later. Rejects like {@link submit} when the task is refused.
+   */
+  async start(task: TaskSpec): Promise<TaskHandle> {
+    const spec = task.id === undefined ? { ...task, id: this.#submits.newId() } : task;
+    const result = this.submit(spec);
+    result.catch(() => {}); // whoever calls handle.result() sees it
+    await Promise.race([this.#submits.accepted(spec.id!), result]);
+    const id = spec.id!;
+    return {
+      id,
+      result: (o = {}) => abortable(result, o.signal),
+      cancel: async () => (await this.cancel([id])) > 0,
+      describe: () => this.task(id),
+    };
+  }
+
+  /**
+   * Where a task is, from any session: queued (and why, when something is missing), running
+   * (attempt, executor), or how it ended with its result. Rejects with NOT_FOUND for an id no
+   * session has. With `session`, only that session is searched.
+   */
+  async task(id: string, options: { session?: string; signal?: AbortSignal } = {}): Promise<TaskInfo> {
+    const answer = await abortable(this.#ask({ t: 'query', ids: [id], ...(options.session ? { session: options.session } : {}) }), options.signal);
+    const found = answer.t === 'tasks' ? answer.tasks[0] : undefined;
+    if (!found) throw new FalconetError(ErrorCode.NOT_FOUND, `no task ${id}${options.session ? ` in session ${options.session}` : ''}`);
+    return found;
+  }
+
+  /** Tasks of one session or all, newest first, by state (`finished`: any end), at most `limit` (default 1,000). */
+  async tasks(filter: { session?: string; state?: TaskState | 'finished'; limit?: number } = {}): Promise<TaskInfo[]> {
+    const answer = await this.#ask({ t: 'query', ...filter });
+    return answer.t === 'tasks' ? answer.tasks : [];
+  }
+
+  /** The dispatcher's sessions. */
+  async sessions(): Promise<SessionInfo[]> {
+    const answer = await this.#ask({ t: 'sessions' });
+    return answer.t === 'sessions' ? answer.sessions : [];
   }
 
   /**
@@ -239,8 +302,12 @@ export class Client {
    * - return() (a `break` out of `for await`) detaches a pending next(), which then ends.
    * - The iterator ends after close(), once it has handed out what was already received.
    */
-  results(): AsyncIterableIterator<TaskResult> {
-    return this.#results.iterator();
+  results(options: { signal?: AbortSignal } = {}): AsyncIterableIterator<TaskResult> {
+    const it = this.#results.iterator();
+    // Aborting ends the iteration as a `break` would: a pending next() resolves done.
+    options.signal?.addEventListener('abort', () => void it.return?.(), { once: true });
+    if (options.signal?.aborted) void it.return?.();
+    return it;
   }
 
   /** Cancels tasks of this session by id (or, with `session`, of another one; `*` for all). */
@@ -339,18 +406,21 @@ export class Client {
         if (this.#results.receive(m.seq, m.result, claimed)) this.#submits.onResult(m.result);
         return;
       }
-      case 'reply': {
+      case 'reply':
+      case 'tasks':
+      case 'sessions': {
         const w = this.#replies.get(m.ref);
         this.#replies.delete(m.ref);
         return w?.resolve(m);
       }
       case 'error': {
-        // Errors about a submit are answered by resending it on reconnect; others have no waiter.
+        // Errors about a submit are answered by resending it on reconnect; others have no waiter
+        // and go to whoever listens (SHUTTING_DOWN, INVALID_MESSAGE), so none is silent.
         const w = m.ref !== undefined ? this.#replies.get(m.ref) : undefined;
         if (w) {
           this.#replies.delete(m.ref!);
           w.reject(FalconetError.fromWire(m));
-        }
+        } else this.o.onError?.(FalconetError.fromWire(m));
         return;
       }
     }
@@ -380,6 +450,10 @@ export class Client {
   }
 
   #request(msg: Record<string, unknown>): Promise<Msg<DispatcherToClient, 'reply'>> {
+    return this.#ask(msg) as Promise<Msg<DispatcherToClient, 'reply'>>;
+  }
+
+  #ask(msg: Record<string, unknown>): Promise<Answer> {
     if (this.#ended) return Promise.reject(this.#ended);
     const ref = this.#submits.nextRef();
     return new Promise((resolve, reject) => {

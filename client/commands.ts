@@ -87,7 +87,9 @@ class IdleNotice {
     const generation = this.#generation;
     this.#timer = setTimeout(() => {
       this.#timer = null;
-      void queueSummary(this.target).then((line) => generation === this.#generation && notice(this.prefix() + line));
+      void queueSummary(this.target)
+        .then((line) => generation === this.#generation && notice(this.prefix() + line))
+        .catch(() => {}); // a notice that cannot be made is not worth more than silence
     }, NOTICE_MS).unref();
   }
   stop(): void {

@@ -62,6 +62,21 @@ export class SubmitPipeline {
     return this.#batch.length + this.#unackedCount;
   }
 
+  /** Waiters for the acceptance of one task (Client.start), by id. */
+  readonly #acceptWaiters = new Map<string, () => void>();
+
+  /** A fresh task id of this client (unique: a random prefix per client and a counter). */
+  newId(): string {
+    return `${this.#prefix}-${++this.#counter}`;
+  }
+
+  /** Resolves once the dispatcher has accepted task `id` (at once if it already did). */
+  accepted(id: string): Promise<void> {
+    const waiting = this.#batch.some((t) => t.id === id) || [...this.#unacked.values()].some((ts) => ts.some((t) => t.id === id));
+    if (!waiting) return Promise.resolve();
+    return new Promise((resolve) => this.#acceptWaiters.set(id, resolve));
+  }
+
   /** Refs number submits and requests alike: one counter, so an error's ref names one thing. */
   nextRef(): number {
     return ++this.#ref;
@@ -148,6 +163,13 @@ export class SubmitPipeline {
     for (const spec of tasks) if (this.#detached.has(spec)) this.#awaiting.delete(spec.id!);
     for (const r of m.rejected) this.#refuse(tasks[r.index]?.id ?? r.id ?? '', new FalconetError(r.code as ErrorCode, r.message));
     for (const k of m.known ?? []) if (k.finished) this.#finishedBefore(k.id);
+    if (this.#acceptWaiters.size > 0) {
+      for (const spec of tasks) {
+        const accepted = this.#acceptWaiters.get(spec.id!);
+        this.#acceptWaiters.delete(spec.id!);
+        accepted?.();
+      }
+    }
     this.#settle();
   }
 
@@ -202,7 +224,7 @@ export class SubmitPipeline {
 
   #enqueue(task: TaskSpec): TaskSpec {
     if (this.#failed) throw this.#failed;
-    const spec = task.id === undefined ? { ...task, id: `${this.#prefix}-${++this.#counter}` } : task;
+    const spec = task.id === undefined ? { ...task, id: this.newId() } : task;
     this.#awaiting.set(spec.id!, spec);
     this.#batch.push(spec);
     if (this.#batch.length >= this.host.maxBatch) this.flush();

@@ -20,6 +20,8 @@ export interface DispatcherOptions {
   executorTokenFile?: string;
   /** Allow a non-loopback address without tokens. */
   insecure?: boolean;
+  /** Require the client token on HTTP even on a loopback address (off loopback it always is). */
+  httpAuth?: boolean;
   heartbeatMs?: number;
   leaseMs?: number;
   prefetch?: number;
@@ -125,7 +127,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     clientToken,
     executorToken,
     insecure,
-    httpAuth: !isLoopback(host),
+    httpAuth: o.httpAuth === true || !isLoopback(host),
     heartbeatMs,
     leaseMs,
     tickMs: Math.max(5, Math.min(250, Math.floor(leaseMs / 4))),

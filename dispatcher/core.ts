@@ -19,6 +19,7 @@ import {
   type DispatcherToExecutor,
   type ExecutorInfo,
   type Msg,
+  type SessionInfo,
   type TaskResult,
   type TaskSpec,
 } from '../protocol/index.js';
@@ -28,6 +29,7 @@ import { ExecutorRegistry } from './registry.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
 import { TaskLifecycle } from './lifecycle.js';
 import { CoreView } from './view.js';
+import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
 import { Rates, snapshotOf, type StatusSnapshot } from './status.js';
 
 /** A task row as the store kept it. */
@@ -167,13 +169,7 @@ export class DispatcherCore {
     if (!own) return;
     const scope = msg.session === '*' ? [...this.#sessions.values()] : [this.#sessions.get(msg.session ?? own.id)].filter((s) => s !== undefined);
     let count = 0;
-    for (const session of scope) {
-      const ids = msg.all ? [...session.tasks.keys()] : msg.ids;
-      for (const id of ids) {
-        const task = session.tasks.get(id);
-        if (task && this.#tasks.cancel(task)) count++;
-      }
-    }
+    for (const s of scope) count += this.cancelIds(msg.all ? [...s.tasks.keys()] : msg.ids, s.id);
     this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: true, count });
   }
 
@@ -320,6 +316,48 @@ export class DispatcherCore {
 
   finishRestore(): void {
     this.#sessions.finishRestore();
+  }
+
+  // ---- queries and detached submits (HTTP) ------------------------------------------------------
+
+  /** Tasks by id (any session) or by listing; see queries.ts. */
+  findTasks(filter: TaskFilter): Found {
+    return findTasks(this.#sessions, this.#registry, filter);
+  }
+
+  sessionInfos(): SessionInfo[] {
+    return sessionInfos(this.#sessions);
+  }
+
+  /**
+   * Submits tasks for a client without a result stream (HTTP) into `sessionId`, all or nothing:
+   * if any task is invalid nothing is accepted and the problems are returned.
+   */
+  submitDetached(sessionId: string, raw: unknown[]): { ids: string[] } | { problems: Array<{ index: number; message: string }> } {
+    const problems: Array<{ index: number; message: string }> = [];
+    raw.forEach((t, index) => {
+      const problem = taskProblem(t);
+      if (problem !== null) problems.push({ index, message: problem });
+    });
+    if (problems.length > 0) return { problems };
+    const now = this.clock.now();
+    const session = this.#sessions.ensureDetached(sessionId, now);
+    const ids: string[] = [];
+    for (const t of raw as TaskSpec[]) ids.push(this.#tasks.accept(session, t, now)?.id ?? t.id!);
+    return { ids };
+  }
+
+  /** Cancels tasks by id in every session (or in `sessionId`); returns how many it stopped. */
+  cancelIds(ids: string[], sessionId?: string): number {
+    const scope = sessionId === undefined ? [...this.#sessions.values()] : [this.#sessions.get(sessionId)].filter((s) => s !== undefined);
+    let count = 0;
+    for (const session of scope) {
+      for (const id of ids) {
+        const task = session.tasks.get(id);
+        if (task && this.#tasks.cancel(task)) count++;
+      }
+    }
+    return count;
   }
 
   /** A point-in-time view for /api/status and `falconet status`. */

@@ -56,8 +56,23 @@ async function checkPortFree(host: string, port: number): Promise<void> {
   });
 }
 
+/**
+ * Crash-only: an exception or rejection nothing handled means a bug left the core half-changed,
+ * so the dispatcher logs it and exits 70 (EX_SOFTWARE) rather than serving from a state it cannot
+ * trust; everything acknowledged is in the store, and a restart recovers it.
+ */
+function exitOnUnexpected(log: Logger): void {
+  const crash = (what: string) => (err: unknown) => {
+    log.fatal({ err: (err as Error)?.stack ?? String(err) }, `${what}; exiting`);
+    process.exit(70);
+  };
+  process.on('unhandledRejection', crash('unhandled promise rejection'));
+  process.on('uncaughtException', crash('uncaught exception'));
+}
+
 export async function startDispatcher(options: DispatcherOptions & StoreChoice & { provisioner?: ProvisionerFlags }, log: Logger): Promise<RunningDispatcher> {
   const config = compileDispatcherConfig(options);
+  exitOnUnexpected(log);
   await checkPortFree(config.host, config.port);
   const kind = options.store ?? 'sqlite';
   if (kind !== 'sqlite' && kind !== 'memory') throw new FalconetError(ErrorCode.USAGE, `--store must be sqlite or memory (got ${JSON.stringify(kind)})`);
@@ -71,7 +86,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
   }
   let instances: Array<{ id: string; record: unknown }> = [];
   const server = await DispatcherServer.start(config, log, {
-    ...(store ? { journal: store } : {}),
+    ...(store ? { journal: store, lookupResults: (refs) => store!.lookupResults(refs) } : {}),
     recover: async (core) => {
       if (!store) return;
       const { instances: kept, ...found } = await store.recover(core);

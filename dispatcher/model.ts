@@ -4,7 +4,7 @@
  * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
  */
 import { randomUUID } from 'node:crypto';
-import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
+import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
 export type ConnId = number;
@@ -70,8 +70,12 @@ export interface SessionRecord {
   conn: ConnId | null;
   /** Unfinished tasks by client id (for cancel and idempotent resubmits). */
   readonly tasks: Map<string, TaskRecord>;
-  /** Ids of finished tasks, so that a resubmit of a finished id is still one task. */
-  readonly finishedIds: Set<string>;
+  /**
+   * Finished tasks by id, each with its result's sequence number and final status packed into one
+   * number (see packFinished): a resubmit of a finished id is still one task, and a query can say
+   * how a task ended without keeping its result in memory.
+   */
+  readonly finishedIds: Map<string, number>;
   /** Finished results not yet acknowledged, in sequence order. */
   readonly unacked: Array<{ seq: number; result: TaskResult }>;
   /** Sequence number of the last result stored for this session. */
@@ -85,6 +89,19 @@ export interface SessionRecord {
   goneAt: number | null;
   /** Client lease: cancel unfinished tasks when no client has been here this long. */
   leaseMs: number | null;
+  /** Results need no reader (tasks submitted over HTTP): each is acknowledged as it is stored. */
+  autoAck: boolean;
+}
+
+const STATUSES: readonly TaskStatus[] = ['succeeded', 'failed', 'timed_out', 'cancelled', 'lost'];
+
+/** A finished task's sequence number and status as one number (8 bytes a task, not an object). */
+export function packFinished(seq: number, status: TaskStatus): number {
+  return seq * 8 + STATUSES.indexOf(status);
+}
+
+export function unpackFinished(packed: number): { seq: number; status: TaskStatus } {
+  return { seq: Math.floor(packed / 8), status: STATUSES[packed % 8] };
 }
 
 /** Time source, injected so that leases and timeouts are testable without sleeping. */
@@ -132,7 +149,7 @@ export const nullJournal: Journal = {
 
 /** A session with no tasks yet; its client is `conn` (or away since `goneAt`). */
 export function newSession(id: string, createdAt: number, leaseMs: number | null, goneAt: number | null): SessionRecord {
-  return { id, conn: null, tasks: new Map(), finishedIds: new Set(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs };
+  return { id, conn: null, tasks: new Map(), finishedIds: new Map(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false };
 }
 
 /** An executor record holding no attempts; `now` starts its lease. */

@@ -4,7 +4,6 @@
  * once per turn of the event loop runs the scheduler, commits the journal and only then sends
  * what the core queued (so acknowledgements never precede durability).
  */
-import { timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
   Codec,
@@ -17,6 +16,7 @@ import {
   ExecutorMessageSchemas,
   type ClientMessage,
   type ExecutorMessage,
+  type TaskResult,
   wireError,
   type WireError,
 } from '../protocol/index.js';
@@ -25,10 +25,14 @@ import { nullJournal, systemClock, type Clock, type ConnId } from './model.js';
 import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
 import type { DispatcherConfig } from './config.js';
 import { metricsFor } from './metrics.js';
-import { createTransport, type HttpReply, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
+import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
+import { handleHttp, sameSecret, withStoredResults } from './http-api.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
 const validateExecutor = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
+
+/** Reads finished results the core no longer holds from the store, by (session, seq). */
+export type ResultLookup = (refs: Array<{ session: string; seq: number }>) => Promise<Array<TaskResult | null>>;
 
 /** What a provisioner adds to the dispatcher's API. */
 export interface ServerExtension {
@@ -59,6 +63,7 @@ export class DispatcherServer {
     journal: CommittingJournal,
     private readonly clock: Clock,
     onFatal: (err: Error) => void,
+    private readonly lookupResults: ResultLookup | undefined,
   ) {
     this.#transport = transport;
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
@@ -98,6 +103,8 @@ export class DispatcherServer {
       journal?: CommittingJournal;
       clock?: Clock;
       recover?: (core: DispatcherCore) => Promise<void> | void;
+      /** Stored results, for task queries (the durable store's). */
+      lookupResults?: ResultLookup;
       onFatal?: (err: Error) => void;
     } = {},
   ): Promise<DispatcherServer> {
@@ -109,11 +116,19 @@ export class DispatcherServer {
       maxPayloadBytes: config.maxFrameBytes * 2,
       log,
     });
-    const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}));
+    const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}), opts.lookupResults);
     await opts.recover?.(server.core);
     await transport.listen({
       connection: (peer) => server.#onConnection(peer),
-      http: (path, authorization) => server.#onHttp(path, authorization),
+      http: (req) =>
+        handleHttp(req, {
+          core: server.core,
+          metrics: server.#metrics,
+          lookup: opts.lookupResults,
+          token: () => (config.httpAuth ? config.clientToken : undefined),
+          stopping: () => server.#stopping,
+          statusExtra: () => server.extension?.status(),
+        }),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));
     server.#timers.push(setInterval(() => server.#heartbeat(), config.heartbeatMs));
@@ -257,6 +272,13 @@ export class DispatcherServer {
         this.extension.resetProvisioner();
         return this.#send(c.id, { t: 'reply', ref: msg.ref, ok: true });
       }
+      case 'query':
+        return void this.#answerQuery(c, msg).catch((err: unknown) => {
+          this.log.error({ err, conn: c.id }, 'query failed');
+          this.#out.fail(c, wireError(ErrorCode.INTERNAL, String((err as Error)?.message)));
+        });
+      case 'sessions':
+        return this.#send(c.id, { t: 'sessions', ref: msg.ref, sessions: this.core.sessionInfos() });
       case 'hb':
         return;
       case 'hello':
@@ -292,6 +314,19 @@ export class DispatcherServer {
     }
   }
 
+  /** Answers a task query; results only the store still has are read from it first. */
+  async #answerQuery(c: Conn, msg: Extract<ClientMessage, { t: 'query' }>): Promise<void> {
+    const found = this.core.findTasks({ ...(msg.ids ? { ids: msg.ids } : {}), ...(msg.session ? { session: msg.session } : {}), ...(msg.state ? { state: msg.state } : {}), ...(msg.limit ? { limit: msg.limit } : {}) });
+    let tasks = found.tasks;
+    try {
+      tasks = await withStoredResults(found, this.lookupResults);
+    } catch (err) {
+      this.log.warn({ err }, 'reading stored results failed; answering without them');
+    }
+    this.#send(c.id, { t: 'tasks', ref: msg.ref, tasks, ...(found.missing.length ? { missing: found.missing } : {}) });
+    this.#out.queueFlush();
+  }
+
   /** A bad message costs only itself: answer with its code and keep the connection. */
   #reject(c: Conn, error: WireError, raw: unknown): void {
     const ref = (raw as { ref?: unknown } | null)?.ref;
@@ -314,20 +349,6 @@ export class DispatcherServer {
   }
 
   // ---- HTTP -------------------------------------------------------------------------------------
-
-  async #onHttp(path: string, authorization: string | undefined): Promise<HttpReply> {
-    if (path === '/healthz') return json(200, { ok: !this.#stopping });
-    if (this.config.httpAuth && this.config.clientToken !== undefined) {
-      const auth = authorization ?? '';
-      const token = auth.startsWith('Bearer ') ? auth.slice(7) : '';
-      if (!sameSecret(token, this.config.clientToken)) {
-        return json(401, { error: wireError(ErrorCode.AUTH_FAILED, 'Authorization: Bearer <client token> required') });
-      }
-    }
-    if (path === '/api/status') return json(200, { ...this.core.status(), ...this.extension?.status() });
-    if (path === '/metrics') return { status: 200, headers: { 'content-type': this.#metrics.contentType }, body: await this.#metrics.metrics() };
-    return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no route ${path}`) });
-  }
 
   /**
    * Graceful shutdown: refuse new work, send what is queued, commit, close every connection as
@@ -354,14 +375,4 @@ function attemptOf(raw: unknown): { uid: number; attempt: number } | null {
   if (m === null || typeof m !== 'object' || m.t !== 'done' || m.result === null || typeof m.result !== 'object') return null;
   const { uid, attempt } = m.result;
   return Number.isSafeInteger(uid) && Number.isSafeInteger(attempt) && (uid as number) >= 0 && (attempt as number) >= 0 ? { uid: uid as number, attempt: attempt as number } : null;
-}
-
-function sameSecret(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
-}
-
-function json(status: number, body: unknown): HttpReply {
-  return { status, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: JSON.stringify(body) };
 }

@@ -5,7 +5,7 @@
  * Pure: no I/O; time comes in as arguments.
  */
 import type { TaskResult } from '../protocol/index.js';
-import { newSession, type ConnId, type IdSource, type Journal, type SessionRecord } from './model.js';
+import { newSession, packFinished, type ConnId, type IdSource, type Journal, type SessionRecord } from './model.js';
 
 /** What opening a session did. */
 export interface Opened {
@@ -92,13 +92,34 @@ export class SessionTable {
     }
   }
 
+  /**
+   * A session for clients without a result stream (HTTP): created if new, its results
+   * acknowledged as they are stored from now on (queries still find them).
+   */
+  ensureDetached(id: string, now: number): SessionRecord {
+    let session = this.#byId.get(id);
+    if (!session) {
+      session = newSession(id, now, null, now);
+      this.#byId.set(id, session);
+      this.journal.sessionChanged(session);
+    }
+    if (!session.autoAck) {
+      session.autoAck = true;
+      if (session.lastSeq > session.acked) this.ack(session, session.lastSeq);
+    }
+    return session;
+  }
+
   /** Appends a finished task's result to its session's stream; returns its sequence number. */
   append(session: SessionRecord, id: string, result: TaskResult): number {
     session.tasks.delete(id);
-    session.finishedIds.add(id);
-    session.finished++;
     const seq = ++session.lastSeq;
-    session.unacked.push({ seq, result });
+    session.finishedIds.set(id, packFinished(seq, result.status));
+    session.finished++;
+    if (session.autoAck && session.conn === null) {
+      session.acked = seq;
+      this.journal.sessionChanged(session);
+    } else session.unacked.push({ seq, result });
     return seq;
   }
 
@@ -129,7 +150,7 @@ export class SessionTable {
 
   /** A finished task from the store: its id and, if not yet acknowledged, its result. */
   restoreFinished(session: SessionRecord, id: string, seq: number, result: TaskResult): void {
-    session.finishedIds.add(id);
+    session.finishedIds.set(id, packFinished(seq, result.status));
     session.finished++;
     session.submitted++;
     session.lastSeq = Math.max(session.lastSeq, seq);

@@ -16,7 +16,17 @@ export interface WriterData {
 }
 
 /** Messages from the writer: `ready` once open, then one answer per batch, in order. */
-export type WriterReply = { kind: 'ready' } | { kind: 'committed'; n: number } | { kind: 'failed'; code: string; message: string };
+export type WriterReply =
+  | { kind: 'ready' }
+  | { kind: 'committed'; n: number }
+  | { kind: 'failed'; code: string; message: string }
+  | { kind: 'found'; n: number; results: Array<Uint8Array | null> };
+
+/** A request for stored results by (session, seq): answered in order with everything committed before it. */
+export interface LookupRequest {
+  lookup: number;
+  refs: Array<[session: string, seq: number]>;
+}
 
 const port = parentPort!;
 const data = workerData as WriterData;
@@ -24,10 +34,21 @@ try {
   const db = openDatabase(data.dataDir, data.file, data.sync);
   const write = batchWriter(db);
   const unpackr = new Unpackr({ useRecords: true });
-  port.on('message', (msg: { n: number; bytes: Uint8Array } | 'close') => {
+  const resultAt = db.prepare('SELECT result FROM results WHERE session = ? AND seq = ?').pluck();
+  port.on('message', (msg: { n: number; bytes: Uint8Array } | LookupRequest | 'close') => {
     if (msg === 'close') {
       db.close();
       port.close();
+      return;
+    }
+    if ('lookup' in msg) {
+      let results: Array<Uint8Array | null>;
+      try {
+        results = msg.refs.map(([session, seq]) => (resultAt.get(session, seq) as Uint8Array | undefined) ?? null);
+      } catch {
+        results = msg.refs.map(() => null); // a query is not worth failing the store over
+      }
+      port.postMessage({ kind: 'found', n: msg.lookup, results } satisfies WriterReply);
       return;
     }
     try {

@@ -16,7 +16,7 @@ import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type Task
 import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, Journal, SessionRecord, TaskRecord } from './model.js';
 import { TASK_STATE, TASK_STATE_NAME, blobs, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
-import type { WriterData, WriterReply } from './store-writer.js';
+import type { LookupRequest, WriterData, WriterReply } from './store-writer.js';
 
 export interface StoreOptions {
   dataDir: string;
@@ -47,6 +47,7 @@ export class SqliteStore implements Journal {
   #sessions = new Set<SessionRecord>();
   #n = 0;
   #waiting = new Map<number, { resolve(): void; reject(e: Error): void }>();
+  #lookups = new Map<number, (results: Array<Uint8Array | null>) => void>();
   #failure: FalconetError | null = null;
 
   private constructor(readonly options: StoreOptions) {
@@ -122,6 +123,11 @@ export class SqliteStore implements Journal {
           this.#waiting.delete(m.n);
           return w?.resolve();
         }
+        if (m.kind === 'found') {
+          const answer = this.#lookups.get(m.n);
+          this.#lookups.delete(m.n);
+          return answer?.(m.results);
+        }
         this.#fail(new FalconetError(m.code as ErrorCode, m.message));
         reject(this.#failure);
       });
@@ -136,6 +142,8 @@ export class SqliteStore implements Journal {
     this.#failure ??= err;
     for (const w of this.#waiting.values()) w.reject(this.#failure);
     this.#waiting.clear();
+    for (const answer of this.#lookups.values()) answer([]); // queries answer without stored results
+    this.#lookups.clear();
   }
 
   // ---- Journal: record now, write at commit -----------------------------------------------------
@@ -221,16 +229,44 @@ export class SqliteStore implements Journal {
     });
   }
 
+  /**
+   * Stored results by (session, seq), for task queries: what is recorded but not yet committed
+   * comes from memory, the rest from the writer thread (which owns the file). null: not stored.
+   */
+  async lookupResults(refs: Array<{ session: string; seq: number }>): Promise<Array<TaskResult | null>> {
+    const out: Array<TaskResult | null> = refs.map(({ session, seq }) => {
+      const pending = this.#results.find((r) => r[0] === session && r[1] === seq);
+      return pending ? (pending[3] as TaskResult) : null;
+    });
+    const ask = refs.map((r, i) => (out[i] === null ? i : -1)).filter((i) => i >= 0);
+    if (ask.length === 0 || !this.#writer || this.#failure) return out;
+    const n = ++this.#n;
+    const found = await new Promise<Array<Uint8Array | null>>((resolve) => {
+      this.#lookups.set(n, resolve);
+      this.#writer!.postMessage({ lookup: n, refs: ask.map((i) => [refs[i].session, refs[i].seq]) } satisfies LookupRequest);
+    });
+    ask.forEach((i, k) => {
+      const blob = found[k];
+      if (blob) out[i] = blobs.unpack(blob) as TaskResult;
+    });
+    return out;
+  }
+
   /** Writes what is left and stops the writer. */
   async close(): Promise<void> {
     const last = this.commit();
-    if (last) await last.catch(() => {});
+    let failure: unknown = null;
+    // A failed last commit must reach the operator (the caller exits non-zero); nothing it held
+    // was acknowledged, so nothing acknowledged is lost.
+    if (last) await last.catch((err: unknown) => (failure = err));
     const writer = this.#writer;
-    if (!writer) return;
-    this.#writer = null;
-    await new Promise<void>((resolve) => {
-      writer.once('exit', () => resolve());
-      writer.postMessage('close');
-    });
+    if (writer) {
+      this.#writer = null;
+      await new Promise<void>((resolve) => {
+        writer.once('exit', () => resolve());
+        writer.postMessage('close');
+      });
+    }
+    if (failure) throw failure;
   }
 }

@@ -38,10 +38,13 @@ interface UwsHttpResponse {
   writeHeader(key: string, value: string): UwsHttpResponse;
   end(body: string): UwsHttpResponse;
   onAborted(handler: () => void): UwsHttpResponse;
+  onData(handler: (chunk: ArrayBuffer, isLast: boolean) => void): void;
   cork(cb: () => void): UwsHttpResponse;
 }
 interface UwsHttpRequest {
   getUrl(): string;
+  getMethod(): string;
+  getQuery(): string | undefined;
   getHeader(lowerCaseKey: string): string;
 }
 interface UwsBehavior {
@@ -186,11 +189,25 @@ export class UwsTransport implements Transport {
       close: (ws) => ws.getUserData().peer?.gone(),
     });
     this.#app.any('/*', (res, req) => {
+      // The request object is valid only in this callback: copy what we need now.
       const path = req.getUrl();
+      const method = req.getMethod().toUpperCase();
+      const query = req.getQuery() ?? '';
       const authorization = req.getHeader('authorization');
+      const hasBody = req.getHeader('content-length') !== '' || req.getHeader('transfer-encoding') !== '';
       let aborted = false;
       res.onAborted(() => (aborted = true));
-      handlers.http(path, authorization === '' ? undefined : authorization).then(
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const body = new Promise<Buffer | null>((resolve) => {
+        if (!hasBody) return resolve(Buffer.alloc(0));
+        res.onData((chunk, isLast) => {
+          size += chunk.byteLength;
+          if (size <= this.opts.maxPayloadBytes) chunks.push(Buffer.from(chunk.slice(0))); // neutered after return
+          if (isLast) resolve(size > this.opts.maxPayloadBytes ? null : Buffer.concat(chunks));
+        });
+      });
+      body.then((b) => handlers.http({ method, path, query, authorization: authorization === '' ? undefined : authorization, body: b })).then(
         (reply) => {
           if (aborted) return;
           res.cork(() => {

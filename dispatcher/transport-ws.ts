@@ -22,6 +22,20 @@ class WsPeer implements PeerSocket {
   }
 }
 
+/** The request body, or null once it passes `limit` bytes (the rest is read and dropped). */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size <= limit) chunks.push(d);
+    });
+    req.on('end', () => resolve(size > limit ? null : Buffer.concat(chunks)));
+    req.on('error', () => resolve(null));
+  });
+}
+
 export class WsTransport implements Transport {
   readonly kind = 'ws' as const;
   readonly #http: Server;
@@ -33,8 +47,19 @@ export class WsTransport implements Transport {
 
   async listen(handlers: TransportHandlers): Promise<void> {
     this.#http.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      const path = (req.url ?? '/').split('?')[0];
-      handlers.http(path, req.headers.authorization).then(
+      const url = req.url ?? '/';
+      const q = url.indexOf('?');
+      void readBody(req, this.opts.maxPayloadBytes)
+        .then((body) =>
+          handlers.http({
+            method: req.method ?? 'GET',
+            path: q < 0 ? url : url.slice(0, q),
+            query: q < 0 ? '' : url.slice(q + 1),
+            authorization: req.headers.authorization,
+            body,
+          }),
+        )
+        .then(
         (reply) => {
           res.writeHead(reply.status, reply.headers);
           res.end(reply.body);

@@ -42,11 +42,24 @@ export interface HttpReply {
   body: string;
 }
 
+/** One HTTP request, read whole (bodies are bounded by `maxPayloadBytes`). */
+export interface HttpRequest {
+  /** Upper case: GET, POST, ... */
+  method: string;
+  /** Without its query string. */
+  path: string;
+  /** The query string without its `?` ('' for none). */
+  query: string;
+  authorization: string | undefined;
+  /** The body; null when it was larger than the transport accepts (answer 413). */
+  body: Buffer | null;
+}
+
 export interface TransportHandlers {
   /** A peer completed the WebSocket upgrade (on any path). */
   connection(peer: PeerSocket): PeerHandlers;
-  /** Any other HTTP request: `path` without its query string. */
-  http(path: string, authorization: string | undefined): Promise<HttpReply>;
+  /** Any other HTTP request. */
+  http(req: HttpRequest): Promise<HttpReply>;
 }
 
 export interface TransportOptions {

@@ -328,11 +328,20 @@ export class ContentCache {
     this.writing ??= this.writeLoop();
   }
 
+  private indexFailing = false;
+
   private async writeLoop(): Promise<void> {
     while (this.dirty) {
       this.dirty = false;
       // A failed write loses recent entries or LRU times at worst; open() reconciles with the disk.
-      await this.writeIndex().catch(() => {});
+      // Said once per failure streak (a full disk fails every write), not once per write.
+      await this.writeIndex().then(
+        () => (this.indexFailing = false),
+        (err: unknown) => {
+          if (!this.indexFailing) process.emitWarning(`falconet cache: writing ${this.dir}'s index failed: ${(err as Error).message}`);
+          this.indexFailing = true;
+        },
+      );
     }
     this.writing = null;
   }

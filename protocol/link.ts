@@ -157,7 +157,16 @@ export class Link<In extends { t: string }> {
     this.#armWatchdog(this.#silenceMs || 30_000);
     for (const raw of messages) {
       const v = this.o.validate(raw);
-      if (!v.ok) continue; // a newer dispatcher may send what we do not know; skip it
+      if (!v.ok) {
+        // A type we do not know comes from a newer dispatcher: skip it. A known type that breaks
+        // its schema is a bug on the other side; skipping it would lose it silently (a result
+        // skipped here is acknowledged by the next one's cursor), so the link ends loudly.
+        if (v.error.code === ErrorCode.UNKNOWN_MESSAGE) continue;
+        this.#closed = true;
+        this.o.onFatal(new FalconetError(ErrorCode.INVALID_MESSAGE, `the dispatcher sent a malformed message: ${v.error.message}`));
+        ws.terminate();
+        return;
+      }
       const msg = v.msg;
       if (msg.t === 'error') {
         const e = msg as unknown as { code: string; message: string; retryable: boolean };

@@ -6,8 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pack } from 'msgpackr';
 import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
-import { Procs, TEST_TRANSPORT, freePort, raw, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { Procs, TEST_TRANSPORT, exited, freePort, raw, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, waitForLine, within } from './helpers.js';
 
 const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
 
@@ -88,11 +87,18 @@ test('a client that stops reading is dropped as a slow consumer; on resume it ge
   const tasks = Array.from({ length: 200 }, (_, i) => ({ id: `big${i}`, cmd: ['head', '-c', '50000', '/dev/zero'] }));
   slow.ws.send(pack([{ t: 'submit', ref: 1, tasks }]));
   await slow.next((m) => m.t === 'accepted');
-  (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
-  await waitFor('every task finished', async () => (await status(d.url)).tasks.finished.succeeded === 200, 30_000);
-  (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.resume();
-  const closed = await Promise.race([slow.closed, sleep(10_000).then(() => null)]);
-  assert.ok(closed, 'the dispatcher dropped the client that did not read');
+  const socket = (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket;
+  socket.pause();
+  // Read again as soon as the dispatcher drops us: it closes the socket for good 2 s after its
+  // close frame (outbound.ts), and what it sent before must be read by then to be seen.
+  await waitForLine(d.proc, /slow consumer dropped/, 30_000, 'stderr');
+  socket.resume();
+  const closed = await within(slow.closed, 15_000, 'the slow consumer to be closed');
+  const error = slow.messages.find((m) => m.t === 'error');
+  assert.equal(error?.code, 'SLOW_CONSUMER', `the error sent before the close: ${JSON.stringify(error)}`);
+  assert.equal(error?.retryable, true);
+  assert.deepEqual(closed, { code: 1008, reason: 'SLOW_CONSUMER' });
+  await waitFor('every task finished', async () => (await status(d.url)).tasks.finished.succeeded === 200, 60_000);
   // Resuming the session (as the SDK does after any drop) gets every result, each once.
   const back = await connect(d.url, { session: 'slow' });
   t.after(() => back.close());
@@ -119,7 +125,7 @@ test('tokens: a wrong token and a token of the wrong role are refused with codes
   const impostor = startExecutor(procs, d.url, [], { FALCONET_TOKEN: 'c-secret' });
   let stderr = '';
   impostor.stderr!.on('data', (b: Buffer) => (stderr += b));
-  const code = await new Promise((r) => impostor.once('exit', (c) => r(c)));
+  const { code } = await exited(impostor, 20_000, 'the refused executor');
   assert.equal(code, 2, 'an executor refused for good exits instead of retrying forever');
   assert.match(stderr, /AUTH_WRONG_ROLE/);
 
@@ -171,7 +177,7 @@ test('a client command whose reader goes away (| head) exits quietly, not with a
   cli.stdout!.destroy(); // the reader is gone before the command writes a byte
   let stderr = '';
   cli.stderr!.on('data', (b: Buffer) => (stderr += b));
-  const code = await new Promise<number | null>((r) => cli.once('exit', r));
+  const { code } = await exited(cli, 20_000, 'falconet status with its stdout gone');
   assert.equal(code, 0, stderr);
   assert.doesNotMatch(stderr, /EPIPE|Unhandled/);
 });

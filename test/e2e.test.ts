@@ -1,9 +1,13 @@
 /** End to end through real processes: `up`, both dispatch modes, start order, and the CLI. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { createServer, isIP, type Socket } from 'node:net';
 import { connect, type TaskResult, type TaskSpec } from '../client/index.js';
-import { FAST, Procs, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, waitForLine } from './helpers.js';
+import { FAST, Procs, exited, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, waitForLine } from './helpers.js';
+
+const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 test('many tasks through `up`: noop and command tasks spread over its executors', async (t) => {
   const procs = new Procs();
@@ -31,9 +35,9 @@ test('many tasks through `up`: noop and command tasks spread over its executors'
   assert.ok(executors.size >= 2, `work spread over executors: ${[...executors].join(',')}`);
   await client.close();
   // SIGTERM: `up` stops its executors and exits cleanly.
-  const exited = new Promise((r) => up.once('exit', (code) => r(code)));
+  const exit = exited(up, 20_000, '`up` after SIGTERM');
   up.kill('SIGTERM');
-  assert.equal(await exited, 0);
+  assert.equal((await exit).code, 0);
 });
 
 test('pull and push executors side by side, and a pull-only fleet', async (t) => {
@@ -100,7 +104,9 @@ test('prefetch with the spawn helper: commands wait in the helper, builtins in t
     { id: 'q2', cmd: ['/bin/sh', '-c', 'echo ran; sleep 0.3'] }, // waits in the helper: cancelled there
     { id: 'q3', cmd: ['/bin/sleep', '0.3'] }, // waits in the helper
     { id: 'q4', builtin: 'sleep', ms: 300 }, // waits in the executor; holds a slot when it runs
-    { id: 'q5', cmd: ['/bin/sleep', '0.3'], timeoutMs: 450 }, // waits ~0.6 s (behind q4, then in the helper), runs 0.3 s: in time
+    // Waits at least 0.6 s (two waves of 0.3 s) before it starts, then runs 0.1 s: timed from
+    // its assignment it would time out before it starts; from its real start it has 400 ms to spare.
+    { id: 'q5', cmd: ['/bin/sleep', '0.1'], timeoutMs: 500 },
   ];
   const runs = specs.map((s) => client.submit(s));
   await waitFor('six assigned', async () => (await status(d.url)).tasks.running === 6);
@@ -124,29 +130,53 @@ test('executors started before the dispatcher retry and register once it is up',
   t.after(() => procs.killAll());
   const port = await freePort();
   const url = `ws://127.0.0.1:${port}`;
+  // Before the dispatcher, the port is held by a listener that drops every connection at once:
+  // each one is an executor's dial that failed. (The executor logs nothing for a failed dial at
+  // any FALCONET_LOG level, so this is how the test sees them.)
+  const dials: Socket[] = [];
+  const refuser = createServer((s) => {
+    dials.push(s);
+    s.destroy();
+  });
+  await new Promise<void>((r) => refuser.listen(port, '127.0.0.1', () => r()));
+  t.after(() => new Promise<void>((r) => refuser.close(() => r())));
   startExecutor(procs, url, ['--id', 'early1']);
   startExecutor(procs, url, ['--id', 'early2']);
-  await sleep(1500); // they dial, fail, back off
+  // Two executors, four failed dials: at least one executor dialed, failed and redialed.
+  await waitFor('the executors to dial, fail and dial again', () => dials.length >= 4, 30_000);
+  await new Promise<void>((r) => refuser.close(() => r()));
+  const failedDials = dials.length;
   procs.spawn(['dispatcher', '--port', String(port), '--store', 'memory', ...FAST]).stdout!.resume();
   const s = await waitExecutors(url, 2);
   assert.deepEqual(s.executors.map((e) => e.id).sort(), ['early1', 'early2']);
+  t.diagnostic(`${failedDials} failed dials before the dispatcher came up`);
   const client = await connect(url);
   assert.equal((await client.submit({ cmd: ['true'] })).status, 'succeeded');
   await client.close();
 });
 
-test('registration reports hostname, addresses, slots, memory, labels and version', async (t) => {
+// The executor sends its memory in the hello, but the status JSON has no memory field
+// (ExecutorStatus, dispatcher/status.ts): not claimed here.
+test('registration reports hostname, addresses, slots, labels, version and boot phases', async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
+  const hostAddresses = () => Object.values(networkInterfaces()).flatMap((list) => (list ?? []).filter((a) => !a.internal).map((a) => a.address));
+  const before = hostAddresses();
   startExecutor(procs, d.url, ['--slots', '7', '--labels', 'zone=a,gpu=none', '--id', 'reg']);
   const [e] = (await waitExecutors(d.url, 1)).executors;
+  const after = hostAddresses();
   assert.equal(e.id, 'reg');
   assert.equal(e.slots, 7);
   assert.deepEqual(e.labels, { zone: 'a', gpu: 'none' });
   assert.ok(e.hostname.length > 0);
-  assert.ok(Array.isArray(e.addresses));
-  assert.ok(e.boot?.some((b) => b.phase === 'started'));
+  // The executor runs on this host: it lists this host's non-loopback addresses, each once. (Only
+  // those the host had throughout are required: other tests add and remove interfaces meanwhile.)
+  assert.equal(new Set(e.addresses).size, e.addresses.length, `each once: ${e.addresses}`);
+  for (const a of before.filter((x) => after.includes(x))) assert.ok(e.addresses.includes(a), `${a} missing from ${e.addresses}`);
+  for (const a of e.addresses) assert.ok(isIP(a) !== 0 && a !== '127.0.0.1' && a !== '::1', `address ${JSON.stringify(a)}`);
+  assert.equal(e.version, PACKAGE_VERSION, 'the executor reports the package version');
+  assert.equal(e.boot?.[0]?.phase, 'started', `boot phases ${JSON.stringify(e.boot)}`);
 });
 
 test('CLI: run prints the output and exits with the task exit code; submit streams JSON lines', async (t) => {
@@ -187,7 +217,7 @@ test('drain: the executor finishes what it runs, takes nothing new, and exits; -
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
   const drained = startExecutor(procs, d.url, ['--id', 'drainee', '--slots', '2']);
-  const drainedExit = new Promise<number | null>((r) => drained.once('exit', (code) => r(code)));
+  const drainedExit = exited(drained, 30_000, 'the drained executor');
   await waitExecutors(d.url, 1);
   const client = await connect(d.url);
   t.after(() => client.close());
@@ -197,13 +227,13 @@ test('drain: the executor finishes what it runs, takes nothing new, and exits; -
   const later = client.submit({ id: 'later', builtin: 'noop' });
   const r = await running;
   assert.equal(r.stdout, 'finished\n', 'the running task completes');
-  assert.equal(await drainedExit, 0);
+  assert.equal((await drainedExit).code, 0);
   startExecutor(procs, d.url, ['--id', 'fresh']);
   assert.equal((await later).executor, 'fresh', 'nothing new went to the draining executor');
   await assert.rejects(client.drain('no-such-executor'), (e: Error & { code?: string }) => e.code === 'NOT_FOUND');
 
   const idle = startExecutor(procs, d.url, ['--id', 'idler', '--idle-exit', '0.3']);
-  const code = await new Promise((res) => idle.once('exit', (c) => res(c)));
+  const { code } = await exited(idle, 20_000, 'the --idle-exit 0.3 executor');
   assert.equal(code, 0);
   const metrics = await (await fetch(d.url.replace('ws', 'http') + '/metrics')).text();
   assert.match(metrics, /falconet_tasks_finished_total\{status="succeeded"\} 2/);

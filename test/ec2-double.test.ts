@@ -6,7 +6,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import {
   CreateTagsCommand, DescribeInstancesCommand, EC2Client, GetConsoleOutputCommand,
@@ -16,6 +15,7 @@ import { MetadataService } from '@aws-sdk/ec2-metadata-service';
 import { Ec2Double, type Ec2DoubleOptions } from './doubles/ec2-double.js';
 import { ImdsDouble } from './doubles/imds-double.js';
 import { NetnsLab, netnsAvailability } from './doubles/network-namespaces.js';
+import { alive, waitFor } from './helpers.js';
 
 /** What each instance runs: read user data through IMDSv2 with the SDK, report, then idle or exit. */
 const INSTANCE_SCRIPT = `
@@ -34,22 +34,6 @@ const kid = require('node:child_process').spawn('sleep', ['1000'], { stdio: 'ign
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-/** True while `pid` runs. A killed orphan can linger as a zombie until init reaps it: that counts as dead. */
-function alive(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try { process.kill(pid, 0); } catch { return false; }
-  try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return true; }
-}
-
-async function until<T>(fn: () => Promise<T | undefined> | T | undefined, what: string, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** A double plus an SDK client on it; `done` closes both and checks no process survived. */
 async function setup(opts: Ec2DoubleOptions = {}, cfg: Partial<EC2ClientConfig> = {}) {
@@ -94,7 +78,7 @@ test('RunInstances starts a process that reads its user data via IMDSv2; Describ
 
     const running = await ec2.waitForState(id, 'running');
     assert.ok(alive(running.pid));
-    const booted = await until(() => { const c = ec2.instances()[0]!.console; return c.includes('grandchild=') ? c : undefined; }, 'boot output');
+    const booted = await waitFor('boot output', () => { const c = ec2.instances()[0]!.console; return c.includes('grandchild=') ? c : undefined; }, 10_000);
     assert.match(booted, /user-data=role=executor/);
     assert.match(booted, new RegExp(`instance-id=${id} env=${id}`));
     const grandchild = Number(/grandchild=(\d+)/.exec(booted)![1]);
@@ -215,6 +199,8 @@ test('fault injection: neverBoot pending/silent and kill()', async () => {
       .then((rs) => rs.map((r) => r.Instances![0]!.InstanceId!));
     const silent = await ec2.waitForState(s!, 'running');
     const victim = await ec2.waitForState(k!, 'running');
+    // A negative property (the 'pending' one never starts) has no event to wait for: the other two
+    // are running, so a start it was going to make has had as long; 200 ms more to be sure.
     await new Promise((r) => setTimeout(r, 200));
     const stuck = ec2.instances().find((i) => i.instanceId === p)!;
     assert.equal(stuck.state, 'pending');
@@ -271,7 +257,7 @@ test(`network namespaces: each instance has its own address (mode: ${netns.mode}
       const r = await client.send(new RunInstancesCommand(run({ MinCount: 2, MaxCount: 2, UserData: b64('netns') })));
       for (const i of r.Instances ?? []) {
         await ec2.waitForState(i.InstanceId!, 'running');
-        const c = await until(() => ec2.instances().find((x) => x.instanceId === i.InstanceId)!.console.match(/addr=.*/)?.[0], 'netns boot');
+        const c = await waitFor('netns boot', () => ec2.instances().find((x) => x.instanceId === i.InstanceId)!.console.match(/addr=.*/)?.[0], 10_000);
         assert.equal(c, `addr=${i.PrivateIpAddress}`);
       }
       assert.notEqual(r.Instances?.[0]?.PrivateIpAddress, r.Instances?.[1]?.PrivateIpAddress);

@@ -15,7 +15,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImdsDouble, type ImdsView } from './doubles/imds-double.js';
-import { Procs, alive, freePort, runCli, startDispatcher, status, waitFor, type CliResult } from './helpers.js';
+import { Procs, alive, freePort, runCli, startDispatcher, status, waitFor, within, type CliResult } from './helpers.js';
 import type { ExecutorStatus } from '../dispatcher/status.js';
 import { parseEnvFile, parseUserData, resolveExecutorConfig, type ConfigDeps } from '../executor/config.js';
 import { Imds, type ImdsReader, type InstanceIdentity } from '../executor/imds.js';
@@ -54,7 +54,8 @@ function cleanEnv(procs: Procs, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEn
 interface Exec {
   proc: ChildProcess;
   stderr: () => string;
-  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
+  /** Its exit (with ms since it was started), or a rejection if it has not exited within `ms`. */
+  exit(ms?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
 }
 
 function executor(procs: Procs, args: string[], env: NodeJS.ProcessEnv): Exec {
@@ -66,7 +67,11 @@ function executor(procs: Procs, args: string[], env: NodeJS.ProcessEnv): Exec {
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>((resolve) =>
     proc.once('exit', (code, signal) => resolve({ code, signal, ms: Date.now() - t0 })),
   );
-  return { proc, stderr: () => err, exit };
+  return {
+    proc,
+    stderr: () => err,
+    exit: (ms = 20_000) => within(exit, ms, `executor ${args.join(' ').slice(0, 120)} to exit; stderr: ${err.slice(-1000)}`),
+  };
 }
 
 async function registered(url: string, pred: (e: ExecutorStatus) => boolean, what = 'the executor'): Promise<ExecutorStatus> {
@@ -272,12 +277,13 @@ test('imds: a host without a metadata service finds out in about a second', asyn
   let t0 = Date.now();
   await assert.rejects(new Imds({ endpoint: `http://127.0.0.1:${(hole.address() as AddressInfo).port}` }).readInstanceIdentity(), /instance metadata service at/);
   const silent = Date.now() - t0;
-  assert.ok(silent >= 900 && silent < 2500, `a silent endpoint took ${silent} ms`);
+  // About a second (the reader's timeout); the upper bound leaves room for a loaded host.
+  assert.ok(silent >= 900 && silent < 4000, `a silent endpoint took ${silent} ms`);
 
   const closed = await freePort();
   t0 = Date.now();
   await assert.rejects(new Imds({ endpoint: `http://127.0.0.1:${closed}` }).readInstanceIdentity(), /instance metadata service at/);
-  assert.ok(Date.now() - t0 < 1500, `a refused endpoint took ${Date.now() - t0} ms`);
+  assert.ok(Date.now() - t0 < 3000, `a refused endpoint took ${Date.now() - t0} ms`);
 });
 
 // ---- real processes --------------------------------------------------------------------------
@@ -297,11 +303,19 @@ test('an executor with no --dispatcher reads its user-data from IMDS, registers 
   assert.equal(e.mode, 'pull');
   assert.ok(e.addresses.includes('10.0.3.7') && e.addresses.includes('203.0.113.9'), `addresses ${e.addresses}`);
   assert.equal(e.pid, ex.proc.pid);
-  const phases = (e.boot ?? []).map((b) => b.phase);
-  assert.deepEqual(phases.slice(0, 3), ['started', 'config-loaded', 'environment-ready'], `boot phases ${phases}`);
-  const at = (e.boot ?? []).map((b) => b.at);
-  for (let i = 1; i < at.length; i++) assert.ok(at[i]! >= at[i - 1]!, `boot timestamps in order: ${at}`);
-  assert.ok(at[0]! <= e.registeredAt && e.registeredAt - at[0]! < 30_000);
+  // The real boot phases, in order: started (the process start), config-loaded, and registered
+  // once a dispatcher welcomed it (reported from the next hello on, so possibly not yet). Other
+  // phases the executor may report between them are not required here.
+  const boot = e.boot ?? [];
+  const real = boot.filter((b) => ['started', 'config-loaded', 'registered'].includes(b.phase));
+  const order = real.map((b) => b.phase);
+  assert.deepEqual(order.slice(0, 2), ['started', 'config-loaded'], `boot phases ${JSON.stringify(boot)}`);
+  assert.ok(order.length === 2 || (order.length === 3 && order[2] === 'registered'), `boot phases ${JSON.stringify(boot)}`);
+  assert.ok(real[1].at > real[0].at, `config-loaded after the process start: ${JSON.stringify(boot)}`);
+  if (real[2]) assert.ok(real[2].at >= real[1].at, `registered after config-loaded: ${JSON.stringify(boot)}`);
+  const at = boot.map((b) => b.at);
+  for (let i = 1; i < at.length; i++) assert.ok(at[i]! >= at[i - 1]!, `boot timestamps in order: ${JSON.stringify(boot)}`);
+  assert.ok(at[0]! <= e.registeredAt && e.registeredAt - at[0]! < 30_000, `registered at ${e.registeredAt}: ${JSON.stringify(boot)}`);
   assert.ok(imds.stats.tokens >= 1, 'IMDSv2: a token was fetched');
   assert.equal(imds.stats.unauthorized, 0);
 
@@ -356,7 +370,7 @@ test('a dispatcher that never existed: --dispatcher-timeout 1 --retire-exit-code
     ['--dispatcher', `ws://127.0.0.1:${port}`, '--dispatcher-timeout', '1', '--retire-exit-code', '75', '--shutdown-command', `printf '%s %s' "$FALCONET_RETIRE_REASON" "$FALCONET_EXIT_CODE" > '${marker}'`],
     cleanEnv(procs),
   );
-  const { code, ms } = await ex.exit;
+  const { code, ms } = await ex.exit();
   assert.equal(code, 75, ex.stderr());
   assert.ok(ms >= 900 && ms < 8000, `retired after ${ms} ms`);
   assert.match(readFileSync(marker, 'utf8'), /^dispatcher unreachable for 1000 ms 75$/);
@@ -365,7 +379,7 @@ test('a dispatcher that never existed: --dispatcher-timeout 1 --retire-exit-code
   const fails = executor(procs, [], cleanEnv(procs, {
     FALCONET_URL: `ws://127.0.0.1:${port}`, FALCONET_DISPATCHER_TIMEOUT: '0.5', FALCONET_RETIRE_EXIT_CODE: '75', FALCONET_SHUTDOWN_COMMAND: 'echo cannot >&2; exit 3',
   }));
-  const r = await fails.exit;
+  const r = await fails.exit();
   assert.equal(r.code, 75, fails.stderr());
   assert.match(fails.stderr(), /shutdown command failed/);
 });
@@ -378,11 +392,13 @@ test('a dispatcher lost after registration: retire once it has been gone for the
   const ex = executor(procs, ['--dispatcher', d.url, '--id', 'orphan', '--dispatcher-timeout', '1', '--retire-exit-code', '75', '--shutdown-command', `touch '${marker}'`], cleanEnv(procs));
   t.after(() => stopByPid(ex.proc));
   await registered(d.url, (x) => x.id === 'orphan');
+  // A negative property (no retirement while connected) has no event to wait for: stay connected
+  // half a second longer than the 1 s timeout, then check it still runs.
   await sleep(1500);
   assert.ok(alive(ex.proc.pid!) && ex.proc.exitCode === null, 'connected longer than the timeout: still running');
   const lostAt = Date.now();
   process.kill(d.proc.pid!, 'SIGKILL');
-  const { code } = await ex.exit;
+  const { code } = await ex.exit();
   const after = Date.now() - lostAt;
   assert.equal(code, 75, ex.stderr());
   assert.ok(after >= 900 && after < 8000, `retired ${after} ms after the loss`);
@@ -401,21 +417,21 @@ test('idle and drained executors retire with the retire code; SIGTERM is a plain
   const termed = executor(procs, ['--dispatcher', d.url, '--id', 'termed', ...retire('termed')], cleanEnv(procs));
   for (const e of [idle, drained, termed]) t.after(() => stopByPid(e.proc));
 
-  const i = await idle.exit;
+  const i = await idle.exit();
   assert.equal(i.code, 75, idle.stderr());
   assert.match(readFileSync(join(dir, 'idle'), 'utf8'), /^idle for 300 ms$/m);
 
   await registered(d.url, (x) => x.id === 'drainee');
   const dr: CliResult = await runCli(procs, ['drain', '--dispatcher', d.url, 'drainee']);
   assert.equal(dr.code, 0, dr.stderr);
-  assert.equal((await drained.exit).code, 75, drained.stderr());
+  assert.equal((await drained.exit()).code, 75, drained.stderr());
   assert.match(readFileSync(join(dir, 'drained'), 'utf8'), /^drained$/m);
 
   await registered(d.url, (x) => x.id === 'termed');
   termed.proc.kill('SIGTERM');
-  const tm = await termed.exit;
+  const tm = await termed.exit();
   assert.equal(tm.code, 0);
-  await sleep(200);
+  // A shutdown command would have run before the exit (agent.ts awaits it): no wait needed.
   assert.equal(existsSync(join(dir, 'termed')), false, 'SIGTERM runs no shutdown command');
 });
 

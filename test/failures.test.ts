@@ -2,9 +2,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, connect as tcpConnect, type Socket } from 'node:net';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type Client, type TaskResult } from '../client/index.js';
-import { Procs, alive, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
+import { LEASE_MS, Procs, alive, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
 
 /** Resolves when the dispatcher shows `id` running on the named executor. */
 async function runningOn(url: string, executor: string): Promise<void> {
@@ -51,14 +53,18 @@ test('an executor stopped with SIGSTOP is found by missed heartbeats; the result
   await runningOn(d.url, 'A');
   startExecutor(procs, d.url, ['--id', 'B', '--slots', '1']);
   a.kill('SIGSTOP');
-  await waitFor('A to be declared lost', async () => !(await status(d.url)).executors.some((e) => e.id === 'A'), 5000);
-  await waitFor('the result', () => seen.length > 0, 10_000);
+  await waitFor('A to be declared lost', async () => !(await status(d.url)).executors.some((e) => e.id === 'A'), LEASE_MS + 13_000);
+  await waitFor('the result', () => seen.length > 0, 15_000);
   assert.equal(seen[0].executor, 'B');
   assert.equal(seen[0].attempts, 2);
   a.kill('SIGCONT'); // A wakes up with a stale attempt: it must not produce a second result
   await waitExecutors(d.url, 2);
-  await sleep(2000);
-  assert.equal(seen.length, 1);
+  // A's stale attempt settles (its 1.5 s sleep is long over): reported and discarded, or cancelled.
+  await waitFor('A with nothing running', async () => (await status(d.url)).executors.find((e) => e.id === 'A' && e.running === 0), 15_000);
+  // A negative property ("no second result") has no event to wait for: give a stale result that
+  // got through the time to reach the client (a few ms; 1 s for a loaded host).
+  await sleep(1000);
+  assert.equal(seen.length, 1, JSON.stringify(seen.map((r) => [r.executor, r.attempts])));
 });
 
 /** A TCP relay that can cut every connection and refuse new ones for a while. */
@@ -103,16 +109,23 @@ test('results produced while the executor was disconnected arrive after it recon
   await waitExecutors(d.url, 1);
   const client = await connect(d.url);
   t.after(() => client.close());
-  const pending = client.submit({ id: 'offline', cmd: ['sh', '-c', 'sleep 0.5; echo finished'] });
+  const pidFile = join(procs.tmpDir(), 'pid');
+  const pending = client.submit({ id: 'offline', cmd: ['sh', '-c', `echo $$ > ${pidFile}; sleep 0.5; echo finished`] });
   await runningOn(d.url, 'far');
   r.cut();
   await waitFor('the executor to show as disconnected', async () => (await status(d.url)).executors[0]?.state === 'disconnected');
-  await sleep(1000); // the task finishes meanwhile
+  // The task ends while the link is down: its process is gone (not even a zombie: reaped).
+  await waitFor('the task to end', () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '' && !alive(Number(readFileSync(pidFile, 'utf8'))), 15_000);
+  // The executor stamps the end when it hears of the exit, within milliseconds; the margin is for a
+  // loaded host. Not a synchronisation that can pass wrongly: finished < restoredAt is asserted.
+  await sleep(300);
+  const restoredAt = Date.now();
   r.restore();
   const result = await pending;
   assert.equal(result.status, 'succeeded');
   assert.equal(result.stdout, 'finished\n');
   assert.equal(result.attempts, 1, 'not run again');
+  assert.ok(result.timings.finished < restoredAt, `finished at ${result.timings.finished}, ${result.timings.finished - restoredAt} ms after the link came back: not the undelivered-result path`);
 });
 
 test('a task timeout kills its whole process group', async (t) => {

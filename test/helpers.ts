@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -21,8 +21,14 @@ export const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
  */
 export const TEST_TRANSPORT = process.env.FALCONET_TEST_TRANSPORT ?? 'ws';
 
-/** Fast timings so that lease expiry and reconnects take a second, not a minute. */
-export const FAST = ['--heartbeat-ms', '100', '--lease-ms', '800'];
+/**
+ * Fast timings so that lease expiry and reconnects take seconds, not a minute. The lease is 20
+ * heartbeats long: a test process or executor whose event loop stalls for a second on a loaded
+ * 2-core CI host must not lose its lease (which would re-queue tasks and break exact attempt
+ * counts). Tests that wait for a lease to expire allow for LEASE_MS plus scheduling slack.
+ */
+export const LEASE_MS = 2000;
+export const FAST = ['--heartbeat-ms', '100', '--lease-ms', String(LEASE_MS)];
 
 export class Procs {
   readonly all = new Set<ChildProcess>();
@@ -54,44 +60,80 @@ export class Procs {
 
   /** Stops every process still running (SIGKILL after SIGCONT, in case one is stopped). */
   async killAll(): Promise<void> {
-    await Promise.all(
-      [...this.all].map(
-        (child) =>
-          new Promise<void>((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            child.once('exit', () => resolve());
-            try {
-              process.kill(child.pid!, 'SIGCONT');
-            } catch {}
-            child.kill('SIGKILL');
-          }),
-      ),
-    );
-    for (const dir of this.dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+    try {
+      await Promise.all(
+        [...this.all].map((child) => {
+          const exit = exited(child, 10_000, `process ${child.pid} (falconet ${child.spawnargs.slice(2, 4).join(' ')}) after SIGKILL`);
+          try {
+            process.kill(child.pid!, 'SIGCONT');
+          } catch {}
+          child.kill('SIGKILL');
+          return exit;
+        }),
+      );
+    } finally {
+      for (const dir of this.dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+    }
   }
 }
 
-/** Resolves with the first stdout line matching `re`, or rejects after `ms`. */
-export function waitForLine(child: ChildProcess, re: RegExp, ms = 10_000): Promise<RegExpMatchArray> {
+/**
+ * Resolves with the first match of `re` in what the child prints on `stream` (stdout unless told)
+ * from now on, or rejects after `ms` or when the child exits first. Its timer and listeners are
+ * removed either way.
+ */
+export function waitForLine(child: ChildProcess, re: RegExp, ms = 10_000, stream: 'stdout' | 'stderr' = 'stdout'): Promise<RegExpMatchArray> {
+  const out = child[stream]!;
   return new Promise((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`no line matching ${re} within ${ms} ms; got ${JSON.stringify(buf)}`)), ms);
+    const done = () => {
+      clearTimeout(timer);
+      out.off('data', onData);
+      child.off('exit', onExit);
+      out.resume();
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(`no ${stream} line matching ${re} within ${ms} ms; got ${JSON.stringify(buf.slice(-2000))}`));
+    }, ms);
     const onData = (d: Buffer) => {
       buf += d.toString();
       const m = buf.match(re);
       if (m) {
-        clearTimeout(timer);
-        child.stdout!.off('data', onData);
-        child.stdout!.resume();
+        done();
         resolve(m);
       }
     };
-    child.stdout!.on('data', onData);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`process exited with ${code} before printing ${re}; got ${JSON.stringify(buf)}`));
-    });
+    const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      done();
+      reject(new Error(`process exited with ${code ?? signal} before printing ${re} on ${stream}; got ${JSON.stringify(buf.slice(-2000))}`));
+    };
+    out.on('data', onData);
+    child.once('exit', onExit);
   });
+}
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/**
+ * The child's exit, or a rejection naming `what` after `ms`: no wait on a process is unbounded,
+ * so a process that never exits fails its test instead of hanging the run.
+ */
+export function exited(child: ChildProcess, ms: number, what = `process ${child.pid}`): Promise<Exit> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
+  return within(new Promise<Exit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))), ms, `${what} to exit`);
+}
+
+/** `p`, or a rejection after `ms` saying what did not happen; the timer is cleared either way. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 export interface Dispatcher {
@@ -118,12 +160,22 @@ export async function status(url: string, token?: string): Promise<StatusSnapsho
   return (await res.json()) as StatusSnapshot;
 }
 
+/**
+ * Polls `probe` every 25 ms until it returns a truthy value, which it resolves with; rejects
+ * after `ms` naming `what` (and the probe's last error, if it threw every time since).
+ */
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000): Promise<T> {
   const deadline = Date.now() + ms;
+  let lastError: unknown;
   for (;;) {
-    const v = await probe();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    try {
+      const v = await probe();
+      if (v) return v;
+      lastError = undefined;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
     await sleep(25);
   }
 }
@@ -142,15 +194,20 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the CLI to completion. */
-export function runCli(procs: Procs, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+/** Runs the CLI to completion, or rejects (with what it printed) if it runs longer than `timeoutMs`. */
+export function runCli(procs: Procs, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliResult> {
   const child = procs.spawn(args, opts.env);
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d));
   child.stderr!.on('data', (d: Buffer) => (stderr += d));
   child.stdin!.end(opts.input ?? '');
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr })));
+  const ms = opts.timeoutMs ?? 60_000;
+  return within(new Promise<CliResult>((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr }))), ms, `falconet ${args.join(' ').slice(0, 200)}`).catch(
+    (err: Error) => {
+      throw new Error(`${err.message}; stdout ${JSON.stringify(stdout.slice(-1000))}, stderr ${JSON.stringify(stderr.slice(-1000))}`);
+    },
+  );
 }
 
 /** A free loopback port (bound, then released), for processes that must start before their peer. */
@@ -165,14 +222,49 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** True while a process with this pid exists. */
-export function alive(pid: number): boolean {
+/**
+ * True while the process runs. A zombie (dead, waiting for a reaper that may not be us, such as a
+ * killed orphan before init reaps it) counts as dead. Any pid works, ours or not.
+ */
+export function alive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
   try {
     process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false; // EPERM: it exists, not ours
   }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false; // gone between the two checks
+  }
+}
+
+/**
+ * A seed for a test's randomness: FALCONET_TEST_SEED if set (to replay a failure), else a fresh
+ * one. Print it (t.diagnostic) so that a failing run says how to reproduce it.
+ */
+export function testSeed(): number {
+  const env = process.env.FALCONET_TEST_SEED;
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isInteger(n)) throw new Error(`FALCONET_TEST_SEED must be an integer, got ${JSON.stringify(env)}`);
+    return n >>> 0;
+  }
+  return (Math.random() * 2 ** 32) >>> 0;
+}
+
+/** mulberry32: a tiny seeded PRNG; returns a function yielding floats in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 /** A raw protocol peer (frames in and out as they are), as the ws test suite feeds them. */
@@ -180,7 +272,8 @@ export interface Raw {
   ws: WebSocket;
   messages: Array<Record<string, unknown>>;
   closed: Promise<{ code: number; reason: string }>;
-  next(pred?: (m: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
+  /** The next message (from where the last call left off) matching `pred`; rejects after `ms`. */
+  next(pred?: (m: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
 }
 
 export async function raw(url: string): Promise<Raw> {
@@ -199,13 +292,19 @@ export async function raw(url: string): Promise<Raw> {
     ws,
     messages,
     closed,
-    async next(pred = () => true) {
+    async next(pred = () => true, ms = 15_000) {
+      const deadline = Date.now() + ms;
       for (;;) {
         while (seen < messages.length) {
           const m = messages[seen++];
           if (pred(m)) return m;
         }
-        await new Promise<void>((r) => waiters.push(r));
+        let wake!: () => void;
+        const arrived = new Promise<void>((r) => waiters.push((wake = r)));
+        await within(arrived, Math.max(0, deadline - Date.now()), `a matching message (${messages.length} seen: ${JSON.stringify(messages.slice(-3)).slice(0, 500)})`).finally(() => {
+          const i = waiters.indexOf(wake);
+          if (i >= 0) waiters.splice(i, 1);
+        });
       }
     },
   };

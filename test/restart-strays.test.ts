@@ -5,20 +5,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FAST, Procs, alive, freePort, status, waitExecutors, waitFor } from './helpers.js';
-
-function exited(child: ChildProcess, ms: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`pid ${child.pid} did not exit within ${ms} ms`)), ms);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
+import { FAST, Procs, alive, exited, freePort, status, waitExecutors, waitFor } from './helpers.js';
 
 test('a restarted up adopts the executors of the one killed with kill -9, and stops them when it stops', { timeout: 120_000 }, async () => {
   const procs = new Procs();

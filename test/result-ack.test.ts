@@ -9,7 +9,9 @@ import { createServer, connect, type Socket } from 'node:net';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as connectClient } from '../client/index.js';
-import { Procs, startDispatcher, startExecutor, waitFor } from './helpers.js';
+import { pack } from 'msgpackr';
+import { LIMITS } from '../protocol/index.js';
+import { Procs, raw, startDispatcher, startExecutor, waitFor } from './helpers.js';
 
 /** Forwards loopback TCP to `port`; `swallow` drops what executors send, `cut` ends every connection. */
 async function proxy(port: number) {
@@ -78,5 +80,30 @@ test('a result lost with its connection is delivered after the reconnect; the at
     await procs.killAll();
     p?.cut(); // server.close() waits for open connections
     await p?.close();
+  }
+});
+
+test('an executor report that breaks the protocol ends its attempt failed with RESULT_INVALID, not a hang', { timeout: 30_000 }, async () => {
+  const procs = new Procs();
+  try {
+    const d = await startDispatcher(procs);
+    const c = await connectClient(d.url);
+    const result = c.submit({ id: 'victim', builtin: 'noop' });
+    // A hand-written executor that answers with a `done` whose stdout is over the wire's limit.
+    const ex = await raw(d.url);
+    const info = { id: 'rogue', hostname: 'h', addresses: [], slots: 1, memory: 0, labels: {}, version: 't', incarnation: 'i', mode: 'push', running: [] };
+    ex.ws.send(pack([{ t: 'hello', v: 1, role: 'executor', caps: [], executor: info }]));
+    const task = (await ex.next((m) => m.t === 'task')) as { uid: number; attempt: number };
+    const now = Date.now();
+    const done = { uid: task.uid, attempt: task.attempt, status: 'succeeded', exitCode: 0, signal: null, stdout: 'x'.repeat(LIMITS.outputChars + 1), stderr: '', truncated: false, startedAt: now, finishedAt: now };
+    ex.ws.send(pack([{ t: 'done', result: done }]));
+    const r = await result;
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error?.code, 'RESULT_INVALID');
+    assert.deepEqual((await ex.next((m) => m.t === 'ack')).done, [{ uid: task.uid, attempt: task.attempt }], 'acknowledged, so the executor forgets it');
+    ex.ws.close();
+    await c.close();
+  } finally {
+    await procs.killAll();
   }
 });

@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, type TaskSpec } from '../protocol/index.js';
 import { runAttempt, setHelperLimit, taskBaseEnv, type RunnerOptions } from '../executor/runner.js';
 import { DEFAULT_HELPER_PATH } from '../executor/spawner.js';
+import { alive, waitFor } from './helpers.js';
 
 const base: RunnerOptions = { outputLimit: 64 * 1024, killGraceMs: 300, baseEnv: taskBaseEnv(), spawner: 'helper' };
 const run = (spec: TaskSpec, o: Partial<RunnerOptions> = {}) => runAttempt(spec, { ...base, ...o }).done;
@@ -24,14 +25,16 @@ async function parentOf(o: Partial<RunnerOptions> = {}): Promise<number> {
   return Number((await run({ cmd: ['/bin/sh', '-c', 'echo $PPID'] }, o)).stdout.trim());
 }
 
-/** Running (a zombie waiting for a reaper that is not us counts as dead). */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
-  } catch {
-    return false;
-  }
+/** The pids listed in `file` (one a line), as the tasks wrote them so far. */
+function listed(file: string): number[] {
+  return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number) : [];
+}
+
+/** Waits until every pid listed in `file` is dead (killing a group takes a moment), or fails naming the survivors. */
+async function allDead(file: string, what: string): Promise<void> {
+  await waitFor(what, () => listed(file).every((pid) => !alive(pid)), 10_000).catch((err: Error) => {
+    throw new Error(`${err.message}: ${listed(file).filter(alive).join(', ')} still running`);
+  });
 }
 
 /** Kills the pids listed in `file` (one a line): what a test's tasks left, if anything. */
@@ -145,12 +148,12 @@ test('a timeout kills the whole process group, SIGKILL after the grace if SIGTER
   const pids = join(dir, 'pids');
   try {
     const t0 = Date.now();
-    const r = await run({ cmd: ['/bin/sh', '-c', `sleep 60 & echo $! >> ${pids}; echo $$ >> ${pids}; wait`], timeoutMs: 300 });
+    const r = await run({ cmd: ['/bin/sh', '-c', `sleep 60 & echo $! >> ${pids}; echo $$ >> ${pids}; wait`], timeoutMs: 1000 }); // time to write both pids, even on a loaded host
     assert.equal(r.status, 'timed_out');
     assert.equal(r.error?.code, ErrorCode.TASK_TIMEOUT);
     assert.ok(Date.now() - t0 < 5000);
-    await sleep(100);
-    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `pid ${pid} survived`);
+    assert.equal(listed(pids).length, 2);
+    await allDead(pids, 'the timed-out task and its background sleep to die');
 
     const t1 = Date.now();
     const stubborn = await run({ cmd: ['/bin/sh', '-c', `trap "" TERM; echo $$ >> ${pids}; while :; do sleep 0.05; done`], timeoutMs: 200 }, { killGraceMs: 300 });
@@ -167,8 +170,9 @@ test('cancel stops the task; leftovers are killed once the main process exits', 
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   const pids = join(dir, 'pids');
   try {
-    const running = runAttempt({ cmd: ['/bin/sleep', '60'] }, base);
-    await sleep(100);
+    const started = join(dir, 'started');
+    const running = runAttempt({ cmd: ['/bin/sh', '-c', `echo $$ > ${started}; exec /bin/sleep 60`] }, base);
+    await waitFor('the task to start', () => listed(started).length === 1);
     running.cancel();
     const c = await running.done;
     assert.deepEqual([c.status, c.error?.code, c.signal], ['cancelled', ErrorCode.TASK_CANCELLED, 'SIGTERM']);
@@ -177,9 +181,8 @@ test('cancel stops the task; leftovers are killed once the main process exits', 
     const r = await run({ cmd: ['/bin/sh', '-c', `sleep 60 & echo $! >> ${pids}; echo main done`] });
     assert.deepEqual([r.status, r.stdout], ['succeeded', 'main done\n']);
     assert.ok(Date.now() - t0 < 5000, 'the background sleep did not hold the pipes open');
-    await sleep(100);
-    const [bg] = readFileSync(pids, 'utf8').split('\n').map(Number);
-    assert.equal(alive(bg), false);
+    assert.equal(listed(pids).length, 1);
+    await allDead(pids, 'the leftover background sleep to be killed');
   } finally {
     killListed(pids);
     rmSync(dir, { recursive: true, force: true });
@@ -199,16 +202,17 @@ test('the helper killed mid-task: its tasks fail with SPAWN_HELPER_LOST, the nex
   try {
     const helperPid = await parentOf({ helperPath });
     const running = [1, 2, 3].map(() => runAttempt({ cmd: ['/bin/sh', '-c', `echo $$ >> ${pids}; exec sleep 60`] }, { ...base, helperPath }));
-    await sleep(200);
+    // All three running (each wrote its pid), and the helper has had time to tell us their groups.
+    await waitFor('three tasks running', () => listed(pids).length === 3);
+    await sleep(200); // the helper's start report (pgid) is lazy, up to 50 ms: not an event we can see
     process.kill(helperPid, 'SIGKILL');
     for (const r of await Promise.all(running.map((x) => x.done))) {
       assert.equal(r.status, 'failed');
       assert.equal(r.error?.code, ErrorCode.SPAWN_HELPER_LOST);
       assert.match(r.error!.message, /spawn helper killed by SIGKILL/);
     }
-    // their groups were killed too (their pids had reached us: they ran for 200 ms)
-    await sleep(100);
-    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `task ${pid} outlived its helper`);
+    // their groups were killed too
+    await allDead(pids, 'the tasks of the dead helper to be killed');
     const next = await parentOf({ helperPath });
     assert.notEqual(next, helperPid);
     assert.notEqual(next, process.pid, 'a new helper, not the fallback');
@@ -245,11 +249,10 @@ test('the helper exits and kills its tasks when the executor dies', async () => 
       runAttempt({ cmd: ['/bin/sh', '-c', 'echo $PPID >> ${pids}; echo $$ >> ${pids}; exec sleep 60'] }, { outputLimit: 1024, killGraceMs: 100, baseEnv: taskBaseEnv() });
       setTimeout(() => process.kill(process.pid, 'SIGKILL'), 300);`;
     try {
-      execFileSync(process.execPath, ['--input-type=module', '-e', script], { stdio: 'ignore' });
+      execFileSync(process.execPath, ['--input-type=module', '-e', script], { stdio: 'ignore', timeout: 30_000 });
     } catch {}
-    const [helper, task] = readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number);
-    const deadline = Date.now() + 3000;
-    while ((alive(helper) || alive(task)) && Date.now() < deadline) await sleep(50);
+    const [helper, task] = listed(pids);
+    await waitFor('the helper and its task to die', () => !alive(helper) && !alive(task), 10_000).catch(() => {});
     assert.equal(alive(helper), false, 'helper exited');
     assert.equal(alive(task), false, 'its task was killed');
   } finally {
@@ -278,10 +281,18 @@ test('queue: with limit 2, six 0.2 s tasks never run more than 2 at once and fin
   const spans = results.map((r) => {
     assert.equal(r.status, 'succeeded', r.stderr);
     const [start, end] = r.stdout.trim().split('\n').map(Number);
-    // the reported startedAt is the real start (not the request time), to within the clock's ms
-    assert.ok(Math.abs(r.startedAt - start) <= 20, `startedAt ${r.startedAt} vs real start ${start}`);
-    return { start, end };
+    // The helper stamps the start when posix_spawn returns: on a loaded host the shell may already
+    // have run `date` by then (seen: 17 ms), or not yet. Either way, well before the task's end.
+    assert.ok(r.startedAt < end, `startedAt ${r.startedAt} not before the end ${end} (real start ${start})`);
+    return { start, end, startedAt: r.startedAt };
   });
+  // The reported startedAt is the real start, not the request time (all six were requested at
+  // once): with limit 2, when the k-th task starts, at least k-1 others have ended.
+  const startedAts = spans.map((x) => x.startedAt).sort((a, b) => a - b);
+  const ends = spans.map((x) => x.end).sort((a, b) => a - b);
+  for (let k = 2; k < startedAts.length; k++) {
+    assert.ok(startedAts[k] >= ends[k - 2] - 2, `start #${k} reported at ${startedAts[k]}, before ${k - 1} tasks had ended: ${JSON.stringify(spans)}`);
+  }
   // at each task's start, at most 2 tasks (itself included) have started and not ended
   for (const s of spans) {
     const overlapping = spans.filter((x) => x.start <= s.start && x.end > s.start).length;
@@ -289,21 +300,26 @@ test('queue: with limit 2, six 0.2 s tasks never run more than 2 at once and fin
   }
   const starts = spans.map((x) => x.start).sort((a, b) => a - b);
   assert.ok(starts[2] - starts[0] >= 190 && starts[4] - starts[2] >= 190, `three waves: ${starts}`);
-  assert.ok(elapsed >= 590 && elapsed < 3000, `3 waves of 0.2 s took ${elapsed} ms`);
+  assert.ok(elapsed >= 590 && elapsed < 10_000, `3 waves of 0.2 s took ${elapsed} ms`);
   setHelperLimit(o, 6); // raising the limit lets them all start at once
-  const t1 = Date.now();
-  await Promise.all(Array.from({ length: 6 }, () => runAttempt({ cmd: ['/bin/sleep', '0.2'] }, o).done));
-  assert.ok(Date.now() - t1 < 590, 'one wave with limit 6');
+  const one = await Promise.all(Array.from({ length: 6 }, () => runAttempt({ cmd: timed('sleep 0.2') }, o).done));
+  // One wave: every task started (as the helper reports it) before the first one ended. Under
+  // the old limit the last ones would start only after two waves had ended.
+  const firstEnd = Math.min(...one.map((r) => Number(r.stdout.trim().split('\n')[1])));
+  const lastStart = Math.max(...one.map((r) => r.startedAt));
+  assert.ok(lastStart < firstEnd, `one wave with limit 6: last start ${lastStart}, first end ${firstEnd}`);
 });
 
 test('queue: a cancelled task that waits never starts; the next one takes the slot', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   try {
     const o = queued('cancel', 1);
-    const a = runAttempt({ cmd: timed('sleep 0.4') }, o);
+    const aStarted = join(dir, 'a-started');
+    const a = runAttempt({ cmd: ['/bin/sh', '-c', `date +%s%3N; touch ${aStarted}; sleep 0.4; date +%s%3N`] }, o);
     const b = runAttempt({ cmd: ['/bin/sh', '-c', `touch ${join(dir, 'b-ran')}`] }, o);
     const c = runAttempt({ cmd: timed('true') }, o);
-    await sleep(100);
+    // a runs (the helper has the three requests, sent in order), b and c wait behind it
+    await waitFor('a to start', () => existsSync(aStarted));
     b.cancel();
     const rb = await b.done;
     assert.deepEqual([rb.status, rb.error?.code, rb.error?.message, rb.exitCode, rb.signal], ['cancelled', ErrorCode.TASK_CANCELLED, 'cancelled before it started', null, null]);
@@ -347,14 +363,14 @@ test('queue: the helper killed with tasks waiting: running and waiting tasks fai
     const helperPid = await parentOf(o);
     const running = runAttempt({ cmd: ['/bin/sh', '-c', `echo $$ >> ${pids}; exec sleep 60`] }, o);
     const waiting = [1, 2].map((i) => runAttempt({ cmd: ['/bin/sh', '-c', `touch ${join(dir, `ran-${i}`)}`] }, o));
-    await sleep(200);
+    await waitFor('the first task running', () => listed(pids).length === 1);
+    await sleep(200); // the helper's start report (pgid) is lazy, up to 50 ms: not an event we can see
     process.kill(helperPid, 'SIGKILL');
     for (const r of await Promise.all([running, ...waiting].map((x) => x.done))) {
       assert.deepEqual([r.status, r.error?.code], ['failed', ErrorCode.SPAWN_HELPER_LOST]);
       assert.match(r.error!.message, /spawn helper killed by SIGKILL/);
     }
-    await sleep(100);
-    for (const pid of readFileSync(pids, 'utf8').split('\n').filter(Boolean).map(Number)) assert.equal(alive(pid), false, `task ${pid} outlived its helper`);
+    await allDead(pids, 'the running task of the dead helper to be killed');
     assert.equal(existsSync(join(dir, 'ran-1')) || existsSync(join(dir, 'ran-2')), false, 'the waiting tasks never ran');
     // a new helper, with the limit still in force
     const t0 = Date.now();

@@ -1,0 +1,123 @@
+/**
+ * The HTTP side of the dispatcher's port, so that a shell script with curl is a client:
+ * `/healthz`, `/metrics` (Prometheus), `/api/status`, and the task API:
+ * - `GET /api/tasks/ID[?session=S]`: one task (TaskInfo with its result when finished), 404 NOT_FOUND;
+ * - `GET /api/tasks?session=&state=&limit=`: `{tasks: [...]}`, newest first;
+ * - `POST /api/tasks`: a JSON array of tasks, or `{session?, tasks}` → `{session, ids}`; all or
+ *   nothing: 400 TASK_INVALID with each problem, 400 INVALID_MESSAGE for a body that is not JSON;
+ * - `POST /api/tasks/cancel`: `{ids, session?}` → `{cancelled}`;
+ * - `GET /api/sessions`: `{sessions: [...]}`.
+ * Everything but `/healthz` needs the client token (`Authorization: Bearer …`) off loopback.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { Registry } from 'prom-client';
+import { ErrorCode, LIMITS, TaskStateSchema, wireError, type TaskInfo } from '../protocol/index.js';
+import type { DispatcherCore } from './core.js';
+import { completeInfo, type Found } from './queries.js';
+import type { HttpReply, HttpRequest } from './transport.js';
+import type { ResultLookup } from './server.js';
+
+/** The session tasks submitted over HTTP go to when the request names none. */
+export const HTTP_SESSION = 'http';
+
+const STATES = new Set<string>([...TaskStateSchema.anyOf.map((s) => s.const as string), 'finished']);
+
+export interface HttpApiDeps {
+  core: DispatcherCore;
+  metrics: Registry;
+  /** Stored results for task queries (absent: the in-memory store keeps none). */
+  lookup: ResultLookup | undefined;
+  /** The expected client token when HTTP needs one (off loopback), else undefined. */
+  token(): string | undefined;
+  stopping(): boolean;
+  /** Extra fields for /api/status (the provisioner's). */
+  statusExtra(): Record<string, unknown> | undefined;
+}
+
+export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<HttpReply> {
+  const { path, method } = req;
+  if (path === '/healthz') return json(200, { ok: !d.stopping() });
+  const token = d.token();
+  if (token !== undefined) {
+    const auth = req.authorization ?? '';
+    if (!sameSecret(auth.startsWith('Bearer ') ? auth.slice(7) : '', token)) {
+      return json(401, { error: wireError(ErrorCode.AUTH_FAILED, 'Authorization: Bearer <client token> required') });
+    }
+  }
+  const query = new URLSearchParams(req.query);
+  if (method === 'GET' && path === '/api/status') return json(200, { ...d.core.status(), ...d.statusExtra() });
+  if (method === 'GET' && path === '/metrics') return { status: 200, headers: { 'content-type': d.metrics.contentType }, body: await d.metrics.metrics() };
+  if (method === 'GET' && path === '/api/sessions') return json(200, { sessions: d.core.sessionInfos() });
+  if (method === 'GET' && path === '/api/tasks') {
+    const state = query.get('state') ?? undefined;
+    if (state !== undefined && !STATES.has(state)) return bad(ErrorCode.INVALID_MESSAGE, `state must be one of ${[...STATES].join(', ')}`);
+    const limit = query.get('limit');
+    const n = limit === null ? undefined : Number(limit);
+    if (n !== undefined && !(Number.isInteger(n) && n >= 1 && n <= 10_000)) return bad(ErrorCode.INVALID_MESSAGE, 'limit must be an integer from 1 to 10000');
+    const found = d.core.findTasks({ ...(query.get('session') ? { session: query.get('session')! } : {}), ...(state ? { state: state as never } : {}), ...(n ? { limit: n } : {}) });
+    return json(200, { tasks: found.tasks });
+  }
+  if (method === 'GET' && path.startsWith('/api/tasks/')) {
+    const id = decodeURIComponent(path.slice('/api/tasks/'.length));
+    const found = d.core.findTasks({ ids: [id], ...(query.get('session') ? { session: query.get('session')! } : {}) });
+    if (found.tasks.length === 0) return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no task ${id}`) });
+    return json(200, (await withStoredResults(found, d.lookup))[0]);
+  }
+  if (method === 'POST' && (path === '/api/tasks' || path === '/api/tasks/cancel')) {
+    if (req.body === null) return json(413, { error: wireError(ErrorCode.FRAME_TOO_LARGE, 'the request body is too large') });
+    let body: unknown;
+    try {
+      body = JSON.parse(req.body.toString('utf8'));
+    } catch (err) {
+      return bad(ErrorCode.INVALID_MESSAGE, `the body is not JSON: ${(err as Error).message}`);
+    }
+    return path === '/api/tasks' ? submit(body, d) : cancel(body, d);
+  }
+  return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no route ${method} ${path}`) });
+}
+
+function submit(body: unknown, d: HttpApiDeps): HttpReply {
+  const wrapped = body !== null && typeof body === 'object' && !Array.isArray(body) ? (body as { session?: unknown; tasks?: unknown }) : { tasks: body };
+  const session = wrapped.session ?? HTTP_SESSION;
+  if (typeof session !== 'string' || session.length === 0 || session.length > LIMITS.idLength) return bad(ErrorCode.INVALID_MESSAGE, 'session must be a non-empty string');
+  if (!Array.isArray(wrapped.tasks)) return bad(ErrorCode.INVALID_MESSAGE, 'the body must be a JSON array of tasks, or {"session"?, "tasks": [...]}');
+  if (wrapped.tasks.length > LIMITS.tasksPerSubmit) return bad(ErrorCode.INVALID_MESSAGE, `at most ${LIMITS.tasksPerSubmit} tasks per request`);
+  const r = d.core.submitDetached(session, wrapped.tasks);
+  if ('problems' in r) {
+    const first = r.problems[0];
+    return json(400, { error: { ...wireError(ErrorCode.TASK_INVALID, `task ${first.index}: ${first.message}`), problems: r.problems } });
+  }
+  return json(200, { session, ids: r.ids });
+}
+
+function cancel(body: unknown, d: HttpApiDeps): HttpReply {
+  const b = body as { ids?: unknown; session?: unknown } | null;
+  if (b === null || typeof b !== 'object' || !Array.isArray(b.ids) || !b.ids.every((x) => typeof x === 'string')) {
+    return bad(ErrorCode.INVALID_MESSAGE, 'the body must be {"ids": ["…"], "session"?: "…"}');
+  }
+  if (b.session !== undefined && typeof b.session !== 'string') return bad(ErrorCode.INVALID_MESSAGE, 'session must be a string');
+  return json(200, { cancelled: d.core.cancelIds(b.ids as string[], b.session as string | undefined) });
+}
+
+/** Completes the infos of finished tasks whose results only the store still has. */
+export async function withStoredResults(found: Found, lookup: ResultLookup | undefined): Promise<TaskInfo[]> {
+  if (found.stored.length > 0 && lookup) {
+    const results = await lookup(found.stored);
+    found.stored.forEach((ref, i) => completeInfo(found.tasks[ref.index], results[i] ?? null));
+  }
+  return found.tasks;
+}
+
+function bad(code: ErrorCode, message: string): HttpReply {
+  return json(400, { error: wireError(code, message) });
+}
+
+export function sameSecret(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+function json(status: number, body: unknown): HttpReply {
+  return { status, headers: { 'content-type': 'application/json', 'cache-control': 'no-store' }, body: JSON.stringify(body) };
+}

@@ -1,0 +1,157 @@
+/**
+ * Questions about tasks and sessions from any client (the SDK's `task()`, `falconet task`, the
+ * HTTP API): where a task is (queued, running and where, or how it ended) and its result. Pure:
+ * it reads the core's tables and says which stored results it still needs; the adapter fetches
+ * those from the store (a result acknowledged by its client lives only there).
+ */
+import type { SessionInfo, TaskInfo, TaskResult, TaskState } from '../protocol/index.js';
+import { labelsFit, unpackFinished, type SessionRecord, type TaskRecord } from './model.js';
+import type { ExecutorRegistry } from './registry.js';
+import type { SessionTable } from './sessions.js';
+
+export interface TaskFilter {
+  ids?: string[];
+  session?: string;
+  state?: TaskState | 'finished';
+  limit?: number;
+}
+
+/** A finished task whose result is not in memory: the store has it at (session, seq). */
+export interface StoredResultRef {
+  session: string;
+  seq: number;
+  /** Index in `tasks` of the info it completes. */
+  index: number;
+}
+
+export interface Found {
+  tasks: TaskInfo[];
+  /** Ids asked for that no session has. */
+  missing: string[];
+  /** Results to fetch from the store, when the caller wants results. */
+  stored: StoredResultRef[];
+}
+
+const DEFAULT_LIMIT = 1000;
+
+export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, filter: TaskFilter): Found {
+  const found: Found = { tasks: [], missing: [], stored: [] };
+  const scope = filter.session !== undefined ? [sessions.get(filter.session)].filter((s) => s !== undefined) : [...sessions.values()];
+  if (filter.ids) {
+    for (const id of filter.ids) {
+      let hit = false;
+      // Newest session first: an id reused across sessions answers with its latest task.
+      for (let i = scope.length - 1; i >= 0 && !hit; i--) hit = describe(scope[i], id, registry, found, true);
+      if (!hit) found.missing.push(id);
+    }
+    return found;
+  }
+  const limit = filter.limit ?? DEFAULT_LIMIT;
+  const wants = (state: TaskState): boolean =>
+    filter.state === undefined || filter.state === state || (filter.state === 'finished' && state !== 'queued' && state !== 'running');
+  for (let i = scope.length - 1; i >= 0 && found.tasks.length < limit; i--) {
+    const session = scope[i];
+    for (const task of session.tasks.values()) {
+      if (found.tasks.length >= limit) break;
+      if (wants(task.state === 'queued' ? 'queued' : 'running')) found.tasks.push(unfinishedInfo(task, registry));
+    }
+    // Finished ones newest first: ids in insertion order, so walk a reversed copy of the keys.
+    if (filter.state === 'queued' || filter.state === 'running') continue;
+    const ids = [...session.finishedIds.keys()];
+    for (let j = ids.length - 1; j >= 0 && found.tasks.length < limit; j--) {
+      const { status } = unpackFinished(session.finishedIds.get(ids[j])!);
+      if (wants(status)) describe(session, ids[j], registry, found, false);
+    }
+  }
+  return found;
+}
+
+/** Adds what `session` knows of task `id` to `found`; false when it has no such task. */
+function describe(session: SessionRecord, id: string, registry: ExecutorRegistry, found: Found, withResult: boolean): boolean {
+  const task = session.tasks.get(id);
+  if (task) {
+    found.tasks.push(unfinishedInfo(task, registry));
+    return true;
+  }
+  const packed = session.finishedIds.get(id);
+  if (packed === undefined) return false;
+  const { seq, status } = unpackFinished(packed);
+  const kept = withResult ? resultInMemory(session, seq) : undefined;
+  const info: TaskInfo = {
+    id,
+    session: session.id,
+    state: status,
+    attempt: kept?.attempts ?? 0,
+    executor: kept?.executor ?? null,
+    submittedAt: kept?.timings.submitted ?? null,
+    dispatchedAt: kept?.timings.dispatched ?? null,
+    ...(kept ? { result: kept } : {}),
+  };
+  if (withResult && !kept) found.stored.push({ session: session.id, seq, index: found.tasks.length });
+  found.tasks.push(info);
+  return true;
+}
+
+/** Fills in what a stored result says (the adapter calls this with what the store returned). */
+export function completeInfo(info: TaskInfo, result: TaskResult | null): void {
+  if (!result) return;
+  info.result = result;
+  info.attempt = result.attempts;
+  info.executor = result.executor;
+  info.submittedAt = result.timings.submitted;
+  info.dispatchedAt = result.timings.dispatched;
+}
+
+function resultInMemory(session: SessionRecord, seq: number): TaskResult | undefined {
+  // Unacknowledged results are in sequence order: binary search.
+  const list = session.unacked;
+  let lo = 0;
+  let hi = list.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (list[mid].seq === seq) return list[mid].result;
+    if (list[mid].seq < seq) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return undefined;
+}
+
+function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo {
+  const queued = task.state === 'queued';
+  const info: TaskInfo = {
+    id: task.id,
+    session: task.session.id,
+    state: queued ? 'queued' : 'running',
+    attempt: task.attempt,
+    executor: task.executor?.info.id ?? null,
+    submittedAt: task.submittedAt,
+    dispatchedAt: task.dispatchedAt,
+  };
+  if (queued) {
+    const why = whyWaiting(task, registry);
+    if (why) info.waiting = why;
+  }
+  return info;
+}
+
+/** Why a queued task is not running, when it is something the user can act on. */
+function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null {
+  let connected = 0;
+  let fitting = 0;
+  for (const e of registry.values()) {
+    if (e.conn === null || e.draining || e.leaving) continue;
+    connected++;
+    if (labelsFit(task.spec.labels, e.info.labels)) fitting++;
+  }
+  if (connected === 0) return 'no executor is connected';
+  if (fitting === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
+  return null;
+}
+
+export function sessionInfos(sessions: SessionTable): SessionInfo[] {
+  const out: SessionInfo[] = [];
+  for (const s of sessions.values()) {
+    out.push({ id: s.id, createdAt: s.createdAt, connected: s.conn !== null, submitted: s.submitted, finished: s.finished, unfinished: s.tasks.size, unacked: s.unacked.length });
+  }
+  return out;
+}
