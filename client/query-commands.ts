@@ -1,11 +1,11 @@
 /**
- * The CLI's task commands: `task`, `tasks`, `sessions`, and `cancel` by ids. Reads and cancels by
- * id go over the dispatcher's HTTP API (GET /api/tasks…, POST /api/tasks/cancel): one request, no
- * session opened for a look (a WebSocket client always opens one); `sessions` asks over the SDK.
+ * The CLI's task commands: `task`, `tasks`, `sessions`, and `cancel` by ids, over the dispatcher's
+ * HTTP API (GET /api/tasks…, GET /api/sessions, POST /api/tasks/cancel): one request each, and no
+ * session opened for a look (a WebSocket client always opens one).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, FalconetError, type SessionInfo, type TaskInfo } from '../protocol/index.js';
-import { dial, type Target } from './commands.js';
+import type { Target } from './commands.js';
 import { httpBase } from './url.js';
 
 const NOTICE_MS = 2000;
@@ -145,15 +145,9 @@ export async function tasksCommand(target: Target, a: TasksArgs, asJson: boolean
   return 0;
 }
 
-/** `falconet sessions`: every session the dispatcher holds (but the one this command opened). */
+/** `falconet sessions`: every session the dispatcher holds. */
 export async function sessionsCommand(target: Target, asJson: boolean): Promise<number> {
-  const client = await dial(target);
-  let sessions: SessionInfo[];
-  try {
-    sessions = (await client.sessions()).filter((s) => s.id !== client.session.id);
-  } finally {
-    await client.close();
-  }
+  const { sessions } = await api<{ sessions: SessionInfo[] }>(target, 'GET', '/api/sessions');
   if (asJson) {
     process.stdout.write(sessions.map((s) => JSON.stringify(s) + '\n').join(''));
     return 0;

@@ -74,7 +74,7 @@ test('submit --detach --print-ids prints each id in input order; task, tasks and
   assert.equal(s.submitted, 3);
   assert.equal(s.finished, 3);
   assert.equal(s.unfinished, 0);
-  assert.equal(list.length, 1, 'the session `sessions` opened to ask is not listed');
+  assert.equal(list.length, 1, 'asking opened no session');
   const sessionsTable = await runCli(procs, ['sessions'], { env });
   assert.match(sessionsTable.stdout, /^SESSION +CREATED +CONNECTED +SUBMITTED +FINISHED +UNFINISHED +UNACKED\ncli-s +/);
 });
