@@ -12,10 +12,13 @@ case $falconet_url in
 esac
 FALCONET_HTTP=${FALCONET_HTTP%/}
 
-# Writes curl's header lines to stdout (read with `-H @-`): the token stays out of `ps`.
-falconet_headers() {
-  if [ -n "${FALCONET_TOKEN:-}" ]; then printf 'Authorization: Bearer %s\n' "$FALCONET_TOKEN"; fi
-  printf 'Content-Type: application/json\n'
+# curl against the dispatcher: prints the body, a space and the HTTP status. The headers come
+# on stdin (a here-document: no extra process), so the token stays out of `ps`.
+falconet_curl() {
+  curl -sS -H @- -w ' %{http_code}' "$@" <<FALCONET_HEADERS
+Content-Type: application/json
+${FALCONET_TOKEN:+Authorization: Bearer $FALCONET_TOKEN}
+FALCONET_HEADERS
 }
 
 # Prints $1 as the inside of a JSON string (backslashes and quotes escaped); fails on control
