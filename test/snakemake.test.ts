@@ -165,7 +165,8 @@ test('a 49-job Snakemake workflow through the falconet profile ends with the out
   const ref = await localReference(t, procs);
   const { d } = await cluster(procs);
   const dir = workflowDir(procs);
-  const r = await within(viaFalconet(t, dir, `127.0.0.1:${d.port}`).done, 300_000, 'snakemake through falconet');
+  // --restart-times 0: no failure hides behind a rerun.
+  const r = await within(viaFalconet(t, dir, `127.0.0.1:${d.port}`, ['--restart-times', '0']).done, 300_000, 'snakemake through falconet');
   assert.equal(r.code, 0, `snakemake failed:\n${r.log.slice(-4000)}`);
   assert.equal(outputs(dir), ref.out);
   // Each job went through falconet as one task, and Snakemake knew it by its task id.
@@ -203,7 +204,7 @@ test('a dispatcher killed with -9 mid-run and restarted on its port and data dir
   const data = procs.tmpDir();
   const { d } = await cluster(procs, ['--data-dir', data]);
   const dir = workflowDir(procs);
-  const run = viaFalconet(t, dir, d.url);
+  const run = viaFalconet(t, dir, d.url, ['--restart-times', '0']);
   // Mid-run: the first transforms are out.
   await within(
     waitFor('4 transforms done', () => existsSync(join(dir, 'cooked')) && readdirSync(join(dir, 'cooked')).length >= 4, 200_000),
@@ -219,6 +220,8 @@ test('a dispatcher killed with -9 mid-run and restarted on its port and data dir
   const r = await within(run.done, 300_000, 'snakemake through the restarted dispatcher');
   assert.equal(r.code, 0, `snakemake failed:\n${r.log.slice(-4000)}`);
   assert.equal(outputs(dir), ref.out);
+  // Snakemake polled while the dispatcher was down, and was told `running`.
+  assert.match(r.log, /falconet-status: task sm-\S+: dispatcher at http:\/\/127\.0\.0\.1:\d+ did not answer \(curl exit 7\); reporting running/);
 });
 
 test('an executor killed with -9 while a job writes its output: the job comes back failed, Snakemake reruns it, the output is right', { timeout: 420_000, skip: skipReason ?? false }, async (t) => {
