@@ -202,7 +202,11 @@ test('a dispatcher killed with -9 mid-run and restarted on its port and data dir
   t.after(() => procs.killAll());
   const ref = await localReference(t, procs);
   const data = procs.tmpDir();
-  const { d } = await cluster(procs, ['--data-dir', data]);
+  // The default lease (15 s), not the tests' 2 s: executors redial a restarted dispatcher with a
+  // backoff of up to 10 s, and attempts whose executor is not back within the lease are lost
+  // (with maxAttempts 1, failed jobs for Snakemake).
+  const lease = ['--lease-ms', '15000'];
+  const { d } = await cluster(procs, ['--data-dir', data, ...lease]);
   const dir = workflowDir(procs);
   const run = viaFalconet(t, dir, d.url, ['--restart-times', '0']);
   // Mid-run: the first transforms are out.
@@ -214,11 +218,11 @@ test('a dispatcher killed with -9 mid-run and restarted on its port and data dir
   d.proc.kill('SIGKILL');
   await exited(d.proc, 10_000, 'the killed dispatcher');
   const down = Date.now();
-  const again = procs.spawn(['dispatcher', '--port', String(d.port), '--data-dir', data, ...FAST]);
+  const again = procs.spawn(['dispatcher', '--port', String(d.port), '--data-dir', data, ...FAST, ...lease]);
   await waitForLine(again, /listening on/, 30_000);
   t.diagnostic(`dispatcher down for ${Date.now() - down} ms`);
   const r = await within(run.done, 300_000, 'snakemake through the restarted dispatcher');
-  assert.equal(r.code, 0, `snakemake failed:\n${r.log.slice(-4000)}`);
+  assert.equal(r.code, 0, `snakemake failed:\n${r.log.slice(-4000)}\nfailed tasks: ${await failedTasks(d.port, r.log)}`);
   assert.equal(outputs(dir), ref.out);
   // Snakemake polled while the dispatcher was down, and was told `running`.
   assert.match(r.log, /falconet-status: task sm-\S+: dispatcher at http:\/\/127\.0\.0\.1:\d+ did not answer \(curl exit 7\); reporting running/);
@@ -253,6 +257,13 @@ test('an executor killed with -9 while a job writes its output: the job comes ba
   assert.equal(info.state, 'lost');
   assert.equal(info.attempt, 1);
 });
+
+/** What the dispatcher says of each task Snakemake reported failed (for a failure's message). */
+async function failedTasks(port: number, log: string): Promise<string> {
+  const ids = [...log.matchAll(/cluster_jobid: (sm-\S+)/g)].map((m) => m[1]);
+  const infos = await Promise.all(ids.map((id) => fetch(`http://127.0.0.1:${port}/api/tasks/${id}`).then((res) => res.text(), (err: Error) => err.message)));
+  return infos.join('\n');
+}
 
 /** The task id Snakemake reported failed for the job of i=5. */
 function m5(log: string): string {
