@@ -73,6 +73,7 @@ const DISPATCHER_FLAGS = {
   'data-policy': { type: 'string' },
   'cache-wait-ms': { type: 'string' },
   transport: { type: 'string' },
+  'log-format': { type: 'string' },
   // provisioning
   min: { type: 'string' },
   max: { type: 'string' },

@@ -25,7 +25,7 @@ export type AttemptEnd =
 
 export type Verdict =
   | { retry: true }
-  | { retry: false; status: TaskStatus; error?: { code: string; message: string } };
+  | { retry: false; status: TaskStatus; error?: { code: ErrorCode; message: string } };
 
 export interface AttemptLimits {
   /** Attempts a task gets when its spec does not say. */

@@ -30,7 +30,7 @@ import { Scheduler, type SchedulerOptions } from './scheduler.js';
 import { TaskLifecycle } from './lifecycle.js';
 import { CoreView } from './view.js';
 import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
-import { Rates, snapshotOf, type StatusSnapshot } from './status.js';
+import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './status.js';
 
 /** A task row as the store kept it. */
 export interface RestoredTask {
@@ -138,6 +138,7 @@ export class DispatcherCore {
     const now = this.clock.now();
     const rejected: Array<{ index: number; id?: string; code: string; message: string }> = [];
     const known: Array<{ index: number; id: string; finished: boolean }> = [];
+    const inThisSubmit = new Set<string>();
     let accepted = 0;
     for (let i = 0; i < msg.tasks.length; i++) {
       const raw = msg.tasks[i];
@@ -148,6 +149,13 @@ export class DispatcherCore {
         continue;
       }
       const spec = raw as TaskSpec;
+      if (spec.id !== undefined) {
+        if (inThisSubmit.has(spec.id)) {
+          rejected.push({ index: i, id: spec.id, code: ErrorCode.TASK_DUPLICATE, message: `id ${spec.id} appears earlier in this submit` });
+          continue;
+        }
+        inThisSubmit.add(spec.id);
+      }
       accepted++;
       if (this.#tasks.accept(session, spec, now) === null) {
         // Idempotent resubmit: one task; the client learns which, so no waiter hangs on it.
@@ -184,8 +192,13 @@ export class DispatcherCore {
     // A copy: strings decoded from a frame can be slices of one string of the whole frame, and
     // the record lives as long as the executor (19,000 retained hello frames add up).
     const info = structuredClone(received);
-    const { exec, displaced, missing } = this.#registry.register(conn, info, this.clock.now(), this.options.prefetch);
-    if (displaced !== null) this.out.close(displaced, ErrorCode.AUTH_FAILED, 'executor id registered by a newer connection');
+    const registered = this.#registry.register(conn, info, this.clock.now(), this.options.prefetch);
+    if (registered === null) {
+      this.out.close(conn, ErrorCode.EXECUTOR_ID_IN_USE, `executor id ${info.id} is held by another live connection; retrying later may work once it is gone`);
+      return;
+    }
+    const { exec, displaced, missing } = registered;
+    if (displaced !== null) this.out.close(displaced, ErrorCode.EXECUTOR_ID_IN_USE, 'this executor registered again on a newer connection');
     // Attempts we think it holds but it does not: a crash when a new incarnation came back,
     // else the assignment or its result was lost in transit (or we restarted before committing).
     for (const { task, crashed } of missing) this.#tasks.takenBack(task, exec, crashed ? 'crash' : 'requeue');
@@ -222,7 +235,11 @@ export class DispatcherCore {
   attemptDone(conn: ConnId, r: AttemptResult): void {
     const exec = this.#registry.seen(conn, this.clock.now());
     if (!exec) return;
-    this.#tasks.reported(exec, r);
+    if (this.#tasks.reported(exec, r) === 'refused') {
+      const message = `attempt ${r.attempt} of task ${r.uid} was not given to executor ${exec.info.id}; its report changes nothing`;
+      this.out.toExecutor(conn, { t: 'error', code: ErrorCode.ATTEMPT_NOT_YOURS, message, retryable: false });
+    }
+    // Acknowledged whatever became of it: an honest executor then forgets what it cannot deliver.
     this.out.resultReceived(conn, r.uid, r.attempt);
   }
 
@@ -314,6 +331,12 @@ export class DispatcherCore {
     this.#tasks.restore(task, exec);
   }
 
+  /** The task counters the store kept (metrics stay monotonic across a restart). */
+  restoreCounters(c: StoredCounters): void {
+    this.#tasks.dispatched = c.dispatched;
+    this.rates.restore(c, this.clock.now(), c.dispatched);
+  }
+
   finishRestore(): void {
     this.#sessions.finishRestore();
   }
@@ -335,16 +358,20 @@ export class DispatcherCore {
    */
   submitDetached(sessionId: string, raw: unknown[]): { ids: string[] } | { problems: Array<{ index: number; message: string }> } {
     const problems: Array<{ index: number; message: string }> = [];
+    const ids = new Set<string>();
     raw.forEach((t, index) => {
       const problem = taskProblem(t);
+      const id = (t as { id?: unknown } | null)?.id;
       if (problem !== null) problems.push({ index, message: problem });
+      else if (typeof id === 'string' && ids.has(id)) problems.push({ index, message: `id ${id} appears earlier in this request` });
+      else if (typeof id === 'string') ids.add(id);
     });
     if (problems.length > 0) return { problems };
     const now = this.clock.now();
     const session = this.#sessions.ensureDetached(sessionId, now);
-    const ids: string[] = [];
-    for (const t of raw as TaskSpec[]) ids.push(this.#tasks.accept(session, t, now)?.id ?? t.id!);
-    return { ids };
+    const accepted: string[] = [];
+    for (const t of raw as TaskSpec[]) accepted.push(this.#tasks.accept(session, t, now)?.id ?? t.id!);
+    return { ids: accepted };
   }
 
   /** Cancels tasks by id in every session (or in `sessionId`); returns how many it stopped. */

@@ -6,13 +6,15 @@
  * - `POST /api/tasks`: a JSON array of tasks, or `{session?, tasks}` → `{session, ids}`; all or
  *   nothing: 400 TASK_INVALID with each problem, 400 INVALID_MESSAGE for a body that is not JSON;
  * - `POST /api/tasks/cancel`: `{ids, session?}` → `{cancelled}`;
- * - `GET /api/sessions`: `{sessions: [...]}`.
- * Everything but `/healthz` needs the client token (`Authorization: Bearer …`) off loopback.
+ * - `GET /api/sessions`: `{sessions: [...]}`;
+ * - `GET /`: the dashboard, a static page that polls the routes above (dashboard/page.ts).
+ * Everything but `/healthz` and `/` needs the client token (`Authorization: Bearer …`) off loopback.
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { ErrorCode, LIMITS, TaskStateSchema, wireError, type TaskInfo } from '../protocol/index.js';
 import type { DispatcherCore } from './core.js';
+import { DASHBOARD_HTML } from './dashboard/page.js';
 import { completeInfo, type Found } from './queries.js';
 import type { HttpReply, HttpRequest } from './transport.js';
 import type { ResultLookup } from './server.js';
@@ -30,6 +32,8 @@ export interface HttpApiDeps {
   /** The expected client token when HTTP needs one (off loopback), else undefined. */
   token(): string | undefined;
   stopping(): boolean;
+  /** Counts a refused credential (metrics). */
+  authFailed?(): void;
   /** Extra fields for /api/status (the provisioner's). */
   statusExtra(): Record<string, unknown> | undefined;
 }
@@ -37,10 +41,13 @@ export interface HttpApiDeps {
 export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<HttpReply> {
   const { path, method } = req;
   if (path === '/healthz') return json(200, { ok: !d.stopping() });
+  // Static and holding no data, so served without the token; the page sends it on its API calls.
+  if (method === 'GET' && (path === '/' || path === '/index.html')) return { status: 200, headers: DASHBOARD_HEADERS, body: DASHBOARD_HTML };
   const token = d.token();
   if (token !== undefined) {
     const auth = req.authorization ?? '';
     if (!sameSecret(auth.startsWith('Bearer ') ? auth.slice(7) : '', token)) {
+      d.authFailed?.();
       return json(401, { error: wireError(ErrorCode.AUTH_FAILED, 'Authorization: Bearer <client token> required') });
     }
   }
@@ -107,6 +114,15 @@ export async function withStoredResults(found: Found, lookup: ResultLookup | und
   }
   return found.tasks;
 }
+
+const DASHBOARD_HEADERS = {
+  'content-type': 'text/html; charset=utf-8',
+  'cache-control': 'no-cache',
+  // Inline script and style only, requests to this origin only, never framed.
+  'content-security-policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  'referrer-policy': 'no-referrer',
+  'x-content-type-options': 'nosniff',
+};
 
 function bad(code: ErrorCode, message: string): HttpReply {
   return json(400, { error: wireError(code, message) });

@@ -3,7 +3,7 @@
  * every way back to the queue going through the one attempt rule (attempts.ts). This is the one
  * place a task becomes terminal and its result enters its session's stream.
  */
-import { ErrorCode, type AttemptResult, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
+import { ErrorCode, GENERATED_ID_PREFIX, type AttemptResult, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
 import { judgeAttempt, type AttemptEnd, type AttemptLimits } from './attempts.js';
 import { newTask, type Clock, type ExecutorRecord, type Journal, type SessionRecord, type TaskRecord } from './model.js';
 import type { ExecutorRegistry } from './registry.js';
@@ -45,7 +45,7 @@ export class TaskLifecycle {
    */
   accept(session: SessionRecord, spec: TaskSpec, now: number): TaskRecord | null {
     const uid = this.#nextUid++;
-    const id = spec.id ?? `t${uid}`;
+    const id = spec.id ?? `${GENERATED_ID_PREFIX}${uid}`;
     if (session.tasks.has(id) || session.finishedIds.has(id)) return null;
     const task = newTask(uid, id, session, spec, now);
     session.tasks.set(id, task);
@@ -72,8 +72,10 @@ export class TaskLifecycle {
   /**
    * An executor reported an attempt. The first result of a task wins; later ones are dropped (a
    * late result of a task that was re-queued in the meantime is used, and the newer run cancelled).
+   * An executor speaks only for attempts it was given: the one it holds, or the last one taken
+   * back from it. Anything else is `refused` and changes nothing.
    */
-  reported(exec: ExecutorRecord, r: AttemptResult): void {
+  reported(exec: ExecutorRecord, r: AttemptResult): 'used' | 'duplicate' | 'refused' {
     const now = this.clock.now();
     const task = this.#tasks.get(r.uid);
     const mine = exec.running.get(r.uid);
@@ -82,7 +84,9 @@ export class TaskLifecycle {
       exec.completed++;
       this.registry.returnCredit(exec);
     } else if (task === undefined || task.state === 'finished') {
-      return; // a late duplicate: the task already has its result
+      return 'duplicate'; // a late duplicate (resent after a lost ack): the task has its result
+    } else if (task.handedBack?.exec !== exec || task.handedBack.attempt !== r.attempt) {
+      return 'refused';
     } else if (task.state === 'queued') {
       // Its attempt was taken back (lease, reconnect) and it waits to run again; but it did finish.
       task.state = 'dispatched';
@@ -94,14 +98,17 @@ export class TaskLifecycle {
       this.registry.returnCredit(other);
       if (other.conn !== null) this.out.toExecutor(other.conn, { t: 'cancel', uid: task.uid, attempt: task.attempt });
     }
-    if (!task) return;
+    if (!task) return 'duplicate';
     task.executor = exec;
+    task.handedBack = null;
     this.#ended(task, { kind: 'result', result: r });
+    return 'used';
   }
 
   /** An attempt left its executor without a result: it crashed, or handed it back. */
   takenBack(task: TaskRecord, exec: ExecutorRecord, kind: 'crash' | 'requeue'): void {
     this.registry.unhold(exec, task.uid, this.clock.now());
+    task.handedBack = { exec, attempt: task.attempt };
     this.#ended(task, { kind });
   }
 
@@ -112,6 +119,7 @@ export class TaskLifecycle {
       task.executor = null;
       this.scheduler.enqueue(task);
       this.journal.taskRequeued(task);
+      this.rates.retried++;
       return;
     }
     this.finish(task, end.kind === 'result' ? end.result : null, verdict.status, verdict.error);
@@ -135,7 +143,7 @@ export class TaskLifecycle {
   }
 
   /** The single place a task becomes terminal and its result enters the session's stream. */
-  finish(task: TaskRecord, r: AttemptResult | null, status: TaskStatus, error?: { code: string; message: string }): void {
+  finish(task: TaskRecord, r: AttemptResult | null, status: TaskStatus, error?: { code: ErrorCode; message: string }): void {
     const now = this.clock.now();
     task.state = 'finished';
     this.#tasks.delete(task.uid);
@@ -162,6 +170,7 @@ export class TaskLifecycle {
     const seq = this.sessions.append(session, task.id, result);
     this.journal.taskFinished(task, seq, result);
     this.rates.count(status);
+    this.rates.timed(result.timings);
     if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: session.tasks.size, result });
   }
 

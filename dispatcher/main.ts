@@ -8,14 +8,28 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { compileDispatcherConfig, type DispatcherOptions } from './config.js';
+import { addProvisionerMetrics, addStoreMetrics } from './metrics.js';
+import { prettyStream, resolveLogFormat } from './log-format.js';
 import { DispatcherServer } from './server.js';
 import { SqliteStore } from './store.js';
 import type { ProvisionerFlags } from './provisioner/setup.js';
 import type { Provisioner } from './provisioner/provisioner.js';
 
-/** Logs go to stderr as JSON lines; stdout is left for what a user or script reads. */
-export function makeLogger(name: string): Logger {
-  return pino({ name, level: process.env.FALCONET_LOG ?? 'info' }, pino.destination(2));
+/** The logger of this process, once made: shutdown says what happened through it. */
+let processLog: Logger | null = null;
+
+/**
+ * Logs go to stderr; stdout is left for what a user or script reads. On a terminal they are
+ * readable lines (time, level, message, key fields); otherwise, or with `--log-format json` /
+ * FALCONET_LOG_FORMAT=json, JSON lines (log-format.ts). The format chosen is handed down to the
+ * executors this process starts (`up`), whose lines it forwards to the same terminal.
+ */
+export function makeLogger(name: string, format = resolveLogFormat(process.argv.slice(2), process.env, process.stderr.isTTY === true)): Logger {
+  process.env.FALCONET_LOG_FORMAT = format;
+  const level = process.env.FALCONET_LOG ?? 'info';
+  const dest = pino.destination({ dest: 2, sync: true });
+  processLog = pino({ name, level }, format === 'json' ? dest : prettyStream(dest, process.stderr.isTTY === true && !process.env.NO_COLOR));
+  return processLog;
 }
 
 export interface StoreChoice {
@@ -101,11 +115,13 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
     await store?.close().catch(() => {}); // the listen error is what the operator must see
     throw err?.code === 'EADDRINUSE' ? addressInUse(config.host, config.port) : err;
   });
+  if (store) addStoreMetrics(server.metrics, store);
   log.info({ url: server.url, transport: config.transport, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
   // Loaded only when asked for: the AWS SDK costs every other command (executors!) startup time.
   const provisioner = options.provisioner
     ? await (await import('./provisioner/setup.js')).startProvisioner(server, store, instances, options.provisioner, log)
     : null;
+  if (provisioner) addProvisionerMetrics(server.metrics, provisioner);
   return {
     server,
     store,
@@ -125,11 +141,14 @@ export function onShutdownSignal(stop: () => Promise<void>): void {
   const handler = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    process.stderr.write(`falconet: ${signal}: shutting down\n`);
+    // A requested stop is news, not a problem: one info line, through the logger when there is one.
+    if (processLog) processLog.info({ signal }, 'shutting down');
+    else process.stderr.write(`falconet: ${signal}: shutting down\n`);
     stop().then(
       () => process.exit(0),
       (err) => {
-        process.stderr.write(`falconet: shutdown failed: ${String(err)}\n`);
+        if (processLog) processLog.error({ err }, 'shutdown failed');
+        else process.stderr.write(`falconet: shutdown failed: ${String(err)}\n`);
         process.exit(1);
       },
     );

@@ -30,6 +30,12 @@ export interface TaskRecord {
   /** Attempts handed back without fault (see attempts.ts): they do not count against maxAttempts. */
   requeues: number;
   executor: ExecutorRecord | null;
+  /**
+   * The last attempt taken back from an executor without its result, and that executor: the one
+   * late report (besides the current attempt's) the task accepts. Any other is not that
+   * executor's to make.
+   */
+  handedBack: { exec: ExecutorRecord; attempt: number } | null;
   cancelRequested: boolean;
   submittedAt: number;
   dispatchedAt: number | null;
@@ -171,6 +177,7 @@ export function newTask(uid: number, id: string, session: SessionRecord, spec: T
     lost: 0,
     requeues: 0,
     executor: null,
+    handedBack: null,
     cancelRequested: false,
     submittedAt,
     dispatchedAt: null,

@@ -52,6 +52,8 @@ export class Outbound {
   #committing: Promise<void> | null = null;
   #failed = false;
   #stopped = false;
+  /** Peers dropped as slow consumers, by role (metrics). */
+  readonly slowConsumerDrops = { client: 0, executor: 0 };
 
   constructor(
     private readonly journal: CommittingJournal,
@@ -164,6 +166,7 @@ export class Outbound {
         // an executor's attempts are its to report when it redials.
         if (!c.closing && c.ws.bufferedAmount > this.maxBufferedBytes) {
           this.log.warn({ conn: c.id, role: c.role, buffered: c.ws.bufferedAmount }, 'slow consumer dropped');
+          if (c.role !== null) this.slowConsumerDrops[c.role]++;
           const message = `${c.ws.bufferedAmount} bytes waited to be sent (limit ${this.maxBufferedBytes}); reconnect and resume`;
           this.fail(c, { code: ErrorCode.SLOW_CONSUMER, message, retryable: true });
         }

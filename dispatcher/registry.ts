@@ -13,7 +13,7 @@ import { newExecutor, type ConnId, type ExecutorRecord, type Journal, type TaskR
 /** What registering an executor found. */
 export interface Registered {
   exec: ExecutorRecord;
-  /** A connection that held this executor id before, to be closed. */
+  /** A connection of the same executor process that held this id before, to be closed. */
   displaced: ConnId | null;
   /**
    * Attempts the dispatcher thought it held that it did not report: `crashed` when a new
@@ -54,9 +54,14 @@ export class ExecutorRegistry {
     return this.#holders.get(key) ?? [];
   }
 
-  /** Registers an executor, or takes it back and reconciles what it holds with what we think. */
-  register(conn: ConnId, info: ExecutorInfo, now: number, prefetch: number): Registered {
+  /**
+   * Registers an executor, or takes it back and reconciles what it holds with what we think.
+   * Returns null, changing nothing, when another process holds the id on a live connection: an id
+   * is not enough to take an executor's place (its own redial, the same incarnation, is).
+   */
+  register(conn: ConnId, info: ExecutorInfo, now: number, prefetch: number): Registered | null {
     let exec = this.#byId.get(info.id);
+    if (exec && exec.conn !== null && exec.conn !== conn && exec.info.incarnation !== info.incarnation) return null;
     let displaced: ConnId | null = null;
     const missing: Registered['missing'] = [];
     if (exec) {

@@ -9,6 +9,7 @@ import {
   Codec,
   ErrorCode,
   RECORDS_CAP,
+  assertStandardMsgpack,
   FalconetError,
   PROTOCOL_VERSION,
   compileInbound,
@@ -24,7 +25,7 @@ import { DispatcherCore, type Outbox } from './core.js';
 import { nullJournal, systemClock, type Clock, type ConnId } from './model.js';
 import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
 import type { DispatcherConfig } from './config.js';
-import { metricsFor } from './metrics.js';
+import { metricsFor, type ServerCounters } from './metrics.js';
 import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
 import { handleHttp, sameSecret, withStoredResults } from './http-api.js';
 
@@ -54,7 +55,10 @@ export class DispatcherServer {
   #nextConn = 1;
   #timers: NodeJS.Timeout[] = [];
   #stopping = false;
-  readonly #metrics;
+  /** The /metrics registry; main.ts adds the store's and the provisioner's metrics to it. */
+  readonly metrics;
+  /** Credentials refused, by the role asked for (HTTP: the task API's bearer token). */
+  readonly #authFailures = { client: 0, executor: 0, http: 0 };
 
   private constructor(
     readonly config: DispatcherConfig,
@@ -89,7 +93,7 @@ export class DispatcherServer {
       },
     };
     this.core = new DispatcherCore(config, outbox, clock, journal);
-    this.#metrics = metricsFor(this.core.view);
+    this.metrics = metricsFor(this.core.view, this.#counters());
   }
 
   /**
@@ -123,10 +127,11 @@ export class DispatcherServer {
       http: (req) =>
         handleHttp(req, {
           core: server.core,
-          metrics: server.#metrics,
+          metrics: server.metrics,
           lookup: opts.lookupResults,
           token: () => (config.httpAuth ? config.clientToken : undefined),
           stopping: () => server.#stopping,
+          authFailed: () => server.#authFailures.http++,
           statusExtra: () => server.extension?.status(),
         }),
     });
@@ -146,6 +151,19 @@ export class DispatcherServer {
   get url(): string {
     const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
     return `ws://${host}:${this.port}`;
+  }
+
+  /** What /metrics reads from the adapter, at scrape time. */
+  #counters(): ServerCounters {
+    return {
+      connections: () => {
+        const n = { client: 0, executor: 0, handshake: 0 };
+        for (const c of this.#conns.values()) n[c.role ?? 'handshake']++;
+        return n;
+      },
+      slowConsumerDrops: this.#out.slowConsumerDrops,
+      authFailures: this.#authFailures,
+    };
   }
 
   // ---- connections ------------------------------------------------------------------------------
@@ -181,6 +199,8 @@ export class DispatcherServer {
     let messages: unknown[];
     try {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');
+      // A peer past its hello without the records capability speaks standard msgpack only.
+      if (c.role !== null && c.codec === this.#plain && data.length <= this.config.maxFrameBytes) assertStandardMsgpack(data);
       messages = this.#codec.decode(data);
     } catch (err) {
       const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.BAD_FRAME, String(err));
@@ -215,7 +235,10 @@ export class DispatcherServer {
     const checked = (role === 'client' ? validateClient : validateExecutor)(raw);
     if (!checked.ok) return this.#out.fail(c, checked.error);
     const authError = this.#authenticate(role, typeof head.token === 'string' ? head.token : undefined);
-    if (authError) return this.#out.fail(c, authError);
+    if (authError) {
+      this.#authFailures[role]++;
+      return this.#out.fail(c, authError);
+    }
     if (c.helloTimer) clearTimeout(c.helloTimer);
     c.helloTimer = null;
     c.role = role;

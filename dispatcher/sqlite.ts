@@ -48,6 +48,8 @@ export interface CommitBatch {
   results: ResultRow[];
   ops: StoreOp[];
   sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null]>;
+  /** The core's task counters as JSON (StoredCounters), kept in `meta` with the changes they count. */
+  counters?: string;
 }
 
 const SCHEMA = `
@@ -152,6 +154,7 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     dropExecutor: db.prepare('DELETE FROM executors WHERE id = ?'),
     putInstance: db.prepare('INSERT OR REPLACE INTO instances VALUES (?, ?, ?)'),
     dropInstance: db.prepare('DELETE FROM instances WHERE id = ?'),
+    meta: db.prepare('INSERT OR REPLACE INTO meta VALUES (?, ?)'),
   };
   return db.transaction((b: CommitBatch) => {
     for (const row of b.rows) if (row[3] !== null) row[3] = blobs.pack(row[3]);
@@ -181,5 +184,6 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
       }
     }
     for (const s of b.sessions) st.session.run(s);
+    if (b.counters !== undefined) st.meta.run('counters', b.counters);
   });
 }

@@ -3,20 +3,50 @@
  * rates. Built on demand from the core's records; nothing here is on the dispatch path except
  * the two counters in Rates.
  */
-import type { DataCounters, TaskStatus } from '../protocol/index.js';
+import type { DataCounters, TaskResult, TaskStatus } from '../protocol/index.js';
+import { Buckets, SECONDS_LONG, SECONDS_SHORT } from './histogram.js';
 import type { ExecutorState } from './model.js';
 import type { CoreView, ExecutorView } from './view.js';
+
+/** The task counters the durable store keeps across restarts (the rest of the metrics are per process). */
+export interface StoredCounters {
+  submitted: number;
+  dispatched: number;
+  retried: number;
+  finished: Partial<Record<TaskStatus, number>>;
+}
 
 /** Per-second rates over a sliding window, sampled from the core's tick. */
 export class Rates {
   submitted = 0;
   readonly finished: Record<TaskStatus, number> = { succeeded: 0, failed: 0, timed_out: 0, cancelled: 0, lost: 0 };
+  /** Attempts that ended and sent their task back to the queue (metrics). */
+  retried = 0;
+  /** Of finished tasks, in seconds (metrics): submitted → dispatched, dispatched → started, started → finished. */
+  readonly queueWait = new Buckets(SECONDS_LONG);
+  readonly dispatchToStart = new Buckets(SECONDS_SHORT);
+  readonly runTime = new Buckets(SECONDS_LONG);
   #samples: Array<{ at: number; submitted: number; finished: number; dispatched: number }> = [];
   constructor(startedAt: number, readonly windowMs = 10_000) {
     this.#samples.push({ at: startedAt, submitted: 0, finished: 0, dispatched: 0 });
   }
   count(status: TaskStatus): void {
     this.finished[status]++;
+  }
+  /** A finished task's timings into the histograms (a stage that did not happen is skipped). */
+  timed(t: TaskResult['timings']): void {
+    if (t.dispatched !== null) this.queueWait.observe(Math.max(0, t.dispatched - t.submitted) / 1000);
+    if (t.started !== null) {
+      if (t.dispatched !== null) this.dispatchToStart.observe(Math.max(0, t.started - t.dispatched) / 1000);
+      this.runTime.observe(Math.max(0, t.finished - t.started) / 1000);
+    }
+  }
+  /** Counters kept by the store across a restart; the rate window starts again from them. */
+  restore(c: StoredCounters, now: number, dispatched: number): void {
+    this.submitted = c.submitted;
+    this.retried = c.retried;
+    for (const k of Object.keys(this.finished) as TaskStatus[]) this.finished[k] = c.finished[k] ?? 0;
+    this.#samples = [{ at: now, submitted: this.submitted, finished: this.finishedTotal, dispatched }];
   }
   get finishedTotal(): number {
     const f = this.finished;

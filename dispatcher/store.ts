@@ -17,6 +17,8 @@ import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, Journal, SessionRecord, TaskRecord } from './model.js';
 import { TASK_STATE, TASK_STATE_NAME, blobs, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
 import type { LookupRequest, WriterData, WriterReply } from './store-writer.js';
+import { Buckets } from './histogram.js';
+import type { StoredCounters } from './status.js';
 
 export interface StoreOptions {
   dataDir: string;
@@ -49,6 +51,11 @@ export class SqliteStore implements Journal {
   #waiting = new Map<number, { resolve(): void; reject(e: Error): void }>();
   #lookups = new Map<number, (results: Array<Uint8Array | null>) => void>();
   #failure: FalconetError | null = null;
+  /** The core's task counters, written with every commit (metrics survive a restart). */
+  #counters: (() => StoredCounters) | null = null;
+  /** For /metrics: seconds from handing a batch to the writer until it is on disk, and changes per batch. */
+  readonly commitSeconds = new Buckets([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]);
+  readonly batchChanges = new Buckets([1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]);
 
   private constructor(readonly options: StoreOptions) {
     this.file = join(options.dataDir, 'falconet.db');
@@ -97,6 +104,8 @@ export class SqliteStore implements Journal {
         core.restoreTask({ session, uid, id: result.id, spec: null, state: 'finished', attempt: result.attempts, lost: 0, executor: null, submittedAt, dispatchedAt: null, seq, result });
         found.finished++;
       }
+      const counters = db.prepare(`SELECT value FROM meta WHERE key = 'counters'`).pluck().get() as string | undefined;
+      if (counters !== undefined) core.restoreCounters(JSON.parse(counters) as StoredCounters);
       for (const r of db.prepare('SELECT id, record FROM instances').all() as Array<{ id: string; record: string }>) {
         found.instances.push({ id: r.id, record: JSON.parse(r.record) });
       }
@@ -107,6 +116,7 @@ export class SqliteStore implements Journal {
       this.#db = null;
     }
     core.finishRestore();
+    this.#counters = () => core.view.counters();
     await this.#startWriter();
     return found;
   }
@@ -215,7 +225,10 @@ export class SqliteStore implements Journal {
       results: this.#results,
       ops: this.#ops,
       sessions: [...this.#sessions].map((s) => [s.id, s.createdAt, s.acked, s.leaseMs]),
+      ...(this.#counters ? { counters: JSON.stringify(this.#counters()) } : {}),
     };
+    this.batchChanges.observe(batch.rows.length + batch.results.length + batch.ops.length + batch.sessions.length);
+    const started = performance.now();
     this.#rows = new Map();
     this.#results = [];
     this.#ops = [];
@@ -224,7 +237,13 @@ export class SqliteStore implements Journal {
     // One encoded buffer, moved (not cloned) to the writer: far cheaper than cloning the rows.
     const bytes = new Uint8Array(this.#batchPackr.pack(batch)); // a copy with its own ArrayBuffer
     return new Promise((resolve, reject) => {
-      this.#waiting.set(n, { resolve, reject });
+      this.#waiting.set(n, {
+        resolve: () => {
+          this.commitSeconds.observe((performance.now() - started) / 1000);
+          resolve();
+        },
+        reject,
+      });
       this.#writer!.postMessage({ n, bytes }, [bytes.buffer]);
     });
   }

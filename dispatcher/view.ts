@@ -9,7 +9,7 @@ import type { ExecutorRegistry } from './registry.js';
 import type { Scheduler } from './scheduler.js';
 import type { SessionTable } from './sessions.js';
 import type { TaskLifecycle } from './lifecycle.js';
-import type { Rates } from './status.js';
+import type { Rates, StoredCounters } from './status.js';
 
 /** One executor as the outside sees it. */
 export interface ExecutorView {
@@ -72,6 +72,24 @@ export class CoreView {
   /** Tasks dispatched and not finished. */
   get running(): number {
     return this.tasks.size - this.scheduler.size;
+  }
+
+  /** Attempts started (since the store began, with a durable store). */
+  get dispatched(): number {
+    return this.tasks.dispatched;
+  }
+
+  /** The counters the durable store keeps across restarts. */
+  counters(): StoredCounters {
+    const r = this.core.rates;
+    return { submitted: r.submitted, dispatched: this.tasks.dispatched, retried: r.retried, finished: { ...r.finished } };
+  }
+
+  /** Finished results their clients have not acknowledged yet, over every session. */
+  unackedResults(): number {
+    let n = 0;
+    for (const s of this.sessions.values()) n += s.unacked.length;
+    return n;
   }
 
   get executorCount(): number {

@@ -153,12 +153,17 @@ export class ExecutorAgent {
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
         this.#unwelcomedSince = Date.now();
-        log.warn({ reason }, 'dispatcher connection lost; redialing');
+        // Our own close on the way out (drain, idle, stop): the exit line says what happened.
+        if (this.#exited) return;
+        // A dispatcher that shuts down cleanly (restart, upgrade) closes with 1001: expected, so info.
+        if (reason.startsWith('1001')) log.info({ reason }, 'dispatcher shut down; redialing');
+        else log.warn({ reason }, 'dispatcher connection lost; redialing');
       },
       onFatal: (err: FalconetError) => {
         log.error({ code: err.code }, err.message);
         this.#exit(2, `${err.code}: ${err.message}`);
       },
+      onUnsendable: (msg, err) => this.#unsendable(msg, err),
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
     });
@@ -370,6 +375,20 @@ export class ExecutorAgent {
   #deliver(result: AttemptResult): void {
     if (this.#exited) return; // stopping: the dispatcher re-queues what we did not finish
     this.#link.send({ t: 'done', result: this.#outbox.add(result) });
+  }
+
+  /**
+   * A result no frame of this dispatcher can carry (its --max-frame-bytes is below what the output
+   * limit allows) would wait forever in the outbox while heartbeats keep its lease: it goes
+   * instead as a failed result without its output, saying why.
+   */
+  #unsendable(msg: unknown, err: FalconetError): void {
+    const m = msg as { t?: string; result?: AttemptResult };
+    if (m.t !== 'done' || !m.result) return this.log.error({ t: m.t, err: err.message }, 'a message could not be sent');
+    const r = m.result;
+    this.log.error({ uid: r.uid, attempt: r.attempt, err: err.message }, 'result too large for the dispatcher; sending it as RESULT_INVALID');
+    const error = { code: ErrorCode.RESULT_INVALID, message: `the result (output included) is larger than the dispatcher's frame limit: ${err.message}` };
+    this.#deliver({ ...r, status: 'failed', stdout: '', stderr: '', truncated: true, error });
   }
 
   /** Says goodbye (so the dispatcher does not count us lost) and exits. */

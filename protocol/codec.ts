@@ -6,9 +6,10 @@
  *
  * Records are a msgpackr extension that other msgpack libraries cannot decode. A peer that
  * announces the `records` capability in its hello gets them; any other peer gets standard msgpack
- * (maps, no extension types), so a client in any language is a msgpack library away. Decoding
- * accepts both, and 64-bit integers (what standard encoders write for ms timestamps or byte
- * counts) decode as numbers.
+ * (maps, no extension types), so a client in any language is a msgpack library away. This
+ * decoder accepts both (a hello may come either way); the server holds a peer that did not
+ * announce records to standard msgpack (standard.ts). 64-bit integers (what standard encoders
+ * write for ms timestamps or byte counts) decode as numbers.
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { ErrorCode, FalconetError } from './errors.js';

@@ -51,8 +51,18 @@ export const ErrorCode = {
    * or stopped) more often than the dispatcher allows (`--max-requeues`): it ends `lost`.
    */
   TASK_REQUEUE_LIMIT: 'TASK_REQUEUE_LIMIT',
-  /** A submitted id already finished in this session and its result was delivered before. */
+  /**
+   * A submitted id already finished in this session and its result was delivered before (SDK), or
+   * the id appears twice in one submit (that task is refused).
+   */
   TASK_DUPLICATE: 'TASK_DUPLICATE',
+  /** An executor reported an attempt the dispatcher did not give it: refused, nothing changes. */
+  ATTEMPT_NOT_YOURS: 'ATTEMPT_NOT_YOURS',
+  /**
+   * Another live connection holds this executor id (a different process): the newcomer is refused
+   * and may try again once that connection is gone. Nobody can end a running executor by its id.
+   */
+  EXECUTOR_ID_IN_USE: 'EXECUTOR_ID_IN_USE',
   /** The client was closed: what it still waited for is rejected with this code. */
   CLIENT_CLOSED: 'CLIENT_CLOSED',
   /** The dispatcher's port is taken by another process. */
@@ -123,6 +133,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.TASK_EXECUTOR_LOST,
   ErrorCode.SPAWN_HELPER_LOST,
   ErrorCode.INTERNAL,
+  ErrorCode.EXECUTOR_ID_IN_USE,
 ]);
 
 /** True when `code` is retryable (see RETRYABLE); unknown codes are not. */

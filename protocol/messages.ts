@@ -6,6 +6,7 @@
  * per frame, so long names cost nothing on the hot path.
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import type { ErrorCode } from './errors.js';
 
 /** Bumped on any incompatible change; checked once, at `hello`. */
 export const PROTOCOL_VERSION = 1;
@@ -169,7 +170,7 @@ export const AttemptResultSchema = Type.Object({
   truncated: Type.Boolean(),
   startedAt: Type.Number(),
   finishedAt: Type.Number(),
-  error: Type.Optional(Type.Object({ code: Type.String({ maxLength: 64 }), message: Type.String({ maxLength: LIMITS.errorChars }) })),
+  error: Type.Optional(Type.Object({ code: Type.Unsafe<ErrorCode>(Type.String({ maxLength: 64 })), message: Type.String({ maxLength: LIMITS.errorChars }) })),
   environment: Type.Optional(EnvironmentReportSchema),
 });
 export type AttemptResult = Static<typeof AttemptResultSchema>;
@@ -191,7 +192,8 @@ export const TaskResultSchema = Type.Object({
     started: Nullable(Type.Number()),
     finished: Type.Number(),
   }),
-  error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+  /** Why it did not succeed: a stable code (see errors.ts; a newer dispatcher may send one this version does not list). */
+  error: Type.Optional(Type.Object({ code: Type.Unsafe<ErrorCode>(Type.String()), message: Type.String() })),
   environment: Type.Optional(EnvironmentReportSchema),
 });
 export type TaskResult = Static<typeof TaskResultSchema>;

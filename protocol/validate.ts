@@ -27,11 +27,16 @@ export function compileInbound<M>(schemas: Record<string, TSchema>): InboundVali
       return { ok: false, error: { code: ErrorCode.INVALID_MESSAGE, message: 'a message must be a map', retryable: false } };
     }
     const t = (raw as { t?: unknown }).t;
-    const check = typeof t === 'string' ? checks.get(t) : undefined;
+    if (typeof t !== 'string') {
+      // Not a type we do not know, but no type at all: a malformed message (and never a value
+      // such as a BigInt put into a message of ours).
+      return { ok: false, error: { code: ErrorCode.INVALID_MESSAGE, message: `a message's t must be a string (got ${typeof t})`, retryable: false } };
+    }
+    const check = checks.get(t);
     if (!check) {
       return {
         ok: false,
-        error: { code: ErrorCode.UNKNOWN_MESSAGE, message: `unknown message type ${JSON.stringify(t)}`, retryable: false },
+        error: { code: ErrorCode.UNKNOWN_MESSAGE, message: `unknown message type ${JSON.stringify(t.slice(0, 64))}`, retryable: false },
       };
     }
     if (!check.Check(raw)) {
@@ -43,6 +48,9 @@ export function compileInbound<M>(schemas: Record<string, TSchema>): InboundVali
 
 const taskCheck = TypeCompiler.Compile(TaskSpecSchema);
 
+/** What the dispatcher's generated task ids start with; client ids may not, so the two never collide. */
+export const GENERATED_ID_PREFIX = '@';
+
 /** Validates one task spec, including the rules a schema cannot say. Returns a message or null. */
 export function taskProblem(raw: unknown): string | null {
   if (!taskCheck.Check(raw)) return firstError(taskCheck, raw);
@@ -51,5 +59,6 @@ export function taskProblem(raw: unknown): string | null {
     return 'a task needs exactly one of cmd and builtin';
   }
   if (task.builtin === 'sleep' && task.ms === undefined) return 'builtin sleep needs ms';
+  if (task.id !== undefined && task.id.startsWith(GENERATED_ID_PREFIX)) return `ids starting with ${GENERATED_ID_PREFIX} are reserved for the ids the dispatcher generates`;
   return null;
 }

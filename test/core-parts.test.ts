@@ -77,7 +77,7 @@ test('sessions: open, take over, ack, detach, expire by client lease, collect af
 
 test('registry: reconciliation tells crashes from hand-backs; credit and the hungry set', { timeout: 5000 }, () => {
   const reg = new ExecutorRegistry(nullJournal);
-  const { exec } = reg.register(1, info('e', { slots: 2 }), 0, 1);
+  const { exec } = reg.register(1, info('e', { slots: 2 }), 0, 1)!;
   assert.equal(exec.credit, 3);
   assert.ok(reg.hungry.has(exec));
   const a = task();
@@ -87,12 +87,16 @@ test('registry: reconciliation tells crashes from hand-backs; credit and the hun
     reg.hold(exec, t);
   }
   // Same incarnation, reports only `a`: `b` was lost in transit.
-  const back = reg.register(2, info('e', { slots: 2, running: [{ uid: a.uid, attempt: 1 }] }), 10, 1);
+  const back = reg.register(2, info('e', { slots: 2, running: [{ uid: a.uid, attempt: 1 }] }), 10, 1)!;
   assert.equal(back.displaced, 1);
   assert.deepEqual(back.missing.map((m) => [m.task.uid, m.crashed]), [[b.uid, false]]);
   assert.equal(back.exec.credit, 2, 'slots + prefetch minus what it still holds');
-  // A new incarnation without anything: both died with it.
-  const crashed = reg.register(3, info('e', { slots: 2, incarnation: 'j' }), 20, 0);
+  // Another process cannot take the id while this connection lives.
+  assert.equal(reg.register(9, info('e', { incarnation: 'stranger' }), 15, 0), null);
+  assert.equal(exec.conn, 2);
+  // A new incarnation once the old connection is gone: what it held died with it.
+  reg.detach(2);
+  const crashed = reg.register(3, info('e', { slots: 2, incarnation: 'j' }), 20, 0)!;
   assert.ok(crashed.missing.every((m) => m.crashed));
   assert.deepEqual(reg.expired(20 + 1001, 1000).map((e) => e.info.id), ['e']);
   assert.equal(reg.detach(3)?.info.id, 'e');
@@ -113,9 +117,9 @@ test('scheduler: cache hits first, then queue order; labels fit; max-cache-hit w
   const gpu = task({ labels: { gpu: 'yes' } });
   const data = task({ inputs: [{ src: 's3://b/k', dst: 'k' }] });
   for (const t of [plain, gpu, data]) sched.enqueue(t);
-  const holder = reg.register(1, info('holder'), 0, 0).exec;
+  const holder = reg.register(1, info('holder'), 0, 0)!.exec;
   reg.setHolds(holder, new Set(data.locality!));
-  const other = reg.register(2, info('other', { slots: 2 }), 0, 0).exec;
+  const other = reg.register(2, info('other', { slots: 2 }), 0, 0)!.exec;
   holder.credit = 0; // busy
   reg.hungry.delete(holder);
   sched.schedule(10);
@@ -123,7 +127,7 @@ test('scheduler: cache hits first, then queue order; labels fit; max-cache-hit w
   reg.addCredit(holder, 1);
   sched.schedule(20);
   assert.deepEqual(sent.slice(1), [[data.id, 'holder']]);
-  const labelled = reg.register(3, info('gpu', { labels: { gpu: 'yes' } }), 0, 0).exec;
+  const labelled = reg.register(3, info('gpu', { labels: { gpu: 'yes' } }), 0, 0)!.exec;
   sched.schedule(30);
   assert.deepEqual(sent.slice(2), [[gpu.id, labelled.info.id]]);
   assert.equal(sched.size, 0);

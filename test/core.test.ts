@@ -402,3 +402,66 @@ test('session ids come from the injected id source', () => {
     ['s-1', 's-2'],
   );
 });
+
+test('F1: an executor speaks only for attempts given to it; forged reports change nothing', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ id: 'run', builtin: 'sleep', ms: 1e6 }, { id: 'waiting', builtin: 'noop', labels: { pool: 'none' } }]);
+  h.executor(10);
+  h.executor(11, { mode: 'pull' });
+  h.core.schedule();
+  const [a] = h.tasksFor(10);
+  const queuedUid = a.uid + 1;
+  h.take(11);
+  h.done(11, a.uid, a.attempt); // another executor's attempt
+  h.done(11, queuedUid, 1); // a queued task never dispatched
+  h.done(10, a.uid, a.attempt + 5); // an attempt that never existed
+  assert.deepEqual(
+    h.take(11).filter((m) => m.t === 'error').map((m) => m.t === 'error' && m.code),
+    ['ATTEMPT_NOT_YOURS', 'ATTEMPT_NOT_YOURS'],
+  );
+  assert.ok(h.take(10).some((m) => m.t === 'error' && m.code === 'ATTEMPT_NOT_YOURS'));
+  assert.equal(h.resultsFor(1).length, 0, 'no task finished');
+  assert.equal(h.core.view.running, 1);
+  assert.equal(h.core.view.queued, 1);
+  h.done(10, a.uid, a.attempt);
+  assert.deepEqual(h.resultsFor(1).map((r) => [r.id, r.status]), [['run', 'succeeded']]);
+});
+
+test('an executor id cannot be taken by another process while its connection lives', () => {
+  const h = new Harness();
+  h.executor(10, { id: 'e', incarnation: 'real' });
+  h.executor(20, { id: 'e', incarnation: 'stranger' });
+  assert.equal(h.closed.get(20), 'EXECUTOR_ID_IN_USE');
+  assert.equal(h.closed.has(10), false, 'the running executor is not ended');
+  h.executor(30, { id: 'e', incarnation: 'real' }); // its own redial takes the id over
+  assert.equal(h.closed.get(10), 'EXECUTOR_ID_IN_USE');
+  assert.equal(h.closed.has(30), false);
+});
+
+test('ids never collide: generated ids are reserved, a duplicate in one submit is refused and not counted', () => {
+  const h = new Harness();
+  h.client(1);
+  h.submit(1, [{ builtin: 'noop' }, { id: '@1', builtin: 'noop' }, { id: 't1', builtin: 'noop' }, { id: 'x', builtin: 'noop' }, { id: 'x', builtin: 'noop' }]);
+  const [ack] = h.take(1).filter((m) => m.t === 'accepted');
+  assert.ok(ack.t === 'accepted');
+  assert.equal(ack.accepted, 3);
+  assert.deepEqual(ack.rejected.map((r) => [r.index, r.code]), [[1, 'TASK_INVALID'], [4, 'TASK_DUPLICATE']]);
+  h.executor(10, { slots: 3 });
+  h.core.schedule();
+  assert.deepEqual(h.tasksFor(10).map((m) => m.spec.id ?? '(generated)'), ['(generated)', 't1', 'x']);
+});
+
+test('F4/F6: a non-string message type is INVALID_MESSAGE; 64-bit integers decode as numbers', () => {
+  const validate = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
+  // [{t: uint64 5}] and [{t: 'hb', at: uint64 1762518641152}] as a standard msgpack encoder writes them.
+  const typeIsInt = Buffer.from('9181a174cf0000000000000005', 'hex');
+  const [m1] = codec.decode(typeIsInt);
+  const v1 = validate(m1);
+  assert.equal(v1.ok, false);
+  assert.equal(!v1.ok && v1.error.code, 'INVALID_MESSAGE');
+  const hb = Buffer.from('9182a174a26862a26174cf0000019a5e4c2a00', 'hex');
+  const [m2] = codec.decode(hb);
+  assert.deepEqual(m2, { t: 'hb', at: 1762518641152 });
+  assert.equal(validate(m2).ok, true);
+});

@@ -2,7 +2,7 @@
  * Test harness: real dispatcher and executor processes on loopback, port 0, each tracked by pid
  * and stopped at the end of the test that started it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -30,6 +30,26 @@ export const TEST_TRANSPORT = process.env.FALCONET_TEST_TRANSPORT ?? 'ws';
 export const LEASE_MS = 2000;
 export const FAST = ['--heartbeat-ms', '100', '--lease-ms', String(LEASE_MS)];
 
+/**
+ * Every process any test of this file started and that still runs: killed when this test process
+ * ends however it ends (a test that timed out never reaches its cleanup).
+ */
+const everyChild = new Set<ChildProcess>();
+function killEveryChild(): void {
+  for (const child of everyChild) {
+    try {
+      process.kill(child.pid!, 'SIGKILL');
+    } catch {}
+  }
+}
+process.once('exit', killEveryChild);
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(signal, () => {
+    killEveryChild();
+    process.exit(128 + (signal === 'SIGTERM' ? 15 : 2));
+  });
+}
+
 export class Procs {
   readonly all = new Set<ChildProcess>();
   readonly dirs: string[] = [];
@@ -50,7 +70,11 @@ export class Procs {
       env: { ...process.env, FALCONET_LOG: process.env.FALCONET_LOG ?? 'warn', ...env },
     });
     this.all.add(child);
-    child.once('exit', () => this.all.delete(child));
+    everyChild.add(child);
+    child.once('exit', () => {
+      this.all.delete(child);
+      everyChild.delete(child);
+    });
     // Drain the pipes so a chatty child never blocks on a full one.
     child.stderr!.on('data', (d: Buffer) => {
       if (process.env.FALCONET_TEST_VERBOSE) process.stderr.write(d);
@@ -61,6 +85,19 @@ export class Procs {
   /** Stops every process still running (SIGKILL after SIGCONT, in case one is stopped). */
   async killAll(): Promise<void> {
     try {
+      // A dispatcher with a local provisioner stops the executors it started when it is stopped;
+      // killed outright it leaves them (they outlive a crash of their dispatcher, on purpose).
+      const dispatchers = [...this.all].filter((c) => c.spawnargs[2] === 'up' || (c.spawnargs[2] === 'dispatcher' && c.spawnargs.includes('--provisioner')));
+      await Promise.all(
+        dispatchers.map((child) => {
+          const exit = exited(child, 5000).catch(() => undefined);
+          try {
+            process.kill(child.pid!, 'SIGCONT');
+          } catch {}
+          child.kill('SIGTERM');
+          return exit;
+        }),
+      );
       await Promise.all(
         [...this.all].map((child) => {
           const exit = exited(child, 10_000, `process ${child.pid} (falconet ${child.spawnargs.slice(2, 4).join(' ')}) after SIGKILL`);
@@ -308,4 +345,24 @@ export async function raw(url: string): Promise<Raw> {
       }
     },
   };
+}
+
+/**
+ * Makes sure Debian packages a test needs are installed, as the project installs what its tests
+ * need: when `present()` is false and we are root, `apt-get install` them (waiting for the dpkg
+ * lock, since test files run side by side). Returns null when they are there, else why not (the
+ * caller skips, saying so).
+ */
+export function ensureDebianPackages(packages: string[], present: () => boolean): string | null {
+  if (present()) return null;
+  if (process.getuid?.() !== 0) return `${packages.join(', ')} missing and not root (apt-get install -y ${packages.join(' ')})`;
+  const apt = (args: string) =>
+    execSync(`apt-get -o DPkg::Lock::Timeout=600 -q ${args}`, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, timeout: 900_000 });
+  try {
+    apt('update');
+    apt(`install -y --no-install-recommends ${packages.join(' ')}`);
+  } catch (err) {
+    return `apt-get install ${packages.join(' ')} failed: ${String((err as { stderr?: Buffer }).stderr ?? (err as Error).message).trim().split('\n').pop()}`;
+  }
+  return present() ? null : `${packages.join(', ')} still missing after apt-get install`;
 }

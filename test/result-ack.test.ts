@@ -107,3 +107,21 @@ test('an executor report that breaks the protocol ends its attempt failed with R
     await procs.killAll();
   }
 });
+
+test('a result larger than the dispatcher frame limit ends failed with RESULT_INVALID instead of waiting forever', { timeout: 60_000 }, async () => {
+  const procs = new Procs();
+  try {
+    const d = await startDispatcher(procs, ['--max-frame-bytes', '65536']);
+    startExecutor(procs, d.url, ['--slots', '1', '--output-limit', '1048576']);
+    const c = await connectClient(d.url);
+    const r = await c.submit({ cmd: ['/bin/sh', '-c', 'head -c 300000 /dev/zero | tr "\\\\0" x'] });
+    assert.equal(r.status, 'failed');
+    assert.equal(r.error?.code, 'RESULT_INVALID');
+    assert.match(r.error!.message, /frame limit/);
+    const small = await c.submit({ cmd: ['/bin/echo', 'still serving'] });
+    assert.equal(small.stdout, 'still serving\n');
+    await c.close();
+  } finally {
+    await procs.killAll();
+  }
+});

@@ -12,6 +12,7 @@ import type { ExecutorView } from '../view.js';
 import { executorState } from '../status.js';
 import { isTransientLaunchError, type Backend, type CloudState } from './backend.js';
 import { ProvisioningPolicy, type PolicyConfig } from './policy.js';
+import { Buckets } from '../histogram.js';
 
 /** An instance's lifecycle as `falconet status` shows it. */
 export type InstanceState = 'requested' | 'pending' | 'booting' | 'registered' | 'idle' | 'busy' | 'draining' | 'terminated' | 'boot-failed';
@@ -66,6 +67,8 @@ export class Provisioner {
   #lastError: string | null = null;
   #backoffUntil = 0;
   #backoffMs = 0;
+  /** For /metrics, since this process started: instances launched, boots failed, seconds from launch to registration. */
+  readonly counters = { launched: 0, bootFailed: 0, bootSeconds: new Buckets([1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200]) };
 
   constructor(
     /** What the provisioner may do to the core: read it, and drain an executor. */
@@ -179,7 +182,10 @@ export class Provisioner {
       if (WAITING.has(rec.state)) {
         rec.registeredAt = now;
         rec.executorId = e.info.id;
-        if (!rec.adopted) this.policy.recordBoot(true, now);
+        if (!rec.adopted) {
+          this.policy.recordBoot(true, now);
+          this.counters.bootSeconds.observe((now - rec.requestedAt) / 1000);
+        }
         this.log.info({ instance: rec.id, executor: e.info.id, bootMs: now - rec.requestedAt }, 'instance registered');
       }
       const s = executorState(e);
@@ -225,6 +231,7 @@ export class Provisioner {
     const reason = why ?? `not registered within ${Math.round(this.o.bootTimeoutMs / 1000)} s`;
     this.#end(rec, 'boot-failed', lastLine ? `${reason}; console: ${lastLine}` : reason);
     if (!rec.adopted) this.policy.recordBoot(false, now, `instance ${id}: ${rec.reason}`);
+    this.counters.bootFailed++;
     this.log.warn({ instance: id, reason: rec.reason }, 'boot failed; instance terminated');
   }
 
@@ -234,6 +241,7 @@ export class Provisioner {
       const ids = await this.backend.launch(n);
       this.#backoffMs = 0;
       this.#lastError = null;
+      this.counters.launched += ids.length;
       for (const id of ids) {
         const rec: InstanceRecord = { id, state: 'requested', requestedAt: now };
         this.#records.set(id, rec);
