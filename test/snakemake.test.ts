@@ -14,19 +14,14 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync, mkdirSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Procs, FAST, exited, startDispatcher, startExecutor, waitExecutors, waitFor, waitForLine, within } from './helpers.js';
+import { Procs, FAST, ensureDebianPackages, exited, startDispatcher, startExecutor, waitExecutors, waitFor, waitForLine, within } from './helpers.js';
 
 const PROFILE = fileURLToPath(new URL('../../integrations/snakemake/falconet', import.meta.url));
 const N = 24;
 
 /** Snakemake on PATH, installed from Debian when missing; else the reason it is not. */
 function ensureSnakemake(): string | null {
-  const has = () => spawnSync('snakemake', ['--version'], { encoding: 'utf8' }).status === 0;
-  if (has()) return null;
-  if (process.getuid?.() !== 0) return 'snakemake is not installed and apt-get needs root';
-  const apt = spawnSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq snakemake'], { encoding: 'utf8', timeout: 600_000 });
-  if (apt.status !== 0 || !has()) return `snakemake is not installed and apt-get could not install it: ${(apt.stderr || apt.error?.message || '').slice(-300)}`;
-  return null;
+  return ensureDebianPackages(['snakemake'], () => spawnSync('snakemake', ['--version'], { encoding: 'utf8' }).status === 0);
 }
 const skipReason = ensureSnakemake();
 
