@@ -13,6 +13,7 @@ import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { dispatcherUrl } from './url.js';
 import { readCa } from '../protocol/tls.js';
 import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
+import { cancelIdsCommand, sessionsCommand, taskCommand, tasksCommand } from './query-commands.js';
 
 const USAGE = `falconet: a fast, lightweight task dispatcher
 
@@ -29,9 +30,12 @@ usage:
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
                     [--spawner helper|node] [--ca FILE]
   falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] [--input SRC=DST]... [--output SRC=DST]... -- CMD ARGS...
-  falconet submit [--file F | -] [--session S] [--detach] [--lease S] [--max-in-flight N] [--progress]
+  falconet submit [--file F | -] [--session S] [--detach [--print-ids]] [--lease S] [--max-in-flight N] [--progress]
   falconet watch SESSION [--progress]
   falconet status [--json]
+  falconet task ID [--json]
+  falconet tasks [--session S] [--state STATE|finished] [--limit N] [--json]
+  falconet sessions [--json]
   falconet cancel ID... [--session S] | --session S --all
   falconet drain EXECUTOR_ID
   falconet provisioner reset
@@ -342,8 +346,13 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     });
   },
   submit: (args) => {
-    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, file: { type: 'string' }, session: { type: 'string' }, detach: { type: 'boolean' }, lease: { type: 'string' }, 'max-in-flight': { type: 'string' }, progress: { type: 'boolean' } }, true);
+    const { values, positionals } = parse(
+      args,
+      { ...CLIENT_FLAGS, file: { type: 'string' }, session: { type: 'string' }, detach: { type: 'boolean' }, 'print-ids': { type: 'boolean' }, lease: { type: 'string' }, 'max-in-flight': { type: 'string' }, progress: { type: 'boolean' } },
+      true,
+    );
     const lease = num('lease', values.lease, { min: 0.001 });
+    if (values['print-ids'] && !values.detach) usage('--print-ids goes with --detach (without it, submit prints the results)');
     const file = values.file ?? (positionals[0] === '-' ? '-' : undefined);
     if (positionals.length > (file === '-' && positionals[0] === '-' ? 1 : 0)) usage(`unexpected argument ${JSON.stringify(positionals[0])}`);
     return submitCommand(target(values), {
@@ -351,6 +360,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
       session: values.session,
       ...(lease !== undefined ? { leaseMs: Math.round(lease * 1000) } : {}),
       detach: values.detach ?? false,
+      printIds: values['print-ids'] ?? false,
       maxInFlight: num('max-in-flight', values['max-in-flight'], { min: 1, integer: true }),
       progress: values.progress ?? process.stderr.isTTY,
     });
@@ -368,7 +378,27 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     const { values, positionals } = parse(args, { ...CLIENT_FLAGS, session: { type: 'string' }, all: { type: 'boolean' } }, true);
     if (positionals.length === 0 && !values.all) usage('cancel needs task ids, or --session S --all');
     if (values.all && !values.session) usage('--all needs --session S');
+    if (values.all && positionals.length > 0) usage('give task ids or --all, not both');
+    // By ids in any session: one HTTP request, no session opened. In one session, or --all: the SDK.
+    if (values.session === undefined) return cancelIdsCommand(target(values), positionals);
     return cancelCommand(target(values), positionals, values.session, values.all ?? false);
+  },
+  task: (args) => {
+    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } }, true);
+    if (positionals.length !== 1) usage('task needs exactly one task id: falconet task ID [--json]');
+    return taskCommand(target(values), positionals[0], values.json ?? false);
+  },
+  tasks: (args) => {
+    const { values } = parse(args, { ...CLIENT_FLAGS, session: { type: 'string' }, state: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' } });
+    const states = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'lost', 'finished'];
+    if (values.state !== undefined && !states.includes(values.state)) usage(`--state must be one of ${states.join(', ')} (got ${JSON.stringify(values.state)})`);
+    const limit = num('limit', values.limit, { min: 1, integer: true });
+    if (limit !== undefined && limit > 10_000) usage(`--limit must be at most 10000 (got ${limit})`);
+    return tasksCommand(target(values), { session: values.session, state: values.state, limit }, values.json ?? false);
+  },
+  sessions: (args) => {
+    const { values } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } });
+    return sessionsCommand(target(values), values.json ?? false);
   },
   provisioner: async (args) => {
     const { values, positionals } = parse(args, CLIENT_FLAGS, true);

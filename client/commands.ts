@@ -226,6 +226,18 @@ export interface SubmitArgs {
   detach: boolean;
   maxInFlight?: number;
   progress: boolean;
+  /** With detach: print each accepted task's id (one a line, in input order) instead of the session. */
+  printIds?: boolean;
+}
+
+/** Gives each task an id (its own, or a new one) and keeps them in input order. */
+async function* withIds(src: AsyncGenerator<TaskSpec>, ids: string[]): AsyncGenerator<TaskSpec> {
+  const prefix = `t-${randomBytes(6).toString('hex')}`;
+  for await (const t of src) {
+    const task = t.id === undefined ? { ...t, id: `${prefix}-${ids.length + 1}` } : t;
+    ids.push(String(task.id));
+    yield task;
+  }
 }
 
 export async function submitCommand(target: Target, a: SubmitArgs): Promise<number> {
@@ -237,9 +249,14 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
   };
   try {
     if (a.detach) {
-      const r = await client.submitMany(readTasks(a.file, bad), { until: 'accepted', maxInFlight: a.maxInFlight ?? 50_000 });
+      const ids: string[] = [];
+      const tasks = a.printIds ? withIds(readTasks(a.file, bad), ids) : readTasks(a.file, bad);
+      const r = await client.submitMany(tasks, { until: 'accepted', maxInFlight: a.maxInFlight ?? 50_000 });
       for (const x of r.rejected) process.stderr.write(`falconet: task ${x.id}: ${x.code}: ${x.message}\n`);
-      process.stdout.write(`${client.session.id}\n`);
+      if (a.printIds) {
+        const refused = new Set(r.rejected.map((x) => x.id));
+        process.stdout.write(ids.filter((id) => !refused.has(id)).map((id) => `${id}\n`).join(''));
+      } else process.stdout.write(`${client.session.id}\n`);
       return r.rejected.length + badLines > 0 ? 1 : 0;
     }
     return await streamResults(client, target, a, bad, () => badLines);

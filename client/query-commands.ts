@@ -1,0 +1,173 @@
+/**
+ * The CLI's task commands: `task`, `tasks`, `sessions`, and `cancel` by ids, over the dispatcher's
+ * HTTP API (GET /api/tasks…, GET /api/sessions, POST /api/tasks/cancel): one request each, and no
+ * session opened for a look (a WebSocket client always opens one).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ErrorCode, FalconetError, type SessionInfo, type TaskInfo } from '../protocol/index.js';
+import type { Target } from './commands.js';
+import { httpBase } from './url.js';
+
+const NOTICE_MS = 2000;
+
+function notice(text: string): void {
+  process.stderr.write(`falconet: ${text}\n`);
+}
+
+/**
+ * One HTTP request to the dispatcher, with the token as Bearer. Like the other client commands it
+ * keeps trying a dispatcher that does not answer (one that is starting) for --connect-timeout,
+ * saying after ~2 s what it waits for; an answer that is an error is thrown as the dispatcher's
+ * FalconetError.
+ */
+export async function api<T>(target: Target, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  const url = httpBase(target.url) + path;
+  const deadline = Date.now() + target.connectTimeoutMs;
+  const told = setTimeout(() => notice(`dialing ${httpBase(target.url)}: is a dispatcher running? (start one with: falconet up)`), NOTICE_MS).unref();
+  const headers: Record<string, string> = {};
+  if (target.token) headers.authorization = `Bearer ${target.token}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  try {
+    for (;;) {
+      let res: Response;
+      try {
+        res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(Math.max(1, deadline - Date.now())) });
+      } catch (err) {
+        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+        const why = cause?.code ?? cause?.message ?? (err as Error).message;
+        if (Date.now() + 200 >= deadline) throw new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${url} within ${target.connectTimeoutMs} ms (last error: ${why})`);
+        await sleep(200);
+        continue;
+      }
+      const text = await res.text();
+      let parsed: any;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+      if (!res.ok) {
+        const wire = parsed?.error ?? { code: res.status === 404 ? ErrorCode.NOT_FOUND : ErrorCode.INTERNAL, message: `HTTP ${res.status} from ${url}` };
+        throw FalconetError.fromWire(wire);
+      }
+      if (parsed === undefined) throw new FalconetError(ErrorCode.INTERNAL, `HTTP ${res.status} from ${url}: not JSON`);
+      return parsed as T;
+    }
+  } finally {
+    clearTimeout(told);
+  }
+}
+
+/** A time as local ISO-ish text, or '-'. */
+function when(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined) return '-';
+  const d = new Date(ms);
+  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+/** How a finished task ended, in a few words: `exit 0, 1.2 s`, `signal SIGKILL`, `TASK_EXECUTOR_LOST`. */
+function outcome(t: TaskInfo): string {
+  const r = t.result;
+  if (!r) return '';
+  const how = r.exitCode !== null ? `exit ${r.exitCode}` : r.signal ? `signal ${r.signal}` : r.error ? r.error.code : '';
+  const took = r.timings.started !== null ? `${((r.timings.finished - r.timings.started) / 1000).toFixed(3)} s` : '';
+  return [how, took].filter(Boolean).join(', ');
+}
+
+/** The last `n` lines of a text, each indented. */
+function tail(text: string, n: number): string {
+  const lines = text.replace(/\n$/, '').split('\n');
+  const shown = lines.slice(-n);
+  const skipped = lines.length - shown.length;
+  return (skipped > 0 ? `    … ${skipped} line(s) before\n` : '') + shown.map((l) => `    ${l}`).join('\n') + '\n';
+}
+
+export function describeTask(t: TaskInfo): string {
+  const lines = [
+    `task ${t.id}`,
+    `  session     ${t.session}`,
+    `  state       ${t.state}`,
+    `  attempt     ${t.attempt}`,
+    `  executor    ${t.executor ?? '-'}`,
+    `  submitted   ${when(t.submittedAt)}`,
+    `  dispatched  ${when(t.dispatchedAt)}`,
+  ];
+  if (t.waiting) lines.push(`  waiting     ${t.waiting}`);
+  let out = lines.join('\n') + '\n';
+  const r = t.result;
+  if (r) {
+    out += `  result      ${r.status}${outcome(t) ? ` (${outcome(t)})` : ''}${r.attempts ? `, ${r.attempts} attempt(s)` : ''}\n`;
+    out += `  finished    ${when(r.timings.finished)}\n`;
+    if (r.error) out += `  error       ${r.error.code}: ${r.error.message}\n`;
+    if (r.stdout) out += `  stdout (${Buffer.byteLength(r.stdout)} bytes${r.truncated ? ', truncated' : ''}):\n` + tail(r.stdout, 10);
+    if (r.stderr) out += `  stderr (${Buffer.byteLength(r.stderr)} bytes${r.truncated ? ', truncated' : ''}):\n` + tail(r.stderr, 10);
+  } else if (t.state !== 'queued' && t.state !== 'running') {
+    out += `  result      (no longer held by the dispatcher)\n`;
+  }
+  return out;
+}
+
+/** `falconet task ID`: what one task does now, and how it ended. NOT_FOUND: exit 1. */
+export async function taskCommand(target: Target, id: string, asJson: boolean): Promise<number> {
+  const t = await api<TaskInfo>(target, 'GET', `/api/tasks/${encodeURIComponent(id)}`);
+  process.stdout.write(asJson ? JSON.stringify(t) + '\n' : describeTask(t));
+  return 0;
+}
+
+/** Pads columns to their widest cell; the last column is not padded. */
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd() + '\n').join('');
+}
+
+export interface TasksArgs {
+  session?: string;
+  state?: string;
+  limit?: number;
+}
+
+/** `falconet tasks`: a listing, newest first, as a table or JSON lines. */
+export async function tasksCommand(target: Target, a: TasksArgs, asJson: boolean): Promise<number> {
+  const q = new URLSearchParams();
+  if (a.session !== undefined) q.set('session', a.session);
+  if (a.state !== undefined) q.set('state', a.state);
+  if (a.limit !== undefined) q.set('limit', String(a.limit));
+  const qs = q.toString();
+  const { tasks } = await api<{ tasks: TaskInfo[] }>(target, 'GET', `/api/tasks${qs ? `?${qs}` : ''}`);
+  if (asJson) {
+    process.stdout.write(tasks.map((t) => JSON.stringify(t) + '\n').join(''));
+    return 0;
+  }
+  const rows = [['ID', 'SESSION', 'STATE', 'ATTEMPT', 'EXECUTOR', 'SUBMITTED', 'INFO']];
+  for (const t of tasks) rows.push([t.id, t.session, t.state, String(t.attempt), t.executor ?? '-', when(t.submittedAt), t.waiting ?? outcome(t)]);
+  process.stdout.write(table(rows));
+  return 0;
+}
+
+/** `falconet sessions`: every session the dispatcher holds. */
+export async function sessionsCommand(target: Target, asJson: boolean): Promise<number> {
+  const { sessions } = await api<{ sessions: SessionInfo[] }>(target, 'GET', '/api/sessions');
+  if (asJson) {
+    process.stdout.write(sessions.map((s) => JSON.stringify(s) + '\n').join(''));
+    return 0;
+  }
+  const rows = [['SESSION', 'CREATED', 'CONNECTED', 'SUBMITTED', 'FINISHED', 'UNFINISHED', 'UNACKED']];
+  for (const s of sessions) rows.push([s.id, when(s.createdAt), s.connected ? 'yes' : 'no', String(s.submitted), String(s.finished), String(s.unfinished), String(s.unacked)]);
+  process.stdout.write(table(rows));
+  return 0;
+}
+
+/**
+ * `falconet cancel ID...` (any number of ids, any session): one POST /api/tasks/cancel. Prints
+ * `cancelled N`; exit 1 with NOT_FOUND when none of them was unfinished.
+ */
+export async function cancelIdsCommand(target: Target, ids: string[]): Promise<number> {
+  const { cancelled } = await api<{ cancelled: number }>(target, 'POST', '/api/tasks/cancel', { ids });
+  process.stdout.write(`cancelled ${cancelled}\n`);
+  if (cancelled === 0) {
+    process.stderr.write(`falconet: ${ErrorCode.NOT_FOUND}: no unfinished task matched\n`);
+    return 1;
+  }
+  return 0;
+}
