@@ -32,6 +32,9 @@ import { CoreView } from './view.js';
 import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
 import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './status.js';
 
+/** How long a restarted dispatcher waits at least for the executors of its store to come back. */
+const RESTORE_GRACE_MS = 12_000;
+
 /** A task row as the store kept it. */
 export interface RestoredTask {
   uid: number;
@@ -310,8 +313,14 @@ export class DispatcherCore {
     this.#sessions.restore(id, createdAt, acked, leaseMs, this.clock.now());
   }
 
+  /**
+   * An executor that held leases before the restart. It gets a lease from now to come back, and
+   * at least RESTORE_GRACE_MS: executors redial with a backoff of up to 10 s, so with a short
+   * --lease-ms their running attempts would otherwise be counted lost before they could report.
+   */
   restoreExecutor(info: ExecutorInfo, registeredAt: number): void {
-    this.#registry.restore(info, registeredAt, this.clock.now());
+    const grace = Math.max(0, RESTORE_GRACE_MS - this.options.leaseMs);
+    this.#registry.restore(info, registeredAt, this.clock.now() + grace);
   }
 
   /** One task from the store. Call in uid order so that FIFO order survives a restart. */

@@ -465,3 +465,14 @@ test('F4/F6: a non-string message type is INVALID_MESSAGE; 64-bit integers decod
   assert.deepEqual(m2, { t: 'hb', at: 1762518641152 });
   assert.equal(validate(m2).ok, true);
 });
+
+test('after a restart, the executors of the store get at least 12 s to come back, however short the lease', { timeout: 10_000 }, () => {
+  const h = new Harness({ leaseMs: 1000 });
+  h.core.restoreExecutor({ id: 'back', hostname: 'h', addresses: [], slots: 1, memory: 0, labels: {}, version: 't', incarnation: 'i1', mode: 'push', running: [] }, h.now);
+  h.now += 11_000; // past the lease, within the redial backoff's reach
+  h.core.tick();
+  assert.equal(h.core.view.executorCount, 1);
+  h.now += 2_000;
+  h.core.tick();
+  assert.equal(h.core.view.executorCount, 0);
+});
