@@ -59,8 +59,11 @@ test('malformed, unknown, invalid and oversized input: clear codes, nothing acce
 
   // Oversized: between the limit and twice it we answer FRAME_TOO_LARGE; beyond, the transport
   // cuts it off unread (ws with a 1009 close frame; uWS drops the TCP connection: 1006).
+  // (After the hello: before it, the smaller --hello-max-bytes applies; see fuzz.test.ts.)
   const big = await raw(d.url);
-  big.ws.send(pack([hello, { t: 'submit', ref: 1, tasks: [{ builtin: 'noop', env: { X: 'x'.repeat(60_000), Y: 'y'.repeat(20_000) } }] }]));
+  big.ws.send(pack([hello]));
+  await big.next((m) => m.t === 'welcome');
+  big.ws.send(pack([{ t: 'submit', ref: 1, tasks: [{ builtin: 'noop', env: { X: 'x'.repeat(60_000), Y: 'y'.repeat(20_000) } }] }]));
   assert.equal((await big.next((m) => m.t === 'error')).code, 'FRAME_TOO_LARGE');
   assert.equal((await big.closed).code, 1009);
   const huge = await raw(d.url);
