@@ -96,7 +96,9 @@ async function measure(o: MeasureOptions): Promise<Figures> {
   const { n, perProcess, tasks, store, transport, batch, profDir, snapDir } = o;
   const began = Date.now();
   const dir = mkdtempSync(join(tmpdir(), 'falconet-scale-'));
-  const dispatcherArgs = ['dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--store', store, '--transport', transport, '--heartbeat-ms', '10000', '--lease-ms', '60000'];
+  const dispatcherArgs = ['dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--store', store, '--transport', transport, '--heartbeat-ms', '10000', '--lease-ms', '60000',
+    // Every simulated executor dials from loopback, hundreds at once: no pending-hello caps here.
+    '--max-pending-hellos', '1000000', '--max-pending-hellos-per-address', '1000000'];
   const nodeFlags = [...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(snapDir ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapDir}`] : [])];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   const d = spawn(process.execPath, [...nodeFlags, CLI, ...dispatcherArgs], { stdio: ['ignore', 'pipe', 'inherit'], env });

@@ -16,7 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
-import { Codec, PROTOCOL_VERSION, type ExecutorInfo } from '../protocol/index.js';
+import { Codec, PROTOCOL_VERSION, RECORDS_CAP, type ExecutorInfo } from '../protocol/index.js';
 
 const { values } = parseArgs({
   options: {
@@ -70,7 +70,7 @@ function open(i: number): Promise<boolean> {
     const ws = new WebSocket(url, { perMessageDeflate: false });
     ws.binaryType = 'nodebuffer';
     let up = false;
-    ws.on('open', () => send(ws, [{ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', caps: ['batch', 'push', 'pull'], executor: info(i) }]));
+    ws.on('open', () => send(ws, [{ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: info(i) }]));
     ws.on('message', (data: Buffer) => {
       const out: unknown[] = [];
       for (const raw of codec.decode(data)) {

@@ -156,7 +156,8 @@ function tlsFiles(o: DispatcherOptions, env: NodeJS.ProcessEnv): TlsFiles | null
 /** Defaults of the pre-authentication bounds (docs/security.md). */
 export const DEFAULT_HELLO_MAX_BYTES = 64 * 1024;
 export const DEFAULT_MAX_PENDING_HELLOS = 1024;
-export const DEFAULT_MAX_PENDING_HELLOS_PER_ADDRESS = 64;
+/** Per address: a fleet behind one NAT address boots in bursts; its executors also redial when refused. */
+export const DEFAULT_MAX_PENDING_HELLOS_PER_ADDRESS = 256;
 
 function pendingHellos(o: DispatcherOptions): Pick<DispatcherConfig, 'helloMaxBytes' | 'maxPendingHellos' | 'maxPendingHellosPerAddress'> {
   const helloMaxBytes = positive('--hello-max-bytes', o.helloMaxBytes ?? DEFAULT_HELLO_MAX_BYTES, 1024);

@@ -10,6 +10,7 @@ import {
   ErrorCode,
   RECORDS_CAP,
   assertStandardMsgpack,
+  isStandardMsgpack,
   FalconetError,
   PROTOCOL_VERSION,
   compileInbound,
@@ -287,6 +288,9 @@ export class DispatcherServer {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');
       // A peer past its hello without the records capability speaks standard msgpack only.
       if (c.role !== null && c.codec === this.#plain && data.length <= this.config.maxFrameBytes) assertStandardMsgpack(data);
+      // A peer whose hello itself came with records speaks msgpackr (an executor of an earlier
+      // version, before the capability existed): it keeps records both ways.
+      if (c.role === null && c.codec === this.#plain && !isStandardMsgpack(data)) c.codec = this.#codec;
       // ws cuts such frames while reading them (limitPayload); uWS hands them over whole.
       if (c.role === null && data.length > this.config.helloMaxBytes) {
         throw new FalconetError(ErrorCode.FRAME_TOO_LARGE, `a frame of ${data.length} bytes before the hello (limit ${this.config.helloMaxBytes}, --hello-max-bytes)`);

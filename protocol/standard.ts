@@ -49,3 +49,13 @@ export function assertStandardMsgpack(buf: Uint8Array): void {
   need(0);
   if (pos > buf.length) throw new FalconetError(ErrorCode.BAD_FRAME, 'frame is not valid msgpack: truncated');
 }
+
+/** True when `buf` is standard msgpack (see assertStandardMsgpack). */
+export function isStandardMsgpack(buf: Uint8Array): boolean {
+  try {
+    assertStandardMsgpack(buf);
+    return true;
+  } catch {
+    return false;
+  }
+}
