@@ -11,6 +11,7 @@ import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/mai
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { dispatcherUrl } from './url.js';
+import { readCa } from '../protocol/tls.js';
 import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
 import { cancelIdsCommand, sessionsCommand, taskCommand, tasksCommand } from './query-commands.js';
 
@@ -23,10 +24,11 @@ usage:
                       [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
                       [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N] [--max-requeues N]
                       [--transport ws|uws] [--max-frame-bytes B] [--max-buffered-bytes B]
+                      [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
   falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
                     [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
                     [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
-                    [--spawner helper|node]
+                    [--spawner helper|node] [--ca FILE]
   falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] [--input SRC=DST]... [--output SRC=DST]... -- CMD ARGS...
   falconet submit [--file F | -] [--session S] [--detach [--print-ids]] [--lease S] [--max-in-flight N] [--progress]
   falconet watch SESSION [--progress]
@@ -45,8 +47,8 @@ exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms
 --executor-url URL, --dispatcher-timeout S (executors retire when their dispatcher is gone that long).
 
 Client commands take --dispatcher URL (or FALCONET_URL; ws://HOST:PORT, wss://HOST:PORT or HOST:PORT),
---token T (or FALCONET_TOKEN) and --connect-timeout S (how long to keep dialing a dispatcher that does
-not answer; default 30). \`run\` cancels its task on Ctrl-C or SIGTERM (exit 130 or 143).
+--token T (or FALCONET_TOKEN), --ca FILE (or FALCONET_CA: a CA to trust for wss:// besides the root CAs)
+and --connect-timeout S (how long to keep dialing a dispatcher that does not answer; default 30). \`run\` cancels its task on Ctrl-C or SIGTERM (exit 130 or 143).
 `;
 
 const DISPATCHER_FLAGS = {
@@ -66,6 +68,9 @@ const DISPATCHER_FLAGS = {
   'max-frame-bytes': { type: 'string' },
   'max-buffered-bytes': { type: 'string' },
   'hello-timeout-ms': { type: 'string' },
+  'hello-max-bytes': { type: 'string' },
+  'max-pending-hellos': { type: 'string' },
+  'max-pending-hellos-per-address': { type: 'string' },
   store: { type: 'string' },
   'data-dir': { type: 'string' },
   sync: { type: 'string' },
@@ -74,6 +79,9 @@ const DISPATCHER_FLAGS = {
   'cache-wait-ms': { type: 'string' },
   transport: { type: 'string' },
   'log-format': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
   // provisioning
   min: { type: 'string' },
   max: { type: 'string' },
@@ -89,6 +97,7 @@ const CLIENT_FLAGS = {
   dispatcher: { type: 'string' },
   token: { type: 'string' },
   'connect-timeout': { type: 'string' },
+  ca: { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
 function usage(message: string): never {
@@ -133,9 +142,10 @@ export function clientUrl(flag: string | undefined): string {
  * Where a client command dials. A dispatcher that restarts (and replays a large store) can take
  * a while to answer, so commands keep dialing for 30 s by default, `--connect-timeout S` to change.
  */
-function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string }): Target {
+function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string; ca?: string }): Target {
   const timeout = num('connect-timeout', values['connect-timeout'], { min: 0.001 }) ?? 30;
-  return { url: clientUrl(values.dispatcher), token: values.token ?? process.env.FALCONET_TOKEN, connectTimeoutMs: Math.round(timeout * 1000) };
+  const ca = readCa(values.ca ?? process.env.FALCONET_CA, values.ca !== undefined ? '--ca' : 'FALCONET_CA');
+  return { url: clientUrl(values.dispatcher), token: values.token ?? process.env.FALCONET_TOKEN, connectTimeoutMs: Math.round(timeout * 1000), ...(ca ? { ca } : {}) };
 }
 
 function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
@@ -156,10 +166,16 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     maxFrameBytes: num('max-frame-bytes', v['max-frame-bytes'] as string | undefined, { min: 1024, integer: true }),
     maxBufferedBytes: num('max-buffered-bytes', v['max-buffered-bytes'] as string | undefined, { min: 65536, integer: true }),
     helloTimeoutMs: num('hello-timeout-ms', v['hello-timeout-ms'] as string | undefined, { min: 10 }),
+    helloMaxBytes: num('hello-max-bytes', v['hello-max-bytes'] as string | undefined, { min: 1024, integer: true }),
+    maxPendingHellos: num('max-pending-hellos', v['max-pending-hellos'] as string | undefined, { min: 1, integer: true }),
+    maxPendingHellosPerAddress: num('max-pending-hellos-per-address', v['max-pending-hellos-per-address'] as string | undefined, { min: 1, integer: true }),
     retentionS: num('retention', v.retention as string | undefined),
     dataPolicy: v['data-policy'] as string | undefined,
     cacheWaitMs: num('cache-wait-ms', v['cache-wait-ms'] as string | undefined),
     transport: v.transport as string | undefined,
+    tlsCert: v['tls-cert'] as string | undefined,
+    tlsKey: v['tls-key'] as string | undefined,
+    tlsCa: v['tls-ca'] as string | undefined,
     store: v.store as string | undefined,
     dataDir: v['data-dir'] as string | undefined,
     sync: v.sync as string | undefined,
@@ -275,6 +291,7 @@ async function executorCommand(args: string[]): Promise<void> {
     'shutdown-command': { type: 'string' },
     config: { type: 'string' },
     imds: { type: 'boolean' },
+    ca: { type: 'string' },
   });
   // flags > environment > env file (--config, /etc/falconet/executor.env) > EC2 user-data (IMDSv2).
   const { resolveExecutorConfig, defaultConfigDeps } = await import('../executor/config.js');

@@ -83,6 +83,12 @@ export interface ConnectOptions {
    * the SDK will resend after the reconnect, INVALID_MESSAGE): for logs. Nothing to act on.
    */
   onError?: (err: FalconetError) => void;
+  /**
+   * wss://: PEM CA certificate(s) to trust besides Node's root CAs when verifying the dispatcher
+   * (a private CA, a self-signed certificate). A certificate that does not verify rejects
+   * {@link connect} with TLS_FAILED at the first attempt, naming the cause.
+   */
+  ca?: string | Buffer;
 }
 
 /** Options of {@link Client.submitMany}. */
@@ -170,6 +176,7 @@ export class Client {
       onFatal: (err) => this.#end(err),
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
+      ...(o.ca !== undefined ? { ca: o.ca } : {}),
     });
     this.#submits = new SubmitPipeline({
       send: (msg) => this.#link.send(msg),

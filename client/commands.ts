@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, FalconetError, type TaskResult, type TaskSpec } from '../protocol/index.js';
 import { connect, type Client, type ConnectOptions, type StateChange } from './client.js';
 import { httpBase } from './url.js';
+import { getJson } from './http-get.js';
 
 /** How long a command waits in silence before it says on stderr what it waits for. */
 const NOTICE_MS = 2000;
@@ -19,6 +20,8 @@ export interface Target {
   token: string | undefined;
   /** How long to keep dialing a dispatcher that does not answer (one that restarts, say). */
   connectTimeoutMs: number;
+  /** wss://: PEM CA certificate(s) trusted besides the root CAs (--ca FILE, FALCONET_CA). */
+  ca?: string;
 }
 
 function notice(text: string): void {
@@ -44,14 +47,14 @@ export function dial(t: Target, extra: ConnectOptions = {}): Promise<Client> {
     else if (c.state === 'connected' && told) notice(`connected to ${t.url}${c.resumed ? '; session resumed' : ''}`);
     if (c.state !== 'reconnecting' && c.state !== 'connecting') told = false;
   };
-  return connect(t.url, { token: t.token, connectTimeoutMs: t.connectTimeoutMs, onState, ...extra });
+  return connect(t.url, { token: t.token, connectTimeoutMs: t.connectTimeoutMs, onState, ...(t.ca ? { ca: t.ca } : {}), ...extra });
 }
 
 /** The dispatcher's /api/status (with the token as Bearer when one is set). */
 async function fetchStatus(target: Target, timeoutMs: number): Promise<Record<string, any>> {
   const url = httpBase(target.url) + '/api/status';
-  const res = await fetch(url, { headers: target.token ? { authorization: `Bearer ${target.token}` } : {}, signal: AbortSignal.timeout(timeoutMs) });
-  const body = (await res.json()) as Record<string, any>;
+  const res = await getJson(url, { headers: target.token ? { authorization: `Bearer ${target.token}` } : {}, timeoutMs, ...(target.ca ? { ca: target.ca } : {}) });
+  const body = res.body as Record<string, any>;
   if (!res.ok) throw FalconetError.fromWire(body.error ?? { code: ErrorCode.INTERNAL, message: `HTTP ${res.status}` });
   return body;
 }
@@ -373,6 +376,7 @@ export async function statusCommand(target: Target, asJson: boolean): Promise<nu
     `tasks: ${t2.queued} queued, ${t2.running} running, ${t2.submitted} submitted; finished ${JSON.stringify(t2.finished)}\n` +
       `rates/s: submitted ${body.rates.submitted}, finished ${body.rates.finished}\n` +
       `slots: ${body.slots.busy}/${body.slots.total} busy; sessions: ${body.sessions.total} (${body.sessions.connected} connected)\n` +
+      (body.tls === true ? 'tls: on (wss://, https://)\n' : body.tlsWarning ? `tls: OFF: ${body.tlsWarning}\n` : '') +
       `executors (${body.executors.length}):\n`,
   );
   for (const e of body.executors) {

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { DEFAULT_MAX_FRAME_BYTES, ErrorCode, FalconetError } from '../protocol/index.js';
-import { TRANSPORTS, type TransportKind } from './transport.js';
+import { TRANSPORTS, loadTlsPair, type TransportKind } from './transport.js';
 
 /** The well-known port executors and clients dial by default. */
 export const DEFAULT_PORT = 7878;
@@ -32,12 +32,35 @@ export interface DispatcherOptions {
   /** Bytes that may wait to be sent to one peer before it is dropped as a slow consumer. */
   maxBufferedBytes?: number;
   helloTimeoutMs?: number;
+  /** Largest frame a peer may send before its hello is accepted (bytes); enforced while reading. */
+  helloMaxBytes?: number;
+  /** Connections without a completed hello: at most this many in total (`--max-pending-hellos`). */
+  maxPendingHellos?: number;
+  /** ... and at most this many from one remote address (`--max-pending-hellos-per-address`). */
+  maxPendingHellosPerAddress?: number;
   /** Seconds a finished session is kept before it is collected. */
   retentionS?: number;
   dataPolicy?: string;
   cacheWaitMs?: number;
   /** ws (default) or uws. */
   transport?: string;
+  /** PEM certificate (chain) file: with tlsKey, serve wss:// and https:// (reloaded on SIGHUP). */
+  tlsCert?: string;
+  /** PEM private key file of tlsCert. */
+  tlsKey?: string;
+  /**
+   * PEM CA file the executors this dispatcher starts (local, EC2 user-data) trust it with;
+   * default: the tlsCert file (right for a self-signed certificate).
+   */
+  tlsCa?: string;
+}
+
+/** Where the dispatcher's TLS certificate and key are read from (again on SIGHUP). */
+export interface TlsFiles {
+  certFile: string;
+  keyFile: string;
+  /** What the dispatcher's own executors are told to trust (a file name). */
+  caFile: string;
 }
 
 /** The compiled form: every field present and checked. */
@@ -58,14 +81,26 @@ export interface DispatcherConfig {
   maxFrameBytes: number;
   maxBufferedBytes: number;
   helloTimeoutMs: number;
+  /** Pre-hello frame limit: what an unauthenticated peer can make the dispatcher buffer. */
+  helloMaxBytes: number;
+  /** Cap on connections that have not completed their hello, in total and per remote address. */
+  maxPendingHellos: number;
+  maxPendingHellosPerAddress: number;
   retentionMs: number;
   dataPolicy: 'first-available' | 'max-cache-hit';
   cacheWaitMs: number;
   transport: TransportKind;
+  /** null: plain ws:// and http://. */
+  tls: TlsFiles | null;
 }
 
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+/** What a dispatcher off loopback without TLS says at start and in its status. */
+export function cleartextWarning(host: string): string {
+  return `listening on ${host} without TLS: tokens and task specs travel in clear; give --tls-cert and --tls-key`;
 }
 
 function readToken(value: string | undefined, file: string | undefined, what: string): string | undefined {
@@ -97,6 +132,40 @@ function transport(t: string | undefined): TransportKind {
   if (t === undefined) return 'ws';
   if ((TRANSPORTS as readonly string[]).includes(t)) return t as TransportKind;
   throw new FalconetError(ErrorCode.USAGE, `--transport must be ${TRANSPORTS.join(' or ')} (got ${JSON.stringify(t)})`);
+}
+
+function tlsFiles(o: DispatcherOptions, env: NodeJS.ProcessEnv): TlsFiles | null {
+  const nonEmpty = (v: string | undefined) => (v === undefined || v === '' ? undefined : v);
+  const certFile = nonEmpty(o.tlsCert ?? env.FALCONET_TLS_CERT);
+  const keyFile = nonEmpty(o.tlsKey ?? env.FALCONET_TLS_KEY);
+  const caFile = nonEmpty(o.tlsCa ?? env.FALCONET_TLS_CA);
+  if (certFile === undefined && keyFile === undefined) {
+    if (caFile !== undefined) throw new FalconetError(ErrorCode.USAGE, '--tls-ca needs --tls-cert and --tls-key');
+    return null;
+  }
+  if (certFile === undefined || keyFile === undefined) throw new FalconetError(ErrorCode.USAGE, 'TLS needs both --tls-cert FILE and --tls-key FILE');
+  try {
+    loadTlsPair({ certFile, keyFile });
+    if (caFile !== undefined && !readFileSync(caFile, 'utf8').includes('-----BEGIN CERTIFICATE-----')) throw new Error(`the --tls-ca file ${caFile} holds no PEM certificate`);
+  } catch (err) {
+    throw new FalconetError(ErrorCode.USAGE, (err as Error).message);
+  }
+  return { certFile, keyFile, caFile: caFile ?? certFile };
+}
+
+/** Defaults of the pre-authentication bounds (docs/security.md). */
+export const DEFAULT_HELLO_MAX_BYTES = 64 * 1024;
+export const DEFAULT_MAX_PENDING_HELLOS = 1024;
+export const DEFAULT_MAX_PENDING_HELLOS_PER_ADDRESS = 64;
+
+function pendingHellos(o: DispatcherOptions): Pick<DispatcherConfig, 'helloMaxBytes' | 'maxPendingHellos' | 'maxPendingHellosPerAddress'> {
+  const helloMaxBytes = positive('--hello-max-bytes', o.helloMaxBytes ?? DEFAULT_HELLO_MAX_BYTES, 1024);
+  const maxPendingHellos = positive('--max-pending-hellos', o.maxPendingHellos ?? DEFAULT_MAX_PENDING_HELLOS);
+  const maxPendingHellosPerAddress = positive('--max-pending-hellos-per-address', o.maxPendingHellosPerAddress ?? Math.min(DEFAULT_MAX_PENDING_HELLOS_PER_ADDRESS, maxPendingHellos));
+  for (const [name, v] of [['--hello-max-bytes', helloMaxBytes], ['--max-pending-hellos', maxPendingHellos], ['--max-pending-hellos-per-address', maxPendingHellosPerAddress]] as const) {
+    if (!Number.isInteger(v)) throw new FalconetError(ErrorCode.USAGE, `${name} must be an integer (got ${v})`);
+  }
+  return { helloMaxBytes, maxPendingHellos, maxPendingHellosPerAddress };
 }
 
 /** Applies environment fallbacks and defaults, validates, and returns the compiled config. */
@@ -137,9 +206,11 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     maxFrameBytes: positive('--max-frame-bytes', o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, 1024),
     maxBufferedBytes: positive('--max-buffered-bytes', o.maxBufferedBytes ?? 64 * 1024 * 1024, 64 * 1024),
     helloTimeoutMs: positive('--hello-timeout-ms', o.helloTimeoutMs ?? 10_000, 10),
+    ...pendingHellos(o),
     retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
     dataPolicy: dataPolicy(o.dataPolicy),
     cacheWaitMs: positive('--cache-wait-ms', o.cacheWaitMs ?? 2000, 0),
     transport: transport(o.transport),
+    tls: tlsFiles(o, env),
   };
 }

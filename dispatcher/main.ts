@@ -7,7 +7,9 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
-import { compileDispatcherConfig, type DispatcherOptions } from './config.js';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { compileDispatcherConfig, type DispatcherOptions, type TlsFiles } from './config.js';
 import { addProvisionerMetrics, addStoreMetrics } from './metrics.js';
 import { prettyStream, resolveLogFormat } from './log-format.js';
 import { DispatcherServer } from './server.js';
@@ -116,7 +118,10 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
     throw err?.code === 'EADDRINUSE' ? addressInUse(config.host, config.port) : err;
   });
   if (store) addStoreMetrics(server.metrics, store);
-  log.info({ url: server.url, transport: config.transport, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
+  log.info({ url: server.url, transport: config.transport, tls: config.tls !== null, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
+  const { tlsWarning } = server.tlsStatus();
+  if (tlsWarning) log.warn(tlsWarning);
+  if (config.tls) reloadTlsOnSighup(server, config.tls, log);
   // Loaded only when asked for: the AWS SDK costs every other command (executors!) startup time.
   const provisioner = options.provisioner
     ? await (await import('./provisioner/setup.js')).startProvisioner(server, store, instances, options.provisioner, log)
@@ -133,6 +138,35 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
       await store?.close();
     },
   };
+}
+
+/** One line on a certificate file for the log: subject, expiry, fingerprint; never throws. */
+function describeCert(file: string): Record<string, string> {
+  try {
+    const c = new X509Certificate(readFileSync(file));
+    return { subject: c.subject.replace(/\n/g, ', '), validTo: c.validTo, fingerprint256: c.fingerprint256 };
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
+}
+
+/**
+ * SIGHUP reads the TLS certificate and key files again (a renewed certificate without a restart):
+ * new connections get the new pair, open ones keep theirs. Files that do not load are logged and
+ * the old pair stays. Only with TLS: without it SIGHUP keeps its default (the process ends).
+ */
+function reloadTlsOnSighup(server: DispatcherServer, tls: TlsFiles, log: Logger): void {
+  log.info({ cert: tls.certFile, ...describeCert(tls.certFile) }, 'TLS certificate loaded');
+  if (server.transport === 'uws') log.warn('the uws transport cannot reload its TLS certificate on SIGHUP: a renewed certificate needs a restart (or --transport ws)');
+  let reloading: Promise<void> = Promise.resolve();
+  process.on('SIGHUP', () => {
+    reloading = reloading.then(() =>
+      server.reloadTls().then(
+        () => log.info({ cert: tls.certFile, ...describeCert(tls.certFile) }, 'SIGHUP: TLS certificate reloaded'),
+        (err: Error) => log.error({ err: err.message }, 'SIGHUP: TLS certificate NOT reloaded; the previous one stays in use'),
+      ),
+    );
+  });
 }
 
 /** Runs `stop` once on SIGTERM or SIGINT, then exits 0. */

@@ -24,7 +24,7 @@ import {
 import { DispatcherCore, type Outbox } from './core.js';
 import { nullJournal, systemClock, type Clock, type ConnId } from './model.js';
 import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
-import type { DispatcherConfig } from './config.js';
+import { cleartextWarning, isLoopback, type DispatcherConfig } from './config.js';
 import { metricsFor, type ServerCounters } from './metrics.js';
 import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
 import { handleHttp, sameSecret, withStoredResults } from './http-api.js';
@@ -59,6 +59,16 @@ export class DispatcherServer {
   readonly metrics;
   /** Credentials refused, by the role asked for (HTTP: the task API's bearer token). */
   readonly #authFailures = { client: 0, executor: 0, http: 0 };
+  /** Connections that have not completed their hello, by id: their remote address (item 5 of issue 14). */
+  readonly #pending = new Map<ConnId, string>();
+  /** The same, counted per remote address. */
+  readonly #pendingPerAddress = new Map<string, number>();
+  /** The transport's endpoint-wide frame limit, restored on a peer once its hello is accepted. */
+  #maxPayloadBytes = 0;
+  /** Refusals over the pending-hello cap since the last log line (logged at most once a second). */
+  #refused = 0;
+  #refusedLoggedAt = 0;
+  #warnedNoLimit = false;
 
   private constructor(
     readonly config: DispatcherConfig,
@@ -119,8 +129,10 @@ export class DispatcherServer {
       // The transport cuts off far-oversized frames; between 1× and 2× we answer FRAME_TOO_LARGE.
       maxPayloadBytes: config.maxFrameBytes * 2,
       log,
+      tls: config.tls,
     });
     const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}), opts.lookupResults);
+    server.#maxPayloadBytes = config.maxFrameBytes * 2;
     await opts.recover?.(server.core);
     await transport.listen({
       connection: (peer) => server.#onConnection(peer),
@@ -132,7 +144,7 @@ export class DispatcherServer {
           token: () => (config.httpAuth ? config.clientToken : undefined),
           stopping: () => server.#stopping,
           authFailed: () => server.#authFailures.http++,
-          statusExtra: () => server.extension?.status(),
+          statusExtra: () => ({ ...server.tlsStatus(), ...server.extension?.status() }),
         }),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));
@@ -150,7 +162,21 @@ export class DispatcherServer {
 
   get url(): string {
     const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
-    return `ws://${host}:${this.port}`;
+    return `${this.#transport.tls ? 'wss' : 'ws'}://${host}:${this.port}`;
+  }
+
+  /** Reads the TLS certificate and key again (SIGHUP); rejects, keeping the old pair, if they do not load. */
+  reloadTls(): Promise<void> {
+    return this.#transport.reloadTls();
+  }
+
+  /**
+   * `/api/status`'s `tls` (true: wss:// and https://) and, off loopback without TLS,
+   * `tlsWarning`: that tokens and tasks travel in clear.
+   */
+  tlsStatus(): { tls: boolean; tlsWarning?: string } {
+    if (this.#transport.tls) return { tls: true };
+    return isLoopback(this.config.host) ? { tls: false } : { tls: false, tlsWarning: cleartextWarning(this.config.host) };
   }
 
   /** What /metrics reads from the adapter, at scrape time. */
@@ -168,7 +194,65 @@ export class DispatcherServer {
 
   // ---- connections ------------------------------------------------------------------------------
 
+  /** Connections without a completed hello: in total, and from `address`. */
+  pendingHellos(address?: string): number {
+    return address === undefined ? this.#pending.size : (this.#pendingPerAddress.get(address) ?? 0);
+  }
+
+  /**
+   * Over the pending-hello cap (in total or for this address): answer RATE_LIMITED and close
+   * (1013, try again later) at once, holding nothing for the peer; the socket is dropped after
+   * 2 s if the peer ignores the close.
+   */
+  #refuseOverCap(ws: PeerSocket): PeerHandlers | null {
+    const address = ws.remoteAddress;
+    const fromAddress = this.#pendingPerAddress.get(address) ?? 0;
+    const overTotal = this.#pending.size >= this.config.maxPendingHellos;
+    if (!overTotal && fromAddress < this.config.maxPendingHellosPerAddress) return null;
+    const why = overTotal
+      ? `${this.#pending.size} connections are waiting to complete their hello (--max-pending-hellos ${this.config.maxPendingHellos})`
+      : `${fromAddress} connections from ${address} are waiting to complete their hello (--max-pending-hellos-per-address ${this.config.maxPendingHellosPerAddress})`;
+    const error = wireError(ErrorCode.RATE_LIMITED, `${why}; try again later`);
+    try {
+      ws.send(this.#plain.encode([{ t: 'error', ...error }])[0]);
+      ws.close(1013, ErrorCode.RATE_LIMITED);
+    } catch {}
+    setTimeout(() => ws.terminate(), 2000).unref();
+    this.#refused++;
+    const now = Date.now();
+    if (now - this.#refusedLoggedAt >= 1000) {
+      this.log.warn({ refused: this.#refused, address, pending: this.#pending.size, fromAddress }, 'connections refused: too many pending hellos');
+      this.#refused = 0;
+      this.#refusedLoggedAt = now;
+    }
+    return { message: () => {}, close: () => {} };
+  }
+
+  #addPending(c: Conn): void {
+    const address = c.ws.remoteAddress;
+    this.#pending.set(c.id, address);
+    this.#pendingPerAddress.set(address, (this.#pendingPerAddress.get(address) ?? 0) + 1);
+    if (!c.ws.limitPayload(this.config.helloMaxBytes) && !this.#warnedNoLimit && this.#transport.kind === 'ws') {
+      this.#warnedNoLimit = true;
+      this.log.warn('this ws version has no per-connection frame limit to set; pre-hello frames are bounded by --max-frame-bytes only');
+    }
+  }
+
+  /** The peer completed its hello, or left: it no longer counts as pending. */
+  #releasePending(c: Conn): void {
+    const address = this.#pending.get(c.id);
+    if (address === undefined) return;
+    this.#pending.delete(c.id);
+    const n = (this.#pendingPerAddress.get(address) ?? 1) - 1;
+    if (n <= 0) this.#pendingPerAddress.delete(address);
+    else this.#pendingPerAddress.set(address, n);
+  }
+
   #onConnection(ws: PeerSocket): PeerHandlers {
+    if (!this.#stopping) {
+      const refused = this.#refuseOverCap(ws);
+      if (refused) return refused;
+    }
     const c: Conn = { id: this.#nextConn++, ws, role: null, codec: this.#plain, out: [], acks: [], closing: null, helloTimer: null };
     this.#conns.set(c.id, c);
     const handlers: PeerHandlers = {
@@ -179,6 +263,7 @@ export class DispatcherServer {
       this.#out.fail(c, wireError(ErrorCode.SHUTTING_DOWN, 'dispatcher is shutting down'));
       return handlers;
     }
+    this.#addPending(c);
     c.helloTimer = setTimeout(() => {
       this.#out.fail(c, wireError(ErrorCode.HELLO_TIMEOUT, `no hello within ${this.config.helloTimeoutMs} ms`));
     }, this.config.helloTimeoutMs);
@@ -187,6 +272,7 @@ export class DispatcherServer {
 
   #onClose(c: Conn): void {
     if (c.helloTimer) clearTimeout(c.helloTimer);
+    this.#releasePending(c);
     this.#conns.delete(c.id);
     this.#out.forget(c);
     if (c.role === 'client') this.core.clientGone(c.id);
@@ -201,6 +287,10 @@ export class DispatcherServer {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');
       // A peer past its hello without the records capability speaks standard msgpack only.
       if (c.role !== null && c.codec === this.#plain && data.length <= this.config.maxFrameBytes) assertStandardMsgpack(data);
+      // ws cuts such frames while reading them (limitPayload); uWS hands them over whole.
+      if (c.role === null && data.length > this.config.helloMaxBytes) {
+        throw new FalconetError(ErrorCode.FRAME_TOO_LARGE, `a frame of ${data.length} bytes before the hello (limit ${this.config.helloMaxBytes}, --hello-max-bytes)`);
+      }
       messages = this.#codec.decode(data);
     } catch (err) {
       const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.BAD_FRAME, String(err));
@@ -242,6 +332,8 @@ export class DispatcherServer {
     if (c.helloTimer) clearTimeout(c.helloTimer);
     c.helloTimer = null;
     c.role = role;
+    this.#releasePending(c);
+    c.ws.limitPayload(this.#maxPayloadBytes);
     const msg = checked.msg;
     if (msg.t === 'hello' && msg.caps.includes(RECORDS_CAP)) c.codec = this.#codec;
     if (msg.t !== 'hello') return;

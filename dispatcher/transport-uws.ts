@@ -14,12 +14,20 @@
  * - A message's ArrayBuffer is valid only during the callback: it is copied.
  * - Its defaults close idle sockets after 120 s and send pings; both are off, as with ws.
  * - It binds with SO_REUSEPORT by default; we ask for an exclusive port, as node:http does.
+ *
+ * TLS: uWS's SSLApp (this build has it), reading the PEM files itself. The certificate cannot be
+ * reloaded: uWS.js has no call that changes a listening app's certificate, and a new SSLApp cannot
+ * take the port over while connections accepted by the old one live (the exclusive listen socket
+ * sets no SO_REUSEADDR, so the kernel refuses the bind: tried, EADDRINUSE). reloadTls() therefore
+ * rejects and says so; renewing the certificate means restarting the dispatcher (executors and
+ * clients reconnect and resume), or using --transport ws. (SNI contexts, addServerName, could be
+ * swapped, but only for peers that dial by name; those dialing an address get the default one.)
  */
 import { createRequire } from 'node:module';
 import { STATUS_CODES } from 'node:http';
 import { dirname, join } from 'node:path';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
-import type { PeerHandlers, PeerSocket, Transport, TransportHandlers, TransportOptions } from './transport.js';
+import { loadTlsPair, type PeerHandlers, type PeerSocket, type Transport, type TransportHandlers, type TransportOptions } from './transport.js';
 
 /** The package (an optionalDependency). */
 export const UWS_PACKAGE = '@trufflesuite/uws-js-unofficial';
@@ -32,6 +40,7 @@ interface UwsWebSocket {
   end(code: number, shortMessage: string): void;
   close(): void;
   getUserData(): { peer?: UwsPeer };
+  getRemoteAddressAsText(): ArrayBuffer;
 }
 interface UwsHttpResponse {
   writeStatus(status: string): UwsHttpResponse;
@@ -65,8 +74,15 @@ interface UwsApp {
   any(pattern: string, handler: (res: UwsHttpResponse, req: UwsHttpRequest) => void): UwsApp;
   listen(host: string, port: number, options: number, cb: (listenSocket: object | false) => void): UwsApp;
 }
+/** SSLApp's options (file names: uWS reads the files itself). */
+interface UwsSslOptions {
+  cert_file_name: string;
+  key_file_name: string;
+}
 export interface UwsModule {
   App(): UwsApp;
+  /** Absent from builds without TLS. */
+  SSLApp?(options: UwsSslOptions): UwsApp;
   us_listen_socket_close(listenSocket: object): void;
   us_socket_local_port(listenSocket: object): number;
   LIBUS_LISTEN_EXCLUSIVE_PORT: number;
@@ -111,7 +127,25 @@ class UwsPeer implements PeerSocket {
   #queuedBytes = 0;
   #closeWith: [number, string] | null = null;
 
-  constructor(private readonly ws: UwsWebSocket) {}
+  /** Read in `open`, while uWS lets us. */
+  readonly remoteAddress: string;
+
+  constructor(private readonly ws: UwsWebSocket) {
+    let addr = '';
+    try {
+      addr = Buffer.from(ws.getRemoteAddressAsText()).toString();
+    } catch {}
+    this.remoteAddress = addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+  }
+
+  /**
+   * uWS has one `maxPayloadLength` per endpoint, fixed at startup, and buffers a message whole in
+   * C++ before the JS callback sees it: a per-connection limit is not possible here. Pre-hello
+   * peers are bounded by their count only (docs/security.md).
+   */
+  limitPayload(_bytes: number): boolean {
+    return false;
+  }
 
   send(frame: Buffer): void {
     if (this.closed || this.#closeWith) return;
@@ -164,11 +198,45 @@ export class UwsTransport implements Transport {
     private readonly uws: UwsModule,
     private readonly opts: TransportOptions,
   ) {
-    this.#app = uws.App();
+    if (opts.tls) {
+      if (typeof uws.SSLApp !== 'function') {
+        throw new FalconetError(
+          ErrorCode.TRANSPORT_UNAVAILABLE,
+          `--transport uws with --tls-cert/--tls-key: this µWebSockets.js build has no TLS (no SSLApp); use --transport ws for TLS`,
+        );
+      }
+      loadTlsPair(opts.tls); // a clear error before uWS reads the files its own way
+      this.#app = uws.SSLApp({ cert_file_name: opts.tls.certFile, key_file_name: opts.tls.keyFile });
+    } else {
+      this.#app = uws.App();
+    }
+  }
+
+  get tls(): boolean {
+    return !!this.opts.tls;
   }
 
   async listen(handlers: TransportHandlers): Promise<void> {
-    this.#app.ws('/*', {
+    this.#routes(this.#app, handlers);
+    await new Promise<void>((resolve, reject) => {
+      this.#app.listen(this.opts.host, this.opts.port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
+        if (!ls) return reject(new Error(`listen ${this.opts.host}:${this.opts.port} failed (address in use or not available)`));
+        this.#listenSocket = ls;
+        this.#port = this.uws.us_socket_local_port(ls);
+        resolve();
+      });
+    });
+  }
+
+  async reloadTls(): Promise<void> {
+    if (!this.opts.tls) return;
+    throw new Error(
+      'the uws transport cannot reload its TLS certificate (µWebSockets.js cannot change a listening app\'s certificate, nor rebind its port while connections live); restart the dispatcher to use the new certificate, or run it with --transport ws',
+    );
+  }
+
+  #routes(app: UwsApp, handlers: TransportHandlers): void {
+    app.ws('/*', {
       maxPayloadLength: this.opts.maxPayloadBytes,
       maxBackpressure: MAX_BACKPRESSURE,
       closeOnBackpressureLimit: 0,
@@ -188,7 +256,7 @@ export class UwsTransport implements Transport {
       drain: (ws) => ws.getUserData().peer?.drain(),
       close: (ws) => ws.getUserData().peer?.gone(),
     });
-    this.#app.any('/*', (res, req) => {
+    app.any('/*', (res, req) => {
       // The request object is valid only in this callback: copy what we need now.
       const path = req.getUrl();
       const method = req.getMethod().toUpperCase();
@@ -221,14 +289,6 @@ export class UwsTransport implements Transport {
           if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end(''));
         },
       );
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.#app.listen(this.opts.host, this.opts.port, this.uws.LIBUS_LISTEN_EXCLUSIVE_PORT, (ls) => {
-        if (!ls) return reject(new Error(`listen ${this.opts.host}:${this.opts.port} failed (address in use or not available)`));
-        this.#listenSocket = ls;
-        this.#port = this.uws.us_socket_local_port(ls);
-        resolve();
-      });
     });
   }
 

@@ -75,6 +75,8 @@ export interface ExecutorOptions {
   shutdownCommand?: string;
   /** How long the shutdown command may run before we exit anyway (default 60 s). */
   shutdownCommandTimeoutMs?: number;
+  /** wss://: PEM CA certificate(s) trusted besides the root CAs (a certificate that does not verify: exit 2, TLS_FAILED). */
+  ca?: string | Buffer;
 }
 
 type TaskMsg = Extract<DispatcherToExecutor, { t: 'task' }>;
@@ -166,6 +168,7 @@ export class ExecutorAgent {
       onUnsendable: (msg, err) => this.#unsendable(msg, err),
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
+      ...(o.ca !== undefined ? { ca: o.ca } : {}),
     });
   }
 

@@ -21,6 +21,7 @@ import { readFile as fsReadFile } from 'node:fs/promises';
 import { ErrorCode, FalconetError, LIMITS } from '../protocol/index.js';
 import type { ExecutorOptions } from './agent.js';
 import { Imds, type ImdsReader, type InstanceIdentity } from './imds.js';
+import { isPem } from '../protocol/tls.js';
 
 export const DEFAULT_ENV_FILE = '/etc/falconet/executor.env';
 
@@ -40,6 +41,7 @@ export interface ExecutorFlags {
   'shutdown-command'?: string;
   config?: string;
   imds?: boolean;
+  ca?: string;
 }
 
 export interface ConfigDeps {
@@ -71,6 +73,8 @@ const SETTINGS = {
   shutdownCommand: { flag: 'shutdown-command', env: 'FALCONET_SHUTDOWN_COMMAND', ud: 'shutdownCommand' },
   outputLimit: { flag: 'output-limit', env: 'FALCONET_OUTPUT_LIMIT' },
   spawner: { flag: 'spawner', env: 'FALCONET_SPAWNER', ud: 'spawner' },
+  /** A CA to trust for wss:// besides the root CAs: PEM text, or the name of a PEM file. */
+  ca: { flag: 'ca', env: 'FALCONET_CA', ud: 'ca' },
 } as const satisfies Record<string, SettingSpec>;
 export type Setting = keyof typeof SETTINGS;
 
@@ -325,6 +329,23 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
   const token = str('token');
   const id = str('id');
   const shutdownCommand = str('shutdownCommand');
+  // The CA: PEM text as it is (user-data carries it so), or a file read now (an env file cannot
+  // hold a multi-line PEM: FALCONET_CA=/etc/falconet/ca.pem).
+  let ca = str('ca');
+  if (ca !== undefined) {
+    const at = where('ca', sources.ca!, file);
+    if (!isPem(ca)) {
+      let text: string | undefined;
+      try {
+        text = await deps.readFile(ca);
+      } catch (err) {
+        usage(`${at}: cannot read the CA file ${ca}: ${(err as Error).message}`);
+      }
+      if (text === undefined) usage(`${at}: the CA file ${ca} does not exist`);
+      ca = text;
+    }
+    if (!ca.includes('-----BEGIN CERTIFICATE-----')) usage(`${at} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  }
 
   const identity = imds.identity;
   const addresses = identity ? [identity.localIpv4, identity.publicIpv4].filter((a): a is string => !!a) : [];
@@ -341,6 +362,7 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     ...(shutdownCommand !== undefined ? { shutdownCommand } : {}),
     ...(outputLimit !== undefined ? { outputLimit } : {}),
     ...(spawner !== undefined ? { spawner } : {}),
+    ...(ca !== undefined ? { ca } : {}),
     ...(identity ? { instanceId: identity.instanceId } : {}),
     ...(addresses.length ? { addresses } : {}),
   };

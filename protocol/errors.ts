@@ -114,6 +114,12 @@ export const ErrorCode = {
   INSECURE_CONFIG: 'INSECURE_CONFIG',
   /** The chosen `--transport` cannot be loaded here (uws: package or binary for this Node missing). */
   TRANSPORT_UNAVAILABLE: 'TRANSPORT_UNAVAILABLE',
+  /**
+   * SDK, CLI and executor: the TLS connection to the dispatcher failed in a way dialing again
+   * cannot mend (its certificate does not verify against the trusted CAs, its name does not
+   * match, it speaks no TLS at a wss:// URL). Fatal after the first attempt: no redial loop.
+   */
+  TLS_FAILED: 'TLS_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -16,6 +16,7 @@ import WebSocket from 'ws';
 import { Codec } from './codec.js';
 import { ErrorCode, FalconetError } from './errors.js';
 import type { InboundValidator } from './validate.js';
+import { tlsFailure, trustedCas } from './tls.js';
 
 /** Errors after which dialing again cannot help: stop and tell the user. */
 const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND]);
@@ -47,6 +48,12 @@ export interface LinkOptions<In extends { t: string }> {
   maxFrameBytes?: number;
   /** Extra fields for each heartbeat (an executor's data counters). */
   heartbeatExtra?(): Record<string, unknown>;
+  /**
+   * wss://: PEM CA certificate(s) trusted besides Node's root CAs to verify the dispatcher.
+   * A certificate that does not verify (or a wss:// URL answered without TLS) is fatal at once:
+   * TLS_FAILED through onFatal, no redial.
+   */
+  ca?: string | Buffer;
 }
 
 export class Link<In extends { t: string }> {
@@ -123,7 +130,8 @@ export class Link<In extends { t: string }> {
     if (this.#closed) return;
     let ws: WebSocket;
     try {
-      ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2 });
+      const ca = trustedCas(this.o.ca);
+      ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2, ...(ca ? { ca } : {}) });
     } catch (err) {
       // A URL the ws library refuses cannot get better by dialing again.
       this.#closed = true;
@@ -141,6 +149,14 @@ export class Link<In extends { t: string }> {
     // dispatcher (UNREACHABLE) can say why: refused, not resolved, refused at upgrade.
     ws.on('error', (err) => {
       this.#lastError = err.message || (err as NodeJS.ErrnoException).code || String(err);
+      // A certificate that does not verify does not start to verify by dialing again: end now,
+      // loudly (TLS_FAILED with the cause), instead of a redial loop that looks like "not there".
+      const tls = tlsFailure(err, this.o.url);
+      if (tls && !this.#closed) {
+        this.#closed = true;
+        this.#stopTimers();
+        this.o.onFatal(tls);
+      }
     });
     ws.on('close', (code, reason) => this.#onClose(ws, `${code} ${reason.toString()}`.trim()));
   }

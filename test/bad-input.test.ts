@@ -10,7 +10,7 @@ import { Procs, TEST_TRANSPORT, exited, freePort, raw, runCli, startDispatcher, 
 
 const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
 
-test('malformed, unknown, invalid and oversized input: clear codes, nothing accepted is lost', async (t) => {
+test('malformed, unknown, invalid and oversized input: clear codes, nothing accepted is lost', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--max-frame-bytes', '65536', '--hello-timeout-ms', '300']);
@@ -74,7 +74,7 @@ test('malformed, unknown, invalid and oversized input: clear codes, nothing acce
   assert.ok(all.every((r) => r.status === 'succeeded'));
 });
 
-test('a client that stops reading is dropped as a slow consumer; on resume it gets every result once', async (t) => {
+test('a client that stops reading is dropped as a slow consumer; on resume it gets every result once', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--max-buffered-bytes', '65536']);
@@ -114,7 +114,7 @@ test('a client that stops reading is dropped as a slow consumer; on resume it ge
   assert.equal((await status(d.url)).tasks.finished.succeeded, 200);
 });
 
-test('tokens: a wrong token and a token of the wrong role are refused with codes', async (t) => {
+test('tokens: a wrong token and a token of the wrong role are refused with codes', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--client-token', 'c-secret', '--executor-token', 'e-secret']);
@@ -139,7 +139,7 @@ test('tokens: a wrong token and a token of the wrong role are refused with codes
   assert.equal(leaked.stdout, '[]\n', 'tasks do not see the executor credential');
 });
 
-test('a non-loopback address without tokens is refused unless --insecure', async (t) => {
+test('a non-loopback address without tokens is refused unless --insecure', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const r = await runCli(procs, ['dispatcher', '--host', '0.0.0.0', '--port', '0']);
@@ -147,7 +147,7 @@ test('a non-loopback address without tokens is refused unless --insecure', async
   assert.match(r.stderr, /INSECURE_CONFIG/);
 });
 
-test('bad CLI arguments: usage errors with exit code 2', async (t) => {
+test('bad CLI arguments: usage errors with exit code 2', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const cases: string[][] = [
@@ -169,7 +169,7 @@ test('bad CLI arguments: usage errors with exit code 2', async (t) => {
   }
 });
 
-test('a client command whose reader goes away (| head) exits quietly, not with an unhandled EPIPE', async (t) => {
+test('a client command whose reader goes away (| head) exits quietly, not with an unhandled EPIPE', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -182,7 +182,7 @@ test('a client command whose reader goes away (| head) exits quietly, not with a
   assert.doesNotMatch(stderr, /EPIPE|Unhandled/);
 });
 
-test('a client command against a port nobody answers: UNREACHABLE after --connect-timeout, exit 1', async (t) => {
+test('a client command against a port nobody answers: UNREACHABLE after --connect-timeout, exit 1', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const port = await freePort();
@@ -193,7 +193,7 @@ test('a client command against a port nobody answers: UNREACHABLE after --connec
   assert.ok(Date.now() - started < 20_000, 'gave up at its timeout, not hung');
 });
 
-test('submit: a bad JSON line is reported with its line number; the other tasks still run', async (t) => {
+test('submit: a bad JSON line is reported with its line number; the other tasks still run', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);

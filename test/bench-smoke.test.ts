@@ -16,13 +16,19 @@ test('bench smoke: every scenario completes and writes its result file', { timeo
   const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-smoke-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const run = fileURLToPath(new URL('../bench/run.js', import.meta.url));
-  const child = spawn(process.execPath, [run, '--smoke'], { env: { ...process.env, FALCONET_BENCH_RESULTS: dir }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own process group: the scenarios start dispatchers and executors of their own, and all of
+  // them go with it, even when this test process is killed first.
+  const child = spawn(process.execPath, [run, '--smoke'], { env: { ...process.env, FALCONET_BENCH_RESULTS: dir }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const killGroup = () => {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {}
+  };
+  process.once('exit', killGroup);
   let log = '';
   child.stdout!.on('data', (d: Buffer) => (log += d));
   child.stderr!.on('data', (d: Buffer) => (log += d));
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
+  t.after(killGroup);
   const { code } = await exited(child, 840_000, 'bench/run.js --smoke').catch((err: Error) => {
     throw new Error(`${err.message}; log: ${log.slice(-4000)}`);
   });

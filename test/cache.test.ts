@@ -44,7 +44,7 @@ function isCode(code: string): (e: unknown) => boolean {
 
 const tmpFiles = (dir: string): string[] => fs.readdirSync(path.join(dir, 'tmp'));
 
-test('miss then hit: the second acquire does not fetch', async () => {
+test('miss then hit: the second acquire does not fetch', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1 << 20 });
   const f = fetcher('hello world');
@@ -66,7 +66,7 @@ test('miss then hit: the second acquire does not fetch', async () => {
   await c.flush();
 });
 
-test('concurrent acquires of one key share one fetch, each with its own lease', async () => {
+test('concurrent acquires of one key share one fetch, each with its own lease', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1 << 20 });
   const f = fetcher(Buffer.alloc(4096, 7), 30);
@@ -85,7 +85,7 @@ test('concurrent acquires of one key share one fetch, each with its own lease', 
   await c.flush();
 });
 
-test('size and sha256 mismatches are rejected, nothing is served, and a later acquire fetches again', async () => {
+test('size and sha256 mismatches are rejected, nothing is served, and a later acquire fetches again', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1 << 20 });
   const bad = fetcher('corrupted!');
@@ -104,7 +104,7 @@ test('size and sha256 mismatches are rejected, nothing is served, and a later ac
   await c.flush();
 });
 
-test('a fetch that throws propagates its error and leaves no temp file', async () => {
+test('a fetch that throws propagates its error and leaves no temp file', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1 << 20 });
   const boom = async (p: string): Promise<void> => {
@@ -127,7 +127,7 @@ test('a fetch that throws propagates its error and leaves no temp file', async (
   await c.flush();
 });
 
-test('over budget, the least recently used unpinned entries are evicted and pinned ones are not', async () => {
+test('over budget, the least recently used unpinned entries are evicted and pinned ones are not', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 300 });
   const body = Buffer.alloc(100, 1);
@@ -152,7 +152,7 @@ test('over budget, the least recently used unpinned entries are evicted and pinn
   await c.flush();
 });
 
-test('CACHE_FULL when everything is pinned, and for an object larger than the budget', async () => {
+test('CACHE_FULL when everything is pinned, and for an object larger than the budget', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 200 });
   const a = await c.acquire('a', fetcher(Buffer.alloc(100)).fetch);
@@ -173,7 +173,7 @@ test('CACHE_FULL when everything is pinned, and for an object larger than the bu
   await c.flush();
 });
 
-test('the cache and its index survive a reopen; leftovers are cleaned at open', async () => {
+test('the cache and its index survive a reopen; leftovers are cleaned at open', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1000 });
   (await c.acquire('s3:b/x@1', fetcher('xxxx').fetch, { sha256: sha('xxxx') })).release();
@@ -211,7 +211,7 @@ test('the cache and its index survive a reopen; leftovers are cleaned at open', 
   await s.flush();
 });
 
-test('a cached file deleted behind the cache is fetched again, not served', async () => {
+test('a cached file deleted behind the cache is fetched again, not served', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1000 });
   const f = fetcher('data');
@@ -226,7 +226,7 @@ test('a cached file deleted behind the cache is fetched again, not served', asyn
   await c.flush();
 });
 
-test('linkInto puts the same content at dst, as a hard link, and refuses a released lease', async () => {
+test('linkInto puts the same content at dst, as a hard link, and refuses a released lease', { timeout: 120_000 }, async () => {
   const dir = tmpRoot();
   const c = await ContentCache.open(dir, { budgetBytes: 1000 });
   const l = await c.acquire('k', fetcher('payload').fetch);

@@ -98,7 +98,7 @@ class Harness implements Outbox {
   }
 }
 
-test('higher priority first, FIFO within a priority', () => {
+test('higher priority first, FIFO within a priority', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'low1', builtin: 'noop' }, { id: 'high', builtin: 'noop', priority: 5 }, { id: 'low2', builtin: 'noop' }]);
@@ -108,7 +108,7 @@ test('higher priority first, FIFO within a priority', () => {
   assert.deepEqual(order, ['high', 'low1', 'low2']);
 });
 
-test('fair share: sessions take turns within a priority', () => {
+test('fair share: sessions take turns within a priority', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.client(2);
@@ -119,7 +119,7 @@ test('fair share: sessions take turns within a priority', () => {
   assert.deepEqual(h.tasksFor(10).map((m) => m.spec.id), ['a0', 'b0', 'a1', 'b1']);
 });
 
-test('labels: a task goes only to an executor that carries its labels', () => {
+test('labels: a task goes only to an executor that carries its labels', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'gpu', builtin: 'noop', labels: { gpu: 'a100' } }, { id: 'any', builtin: 'noop' }]);
@@ -131,7 +131,7 @@ test('labels: a task goes only to an executor that carries its labels', () => {
   assert.deepEqual(h.tasksFor(11).map((m) => m.spec.id), ['gpu']);
 });
 
-test('push window is the free slots: no prefetch unless asked', () => {
+test('push window is the free slots: no prefetch unless asked', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, Array.from({ length: 5 }, () => ({ builtin: 'noop' as const })));
@@ -151,7 +151,7 @@ test('push window is the free slots: no prefetch unless asked', () => {
   assert.equal(p.tasksFor(10).length, 5);
 });
 
-test('pull mode: an executor gets only what it asks for', () => {
+test('pull mode: an executor gets only what it asks for', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, Array.from({ length: 5 }, () => ({ builtin: 'noop' as const })));
@@ -164,7 +164,7 @@ test('pull mode: an executor gets only what it asks for', () => {
   assert.equal(h.tasksFor(10).length, 3);
 });
 
-test('lease expiry re-queues with attempt + 1, and a task that keeps losing executors is failed', () => {
+test('lease expiry re-queues with attempt + 1, and a task that keeps losing executors is failed', { timeout: 10_000 }, () => {
   const h = new Harness({ defaultMaxAttempts: 2 });
   h.client(1);
   h.submit(1, [{ id: 'k', builtin: 'sleep', ms: 10_000 }]);
@@ -189,7 +189,7 @@ test('lease expiry re-queues with attempt + 1, and a task that keeps losing exec
   assert.equal(r.attempts, 2);
 });
 
-test('heartbeats keep a lease; a late result of a re-queued task is used once', () => {
+test('heartbeats keep a lease; a late result of a re-queued task is used once', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'x', builtin: 'noop' }]);
@@ -209,7 +209,7 @@ test('heartbeats keep a lease; a late result of a re-queued task is used once', 
   assert.equal(results[0].status, 'succeeded');
 });
 
-test('idempotent submit: the same id twice in a session is one task', () => {
+test('idempotent submit: the same id twice in a session is one task', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'same', builtin: 'noop' }], 1);
@@ -219,7 +219,7 @@ test('idempotent submit: the same id twice in a session is one task', () => {
   assert.equal(h.core.view.queued, 1);
 });
 
-test('invalid tasks are rejected one by one; the rest of the batch is accepted', () => {
+test('invalid tasks are rejected one by one; the rest of the batch is accepted', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ builtin: 'noop' }, { cmd: [] } as TaskSpec, { builtin: 'noop', cmd: ['x'] } as TaskSpec, { bogus: 1 } as unknown as TaskSpec]);
@@ -228,7 +228,7 @@ test('invalid tasks are rejected one by one; the rest of the batch is accepted',
   assert.deepEqual(ack.rejected.map((r) => [r.index, r.code]), [[1, 'TASK_INVALID'], [2, 'TASK_INVALID'], [3, 'TASK_INVALID']]);
 });
 
-test('cancel: a queued task finishes cancelled at once, a running one via its executor', () => {
+test('cancel: a queued task finishes cancelled at once, a running one via its executor', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'run', builtin: 'sleep', ms: 1e6 }, { id: 'wait', builtin: 'noop' }]);
@@ -244,7 +244,7 @@ test('cancel: a queued task finishes cancelled at once, a running one via its ex
   assert.deepEqual(h.take(10), [{ t: 'cancel', uid: a.uid, attempt: a.attempt }]);
 });
 
-test('a resumed session gets every unacknowledged result again, in order', () => {
+test('a resumed session gets every unacknowledged result again, in order', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1, 'S');
   h.submit(1, Array.from({ length: 3 }, (_, i) => ({ id: `t${i}`, builtin: 'noop' as const })));
@@ -259,7 +259,7 @@ test('a resumed session gets every unacknowledged result again, in order', () =>
   assert.deepEqual(msgs.slice(1).map((m) => m.t === 'result' && [m.seq, m.result.id]), [[2, 't1'], [3, 't2']]);
 });
 
-test('a late result of a re-queued task is used once, and the newer run is cancelled', () => {
+test('a late result of a re-queued task is used once, and the newer run is cancelled', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'x', builtin: 'sleep', ms: 10_000 }]);
@@ -282,7 +282,7 @@ test('a late result of a re-queued task is used once, and the newer run is cance
   assert.equal(results[0].executor, 'e10');
 });
 
-test('every report is acknowledged once received, duplicates and unknown attempts too', () => {
+test('every report is acknowledged once received, duplicates and unknown attempts too', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'x', builtin: 'noop' }]);
@@ -298,7 +298,7 @@ test('every report is acknowledged once received, duplicates and unknown attempt
   );
 });
 
-test('a reconnect loop ends: hand-backs without fault are capped (TASK_REQUEUE_LIMIT)', () => {
+test('a reconnect loop ends: hand-backs without fault are capped (TASK_REQUEUE_LIMIT)', { timeout: 10_000 }, () => {
   const h = new Harness({ maxRequeues: 3 });
   h.client(1);
   h.submit(1, [{ id: 'loop', builtin: 'noop' }]);
@@ -314,7 +314,7 @@ test('a reconnect loop ends: hand-backs without fault are capped (TASK_REQUEUE_L
   assert.equal(r.attempts, 4);
 });
 
-test('a retryable result code (SPAWN_HELPER_LOST) is retried up to maxAttempts', () => {
+test('a retryable result code (SPAWN_HELPER_LOST) is retried up to maxAttempts', { timeout: 10_000 }, () => {
   const h = new Harness({ defaultMaxAttempts: 2 });
   h.client(1);
   h.submit(1, [{ id: 'r', cmd: ['true'] }]);
@@ -340,7 +340,7 @@ test('a retryable result code (SPAWN_HELPER_LOST) is retried up to maxAttempts',
   assert.equal(r.attempts, 2);
 });
 
-test('a report the dispatcher cannot accept ends its attempt failed with RESULT_INVALID', () => {
+test('a report the dispatcher cannot accept ends its attempt failed with RESULT_INVALID', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'big', cmd: ['yes'] }]);
@@ -355,7 +355,7 @@ test('a report the dispatcher cannot accept ends its attempt failed with RESULT_
   assert.deepEqual(h.take(10), [{ t: 'ack', done: [{ uid: a.uid, attempt: a.attempt }] }]);
 });
 
-test('a cancelled task handed back by its executor ends cancelled instead of running again', () => {
+test('a cancelled task handed back by its executor ends cancelled instead of running again', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'c', builtin: 'sleep', ms: 1e6 }]);
@@ -371,7 +371,7 @@ test('a cancelled task handed back by its executor ends cancelled instead of run
   assert.equal(r.status, 'cancelled');
 });
 
-test('a resubmitted id is named in accepted.known, finished or not', () => {
+test('a resubmitted id is named in accepted.known, finished or not', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'a', builtin: 'noop' }, { id: 'b', builtin: 'noop' }], 1);
@@ -388,7 +388,7 @@ test('a resubmitted id is named in accepted.known, finished or not', () => {
   ]);
 });
 
-test('session ids come from the injected id source', () => {
+test('session ids come from the injected id source', { timeout: 10_000 }, () => {
   const sent: DispatcherToClient[] = [];
   const out: Outbox = { toClient: (_c, m) => sent.push(m), toExecutor: () => {}, resultReceived: () => {}, close: () => {} };
   let n = 0;
@@ -403,7 +403,7 @@ test('session ids come from the injected id source', () => {
   );
 });
 
-test('F1: an executor speaks only for attempts given to it; forged reports change nothing', () => {
+test('F1: an executor speaks only for attempts given to it; forged reports change nothing', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ id: 'run', builtin: 'sleep', ms: 1e6 }, { id: 'waiting', builtin: 'noop', labels: { pool: 'none' } }]);
@@ -428,7 +428,7 @@ test('F1: an executor speaks only for attempts given to it; forged reports chang
   assert.deepEqual(h.resultsFor(1).map((r) => [r.id, r.status]), [['run', 'succeeded']]);
 });
 
-test('an executor id cannot be taken by another process while its connection lives', () => {
+test('an executor id cannot be taken by another process while its connection lives', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.executor(10, { id: 'e', incarnation: 'real' });
   h.executor(20, { id: 'e', incarnation: 'stranger' });
@@ -439,7 +439,7 @@ test('an executor id cannot be taken by another process while its connection liv
   assert.equal(h.closed.has(30), false);
 });
 
-test('ids never collide: generated ids are reserved, a duplicate in one submit is refused and not counted', () => {
+test('ids never collide: generated ids are reserved, a duplicate in one submit is refused and not counted', { timeout: 10_000 }, () => {
   const h = new Harness();
   h.client(1);
   h.submit(1, [{ builtin: 'noop' }, { id: '@1', builtin: 'noop' }, { id: 't1', builtin: 'noop' }, { id: 'x', builtin: 'noop' }, { id: 'x', builtin: 'noop' }]);
@@ -452,7 +452,7 @@ test('ids never collide: generated ids are reserved, a duplicate in one submit i
   assert.deepEqual(h.tasksFor(10).map((m) => m.spec.id ?? '(generated)'), ['(generated)', 't1', 'x']);
 });
 
-test('F4/F6: a non-string message type is INVALID_MESSAGE; 64-bit integers decode as numbers', () => {
+test('F4/F6: a non-string message type is INVALID_MESSAGE; 64-bit integers decode as numbers', { timeout: 10_000 }, () => {
   const validate = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
   // [{t: uint64 5}] and [{t: 'hb', at: uint64 1762518641152}] as a standard msgpack encoder writes them.
   const typeIsInt = Buffer.from('9181a174cf0000000000000005', 'hex');

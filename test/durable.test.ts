@@ -87,7 +87,7 @@ test('kill -9 of the dispatcher 5 times during a detached run of 20,000 tasks: e
   assert.ok(results.every((r) => r.status === 'succeeded'));
 });
 
-test('a client killed mid-run reattaches and gets the rest, in order, without duplicates', async (t) => {
+test('a client killed mid-run reattaches and gets the rest, in order, without duplicates', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -117,7 +117,7 @@ test('a client killed mid-run reattaches and gets the rest, in order, without du
   assert.ok(before.length - start < 100, `overlap ${before.length - start}`);
 });
 
-test('a client lease expires: the session’s queued and running tasks are cancelled, executors go idle', async (t) => {
+test('a client lease expires: the session’s queued and running tasks are cancelled, executors go idle', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -179,7 +179,7 @@ async function rawSession(url: string, session: string, frames: unknown[][], unt
   }), 15_000, `the awaited message; saw ${JSON.stringify(seen).slice(0, 500)}`).finally(() => ws.terminate());
 }
 
-test('idempotent resubmit after a client crash between submit and ack, across a dispatcher restart', async (t) => {
+test('idempotent resubmit after a client crash between submit and ack, across a dispatcher restart', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const port = await freePort();
@@ -199,7 +199,7 @@ test('idempotent resubmit after a client crash between submit and ack, across a 
   assert.deepEqual(jsonLines(w.stdout).map((r) => r.id).sort(), ['a', 'b', 'c', 'd']);
 });
 
-test('retention collects finished sessions; the store stops growing under a steady workload', async (t) => {
+test('retention collects finished sessions; the store stops growing under a steady workload', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const dataDir = procs.tmpDir();
@@ -233,7 +233,7 @@ test('retention collects finished sessions; the store stops growing under a stea
   t.diagnostic(report);
 });
 
-test('retry on chosen exit codes only, and a crash counter that survives restarts', async (t) => {
+test('retry on chosen exit codes only, and a crash counter that survives restarts', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const port = await freePort();
@@ -275,7 +275,7 @@ test('retry on chosen exit codes only, and a crash counter that survives restart
   assert.equal(killer.attempts, 3);
 });
 
-test('a corrupted or truncated store, an unusable data dir, a store in use: clear errors, no start', async (t) => {
+test('a corrupted or truncated store, an unusable data dir, a store in use: clear errors, no start', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const start = (dir: string) => runCli(procs, ['dispatcher', '--port', '0', '--data-dir', dir]);
@@ -369,7 +369,7 @@ test('a full disk: the dispatcher refuses to acknowledge and exits with STORE_FA
   t.diagnostic(`${accepted.size} of 205 submits acknowledged before STORE_FAILED; ${ran.size} tasks in the store`);
 });
 
-test('watch of an unknown session is an error, not an empty stream', async (t) => {
+test('watch of an unknown session is an error, not an empty stream', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);

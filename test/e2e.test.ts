@@ -9,7 +9,7 @@ import { FAST, Procs, exited, freePort, runCli, startDispatcher, startExecutor, 
 
 const PACKAGE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
-test('many tasks through `up`: noop and command tasks spread over its executors', async (t) => {
+test('many tasks through `up`: noop and command tasks spread over its executors', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const up = procs.spawn(['up', '--port', '0', '--executors', '3', '--slots', '4', '--data-dir', procs.tmpDir(), ...FAST]);
@@ -40,7 +40,7 @@ test('many tasks through `up`: noop and command tasks spread over its executors'
   assert.equal((await exit).code, 0);
 });
 
-test('pull and push executors side by side, and a pull-only fleet', async (t) => {
+test('pull and push executors side by side, and a pull-only fleet', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -59,7 +59,7 @@ test('pull and push executors side by side, and a pull-only fleet', async (t) =>
   await client.close();
 });
 
-test('prefetch: tasks beyond the slots wait on the executor, never run beyond its slots, and cancel while waiting', async (t) => {
+test('prefetch: tasks beyond the slots wait on the executor, never run beyond its slots, and cancel while waiting', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--prefetch', '3']);
@@ -88,7 +88,7 @@ test('prefetch: tasks beyond the slots wait on the executor, never run beyond it
   assert.ok(starts[3] - starts[0] >= 250, `starts ${starts.map((s) => s - starts[0])}`);
 });
 
-test('prefetch with the spawn helper: commands wait in the helper, builtins in the executor; never beyond the slots; cancel while waiting', async (t) => {
+test('prefetch with the spawn helper: commands wait in the helper, builtins in the executor; never beyond the slots; cancel while waiting', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--prefetch', '4']);
@@ -116,16 +116,18 @@ test('prefetch with the spawn helper: commands wait in the helper, builtins in t
   assert.deepEqual([cancelled.status, cancelled.error?.code, cancelled.stdout], ['cancelled', 'TASK_CANCELLED', '']);
   const ran = results.filter((r) => r.id !== 'q2');
   assert.ok(ran.every((r) => r.status === 'succeeded'), JSON.stringify(ran.map((r) => [r.id, r.status, r.error?.message])));
-  for (const r of ran) {
-    const at = r.timings.started! + 1;
-    const overlapping = ran.filter((o) => o !== r && o.timings.started! <= at && o.timings.finished > at);
-    assert.ok(overlapping.length <= 1, `${r.id} overlapped ${overlapping.map((o) => o.id)}`);
-  }
+  // Never beyond the two slots. Only start times are compared: the helper stamps a start as it
+  // happens, while `finished` is stamped when the executor reads the result, which the helper
+  // writes after it started the next queued task (and a loaded machine reads it later still). With
+  // two slots, a third start needs a slot turned over: at least the shortest run (0.1 s) later.
   const starts = ran.map((r) => r.timings.started!).sort((a, b) => a - b);
+  for (let i = 0; i + 2 < starts.length; i++) {
+    assert.ok(starts[i + 2] - starts[i] >= 90, `three tasks started within ${starts[i + 2] - starts[i]} ms: starts ${starts.map((x) => x - starts[0])}`);
+  }
   assert.ok(starts[4] - starts[0] >= 500, `three waves: starts ${starts.map((s) => s - starts[0])}`);
 });
 
-test('executors started before the dispatcher retry and register once it is up', async (t) => {
+test('executors started before the dispatcher retry and register once it is up', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const port = await freePort();
@@ -157,7 +159,7 @@ test('executors started before the dispatcher retry and register once it is up',
 
 // The executor sends its memory in the hello, but the status JSON has no memory field
 // (ExecutorStatus, dispatcher/status.ts): not claimed here.
-test('registration reports hostname, addresses, slots, labels, version and boot phases', async (t) => {
+test('registration reports hostname, addresses, slots, labels, version and boot phases', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -179,7 +181,7 @@ test('registration reports hostname, addresses, slots, labels, version and boot 
   assert.equal(e.boot?.[0]?.phase, 'started', `boot phases ${JSON.stringify(e.boot)}`);
 });
 
-test('CLI: run prints the output and exits with the task exit code; submit streams JSON lines', async (t) => {
+test('CLI: run prints the output and exits with the task exit code; submit streams JSON lines', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -212,7 +214,7 @@ test('CLI: run prints the output and exits with the task exit code; submit strea
   assert.equal(JSON.parse(st.stdout).executors.length, 1);
 });
 
-test('drain: the executor finishes what it runs, takes nothing new, and exits; --idle-exit exits when idle', async (t) => {
+test('drain: the executor finishes what it runs, takes nothing new, and exits; --idle-exit exits when idle', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);

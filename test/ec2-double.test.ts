@@ -54,7 +54,7 @@ const run = (extra: Partial<RunInstancesCommandInput> = {}): RunInstancesCommand
   ImageId: 'ami-0123456789abcdef0', InstanceType: 't3.micro', MinCount: 1, MaxCount: 1, ...extra,
 });
 
-test('RunInstances starts a process that reads its user data via IMDSv2; Describe finds it; Terminate kills it', async () => {
+test('RunInstances starts a process that reads its user data via IMDSv2; Describe finds it; Terminate kills it', { timeout: 120_000 }, async () => {
   const { ec2, client, done } = await setup();
   try {
     const out = await client.send(new RunInstancesCommand(run({
@@ -111,7 +111,7 @@ test('RunInstances starts a process that reads its user data via IMDSv2; Describ
   } finally { await done(); }
 });
 
-test('an instance whose process exits shuts down per InstanceInitiatedShutdownBehavior (EC2 default: stop)', async () => {
+test('an instance whose process exits shuts down per InstanceInitiatedShutdownBehavior (EC2 default: stop)', { timeout: 120_000 }, async () => {
   const { ec2, client, done } = await setup();
   try {
     const a = await client.send(new RunInstancesCommand(run({ UserData: b64('exit'), InstanceInitiatedShutdownBehavior: 'terminate' })));
@@ -126,7 +126,7 @@ test('an instance whose process exits shuts down per InstanceInitiatedShutdownBe
   } finally { await done(); }
 });
 
-test('InsufficientInstanceCapacity surfaces under its name; RequestLimitExceeded is retried by the SDK', async () => {
+test('InsufficientInstanceCapacity surfaces under its name; RequestLimitExceeded is retried by the SDK', { timeout: 120_000 }, async () => {
   const { ec2, client, done } = await setup({}, { maxAttempts: 1 });
   const retrying = new EC2Client({ endpoint: ec2.endpoint, region: 'us-east-1', credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'x' } });
   try {
@@ -157,7 +157,7 @@ test('InsufficientInstanceCapacity surfaces under its name; RequestLimitExceeded
 /** An instance process that just idles until killed: it holds its capacity slot whatever IMDS says. */
 const IDLE = [process.execPath, '-e', 'setInterval(() => {}, 1 << 30)'];
 
-test('ClientToken idempotency, capacity, launch templates and CreateTags', async () => {
+test('ClientToken idempotency, capacity, launch templates and CreateTags', { timeout: 120_000 }, async () => {
   // Capacity counts instances that are neither stopped nor terminated, so the slots must stay taken
   // for the whole test. INSTANCE_SCRIPT would not hold them: with no user data it gets a 404 from
   // IMDS, exits 3 and is stopped (the default shutdown behaviour), which frees its slot about 100 ms
@@ -190,7 +190,7 @@ test('ClientToken idempotency, capacity, launch templates and CreateTags', async
   } finally { await done(); }
 });
 
-test('fault injection: neverBoot pending/silent and kill()', async () => {
+test('fault injection: neverBoot pending/silent and kill()', { timeout: 120_000 }, async () => {
   const { ec2, client, done } = await setup();
   try {
     ec2.neverBoot('pending');
@@ -218,7 +218,7 @@ test('fault injection: neverBoot pending/silent and kill()', async () => {
   } finally { await done(); }
 });
 
-test('IMDS double: tokens, paths, 404s, identity document, double slash', async () => {
+test('IMDS double: tokens, paths, 404s, identity document, double slash', { timeout: 120_000 }, async () => {
   const imds = await ImdsDouble.start({
     instanceId: 'i-0123456789abcdef0', imageId: 'ami-0123456789abcdef0', instanceType: 't3.micro',
     availabilityZone: 'us-east-1b', region: 'us-east-1', accountId: '123456789012', localIpv4: '10.0.0.9',
@@ -248,7 +248,7 @@ test('IMDS double: tokens, paths, 404s, identity document, double slash', async 
 
 const netns = await netnsAvailability();
 test(`network namespaces: each instance has its own address (mode: ${netns.mode}${netns.reason ? `, ${netns.reason}` : ''})`,
-  { skip: netns.mode !== 'netns' && `netns unavailable: ${netns.reason}` }, async () => {
+  { timeout: 120_000, skip: netns.mode !== 'netns' && `netns unavailable: ${netns.reason}` }, async () => {
     const lab = await NetnsLab.create();
     const script = `${INSTANCE_SCRIPT.replace("console.log('user-data=' + ud);",
       "console.log('user-data=' + ud); console.log('addr=' + require('os').networkInterfaces().eth0?.[0]?.address);")}`;

@@ -114,7 +114,7 @@ function fakeDeps(files: Record<string, string>, userData: string | undefined | 
 
 const usageError = (re: RegExp) => (err: unknown) => err instanceof FalconetError && err.code === ErrorCode.USAGE && re.test(err.message);
 
-test('config: flags > environment > env file > user-data, setting by setting', async () => {
+test('config: flags > environment > env file > user-data, setting by setting', { timeout: 120_000 }, async () => {
   const file = ['# comment', '', 'export FALCONET_LABELS="src=file"', "FALCONET_SLOTS='2'", 'FALCONET_EXECUTOR_ID=file-id', 'FALCONET_POWEROFF=1', 'FALCONET_RETIRE_EXIT_CODE=75'].join('\n');
   const ud = JSON.stringify({ url: 'ws://ud:1', token: 'ud-token', labels: { src: 'ud' }, slots: 9, mode: 'pull', idleExitS: 600, dispatcherTimeoutS: 300, retireExitCode: 1, shutdownCommand: 'sudo shutdown -h now', id: 'ud-id' });
   const { deps, calls } = fakeDeps({ '/etc/falconet/executor.env': file }, ud);
@@ -151,7 +151,7 @@ test('config: flags > environment > env file > user-data, setting by setting', a
   assert.equal(only.imds.reason, 'no dispatcher URL from flags, environment or env file');
 });
 
-test('config: IMDS is consulted only when needed, and optional when a URL is configured', async () => {
+test('config: IMDS is consulted only when needed, and optional when a URL is configured', { timeout: 120_000 }, async () => {
   let f = fakeDeps({}, undefined);
   let cfg = await resolveExecutorConfig({ dispatcher: 'ws://flag:1' }, {}, f.deps);
   assert.equal(f.calls.imds, 0, 'a URL and no reason to ask: IMDS is not consulted');
@@ -178,7 +178,7 @@ test('config: IMDS is consulted only when needed, and optional when a URL is con
   assert.equal(f.calls.imds, 0);
 });
 
-test('config: user-data forms, bad values and env files are usage errors with clear messages', async () => {
+test('config: user-data forms, bad values and env files are usage errors with clear messages', { timeout: 120_000 }, async () => {
   assert.deepEqual(parseUserData('#!falconet\n{"url":"ws://x:1"}\n'), { url: 'ws://x:1' });
   assert.equal(parseUserData('#cloud-config\nwrite_files: []\n'), null, 'cloud-config is not ours');
   assert.equal(parseUserData('   '), undefined);
@@ -225,7 +225,7 @@ test('config: user-data forms, bad values and env files are usage errors with cl
 
 // ---- the IMDSv2 reader -----------------------------------------------------------------------
 
-test('imds: reads identity and user-data with a token through the SDK; asks for /latest/..., not //latest/...', async (t) => {
+test('imds: reads identity and user-data with a token through the SDK; asks for /latest/..., not //latest/...', { timeout: 120_000 }, async (t) => {
   const imds = await ImdsDouble.start(view('{"url":"ws://x:1"}'));
   t.after(() => imds.close());
   const reader = new Imds({ endpoint: imds.endpoint });
@@ -262,7 +262,7 @@ test('imds: reads identity and user-data with a token through the SDK; asks for 
   assert.deepEqual(paths, ['PUT /latest/api/token', 'GET /latest/user-data', 'PUT /latest/api/token', 'GET /latest/user-data']);
 });
 
-test('imds: a host without a metadata service finds out in about a second', async (t) => {
+test('imds: a host without a metadata service finds out in about a second', { timeout: 120_000 }, async (t) => {
   // Accepts connections and never answers: what a filtered 169.254.169.254 looks like.
   const sockets = new Set<Socket>();
   const hole = createNetServer((s) => {
@@ -288,7 +288,7 @@ test('imds: a host without a metadata service finds out in about a second', asyn
 
 // ---- real processes --------------------------------------------------------------------------
 
-test('an executor with no --dispatcher reads its user-data from IMDS, registers as the instance, and runs tasks', async (t) => {
+test('an executor with no --dispatcher reads its user-data from IMDS, registers as the instance, and runs tasks', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -324,7 +324,7 @@ test('an executor with no --dispatcher reads its user-data from IMDS, registers 
   assert.equal(run.stdout, 'from the instance\n');
 });
 
-test('flags and the environment override the user-data; the env file sits between them and the user-data', async (t) => {
+test('flags and the environment override the user-data; the env file sits between them and the user-data', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -359,7 +359,7 @@ test('flags and the environment override the user-data; the env file sits betwee
   assert.equal(ec.slots, 2);
 });
 
-test('a dispatcher that never existed: --dispatcher-timeout 1 --retire-exit-code 75 exits 75 and runs the shutdown command', async (t) => {
+test('a dispatcher that never existed: --dispatcher-timeout 1 --retire-exit-code 75 exits 75 and runs the shutdown command', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const dir = procs.tmpDir();
@@ -384,7 +384,7 @@ test('a dispatcher that never existed: --dispatcher-timeout 1 --retire-exit-code
   assert.match(fails.stderr(), /shutdown command failed/);
 });
 
-test('a dispatcher lost after registration: retire once it has been gone for the timeout, not before', async (t) => {
+test('a dispatcher lost after registration: retire once it has been gone for the timeout, not before', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -405,7 +405,7 @@ test('a dispatcher lost after registration: retire once it has been gone for the
   assert.ok(existsSync(marker));
 });
 
-test('idle and drained executors retire with the retire code; SIGTERM is a plain stop (exit 0, no command)', async (t) => {
+test('idle and drained executors retire with the retire code; SIGTERM is a plain stop (exit 0, no command)', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -435,7 +435,7 @@ test('idle and drained executors retire with the retire code; SIGTERM is a plain
   assert.equal(existsSync(join(dir, 'termed')), false, 'SIGTERM runs no shutdown command');
 });
 
-test('bad configuration exits 2 with USAGE: malformed user-data, a non-numeric slots, no URL anywhere', async (t) => {
+test('bad configuration exits 2 with USAGE: malformed user-data, a non-numeric slots, no URL anywhere', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const bad = await ImdsDouble.start(view('{"url": "ws://127.0.0.1:1", "slots": '));

@@ -22,7 +22,7 @@ function collect(client: Client): TaskResult[] {
   return seen;
 }
 
-test('an executor killed with kill -9 mid-task: its task is re-queued and completes elsewhere', async (t) => {
+test('an executor killed with kill -9 mid-task: its task is re-queued and completes elsewhere', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -40,7 +40,7 @@ test('an executor killed with kill -9 mid-task: its task is re-queued and comple
   assert.equal(r.attempts, 2);
 });
 
-test('an executor stopped with SIGSTOP is found by missed heartbeats; the result comes once', async (t) => {
+test('an executor stopped with SIGSTOP is found by missed heartbeats; the result comes once', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -99,7 +99,7 @@ async function relay(target: number) {
   };
 }
 
-test('results produced while the executor was disconnected arrive after it reconnects', async (t) => {
+test('results produced while the executor was disconnected arrive after it reconnects', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--lease-ms', '5000']);
@@ -128,7 +128,7 @@ test('results produced while the executor was disconnected arrive after it recon
   assert.ok(result.timings.finished < restoredAt, `finished at ${result.timings.finished}, ${result.timings.finished - restoredAt} ms after the link came back: not the undelivered-result path`);
 });
 
-test('a task timeout kills its whole process group', async (t) => {
+test('a task timeout kills its whole process group', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -144,7 +144,7 @@ test('a task timeout kills its whole process group', async (t) => {
   await waitFor('the background sleep to die', () => !alive(grandchild), 5000);
 });
 
-test('cancel of a queued and of a running task', async (t) => {
+test('cancel of a queued and of a running task', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);

@@ -217,12 +217,20 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
   }
 }
 
-export async function waitExecutors(url: string, n: number, token?: string): Promise<StatusSnapshot> {
-  return waitFor(`${n} executors`, async () => {
-    const s = await status(url, token).catch(() => undefined); // not listening yet
-    if (!s) return undefined;
-    return s.executors.filter((e) => e.state !== 'disconnected').length >= n ? s : undefined;
-  });
+/**
+ * Waits until `n` executors are connected. The deadline is generous (60 s): starting a Node
+ * process takes seconds on a loaded 2-core machine, and a deadline only matters when it fails.
+ */
+export async function waitExecutors(url: string, n: number, token?: string, ms = 60_000): Promise<StatusSnapshot> {
+  return waitFor(
+    `${n} executors`,
+    async () => {
+      const s = await status(url, token).catch(() => undefined); // not listening yet
+      if (!s) return undefined;
+      return s.executors.filter((e) => e.state !== 'disconnected').length >= n ? s : undefined;
+    },
+    ms,
+  );
 }
 
 export interface CliResult {

@@ -37,25 +37,25 @@ function burst(policy: AllocationPolicy, queued: number, polls: number, over: Pa
   return sizes;
 }
 
-test('burst from 0, one-at-a-time: one instance per poll up to max', () => {
+test('burst from 0, one-at-a-time: one instance per poll up to max', { timeout: 10_000 }, () => {
   const sizes = burst('one-at-a-time', 100, 22, { max: 20 });
   assert.deepEqual(sizes, [...Array(20).fill(1), 0, 0]);
 });
 
-test('burst from 0, additive: 1, 2, 3, ... capped by max', () => {
+test('burst from 0, additive: 1, 2, 3, ... capped by max', { timeout: 10_000 }, () => {
   assert.deepEqual(burst('additive', 100, 8, { max: 20 }), [1, 2, 3, 4, 5, 5, 0, 0]);
 });
 
-test('burst from 0, exponential: 1, 2, 4, 8, ... capped by max', () => {
+test('burst from 0, exponential: 1, 2, 4, 8, ... capped by max', { timeout: 10_000 }, () => {
   assert.deepEqual(burst('exponential', 100, 7, { max: 20 }), [1, 2, 4, 8, 5, 0, 0]);
 });
 
-test('burst from 0, all-at-once: everything needed in one poll', () => {
+test('burst from 0, all-at-once: everything needed in one poll', { timeout: 10_000 }, () => {
   assert.deepEqual(burst('all-at-once', 100, 3, { max: 20 }), [20, 0, 0]);
   assert.deepEqual(burst('all-at-once', 7, 3, { max: 20 }), [7, 0, 0]);
 });
 
-test('launch sizes are capped by demand, in executors of slotsPerExecutor slots', () => {
+test('launch sizes are capped by demand, in executors of slotsPerExecutor slots', { timeout: 10_000 }, () => {
   assert.deepEqual(burst('exponential', 10, 6, { max: 100 }), [1, 2, 4, 3, 0, 0]);
   assert.deepEqual(burst('additive', 10, 5, { max: 100 }), [1, 2, 3, 4, 0]);
   // 10 tasks over 4-slot executors: 3 executors in all.
@@ -63,7 +63,7 @@ test('launch sizes are capped by demand, in executors of slotsPerExecutor slots'
   assert.deepEqual(burst('exponential', 10, 4, { max: 100, slotsPerExecutor: 4 }), [1, 2, 0, 0]);
 });
 
-test('growth resets after a poll that needs no launch', () => {
+test('growth resets after a poll that needs no launch', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'exponential', max: 100 }));
   assert.equal(p.decide(view({ queued: 50 })).launch, 1);
   assert.equal(p.decide(view({ queued: 50, pending: [{ instanceId: 'a', requestedAt: 1_000_000 }] })).launch, 2);
@@ -73,7 +73,7 @@ test('growth resets after a poll that needs no launch', () => {
   assert.equal(p.decide(view({ queued: 50 })).launch, 1);
 });
 
-test('pending instances count as capacity', () => {
+test('pending instances count as capacity', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'all-at-once', slotsPerExecutor: 2 }));
   const pending = [1, 2, 3].map((i) => ({ instanceId: `i-${i}`, requestedAt: 1_000_000 }));
   let d = p.decide(view({ queued: 6, pending }));
@@ -90,7 +90,7 @@ test('pending instances count as capacity', () => {
   assert.equal(d.launch, 0);
 });
 
-test('min is topped up in full, whatever the policy, with nothing queued', () => {
+test('min is topped up in full, whatever the policy, with nothing queued', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'one-at-a-time', min: 3 }));
   let d = p.decide(view());
   assert.equal(d.launch, 3);
@@ -104,7 +104,7 @@ test('min is topped up in full, whatever the policy, with nothing queued', () =>
   assert.equal(d.launch, 0);
 });
 
-test('max bounds executors plus pending, draining executors included', () => {
+test('max bounds executors plus pending, draining executors included', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'all-at-once', max: 4 }));
   const d = p.decide(view({
     queued: 50,
@@ -122,7 +122,7 @@ test('max bounds executors plus pending, draining executors included', () => {
   assert.match(full.reason, /at max 4/);
 });
 
-test('scale-down drains only executors idle past the idle timeout, longest idle first', () => {
+test('scale-down drains only executors idle past the idle timeout, longest idle first', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ idleTimeoutMs: 10 * MIN, cooldownMs: MIN }));
   const now = 100 * MIN;
   const d = p.decide(view({
@@ -141,7 +141,7 @@ test('scale-down drains only executors idle past the idle timeout, longest idle 
   assert.match(d.reason, /^drain 2/);
 });
 
-test('no scale-down while anything is queued', () => {
+test('no scale-down while anything is queued', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ idleTimeoutMs: MIN, cooldownMs: 0 }));
   const now = 100 * MIN;
   const execs = [exec('a', { slots: 4, idleSinceMs: now - 10 * MIN }), exec('b', { slots: 4, idleSinceMs: now - 10 * MIN })];
@@ -152,7 +152,7 @@ test('no scale-down while anything is queued', () => {
   assert.deepEqual(p.decide(view({ now, queued: 0, executors: execs })).drain, ['a', 'b']);
 });
 
-test('scale-down respects the cooldown between actions and after a launch', () => {
+test('scale-down respects the cooldown between actions and after a launch', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ idleTimeoutMs: MIN, cooldownMs: 5 * MIN }));
   let now = 100 * MIN;
   assert.deepEqual(p.decide(view({ now, executors: [exec('a', { idleSinceMs: now - 2 * MIN })] })).drain, ['a']);
@@ -175,7 +175,7 @@ test('scale-down respects the cooldown between actions and after a launch', () =
   assert.deepEqual(q.decide(view({ now, executors: [exec('c', { idleSinceMs: now - 10 * MIN })] })).drain, ['c']);
 });
 
-test('scale-down never goes below min', () => {
+test('scale-down never goes below min', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ min: 2, idleTimeoutMs: MIN, cooldownMs: 0 }));
   const now = 100 * MIN;
   const execs = ['a', 'b', 'c', 'd'].map((id, i) => exec(id, { idleSinceMs: now - (10 + i) * MIN }));
@@ -185,7 +185,7 @@ test('scale-down never goes below min', () => {
   assert.match(d.reason, /kept for min 2/);
 });
 
-test('pending instances past the boot timeout are reported as failed boots, and replaced', () => {
+test('pending instances past the boot timeout are reported as failed boots, and replaced', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'all-at-once', bootTimeoutMs: 5 * MIN }));
   const now = 100 * MIN;
   const d = p.decide(view({
@@ -199,7 +199,7 @@ test('pending instances past the boot timeout are reported as failed boots, and 
   assert.match(d.reason, /1 boot timed out \(i-late\)/);
 });
 
-test('circuit breaker: k failed boots in a row pause launches with a visible reason until reset', () => {
+test('circuit breaker: k failed boots in a row pause launches with a visible reason until reset', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'all-at-once', breakerThreshold: 3, idleTimeoutMs: MIN, cooldownMs: 0 }));
   const now = 100 * MIN;
   p.recordBoot(false, now, 'boot 1');
@@ -234,7 +234,7 @@ test('circuit breaker: k failed boots in a row pause launches with a visible rea
   assert.equal(p.decide(view({ now, queued: 10 })).launch, 10);
 });
 
-test('boot timeouts about to open the breaker hold launches in the same poll', () => {
+test('boot timeouts about to open the breaker hold launches in the same poll', { timeout: 10_000 }, () => {
   const p = new ProvisioningPolicy(cfg({ policy: 'all-at-once', breakerThreshold: 2, bootTimeoutMs: MIN }));
   const now = 100 * MIN;
   p.recordBoot(false, now, 'first');
@@ -246,7 +246,7 @@ test('boot timeouts about to open the breaker hold launches in the same poll', (
   assert.equal(p.breaker.open, true);
 });
 
-test('configuration is validated', () => {
+test('configuration is validated', { timeout: 10_000 }, () => {
   assert.throws(() => new ProvisioningPolicy(cfg({ min: 5, max: 2 })), /min \(5\) exceeds max \(2\)/);
   assert.throws(() => new ProvisioningPolicy(cfg({ slotsPerExecutor: 0 })), RangeError);
   assert.throws(() => new ProvisioningPolicy(cfg({ policy: 'greedy' as AllocationPolicy })), /unknown policy/);

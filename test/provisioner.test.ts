@@ -18,7 +18,7 @@ async function provisioner(url: string): Promise<ProvisionerStatus> {
   return ((await status(url)) as unknown as { provisioner: ProvisionerStatus }).provisioner;
 }
 
-test('up --min 0 --max 4 --policy additive: grows under a burst, shrinks back to 0 when idle', async (t) => {
+test('up --min 0 --max 4 --policy additive: grows under a burst, shrinks back to 0 when idle', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const up = procs.spawn(['up', '--port', '0', '--data-dir', procs.tmpDir(), '--min', '0', '--max', '4', '--policy', 'additive', '--idle-timeout', '1', '--slots', '2', ...SCALE, ...FAST]);
@@ -93,7 +93,7 @@ async function ec2Dispatcher(procs: Procs, double: Ec2Double, extra: string[], p
 
 const alive = (double: Ec2Double) => double.instances().filter((i) => i.state === 'pending' || i.state === 'running');
 
-test('EC2: queued tasks → RunInstances → user-data from IMDS → registers → runs → idles → terminates', async (t) => {
+test('EC2: queued tasks → RunInstances → user-data from IMDS → registers → runs → idles → terminates', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const double = await ec2(t);
@@ -116,7 +116,7 @@ test('EC2: queued tasks → RunInstances → user-data from IMDS → registers �
   assert.equal(alive(double).length, 0, 'nothing left running');
 });
 
-test('EC2: kill -9 of the dispatcher; the restarted one re-adopts its instances and leaves none orphaned', async (t) => {
+test('EC2: kill -9 of the dispatcher; the restarted one re-adopts its instances and leaves none orphaned', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const double = await ec2(t);
@@ -143,7 +143,7 @@ test('EC2: kill -9 of the dispatcher; the restarted one re-adopts its instances 
   assert.deepEqual(alive(double).map((i) => i.instanceId).sort(), before, 'the same two instances, none launched again');
 });
 
-test('EC2: a boot that never registers is terminated with its console output; three open the breaker', async (t) => {
+test('EC2: a boot that never registers is terminated with its console output; three open the breaker', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const double = await ec2(t, { command: [process.execPath, '-e', 'console.log("cloud-init: cannot reach the dispatcher"); setInterval(() => {}, 1e9)'] });
@@ -165,7 +165,7 @@ test('EC2: a boot that never registers is terminated with its console output; th
   await waitFor('launches resumed', () => double.instances().length > 3, 10_000);
 });
 
-test('EC2: capacity errors are retried with backoff until capacity returns', async (t) => {
+test('EC2: capacity errors are retried with backoff until capacity returns', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const double = await ec2(t);
@@ -178,7 +178,7 @@ test('EC2: capacity errors are retried with backoff until capacity returns', asy
 });
 
 const netns = await netnsAvailability();
-test(`EC2 in network namespaces: each instance registers with its own address (mode: ${netns.mode}${netns.reason ? `: ${netns.reason}` : ''})`, { skip: netns.mode !== 'netns' && `netns unavailable: ${netns.reason}` }, async (t) => {
+test(`EC2 in network namespaces: each instance registers with its own address (mode: ${netns.mode}${netns.reason ? `: ${netns.reason}` : ''})`, { timeout: 120_000, skip: netns.mode !== 'netns' && `netns unavailable: ${netns.reason}` }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const lab = await NetnsLab.create();

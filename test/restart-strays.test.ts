@@ -28,17 +28,21 @@ test('a restarted up adopts the executors of the one killed with kill -9, and st
     second.stdout!.resume();
     let stderr = '';
     second.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    let last: unknown = null;
     const adopted = await waitFor(
       'the old executors registered with the new dispatcher and adopted by its provisioner',
       async () => {
         if (second.exitCode !== null) throw new Error(`the second up exited with ${second.exitCode}: ${stderr}`);
         const s = (await status(url).catch(() => undefined)) as (Awaited<ReturnType<typeof status>> & { provisioner?: { instances: Array<{ id: string; state: string; adopted?: boolean }> } }) | undefined;
         if (!s?.provisioner) return undefined;
+        last = { old, executors: s.executors.map((e) => [e.id, e.state]), provisioner: s.provisioner };
         const ok = old.every((o) => s.executors.some((e) => e.id === o.id && e.state !== 'disconnected') && s.provisioner!.instances.some((i) => i.id === o.id && i.adopted && i.state !== 'pending'));
         return ok ? s : undefined;
       },
       60_000,
-    );
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; last status: ${JSON.stringify(last)}`);
+    });
     assert.deepEqual(adopted.executors.map((e) => e.id).sort(), old.map((o) => o.id).sort());
     // A negative property: several provisioner polls (100 ms each) launch nobody beside them.
     await sleep(1000);

@@ -47,14 +47,14 @@ function killListed(file: string): void {
   }
 }
 
-test('the helper binary is built and used', async () => {
+test('the helper binary is built and used', { timeout: 120_000 }, async () => {
   assert.ok(existsSync(DEFAULT_HELPER_PATH), `npm run build should have built ${DEFAULT_HELPER_PATH}`);
   const ppid = await parentOf();
   assert.notEqual(ppid, process.pid);
   assert.match(readFileSync(`/proc/${ppid}/cmdline`, 'latin1'), /falconet-spawn-helper/);
 });
 
-test('exit codes and signals', async () => {
+test('exit codes and signals', { timeout: 120_000 }, async () => {
   const ok = await run({ cmd: ['/bin/true'] });
   assert.equal(ok.status, 'succeeded');
   assert.equal(ok.exitCode, 0);
@@ -68,7 +68,7 @@ test('exit codes and signals', async () => {
   assert.equal(pipe.status, 'succeeded');
 });
 
-test('stdout and stderr are captured up to the limit, with a truncated flag', async () => {
+test('stdout and stderr are captured up to the limit, with a truncated flag', { timeout: 120_000 }, async () => {
   const exact = await run({ cmd: ['/bin/sh', '-c', 'printf 0123456789; printf abc >&2'] }, { outputLimit: 10 });
   assert.deepEqual([exact.stdout, exact.stderr, exact.truncated], ['0123456789', 'abc', false]);
   const over = await run({ cmd: ['/bin/sh', '-c', 'printf 0123456789X'] }, { outputLimit: 10 });
@@ -85,7 +85,7 @@ test('stdout and stderr are captured up to the limit, with a truncated flag', as
   assert.equal(utf8.stdout, 'héllo ✓\n');
 });
 
-test('stdin: given bytes, large input, input the task ignores, and /dev/null otherwise', async () => {
+test('stdin: given bytes, large input, input the task ignores, and /dev/null otherwise', { timeout: 120_000 }, async () => {
   assert.equal((await run({ cmd: ['/bin/cat'], stdin: 'a\tb\nc' })).stdout, 'a\tb\nc');
   assert.equal((await run({ cmd: ['/bin/cat'], stdin: '' })).stdout, '');
   const big = 'x'.repeat(1024 * 1024);
@@ -95,7 +95,7 @@ test('stdin: given bytes, large input, input the task ignores, and /dev/null oth
   assert.equal((await run({ cmd: ['/bin/cat'] })).stdout, '');
 });
 
-test('env is the base environment plus the task’s, and PATH lookup uses the task’s PATH', async () => {
+test('env is the base environment plus the task’s, and PATH lookup uses the task’s PATH', { timeout: 120_000 }, async () => {
   const env = await run({ cmd: ['/bin/sh', '-c', 'printf "%s|%s|%s" "$FOO" "$BAR" "$HOME_BASE"'], env: { FOO: 'f o\to', BAR: '' } }, { baseEnv: { HOME_BASE: 'b', FOO: 'base', PATH: '/usr/bin:/bin' } });
   assert.equal(env.stdout, 'f o\to||b');
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
@@ -111,7 +111,7 @@ test('env is the base environment plus the task’s, and PATH lookup uses the ta
   }
 });
 
-test('cwd, shell tasks, and arguments with newlines, tabs, quotes and long values', async () => {
+test('cwd, shell tasks, and arguments with newlines, tabs, quotes and long values', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   try {
     assert.equal((await run({ cmd: ['/bin/pwd'], cwd: dir })).stdout, `${dir}\n`);
@@ -128,7 +128,7 @@ test('cwd, shell tasks, and arguments with newlines, tabs, quotes and long value
   assert.deepEqual(JSON.parse(echoed.stdout), args);
 });
 
-test('spawn failures: missing binary, not executable, bad cwd (same messages as Node)', async () => {
+test('spawn failures: missing binary, not executable, bad cwd (same messages as Node)', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   const plain = join(dir, 'plain');
   writeFileSync(plain, 'not a program\n', { mode: 0o644 });
@@ -143,7 +143,7 @@ test('spawn failures: missing binary, not executable, bad cwd (same messages as 
   rmSync(dir, { recursive: true, force: true });
 });
 
-test('a timeout kills the whole process group, SIGKILL after the grace if SIGTERM is ignored', async () => {
+test('a timeout kills the whole process group, SIGKILL after the grace if SIGTERM is ignored', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   const pids = join(dir, 'pids');
   try {
@@ -166,7 +166,7 @@ test('a timeout kills the whole process group, SIGKILL after the grace if SIGTER
   }
 });
 
-test('cancel stops the task; leftovers are killed once the main process exits', async () => {
+test('cancel stops the task; leftovers are killed once the main process exits', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   const pids = join(dir, 'pids');
   try {
@@ -189,12 +189,12 @@ test('cancel stops the task; leftovers are killed once the main process exits', 
   }
 });
 
-test('500 tasks at once', async () => {
+test('500 tasks at once', { timeout: 120_000 }, async () => {
   const results = await Promise.all(Array.from({ length: 500 }, (_, i) => run({ cmd: ['/bin/sh', '-c', `sleep 0.2; echo ${i}`] })));
   results.forEach((r, i) => assert.deepEqual([r.status, r.stdout], ['succeeded', `${i}\n`]));
 });
 
-test('the helper killed mid-task: its tasks fail with SPAWN_HELPER_LOST, the next ones start a new helper', async () => {
+test('the helper killed mid-task: its tasks fail with SPAWN_HELPER_LOST, the next ones start a new helper', { timeout: 120_000 }, async () => {
   // Another path string for the same binary: a helper of its own, so this test's deaths are its own.
   const helperPath = DEFAULT_HELPER_PATH.replace(/falconet-spawn-helper$/, './falconet-spawn-helper');
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
@@ -222,7 +222,7 @@ test('the helper killed mid-task: its tasks fail with SPAWN_HELPER_LOST, the nex
   }
 });
 
-test('fallbacks to Node: spawner node, a missing binary, a stale binary', async () => {
+test('fallbacks to Node: spawner node, a missing binary, a stale binary', { timeout: 120_000 }, async () => {
   assert.equal(await parentOf({ spawner: 'node' }), process.pid);
   assert.equal(await parentOf({ helperPath: '/no/such/falconet-spawn-helper' }), process.pid);
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
@@ -240,7 +240,7 @@ test('fallbacks to Node: spawner node, a missing binary, a stale binary', async 
   }
 });
 
-test('the helper exits and kills its tasks when the executor dies', async () => {
+test('the helper exits and kills its tasks when the executor dies', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   const pids = join(dir, 'pids');
   try {
@@ -273,7 +273,7 @@ function queued(scope: string, limit: number): RunnerOptions {
 /** A shell task that prints its real start and end (ms since the epoch) around `body`. */
 const timed = (body: string): string[] => ['/bin/sh', '-c', `date +%s%3N; ${body}; date +%s%3N`];
 
-test('queue: with limit 2, six 0.2 s tasks never run more than 2 at once and finish in 3 waves', async () => {
+test('queue: with limit 2, six 0.2 s tasks never run more than 2 at once and finish in 3 waves', { timeout: 120_000 }, async () => {
   const o = queued('limit-2', 2);
   const t0 = Date.now();
   const results = await Promise.all(Array.from({ length: 6 }, () => runAttempt({ cmd: timed('sleep 0.2') }, o).done));
@@ -310,7 +310,7 @@ test('queue: with limit 2, six 0.2 s tasks never run more than 2 at once and fin
   assert.ok(lastStart < firstEnd, `one wave with limit 6: last start ${lastStart}, first end ${firstEnd}`);
 });
 
-test('queue: a cancelled task that waits never starts; the next one takes the slot', async () => {
+test('queue: a cancelled task that waits never starts; the next one takes the slot', { timeout: 120_000 }, async () => {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   try {
     const o = queued('cancel', 1);
@@ -335,7 +335,7 @@ test('queue: a cancelled task that waits never starts; the next one takes the sl
   }
 });
 
-test('queue: a waiting task’s timeout counts from its real start', async () => {
+test('queue: a waiting task’s timeout counts from its real start', { timeout: 120_000 }, async () => {
   const o = queued('timeout', 1);
   const a = runAttempt({ cmd: timed('sleep 0.5') }, o);
   // waits ~0.5 s, longer than its timeout, then runs 0.1 s: within its timeout
@@ -353,7 +353,7 @@ test('queue: a waiting task’s timeout counts from its real start', async () =>
   assert.ok(ran >= 290 && ran < 2000, `c ran ${ran} ms before its 300 ms timeout killed it`);
 });
 
-test('queue: the helper killed with tasks waiting: running and waiting tasks fail SPAWN_HELPER_LOST; the waiting ones never ran', async () => {
+test('queue: the helper killed with tasks waiting: running and waiting tasks fail SPAWN_HELPER_LOST; the waiting ones never ran', { timeout: 120_000 }, async () => {
   const helperPath = DEFAULT_HELPER_PATH.replace(/falconet-spawn-helper$/, './falconet-spawn-helper');
   const dir = mkdtempSync(join(tmpdir(), 'falconet-spawner-'));
   const pids = join(dir, 'pids');

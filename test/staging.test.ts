@@ -46,7 +46,7 @@ async function countingProxy(target: number): Promise<Counting> {
   };
 }
 
-test('staging: inputs from S3 through the cache, outputs to S3, and every bad case with its code', async (t) => {
+test('staging: inputs from S3 through the cache, outputs to S3, and every bad case with its code', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   const s3dir = procs.tmpDir();
   const s3rver = new S3rver({ port: 0, address: '127.0.0.1', silent: true, directory: s3dir });
@@ -133,7 +133,7 @@ test('staging: inputs from S3 through the cache, outputs to S3, and every bad ca
   assert.ok(data.bytesIn >= 1 << 20 && data.bytesOut >= 10 * 1024 * 1024, JSON.stringify(data));
 });
 
-test('data-aware scheduling: with inputs cached on one of two free executors, the tasks go there', async (t) => {
+test('data-aware scheduling: with inputs cached on one of two free executors, the tasks go there', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   const s3rver = new S3rver({ port: 0, address: '127.0.0.1', silent: true, directory: procs.tmpDir() });
   const { port } = await s3rver.run();
@@ -166,7 +166,7 @@ test('data-aware scheduling: with inputs cached on one of two free executors, th
   assert.equal(holder.data!.cacheMisses, 1, 'one download, eight cache hits');
 });
 
-test('environments: set up once per executor, reused by 100 tasks; a failed setup fails fast with its log tail', async (t) => {
+test('environments: set up once per executor, reused by 100 tasks; a failed setup fails fast with its log tail', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);

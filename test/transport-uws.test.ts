@@ -168,7 +168,7 @@ for (const transport of ['ws', 'uws']) {
   });
 }
 
-test('uws that cannot load is TRANSPORT_UNAVAILABLE; a bad --transport is USAGE', async (t) => {
+test('uws that cannot load is TRANSPORT_UNAVAILABLE; a bad --transport is USAGE', { timeout: 120_000 }, async (t) => {
   assert.throws(() => loadUws('no-such-package-for-falconet'), (e: FalconetError) => e.code === 'TRANSPORT_UNAVAILABLE' && /not installed/.test(e.message));
   // A package without a binary for this Node (the package's JS fallback is never used).
   assert.throws(() => loadUws('ws'), (e: FalconetError) => e.code === 'TRANSPORT_UNAVAILABLE' && /no working binary/.test(e.message));

@@ -38,6 +38,8 @@ export interface Ec2Options {
     idleExitS?: number;
     dispatcherTimeoutS?: number;
     retireExitCode?: number;
+    /** PEM CA certificate(s) the executor trusts the dispatcher's wss:// with. */
+    ca?: string;
   };
   /** Attempts per API call, throttling and capacity errors included (the SDK backs off between). */
   maxAttempts?: number;

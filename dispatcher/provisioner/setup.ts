@@ -2,6 +2,10 @@
  * Provisioner configuration as the CLI gives it, compiled and checked, and the wiring of a
  * provisioner to a running dispatcher (backend choice, user-data for EC2 executors).
  */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { tlsFailure, trustedCas } from '../../protocol/tls.js';
 import type { Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../../protocol/index.js';
 import type { DispatcherServer } from '../server.js';
@@ -33,6 +37,35 @@ export interface ProvisionerFlags {
   ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number; labels?: Record<string, string> };
 }
 
+/**
+ * Dials `url` as a local executor would, trusting `caFile`: a certificate they would refuse
+ * (a CA-signed certificate given without its CA) is a USAGE error now, not executors that exit
+ * TLS_FAILED one after another. Anything but a TLS failure (a timeout, say) passes.
+ */
+async function checkLocalTrust(url: string, caFile: string): Promise<void> {
+  const u = new URL(url);
+  if (u.protocol !== 'wss:') return;
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const failure = await new Promise<Error | null>((resolve) => {
+    const sock = tlsConnect({ host, port: Number(u.port || 443), ...(isIP(host) ? {} : { servername: host }), ca: trustedCas(readFileSync(caFile, 'utf8')) });
+    const end = (result: Error | null) => {
+      sock.destroy();
+      resolve(result);
+    };
+    sock.once('secureConnect', () => end(null));
+    sock.once('error', (err) => end(tlsFailure(err, url)));
+    sock.setTimeout(5000, () => end(null));
+  });
+  if (failure) {
+    const cause = (failure.cause as Error | undefined)?.message ?? failure.message;
+    const code = (failure.cause as NodeJS.ErrnoException | undefined)?.code;
+    throw new FalconetError(
+      ErrorCode.USAGE,
+      `the local executors would not trust this dispatcher at ${url} with the CA file ${caFile}: ${cause}${code ? ` (${code})` : ''}; give the CA that signed the certificate with --tls-ca FILE (or put the chain, CA included, in the --tls-cert file)`,
+    );
+  }
+}
+
 export async function startProvisioner(
   server: DispatcherServer,
   store: SqliteStore | null,
@@ -47,9 +80,15 @@ export async function startProvisioner(
   }
   const url = f.executorUrl ?? server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
   const token = server.config.executorToken;
+  // With TLS, the executors it starts trust the dispatcher with --tls-ca (default: its own
+  // certificate file, right for a self-signed one): local ones get the file's name (read at each
+  // start, so a certificate reloaded on SIGHUP reaches new executors), EC2 ones its PEM text.
+  const tls = server.config.tls;
   let backend: Backend;
   if (f.backend === 'local') {
-    backend = new LocalBackend({ url, slots: f.slots, args: f.localArgs ?? [], env: { ...process.env, ...(token ? { FALCONET_TOKEN: token } : {}) } });
+    if (tls) await checkLocalTrust(url, tls.caFile);
+    const env = { ...process.env, ...(token ? { FALCONET_TOKEN: token } : {}), ...(tls ? { FALCONET_CA: tls.caFile } : {}) };
+    backend = new LocalBackend({ url, slots: f.slots, args: f.localArgs ?? [], env });
   } else {
     const e = f.ec2 ?? {};
     if (!e.imageId && !e.launchTemplate) throw new FalconetError(ErrorCode.USAGE, 'the ec2 provisioner needs --ec2-image or --ec2-launch-template');
@@ -66,6 +105,7 @@ export async function startProvisioner(
         idleExitS: Math.round((f.idleTimeoutS ?? POLICY_DEFAULTS.idleTimeoutMs / 1000) * 2),
         dispatcherTimeoutS: e.dispatcherTimeoutS ?? 600,
         retireExitCode: 75,
+        ...(tls ? { ca: readFileSync(tls.caFile, 'utf8') } : {}),
       },
     });
   }
