@@ -1,5 +1,6 @@
 /** The client-side CLI commands, built on the SDK exactly as a user's program would be. */
 import { constants as osConstants } from 'node:os';
+import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, FalconetError, type TaskResult, type TaskSpec } from '../protocol/index.js';
@@ -126,7 +127,7 @@ export async function runCommand(target: Target, task: TaskSpec): Promise<number
     process.stdout.write(r.stdout);
     process.stderr.write(r.stderr);
     if (r.truncated) process.stderr.write('falconet: output was truncated\n');
-    if (r.status !== 'succeeded' && r.error) process.stderr.write(`falconet: ${r.status}: ${r.error.code}: ${r.error.message}\n`);
+    if (r.status !== 'succeeded' && r.error) process.stderr.write(`falconet: ${r.status}: ${r.error.code}: ${spawnProblem(task, r) ?? r.error.message}\n`);
     return exitCodeOf(r);
   } finally {
     waiting.stop();
@@ -134,6 +135,21 @@ export async function runCommand(target: Target, task: TaskSpec): Promise<number
     process.off('SIGTERM', onSignal);
     await client.close();
   }
+}
+
+/**
+ * A task that could not start names what is at fault: Node says `spawn CMD ENOENT` both for a
+ * missing command and for a missing working directory, so with --cwd given the directory is named.
+ */
+export function spawnProblem(task: TaskSpec, r: TaskResult): string | null {
+  if (r.error?.code !== ErrorCode.SPAWN_FAILED || !/ENOENT/.test(r.error.message)) return null;
+  const cmd = task.cmd?.[0] ?? '';
+  const on = r.executor ? ` on executor ${r.executor}` : '';
+  if (task.cwd !== undefined) {
+    const here = existsSync(task.cwd) ? '' : ' (nor here)';
+    return `--cwd ${task.cwd}: no such directory${on}${here}, or ${cmd} is not on its PATH (${r.error.message})`;
+  }
+  return `${cmd}: command not found${on} (${r.error.message})`;
 }
 
 async function cancelRun(client: Client, id: string, signal: NodeJS.Signals, result: Promise<TaskResult>): Promise<number> {
@@ -200,6 +216,7 @@ function endError(client: Client): () => FalconetError | null {
  * what was submitted has finished) unless --skip-invalid. Each result carries its input line.
  */
 export async function submitCommand(target: Target, a: SubmitArgs): Promise<number> {
+  const startedAt = Date.now();
   const prefix = newPrefix();
   const bad: Bad[] = [];
   let source: AsyncIterable<Numbered> | Numbered[];
@@ -252,7 +269,7 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
       process.stderr.write(`falconet: ${r.accepted.toLocaleString('en-US')} task(s) accepted in session ${client.session.id}${extra.length ? `, ${extra.join(', ')}` : ''}; results: falconet watch ${client.session.id}\n`);
       return Math.max(inputCode(), r.rejected.length > 0 ? 1 : 0);
     }
-    const tally = new Tally();
+    const tally = new Tally(startedAt);
     await streamResults(client, target, a, tasks(), lines, tally, total);
     process.stderr.write(`falconet: ${tally.line(skipped())}\n`);
     const e = ended();

@@ -21,7 +21,7 @@ export function clock(s: number): string {
 
 /** Counts of results by status, and why the failures failed. */
 export class Tally {
-  readonly started = Date.now();
+  constructor(readonly started = Date.now()) {}
   done = 0;
   readonly by: Record<string, number> = {};
   readonly reasons = new Map<string, number>();
