@@ -70,7 +70,7 @@ function open(i: number): Promise<boolean> {
     const ws = new WebSocket(url, { perMessageDeflate: false });
     ws.binaryType = 'nodebuffer';
     let up = false;
-    ws.on('open', () => send(ws, [{ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', caps: ['batch', 'push', 'pull'], executor: info(i) }]));
+    ws.on('open', () => send(ws, [{ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', caps: ['batch', 'push', 'pull', 'records'], executor: info(i) }]));
     ws.on('message', (data: Buffer) => {
       const out: unknown[] = [];
       for (const raw of codec.decode(data)) {

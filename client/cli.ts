@@ -331,6 +331,7 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   if (command === '--help' || command === '-h') return void process.stdout.write(overviewText());
+  if ((command === 'help' || command === 'version') && wantsHelp(rest)) return void process.stdout.write(helpText(commandSpec(command)!));
   if (command === '--version' || command === '-V' || command === 'version') return void process.stdout.write(`falconet ${version()}\n`);
   if (command === 'help') {
     if (rest.length === 0) return void process.stdout.write(overviewText());
