@@ -87,15 +87,21 @@ export class Progress {
     const every = this.mode === 'tty' ? 100 : 5000;
     if (now - this.#lastDraw < every) return;
     this.#lastDraw = now;
-    const line = this.text(done, total, failed, inFlight, now);
+    const line = this.fit(this.text(done, total, failed, inFlight, now));
     if (this.mode === 'tty') {
       this.#drawn = true;
       process.stderr.write(`\r${line}\x1b[K`);
     } else process.stderr.write(`${line}\n`);
   }
 
+  /** A redrawn line must not wrap: `\r` returns only to the start of the last screen line. */
+  fit(line: string): string {
+    const cols = process.stderr.columns;
+    return this.mode === 'tty' && cols && line.length >= cols ? line.slice(0, cols - 1) : line;
+  }
+
   /** Leaves the last state drawn (a finished bar) on its own line, before the summary. */
   end(done: number, total: number, failed: number): void {
-    if (this.mode === 'tty' && this.#drawn) process.stderr.write(`\r${this.text(done, total, failed, 0)}\x1b[K\n`);
+    if (this.mode === 'tty' && this.#drawn) process.stderr.write(`\r${this.fit(this.text(done, total, failed, 0))}\x1b[K\n`);
   }
 }

@@ -50,6 +50,8 @@ export async function fetchStatusPatiently(target: Target): Promise<Status> {
 }
 
 export const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
+/** A rate: one decimal under 10 (7.4), whole above (1,234). */
+const rateFmt = (n: number) => (n > 0 && n < 10 ? n.toFixed(1) : fmt(n));
 
 /** 75 → `1m15s`; 3700 → `1h01m`. */
 export function duration(s: number): string {
@@ -105,7 +107,7 @@ export function summary(s: Status, url?: string): string[] {
     `slots      ${fmt(s.slots.busy)}/${fmt(s.slots.total)} busy${pct}`,
     `queue      ${fmt(t.queued)} queued · ${fmt(t.running)} running · ${fmt(t.submitted)} submitted`,
     `finished   ${finished}`,
-    `rate       ${fmt(rate)} tasks/s finished · ${fmt(s.rates.submitted)}/s submitted (last 10 s) · ${eta}`,
+    `rate       ${rateFmt(rate)} tasks/s finished · ${rateFmt(s.rates.submitted)}/s submitted (last 10 s) · ${eta}`,
     `sessions   ${fmt(s.sessions.total)} (${fmt(s.sessions.connected)} connected)${s.data?.cacheHitRatio != null ? ` · cache hit ${Math.round(100 * s.data.cacheHitRatio)}%` : ''}`,
   ];
   const p = s.provisioner;

@@ -153,11 +153,11 @@ test('without the CA: SDK, CLI and executor fail fast with TLS_FAILED and the ca
   makeCa(other);
   const err2 = await connect(d.url, { ca: readFileSync(join(other, 'ca.pem')), connectTimeoutMs: 20_000 }).catch((e: FalconetError) => e);
   assert.equal((err2 as FalconetError).code, 'TLS_FAILED');
-  // The CLI: run (wss) and status (https) exit 1 with the code, well before --connect-timeout.
+  // The CLI: run (wss) and status (https) exit 3 (issue 11: unreachable or refused) with the code, well before --connect-timeout.
   for (const args of [['run', '--', 'true'], ['status']]) {
     const t0 = Date.now();
     const r = await runCli(procs, [...args.slice(0, 1), '--dispatcher', d.url, '--connect-timeout', '20', ...args.slice(1)]);
-    assert.equal(r.code, 1, `${args[0]}: ${r.stderr}`);
+    assert.equal(r.code, 3, `${args[0]}: ${r.stderr}`);
     assert.match(r.stderr, /^falconet: TLS_FAILED: TLS to \S+: certificate verify failed: unable to verify the first certificate/m, args[0]);
     assert.ok(Date.now() - t0 < 10_000, `${args[0]} took ${Date.now() - t0} ms`);
   }
