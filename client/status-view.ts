@@ -102,7 +102,8 @@ export function summary(s: Status, url?: string): string[] {
   const pct = s.slots.total > 0 ? ` (${Math.round((100 * s.slots.busy) / s.slots.total)}%)` : '';
   const finished = ['succeeded', 'failed', 'timed_out', 'cancelled', 'lost'].filter((k) => f[k] > 0 || k === 'succeeded').map((k) => `${fmt(f[k] ?? 0)} ${k.replace('_', ' ')}`).join(' · ');
   const lines = [
-    `falconet dispatcher${url ? ` ${url}` : ''} · up ${duration(s.uptimeMs / 1000)}${s.tls === true ? ' · tls on' : s.tlsWarning ? ` · TLS OFF: ${s.tlsWarning}` : ''}`,
+    `falconet dispatcher${url ? ` ${url}` : ''} · up ${duration(s.uptimeMs / 1000)}`,
+    ...(s.tls === true ? ['tls        on (wss://, https://)'] : s.tlsWarning ? [`tls        OFF: ${s.tlsWarning}`] : []),
     `executors  ${fmt(live)}${execs.length ? ` (${byState(execs.map((e) => e.state), EXEC_ORDER)})` : ' (none connected: start one with falconet executor --dispatcher URL)'}`,
     `slots      ${fmt(s.slots.busy)}/${fmt(s.slots.total)} busy${pct}`,
     `queue      ${fmt(t.queued)} queued · ${fmt(t.running)} running · ${fmt(t.submitted)} submitted`,

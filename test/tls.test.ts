@@ -119,7 +119,7 @@ async function servesTls(procs: Procs, pki: Pki, transport: 'ws' | 'uws') {
   // The CLI: --ca for status (https), FALCONET_CA for run (wss).
   const st = await runCli(procs, ['status', '--dispatcher', d.url, '--ca', pki.caFile, '--connect-timeout', '10']);
   assert.equal(st.code, 0, st.stderr);
-  assert.match(st.stdout, /^tls: on/m);
+  assert.match(st.stdout, /^tls +on/m); // issue 11's status layout: aligned labels
   assert.match(st.stdout, new RegExp(`tls-${transport}`));
   const run = await runCli(procs, ['run', '--dispatcher', d.url, '--connect-timeout', '10', '--', 'echo', 'cli over wss'], { env: { FALCONET_CA: pki.caFile } });
   assert.equal(run.code, 0, run.stderr);
@@ -254,7 +254,7 @@ test('off loopback without TLS: a warning at start and in /api/status; usage err
   assert.equal(s.body.tls, false);
   assert.match(s.body.tlsWarning, /travel in clear/);
   const st = await runCli(procs, ['status', '--dispatcher', url.replace('0.0.0.0', '127.0.0.1')]);
-  assert.match(st.stdout, /^tls: OFF: .*travel in clear/m);
+  assert.match(st.stdout, /^tls +OFF: .*travel in clear/m); // issue 11's status layout: aligned labels
   // On loopback: no warning, tls false.
   const local = await dispatcher(procs, []);
   const ls = await getJson(local.url.replace(/^ws:/, 'http:') + '/api/status');
