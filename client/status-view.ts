@@ -218,7 +218,7 @@ export async function statusCommand(target: Target, a: StatusArgs): Promise<numb
  * terminal's height. q or Ctrl-C quits (exit 0). A dispatcher that stops answering is said on the
  * screen, and top keeps trying.
  */
-export async function topCommand(target: Target, o: { intervalMs: number; wide: boolean }): Promise<number> {
+export async function topCommand(target: Target, o: { intervalMs: number; wide: boolean }): Promise<never> {
   const tty = process.stdout.isTTY === true;
   let stop!: () => void;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
@@ -267,5 +267,6 @@ export async function topCommand(target: Target, o: { intervalMs: number; wide: 
     }
     if (tty) process.stdout.write('\x1b[?25h\n');
   }
-  return 0;
+  // Quit means now: no keep-alive socket or pending timer of the last round holds the process.
+  process.exit(0);
 }

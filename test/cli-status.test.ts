@@ -106,6 +106,7 @@ test('falconet top with 500 executors stays on one screen (< 40 lines): summarie
   const input = Array.from({ length: 100_000 }, () => '{"builtin":"noop"}').join('\n') + '\n';
   const sub = procs.spawn(['submit', '--dispatcher', d.url, '-']);
   sub.stdout!.resume();
+  sub.stdin!.on('error', () => {}); // killed at the test's end with input still unread
   sub.stdin!.end(input);
   const term = tmux(t, `FALCONET_URL=${d.url} ${q(process.execPath)} ${q(CLI)} top`, 120, 40);
   // A screen under load: tasks finished and some still to come.
