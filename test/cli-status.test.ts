@@ -98,7 +98,7 @@ test('falconet top with 500 executors stays on one screen (< 40 lines): summarie
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
-  const sims = spawn(process.execPath, [SIM, '--url', d.url, '--count', '500', '--batch', '50', '--prefix', 'sim-'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const sims = spawn(process.execPath, [SIM, '--url', d.url, '--count', '500', '--batch', '50', '--prefix', 'sim-', '--heartbeat-ms', '500'], { stdio: ['ignore', 'pipe', 'pipe'] });
   sims.stdout.resume();
   sims.stderr.resume();
   t.after(() => void sims.kill('SIGKILL'));
@@ -110,10 +110,13 @@ test('falconet top with 500 executors stays on one screen (< 40 lines): summarie
   sub.stdin!.end(input);
   const term = tmux(t, `FALCONET_URL=${d.url} ${q(process.execPath)} ${q(CLI)} top`, 120, 40);
   // A screen under load: tasks finished and some still to come.
+  let last = '';
   const screen = await waitFor('top drew 500 executors under load', () => {
-    const x = term.screen();
+    const x = (last = term.screen());
     return /executors  500 /.test(x) && /more executors/.test(x) && /finished   [1-9]/.test(x) && !/queue      0 queued · 0 running/.test(x) ? x : undefined;
-  }, 60_000);
+  }, 60_000).catch((err: Error) => {
+    throw new Error(`${err.message}; the screen:\n${last}`);
+  });
   const used = screen.trimEnd().split('\n');
   assert.ok(used.length <= 40, `${used.length} lines`);
   assert.match(screen, /… 4\d\d more executors \(/);
