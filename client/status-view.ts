@@ -51,7 +51,7 @@ export async function fetchStatusPatiently(target: Target): Promise<Status> {
 
 export const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 /** A rate: one decimal under 10 (7.4), whole above (1,234). */
-const rateFmt = (n: number) => (n > 0 && n < 10 ? n.toFixed(1) : fmt(n));
+const rateFmt = (n: number) => (n > 0 && n < 10 && !Number.isInteger(n) ? n.toFixed(1) : fmt(n));
 
 /** 75 → `1m15s`; 3700 → `1h01m`. */
 export function duration(s: number): string {
