@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /**
- * The `falconet` command line (PRODUCT.md §4). Each command parses its own flags strictly:
- * an unknown flag or a bad value is a usage error (exit 2, code USAGE), never a guess.
+ * The `falconet` command line. Commands and flags come from one registry (registry.ts), which
+ * also writes the help and docs/cli.md; an unknown flag or a bad value is a usage error (exit 2,
+ * code USAGE), never a guess. Exit codes: 0 ok, 1 a task did not succeed, 2 usage or input,
+ * 3 dispatcher unreachable or credential refused.
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { availableParallelism } from 'node:os';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { DEFAULT_PORT } from '../dispatcher/config.js';
@@ -12,97 +13,11 @@ import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { dispatcherUrl } from './url.js';
 import { readCa } from '../protocol/tls.js';
-import { cancelCommand, drainCommand, runCommand, statusCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
+import { cancelCommand, drainCommand, runCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
+import { statusCommand, topCommand } from './status-view.js';
+import { command as commandSpec, COMMANDS as REGISTRY, closest, helpText, overviewText, version } from './registry.js';
+import { InputError, parseCommand, usage, wantsHelp, type Parsed } from './args.js';
 import { cancelIdsCommand, sessionsCommand, taskCommand, tasksCommand } from './query-commands.js';
-
-const USAGE = `falconet: a fast, lightweight task dispatcher
-
-usage:
-  falconet up [--port 7878] [--host 127.0.0.1] [--executors N] [--slots N] [dispatcher flags]
-  falconet dispatcher [--port 7878] [--host H] [--client-token T] [--executor-token T] [--insecure] [--http-auth]
-                      [--store sqlite|memory] [--data-dir D] [--sync full|normal] [--retention S]
-                      [--data-policy max-cache-hit|first-available] [--cache-wait-ms MS]
-                      [--prefetch N] [--heartbeat-ms MS] [--lease-ms MS] [--max-attempts N] [--max-requeues N]
-                      [--transport ws|uws] [--max-frame-bytes B] [--max-buffered-bytes B]
-                      [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
-  falconet executor [--dispatcher URL] [--token T] [--slots N] [--labels k=v,...] [--mode push|pull]
-                    [--idle-exit S] [--id ID] [--config FILE] [--imds] [--dispatcher-timeout S]
-                    [--retire-exit-code N] [--shutdown-command CMD] [--output-limit BYTES]
-                    [--spawner helper|node] [--ca FILE]
-  falconet run [--timeout S] [--env K=V]... [--cwd DIR] [--shell] [--input SRC=DST]... [--output SRC=DST]... -- CMD ARGS...
-  falconet submit [--file F | -] [--session S] [--detach [--print-ids]] [--lease S] [--max-in-flight N] [--progress]
-  falconet watch SESSION [--progress]
-  falconet status [--json]
-  falconet task ID [--json]
-  falconet tasks [--session S] [--state STATE|finished] [--limit N] [--json]
-  falconet sessions [--json]
-  falconet cancel ID... [--session S] | --session S --all
-  falconet drain EXECUTOR_ID
-  falconet provisioner reset
-
-Scaling (up, and dispatcher --provisioner local|ec2): --min A --max B --policy one-at-a-time|additive|
-exponential|all-at-once --idle-timeout S --boot-timeout S --cooldown S --poll-ms MS; EC2: --ec2-image AMI |
---ec2-launch-template LT, --ec2-instance-type, --ec2-subnet, --ec2-security-groups a,b, --ec2-instance-profile,
---ec2-key-name, --ec2-spot, --ec2-region, --executor-slots N, --executor-labels k=v,..., --cluster NAME,
---executor-url URL, --dispatcher-timeout S (executors retire when their dispatcher is gone that long).
-
-Client commands take --dispatcher URL (or FALCONET_URL; ws://HOST:PORT, wss://HOST:PORT or HOST:PORT),
---token T (or FALCONET_TOKEN), --ca FILE (or FALCONET_CA: a CA to trust for wss:// besides the root CAs)
-and --connect-timeout S (how long to keep dialing a dispatcher that does not answer; default 30). \`run\` cancels its task on Ctrl-C or SIGTERM (exit 130 or 143).
-`;
-
-const DISPATCHER_FLAGS = {
-  host: { type: 'string' },
-  port: { type: 'string' },
-  'client-token': { type: 'string' },
-  'client-token-file': { type: 'string' },
-  'executor-token': { type: 'string' },
-  'executor-token-file': { type: 'string' },
-  insecure: { type: 'boolean' },
-  'http-auth': { type: 'boolean' },
-  prefetch: { type: 'string' },
-  'heartbeat-ms': { type: 'string' },
-  'lease-ms': { type: 'string' },
-  'max-attempts': { type: 'string' },
-  'max-requeues': { type: 'string' },
-  'max-frame-bytes': { type: 'string' },
-  'max-buffered-bytes': { type: 'string' },
-  'hello-timeout-ms': { type: 'string' },
-  'hello-max-bytes': { type: 'string' },
-  'max-pending-hellos': { type: 'string' },
-  'max-pending-hellos-per-address': { type: 'string' },
-  store: { type: 'string' },
-  'data-dir': { type: 'string' },
-  sync: { type: 'string' },
-  retention: { type: 'string' },
-  'data-policy': { type: 'string' },
-  'cache-wait-ms': { type: 'string' },
-  transport: { type: 'string' },
-  'log-format': { type: 'string' },
-  'tls-cert': { type: 'string' },
-  'tls-key': { type: 'string' },
-  'tls-ca': { type: 'string' },
-  // provisioning
-  min: { type: 'string' },
-  max: { type: 'string' },
-  policy: { type: 'string' },
-  'idle-timeout': { type: 'string' },
-  'boot-timeout': { type: 'string' },
-  cooldown: { type: 'string' },
-  'poll-ms': { type: 'string' },
-  'executor-url': { type: 'string' },
-} as const satisfies ParseArgsConfig['options'];
-
-const CLIENT_FLAGS = {
-  dispatcher: { type: 'string' },
-  token: { type: 'string' },
-  'connect-timeout': { type: 'string' },
-  ca: { type: 'string' },
-} as const satisfies ParseArgsConfig['options'];
-
-function usage(message: string): never {
-  throw new FalconetError(ErrorCode.USAGE, message);
-}
 
 /** Parses a numeric flag; undefined when absent. */
 export function num(name: string, value: string | undefined, opts: { min?: number; integer?: boolean } = {}): number | undefined {
@@ -125,12 +40,13 @@ export function pairs(name: string, items: string[]): Record<string, string> {
   return out;
 }
 
-function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = false) {
-  try {
-    return parseArgs({ args, options, allowPositionals: positionals, strict: true });
-  } catch (err) {
-    usage((err as Error).message);
-  }
+/** The command being run: its flags come from the registry (client/registry.ts). */
+let current = REGISTRY[0];
+
+/** The current command's flags and positionals, checked (see args.ts). */
+function parse(args: string[]): { values: Record<string, any>; positionals: string[] } {
+  const p: Parsed = parseCommand(current, args);
+  return p;
 }
 
 /** The dispatcher a client command dials: --dispatcher, else FALCONET_URL, else the local default; `host:port` is understood. */
@@ -182,23 +98,6 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
   };
 }
 
-const EC2_FLAGS = {
-  provisioner: { type: 'string' },
-  'executor-slots': { type: 'string' },
-  cluster: { type: 'string' },
-  'ec2-image': { type: 'string' },
-  'ec2-launch-template': { type: 'string' },
-  'ec2-instance-type': { type: 'string' },
-  'ec2-subnet': { type: 'string' },
-  'ec2-security-groups': { type: 'string' },
-  'ec2-instance-profile': { type: 'string' },
-  'ec2-key-name': { type: 'string' },
-  'ec2-spot': { type: 'boolean' },
-  'ec2-region': { type: 'string' },
-  'dispatcher-timeout': { type: 'string' },
-  'executor-labels': { type: 'string' },
-} as const satisfies ParseArgsConfig['options'];
-
 /** The scaling flags shared by `up` (local executors) and `dispatcher --provisioner`. */
 function scaling(v: Record<string, string | boolean | undefined>, backend: 'local' | 'ec2', slots: number, fixed?: number): ProvisionerFlags {
   const s = (k: string) => v[k] as string | undefined;
@@ -222,7 +121,7 @@ function scaling(v: Record<string, string | boolean | undefined>, backend: 'loca
 const transportNote = (kind: string) => (kind === 'ws' ? '' : `; transport: ${kind}`);
 
 async function dispatcherCommand(args: string[]): Promise<void> {
-  const { values } = parse(args, { ...DISPATCHER_FLAGS, ...EC2_FLAGS });
+  const { values } = parse(args);
   const log = makeLogger('dispatcher');
   const backend = values.provisioner;
   if (backend !== undefined && backend !== 'local' && backend !== 'ec2') usage('--provisioner must be local or ec2');
@@ -256,7 +155,7 @@ async function dispatcherCommand(args: string[]): Promise<void> {
 }
 
 async function upCommand(args: string[]): Promise<void> {
-  const { values } = parse(args, { ...DISPATCHER_FLAGS, executors: { type: 'string' }, slots: { type: 'string' }, mode: { type: 'string' }, labels: { type: 'string' } });
+  const { values } = parse(args);
   const elastic = values.min !== undefined || values.max !== undefined;
   if (elastic && values.executors !== undefined) usage('give either --executors N or --min/--max, not both');
   const count = num('executors', values.executors, { integer: true }) ?? 2;
@@ -276,23 +175,7 @@ async function upCommand(args: string[]): Promise<void> {
 async function executorCommand(args: string[]): Promise<void> {
   // The process start, not this line: boot feedback should show the time Node took to load.
   const startedAt = Math.round(performance.timeOrigin);
-  const { values } = parse(args, {
-    dispatcher: { type: 'string' },
-    token: { type: 'string' },
-    id: { type: 'string' },
-    slots: { type: 'string' },
-    labels: { type: 'string' },
-    mode: { type: 'string' },
-    'idle-exit': { type: 'string' },
-    'output-limit': { type: 'string' },
-    spawner: { type: 'string' },
-    'dispatcher-timeout': { type: 'string' },
-    'retire-exit-code': { type: 'string' },
-    'shutdown-command': { type: 'string' },
-    config: { type: 'string' },
-    imds: { type: 'boolean' },
-    ca: { type: 'string' },
-  });
+  const { values } = parse(args);
   // flags > environment > env file (--config, /etc/falconet/executor.env) > EC2 user-data (IMDSv2).
   const { resolveExecutorConfig, defaultConfigDeps } = await import('../executor/config.js');
   const cfg = await resolveExecutorConfig(values, process.env, defaultConfigDeps(process.env));
@@ -317,16 +200,19 @@ async function executorCommand(args: string[]): Promise<void> {
   onShutdownSignal(() => agent.stop());
 }
 
+/** --progress forces it (a line every 5 s when stderr is not a terminal), --no-progress stops it; by default: on a terminal. */
+function progressMode(values: Record<string, any>): 'tty' | 'lines' | 'off' {
+  if (values['no-progress']) return 'off';
+  if (process.stderr.isTTY) return 'tty';
+  return values.progress ? 'lines' : 'off';
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
   up: upCommand,
   dispatcher: dispatcherCommand,
   executor: executorCommand,
   run: (args) => {
-    const { values, positionals } = parse(
-      args,
-      { ...CLIENT_FLAGS, timeout: { type: 'string' }, env: { type: 'string', multiple: true }, cwd: { type: 'string' }, shell: { type: 'boolean' }, input: { type: 'string', multiple: true }, output: { type: 'string', multiple: true } },
-      true,
-    );
+    const { values, positionals } = parse(args);
     if (positionals.length === 0) usage('run needs a command: falconet run -- CMD ARGS...');
     const timeout = num('timeout', values.timeout);
     // --input SRC=DST splits at the last '=' (a URL may hold one), --output SRC=DST at the first.
@@ -337,8 +223,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     };
     return runCommand(target(values), {
       cmd: positionals,
-      ...(values.input ? { inputs: values.input.map((i) => split('input', i, true)) } : {}),
-      ...(values.output ? { outputs: values.output.map((o) => split('output', o, false)) } : {}),
+      ...(values.input ? { inputs: values.input.map((i: string) => split('input', i, true)) } : {}),
+      ...(values.output ? { outputs: values.output.map((o: string) => split('output', o, false)) } : {}),
       ...(values.env ? { env: pairs('env', values.env) } : {}),
       ...(values.cwd ? { cwd: values.cwd } : {}),
       ...(values.shell ? { shell: true } : {}),
@@ -346,15 +232,11 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     });
   },
   submit: (args) => {
-    const { values, positionals } = parse(
-      args,
-      { ...CLIENT_FLAGS, file: { type: 'string' }, session: { type: 'string' }, detach: { type: 'boolean' }, 'print-ids': { type: 'boolean' }, lease: { type: 'string' }, 'max-in-flight': { type: 'string' }, progress: { type: 'boolean' } },
-      true,
-    );
+    const { values, positionals } = parse(args);
     const lease = num('lease', values.lease, { min: 0.001 });
     if (values['print-ids'] && !values.detach) usage('--print-ids goes with --detach (without it, submit prints the results)');
-    const file = values.file ?? (positionals[0] === '-' ? '-' : undefined);
-    if (positionals.length > (file === '-' && positionals[0] === '-' ? 1 : 0)) usage(`unexpected argument ${JSON.stringify(positionals[0])}`);
+    if (values.file !== undefined && positionals.length > 0) usage(`give the tasks as --file F or as one argument, not both (got ${JSON.stringify(positionals[0])})`);
+    const file = values.file ?? positionals[0];
     return submitCommand(target(values), {
       file: file ?? '-',
       session: values.session,
@@ -362,20 +244,35 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
       detach: values.detach ?? false,
       printIds: values['print-ids'] ?? false,
       maxInFlight: num('max-in-flight', values['max-in-flight'], { min: 1, integer: true }),
-      progress: values.progress ?? process.stderr.isTTY,
+      progress: progressMode(values),
+      skipInvalid: values['skip-invalid'] ?? false,
     });
   },
   watch: (args) => {
-    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, progress: { type: 'boolean' } }, true);
+    const { values, positionals } = parse(args);
     if (positionals.length !== 1) usage('watch needs exactly one session id');
-    return watchCommand(target(values), positionals[0], values.progress ?? process.stderr.isTTY);
+    return watchCommand(target(values), positionals[0], progressMode(values));
   },
   status: (args) => {
-    const { values } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } });
-    return statusCommand(target(values), values.json ?? false);
+    const { values, positionals } = parse(args);
+    const output = values.json ? 'json' : (values.output ?? 'text');
+    if (!['text', 'wide', 'json'].includes(output)) usage(`-o must be text, wide or json (got ${JSON.stringify(output)})`);
+    const view = positionals[0];
+    if (view !== undefined && view !== 'executors' && view !== 'instances') usage(`status takes executors or instances (got ${JSON.stringify(view)})`);
+    const interval = num('interval', values.interval, { min: 0.1 }) ?? 1;
+    if (values.watch) {
+      if (output === 'json') usage('--watch draws a screen; -o json prints once');
+      return topCommand(target(values), { intervalMs: interval * 1000, wide: output === 'wide' });
+    }
+    return statusCommand(target(values), { output: output as 'text' | 'wide' | 'json', view: view as 'executors' | 'instances' | undefined });
+  },
+  top: (args) => {
+    const { values } = parse(args);
+    const interval = num('interval', values.interval, { min: 0.1 }) ?? 1;
+    return topCommand(target(values), { intervalMs: interval * 1000, wide: false });
   },
   cancel: (args) => {
-    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, session: { type: 'string' }, all: { type: 'boolean' } }, true);
+    const { values, positionals } = parse(args);
     if (positionals.length === 0 && !values.all) usage('cancel needs task ids, or --session S --all');
     if (values.all && !values.session) usage('--all needs --session S');
     if (values.all && positionals.length > 0) usage('give task ids or --all, not both');
@@ -384,12 +281,12 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     return cancelCommand(target(values), positionals, values.session, values.all ?? false);
   },
   task: (args) => {
-    const { values, positionals } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } }, true);
+    const { values, positionals } = parse(args);
     if (positionals.length !== 1) usage('task needs exactly one task id: falconet task ID [--json]');
     return taskCommand(target(values), positionals[0], values.json ?? false);
   },
   tasks: (args) => {
-    const { values } = parse(args, { ...CLIENT_FLAGS, session: { type: 'string' }, state: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' } });
+    const { values } = parse(args);
     const states = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'lost', 'finished'];
     if (values.state !== undefined && !states.includes(values.state)) usage(`--state must be one of ${states.join(', ')} (got ${JSON.stringify(values.state)})`);
     const limit = num('limit', values.limit, { min: 1, integer: true });
@@ -397,12 +294,12 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     return tasksCommand(target(values), { session: values.session, state: values.state, limit }, values.json ?? false);
   },
   sessions: (args) => {
-    const { values } = parse(args, { ...CLIENT_FLAGS, json: { type: 'boolean' } });
+    const { values } = parse(args);
     return sessionsCommand(target(values), values.json ?? false);
   },
   provisioner: async (args) => {
-    const { values, positionals } = parse(args, CLIENT_FLAGS, true);
-    if (positionals.length !== 1 || positionals[0] !== 'reset') usage('usage: falconet provisioner reset');
+    const { values, positionals } = parse(args);
+    if (positionals.length !== 1 || positionals[0] !== 'reset') usage(`provisioner takes one action, reset (got ${JSON.stringify(positionals[0])})`);
     const client = await dial(target(values));
     try {
       await client.resetProvisioner();
@@ -412,7 +309,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     }
   },
   drain: (args) => {
-    const { values, positionals } = parse(args, CLIENT_FLAGS, true);
+    const { values, positionals } = parse(args);
     if (positionals.length !== 1) usage('drain needs exactly one executor id');
     return drainCommand(target(values), positionals[0]);
   },
@@ -427,21 +324,52 @@ async function main(argv: string[]): Promise<void> {
     process.exit(1);
   });
   const [command, ...rest] = argv;
-  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
-    process.stdout.write(USAGE);
-    process.exitCode = command === undefined ? 2 : 0;
+  if (command === undefined) {
+    // Usage on stderr: nothing was asked, so it is not output.
+    process.stderr.write(overviewText());
+    process.exitCode = 2;
     return;
   }
+  if (command === '--help' || command === '-h') return void process.stdout.write(overviewText());
+  if ((command === 'help' || command === 'version') && wantsHelp(rest)) return void process.stdout.write(helpText(commandSpec(command)!));
+  if (command === '--version' || command === '-V' || command === 'version') return void process.stdout.write(`falconet ${version()}\n`);
+  if (command === 'help') {
+    if (rest.length === 0) return void process.stdout.write(overviewText());
+    const spec = commandSpec(rest[0]);
+    if (!spec) unknownCommand(rest[0]);
+    return void process.stdout.write(helpText(spec));
+  }
+  const spec = commandSpec(command);
   const run = COMMANDS[command];
-  if (!run) usage(`unknown command ${JSON.stringify(command)}; see falconet --help`);
+  if (!spec || !run) unknownCommand(command);
+  current = spec;
+  if (wantsHelp(rest)) return void process.stdout.write(helpText(spec));
   const code = await run(rest);
   if (typeof code === 'number') process.exitCode = code;
 }
 
+function unknownCommand(word: string): never {
+  const names = REGISTRY.map((c) => c.name);
+  const guess = closest(word, names);
+  if (word.startsWith('-')) usage(`unknown flag ${word}: flags go after the command (falconet COMMAND ${word}); see falconet --help`);
+  usage(`unknown command ${JSON.stringify(word)}${guess ? `; did you mean ${guess}?` : ''}; see falconet --help`);
+}
+
+/** The exit code of an error: 2 usage or input, 3 dispatcher unreachable or credential refused, else 1. */
+export function exitCodeOfError(code: string): number {
+  if (code === ErrorCode.USAGE || code === 'INPUT') return 2;
+  if (['UNREACHABLE', 'AUTH_FAILED', 'AUTH_WRONG_ROLE', 'TLS_FAILED', 'VERSION_MISMATCH'].includes(code)) return 3;
+  return 1;
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof InputError) {
+    process.stderr.write(`falconet: ${err.message}\n`);
+    process.exit(2);
+  }
   if (err instanceof FalconetError) {
     process.stderr.write(`falconet: ${err.code}: ${err.message}\n`);
-    process.exit(err.code === ErrorCode.USAGE ? 2 : 1);
+    process.exit(exitCodeOfError(err.code));
   }
   process.stderr.write(`falconet: ${(err as Error)?.stack ?? String(err)}\n`);
   process.exit(1);

@@ -1,13 +1,14 @@
 /** The client-side CLI commands, built on the SDK exactly as a user's program would be. */
-import { createReadStream } from 'node:fs';
-import { createInterface } from 'node:readline';
 import { constants as osConstants } from 'node:os';
+import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, FalconetError, type TaskResult, type TaskSpec } from '../protocol/index.js';
 import { connect, type Client, type ConnectOptions, type StateChange } from './client.js';
-import { httpBase } from './url.js';
-import { getJson } from './http-get.js';
+import { fetchStatus } from './status-view.js';
+import { BAD_SHOWN, newPrefix, readTaskFile, reportBad, streamTasks, type Bad, type Numbered } from './input.js';
+import { Progress, Tally, type ProgressMode } from './progress.js';
+import { api } from './query-commands.js';
 
 /** How long a command waits in silence before it says on stderr what it waits for. */
 const NOTICE_MS = 2000;
@@ -48,15 +49,6 @@ export function dial(t: Target, extra: ConnectOptions = {}): Promise<Client> {
     if (c.state !== 'reconnecting' && c.state !== 'connecting') told = false;
   };
   return connect(t.url, { token: t.token, connectTimeoutMs: t.connectTimeoutMs, onState, ...(t.ca ? { ca: t.ca } : {}), ...extra });
-}
-
-/** The dispatcher's /api/status (with the token as Bearer when one is set). */
-async function fetchStatus(target: Target, timeoutMs: number): Promise<Record<string, any>> {
-  const url = httpBase(target.url) + '/api/status';
-  const res = await getJson(url, { headers: target.token ? { authorization: `Bearer ${target.token}` } : {}, timeoutMs, ...(target.ca ? { ca: target.ca } : {}) });
-  const body = res.body as Record<string, any>;
-  if (!res.ok) throw FalconetError.fromWire(body.error ?? { code: ErrorCode.INTERNAL, message: `HTTP ${res.status}` });
-  return body;
 }
 
 /** One line on what tasks wait for, from the dispatcher's status; never throws. */
@@ -135,7 +127,7 @@ export async function runCommand(target: Target, task: TaskSpec): Promise<number
     process.stdout.write(r.stdout);
     process.stderr.write(r.stderr);
     if (r.truncated) process.stderr.write('falconet: output was truncated\n');
-    if (r.status !== 'succeeded' && r.error) process.stderr.write(`falconet: ${r.status}: ${r.error.code}: ${r.error.message}\n`);
+    if (r.status !== 'succeeded' && r.error) process.stderr.write(`falconet: ${r.status}: ${r.error.code}: ${spawnProblem(task, r) ?? r.error.message}\n`);
     return exitCodeOf(r);
   } finally {
     waiting.stop();
@@ -143,6 +135,21 @@ export async function runCommand(target: Target, task: TaskSpec): Promise<number
     process.off('SIGTERM', onSignal);
     await client.close();
   }
+}
+
+/**
+ * A task that could not start names what is at fault: Node says `spawn CMD ENOENT` both for a
+ * missing command and for a missing working directory, so with --cwd given the directory is named.
+ */
+export function spawnProblem(task: TaskSpec, r: TaskResult): string | null {
+  if (r.error?.code !== ErrorCode.SPAWN_FAILED || !/ENOENT/.test(r.error.message)) return null;
+  const cmd = task.cmd?.[0] ?? '';
+  const on = r.executor ? ` on executor ${r.executor}` : '';
+  if (task.cwd !== undefined) {
+    const here = existsSync(task.cwd) ? '' : ' (nor here)';
+    return `--cwd ${task.cwd}: no such directory${on}${here}, or ${cmd} is not on its PATH (${r.error.message})`;
+  }
+  return `${cmd}: command not found${on} (${r.error.message})`;
 }
 
 async function cancelRun(client: Client, id: string, signal: NodeJS.Signals, result: Promise<TaskResult>): Promise<number> {
@@ -163,29 +170,6 @@ async function cancelRun(client: Client, id: string, signal: NodeJS.Signals, res
   return code;
 }
 
-/** Reads tasks as JSON lines; a line that is not a JSON object is reported and skipped. */
-async function* readTasks(file: string, bad: (line: number, message: string) => void): AsyncGenerator<TaskSpec> {
-  const input = file === '-' ? process.stdin : createReadStream(file);
-  const lines = createInterface({ input, crlfDelay: Infinity });
-  let n = 0;
-  for await (const line of lines) {
-    n++;
-    if (line.trim() === '') continue;
-    let value: unknown;
-    try {
-      value = JSON.parse(line);
-    } catch (err) {
-      bad(n, `not JSON: ${(err as Error).message}`);
-      continue;
-    }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-      bad(n, 'a task must be a JSON object');
-      continue;
-    }
-    yield value as TaskSpec;
-  }
-}
-
 /** Buffers JSON lines and writes them once per event-loop turn: prompt, and cheap at 100k/s. */
 class LineWriter {
   #lines: string[] = [];
@@ -204,197 +188,207 @@ class LineWriter {
   }
 }
 
-class Progress {
-  #last = 0;
-  constructor(private readonly enabled: boolean) {}
-  update(done: number, submitted: number, final = false): void {
-    if (!this.enabled) return;
-    const now = Date.now();
-    if (!final && now - this.#last < 100) return;
-    this.#last = now;
-    const width = 30;
-    const frac = submitted === 0 ? 0 : Math.min(1, done / submitted);
-    const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
-    process.stderr.write(`\r[${bar}] ${done}/${submitted}${final ? '\n' : ''}`);
-  }
-}
-
 export interface SubmitArgs {
   file: string;
   session?: string;
   leaseMs?: number;
   detach: boolean;
   maxInFlight?: number;
-  progress: boolean;
+  progress: ProgressMode;
   /** With detach: print each accepted task's id (one a line, in input order) instead of the session. */
   printIds?: boolean;
+  /** From stdin: report a bad line and go on instead of stopping there. */
+  skipInvalid?: boolean;
 }
 
-/** Gives each task an id (its own, or a new one) and keeps them in input order. */
-async function* withIds(src: AsyncGenerator<TaskSpec>, ids: string[]): AsyncGenerator<TaskSpec> {
-  const prefix = `t-${randomBytes(6).toString('hex')}`;
-  for await (const t of src) {
-    const task = t.id === undefined ? { ...t, id: `${prefix}-${ids.length + 1}` } : t;
-    ids.push(String(task.id));
-    yield task;
-  }
+/** The error that ended a client (session taken over, credential refused…), once it ends by one. */
+function endError(client: Client): () => FalconetError | null {
+  let ended: FalconetError | null = null;
+  client.onState((c) => {
+    if (c.state === 'closed' && c.error && c.error.code !== ErrorCode.CLIENT_CLOSED) ended = c.error;
+  });
+  return () => ended;
 }
 
+/**
+ * `submit`: a file is read and checked whole before anything is sent (one bad line: nothing is
+ * submitted, exit 2); stdin is checked as it comes and stops at the first bad line (exit 2 once
+ * what was submitted has finished) unless --skip-invalid. Each result carries its input line.
+ */
 export async function submitCommand(target: Target, a: SubmitArgs): Promise<number> {
+  const startedAt = Date.now();
+  const prefix = newPrefix();
+  const bad: Bad[] = [];
+  let source: AsyncIterable<Numbered> | Numbered[];
+  let total: number | undefined;
+  if (a.file !== '-') {
+    const checked = readTaskFile(a.file, prefix);
+    if (checked.bad.length > 0) {
+      reportBad(a.file, checked.bad);
+      process.stderr.write(`falconet: ${a.file}: ${checked.bad.length.toLocaleString('en-US')} bad line(s) of ${(checked.bad.length + checked.tasks.length).toLocaleString('en-US')}; nothing submitted\n`);
+      return 2;
+    }
+    source = checked.tasks;
+    total = checked.tasks.length;
+  } else {
+    source = streamTasks(a.file, prefix, a.skipInvalid ?? false, (b) => {
+      bad.push(b);
+      if (bad.length <= BAD_SHOWN) reportBad(a.file, [b]);
+      if (!a.skipInvalid) process.stderr.write(`falconet: stopped reading at line ${b.line} (tasks before it still run; --skip-invalid goes on past bad lines)\n`);
+    });
+  }
+  const lines = new Map<string, number>();
+  async function* tasks(): AsyncGenerator<TaskSpec> {
+    for await (const n of source) {
+      lines.set(n.task.id!, n.line);
+      yield n.task;
+    }
+  }
   const client = await dial(target, { ...(a.session ? { session: a.session } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
-  let badLines = 0;
-  const bad = (line: number, message: string) => {
-    badLines++;
-    process.stderr.write(`falconet: line ${line}: ${ErrorCode.TASK_INVALID}: ${message}\n`);
-  };
+  const ended = endError(client);
+  const skipped = () => (bad.length > 0 ? [`${bad.length.toLocaleString('en-US')} bad line(s) ${a.skipInvalid ? 'skipped' : '(reading stopped at the first)'}`] : []);
+  const inputCode = () => (bad.length > 0 && !a.skipInvalid ? 2 : 0);
   try {
     if (a.detach) {
       const ids: string[] = [];
-      const tasks = a.printIds ? withIds(readTasks(a.file, bad), ids) : readTasks(a.file, bad);
-      const r = await client.submitMany(tasks, { until: 'accepted', maxInFlight: a.maxInFlight ?? 50_000 });
-      for (const x of r.rejected) process.stderr.write(`falconet: task ${x.id}: ${x.code}: ${x.message}\n`);
+      const r = await client.submitMany(
+        (async function* () {
+          for await (const t of tasks()) {
+            ids.push(t.id!);
+            yield t;
+          }
+        })(),
+        { until: 'accepted', maxInFlight: a.maxInFlight ?? 50_000 },
+      );
+      for (const x of r.rejected) process.stderr.write(`falconet: line ${lines.get(x.id) ?? '?'}: task ${x.id}: ${x.code}: ${x.message}\n`);
       if (a.printIds) {
         const refused = new Set(r.rejected.map((x) => x.id));
         process.stdout.write(ids.filter((id) => !refused.has(id)).map((id) => `${id}\n`).join(''));
       } else process.stdout.write(`${client.session.id}\n`);
-      return r.rejected.length + badLines > 0 ? 1 : 0;
+      const extra = [...skipped(), ...(r.rejected.length ? [`${r.rejected.length.toLocaleString('en-US')} refused`] : [])];
+      process.stderr.write(`falconet: ${r.accepted.toLocaleString('en-US')} task(s) accepted in session ${client.session.id}${extra.length ? `, ${extra.join(', ')}` : ''}; results: falconet watch ${client.session.id}\n`);
+      return Math.max(inputCode(), r.rejected.length > 0 ? 1 : 0);
     }
-    return await streamResults(client, target, a, bad, () => badLines);
+    const tally = new Tally(startedAt);
+    await streamResults(client, target, a, tasks(), lines, tally, total);
+    process.stderr.write(`falconet: ${tally.line(skipped())}\n`);
+    const e = ended();
+    if (e) throw e;
+    return Math.max(inputCode(), tally.failed > 0 ? 1 : 0);
   } finally {
     await client.close();
   }
 }
 
-async function streamResults(client: Client, target: Target, a: SubmitArgs, bad: (line: number, m: string) => void, badLines: () => number): Promise<number> {
+async function streamResults(client: Client, target: Target, a: SubmitArgs, src: AsyncGenerator<TaskSpec>, lines: Map<string, number>, tally: Tally, total: number | undefined): Promise<void> {
   const progress = new Progress(a.progress);
   const idle = new IdleNotice(target);
   let submitted = 0;
-  let done = 0;
-  let failed = 0;
   let allIn = false;
   const out = new LineWriter();
+  const draw = () => progress.update(tally.done, total ?? submitted, tally.failed, submitted - tally.done);
+  const ticker = setInterval(draw, a.progress === 'tty' ? 250 : 5000).unref();
   // Results are printed as they come: the submit loop and this loop run side by side. The loop
   // ends once every result is in and handed out: leaving it acknowledges the last one.
   const results = client.results();
   const reading = (async () => {
     for await (const r of results) {
       idle.poke();
-      done++;
-      if (r.status !== 'succeeded') failed++;
-      out.write(r);
-      progress.update(done, submitted);
+      tally.add(r);
+      const { id, ...rest } = r;
+      out.write({ id, line: lines.get(id) ?? null, ...rest });
+      draw();
       if (allIn && client.outstanding === 0) break;
     }
     out.flush();
   })();
-  const counting = async function* (src: AsyncGenerator<TaskSpec>) {
+  const counting = async function* () {
     for await (const t of src) {
       submitted++;
       yield t;
     }
   };
   try {
-    const r = await client.submitMany(counting(readTasks(a.file, bad)), { until: 'finished', maxInFlight: a.maxInFlight ?? 20_000 });
+    const r = await client.submitMany(counting(), { until: 'finished', maxInFlight: a.maxInFlight ?? 20_000 });
     allIn = true;
     // Every result has arrived; if the reader already handed out the last one, end it here.
     if (client.outstanding === 0) await results.return!();
     await reading;
     for (const x of r.rejected) {
-      failed++;
-      done++;
-      process.stdout.write(JSON.stringify({ id: x.id, status: 'failed', error: { code: x.code, message: x.message } }) + '\n');
+      const refused = { id: x.id, line: lines.get(x.id) ?? null, status: 'failed' as const, exitCode: null, error: { code: x.code, message: x.message } };
+      tally.add(refused as Pick<TaskResult, 'status' | 'exitCode' | 'error'>);
+      process.stdout.write(JSON.stringify(refused) + '\n');
     }
   } finally {
+    clearInterval(ticker);
     idle.stop();
+    progress.end(tally.done, total ?? submitted, tally.failed);
   }
-  progress.update(done, submitted, true);
-  return failed + badLines() > 0 ? 1 : 0;
+}
+
+/** The session's counts from the dispatcher (for watch's whole total); null when it cannot say. */
+async function sessionCounts(target: Target, session: string): Promise<{ submitted: number; finished: number; unfinished: number; unacked: number } | null> {
+  try {
+    const { sessions } = await api<{ sessions: Array<{ id: string; submitted: number; finished: number; unfinished: number; unacked: number }> }>(
+      { ...target, connectTimeoutMs: Math.min(target.connectTimeoutMs, 3000) },
+      'GET',
+      '/api/sessions',
+    );
+    return sessions.find((s) => s.id === session) ?? null;
+  } catch {
+    return null;
+  }
 }
 
 /**
  * Streams the results of a session not yet seen (acknowledged), from any process at any later
- * time, and exits when all of the session's tasks are finished: 0 if all succeeded, else 1.
+ * time, and exits when all of the session's tasks are finished: 0 if all succeeded, else 1. It
+ * never exits 0 with results missing: a client ended by an error (the session taken over by
+ * another connection, a refused credential) is said, with how many results are missing, and
+ * exits non-zero.
  */
-export async function watchCommand(target: Target, session: string, progress: boolean): Promise<number> {
+export async function watchCommand(target: Target, session: string, progress: ProgressMode): Promise<number> {
   const client = await dial(target, { session, attachOnly: true });
+  const ended = endError(client);
   const bar = new Progress(progress);
   const idle = new IdleNotice(target);
-  let seen = 0;
-  let failed = 0;
+  const tally = new Tally();
+  // The whole session: results handed out before this watch count as done (the welcome says what
+  // is left: unfinished + unacked).
+  const counts = progress === 'off' ? null : await sessionCounts(target, session);
+  const before = counts ? Math.max(0, counts.submitted - counts.unfinished - counts.unacked) : 0;
   const out = new LineWriter();
+  const draw = () => bar.update(before + tally.done, before + tally.done + client.outstanding, tally.failed, client.outstanding);
+  const ticker = setInterval(draw, progress === 'tty' ? 250 : 5000).unref();
+  let missing = 0;
   try {
     if (client.outstanding > 0) {
       for await (const r of client.results()) {
         idle.poke();
-        seen++;
-        if (r.status !== 'succeeded') failed++;
+        tally.add(r);
         out.write(r);
-        bar.update(seen, seen + client.outstanding);
+        draw();
         if (client.outstanding === 0) break;
       }
     }
     out.flush();
-    bar.update(seen, seen, true);
+    missing = client.outstanding;
   } finally {
+    clearInterval(ticker);
     idle.stop();
+    bar.end(before + tally.done, before + tally.done + client.outstanding, tally.failed);
     await client.close();
   }
-  return failed > 0 ? 1 : 0;
-}
-
-/**
- * Prints the dispatcher's status. Like the other client commands it keeps trying for
- * --connect-timeout (a dispatcher that is starting), saying after ~2 s what it waits for.
- */
-export async function statusCommand(target: Target, asJson: boolean): Promise<number> {
-  const url = httpBase(target.url) + '/api/status';
-  const deadline = Date.now() + target.connectTimeoutMs;
-  const told = setTimeout(() => notice(`dialing ${url}: is a dispatcher running? (start one with: falconet up)`), NOTICE_MS).unref();
-  let body: Record<string, any>;
-  try {
-    for (;;) {
-      try {
-        body = await fetchStatus(target, Math.max(1, deadline - Date.now()));
-        break;
-      } catch (err) {
-        if (err instanceof FalconetError) throw err; // the dispatcher answered, and refused
-        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-        const why = cause?.code ?? cause?.message ?? (err as Error).message;
-        if (Date.now() + 200 >= deadline) throw new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${url} within ${target.connectTimeoutMs} ms (last error: ${why})`);
-        await sleep(200);
-      }
-    }
-  } finally {
-    clearTimeout(told);
+  const e = ended();
+  const extra = before > 0 ? [`${before.toLocaleString('en-US')} handed out before this watch`] : [];
+  if (e || missing > 0) {
+    process.stderr.write(`falconet: ${tally.line([...extra, `${missing.toLocaleString('en-US')} result(s) missing`])}\n`);
+    throw e
+      ? new FalconetError(e.code, `watch of session ${session} ended early: ${e.message}; ${missing} result(s) not printed (falconet watch ${session} again gets them)`)
+      : new FalconetError(ErrorCode.UNREACHABLE, `watch of session ${session} ended with ${missing} result(s) not printed`);
   }
-  if (asJson) {
-    process.stdout.write(JSON.stringify(body, null, 2) + '\n');
-    return 0;
-  }
-  const t2 = body.tasks;
-  process.stdout.write(
-    `tasks: ${t2.queued} queued, ${t2.running} running, ${t2.submitted} submitted; finished ${JSON.stringify(t2.finished)}\n` +
-      `rates/s: submitted ${body.rates.submitted}, finished ${body.rates.finished}\n` +
-      `slots: ${body.slots.busy}/${body.slots.total} busy; sessions: ${body.sessions.total} (${body.sessions.connected} connected)\n` +
-      (body.tls === true ? 'tls: on (wss://, https://)\n' : body.tlsWarning ? `tls: OFF: ${body.tlsWarning}\n` : '') +
-      `executors (${body.executors.length}):\n`,
-  );
-  for (const e of body.executors) {
-    const boot = e.boot?.length ? ` boot: ${e.boot.map((b: { phase: string; at: number }) => `${b.phase}+${b.at - e.boot[0].at}ms`).join(' ')}` : '';
-    process.stdout.write(`  ${e.id.padEnd(32)} ${e.state.padEnd(12)} ${String(e.running).padStart(5)}/${String(e.slots).padEnd(5)} ${e.addresses.join(',')}${e.instanceId ? ` ${e.instanceId}` : ''}${boot}\n`);
-  }
-  const p = body.provisioner;
-  if (p) {
-    process.stdout.write(
-      `provisioner: ${p.backend}, ${p.policy}, ${p.min}–${p.max}; breaker ${p.breaker.open ? `OPEN: ${p.breaker.reason}` : 'closed'}\n` +
-        `  last decision: ${p.lastDecision}\n` +
-        (p.lastError ? `  last error: ${p.lastError}\n` : ''),
-    );
-    for (const i of p.instances) {
-      process.stdout.write(`  ${i.id.padEnd(32)} ${i.state.padEnd(12)}${i.executorId ? ` executor ${i.executorId}` : ''}${i.reason ? ` (${i.reason})` : ''}\n`);
-    }
-  }
-  return 0;
+  process.stderr.write(`falconet: ${tally.line(extra)}\n`);
+  return tally.failed > 0 ? 1 : 0;
 }
 
 export async function cancelCommand(target: Target, ids: string[], session: string | undefined, all: boolean): Promise<number> {

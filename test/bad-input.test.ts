@@ -185,18 +185,20 @@ test('a client command whose reader goes away (| head) exits quietly, not with a
   assert.doesNotMatch(stderr, /EPIPE|Unhandled/);
 });
 
-test('a client command against a port nobody answers: UNREACHABLE after --connect-timeout, exit 1', { timeout: 120_000 }, async (t) => {
+test('a client command against a port nobody answers: UNREACHABLE after --connect-timeout, exit 3', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const port = await freePort();
   const started = Date.now();
   const r = await runCli(procs, ['run', '--dispatcher', `ws://127.0.0.1:${port}`, '--connect-timeout', '0.5', '--', 'true']);
-  assert.equal(r.code, 1, r.stderr);
+  assert.equal(r.code, 3, r.stderr); // issue 11: 3 is "dispatcher unreachable or credential refused"
   assert.match(r.stderr, /UNREACHABLE: no dispatcher answered/);
   assert.ok(Date.now() - started < 20_000, 'gave up at its timeout, not hung');
 });
 
-test('submit: a bad JSON line is reported with its line number; the other tasks still run', { timeout: 120_000 }, async (t) => {
+test('submit: a bad line from stdin is reported with its line number; reading stops there (exit 2), --skip-invalid goes on', { timeout: 120_000 }, async (t) => {
+  // Issue 11 changed this: from stdin, submit stops at the first bad line (JSON or schema) unless
+  // --skip-invalid; it used to skip bad lines and submit the rest. test/cli-input.test.ts has more.
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);
@@ -204,9 +206,13 @@ test('submit: a bad JSON line is reported with its line number; the other tasks 
   await waitExecutors(d.url, 1);
   const input = ['{"builtin":"noop","id":"a"}', '{not json', '{"cmd":"oops","id":"b"}', '{"builtin":"noop","id":"c"}'].join('\n');
   const r = await runCli(procs, ['submit', '--dispatcher', d.url, '--file', '-'], { input });
-  assert.equal(r.code, 1);
-  assert.match(r.stderr, /line 2: TASK_INVALID/);
-  const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(lines.map((l) => [l.id, l.status]).sort(), [['a', 'succeeded'], ['b', 'failed'], ['c', 'succeeded']]);
-  assert.equal(lines.find((l) => l.id === 'b').error.code, 'TASK_INVALID');
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /<stdin>:2: not JSON/);
+  assert.deepEqual(r.stdout.trim().split('\n').map((l) => JSON.parse(l).id), ['a']);
+  const skip = await runCli(procs, ['submit', '--dispatcher', d.url, '--file', '-', '--skip-invalid'], { input: input.replace('"a"', '"a2"').replace('"c"', '"c2"') });
+  assert.equal(skip.code, 0, skip.stderr);
+  assert.match(skip.stderr, /<stdin>:2: not JSON/);
+  assert.match(skip.stderr, /<stdin>:3: \/cmd: Expected array/);
+  const lines = skip.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(lines.map((l) => [l.id, l.line, l.status]).sort(), [['a2', 1, 'succeeded'], ['c2', 4, 'succeeded']]);
 });

@@ -52,11 +52,11 @@ test('a client command that cannot reach its dispatcher says so after ~2 s and g
   const procs = new Procs();
   t.after(() => procs.killAll());
   const r = await runCli(procs, ['run', '--dispatcher', '127.0.0.1:1', '--connect-timeout', '3', '--', 'true']);
-  assert.equal(r.code, 1);
+  assert.equal(r.code, 3); // issue 11: 3 is "dispatcher unreachable or credential refused"
   assert.match(r.stderr, /dialing ws:\/\/127\.0\.0\.1:1: is a dispatcher running\?/);
   assert.match(r.stderr, /UNREACHABLE: no dispatcher answered at ws:\/\/127\.0\.0\.1:1 within 3000 ms \(last error: [^)]*ECONNREFUSED/);
   const s = await runCli(procs, ['status', '--dispatcher', '127.0.0.1:1', '--connect-timeout', '1']);
-  assert.equal(s.code, 1);
+  assert.equal(s.code, 3);
   assert.match(s.stderr, /UNREACHABLE: no dispatcher answered at http:\/\/127\.0\.0\.1:1\/api\/status within 1000 ms/);
   const bad = await runCli(procs, ['status', '--dispatcher', 'http://127.0.0.1:1']);
   assert.equal(bad.code, 2);

@@ -119,7 +119,7 @@ async function servesTls(procs: Procs, pki: Pki, transport: 'ws' | 'uws') {
   // The CLI: --ca for status (https), FALCONET_CA for run (wss).
   const st = await runCli(procs, ['status', '--dispatcher', d.url, '--ca', pki.caFile, '--connect-timeout', '10']);
   assert.equal(st.code, 0, st.stderr);
-  assert.match(st.stdout, /^tls: on/m);
+  assert.match(st.stdout, /^tls +on/m); // issue 11's status layout: aligned labels
   assert.match(st.stdout, new RegExp(`tls-${transport}`));
   const run = await runCli(procs, ['run', '--dispatcher', d.url, '--connect-timeout', '10', '--', 'echo', 'cli over wss'], { env: { FALCONET_CA: pki.caFile } });
   assert.equal(run.code, 0, run.stderr);
@@ -153,11 +153,11 @@ test('without the CA: SDK, CLI and executor fail fast with TLS_FAILED and the ca
   makeCa(other);
   const err2 = await connect(d.url, { ca: readFileSync(join(other, 'ca.pem')), connectTimeoutMs: 20_000 }).catch((e: FalconetError) => e);
   assert.equal((err2 as FalconetError).code, 'TLS_FAILED');
-  // The CLI: run (wss) and status (https) exit 1 with the code, well before --connect-timeout.
+  // The CLI: run (wss) and status (https) exit 3 (issue 11: unreachable or refused) with the code, well before --connect-timeout.
   for (const args of [['run', '--', 'true'], ['status']]) {
     const t0 = Date.now();
     const r = await runCli(procs, [...args.slice(0, 1), '--dispatcher', d.url, '--connect-timeout', '20', ...args.slice(1)]);
-    assert.equal(r.code, 1, `${args[0]}: ${r.stderr}`);
+    assert.equal(r.code, 3, `${args[0]}: ${r.stderr}`);
     assert.match(r.stderr, /^falconet: TLS_FAILED: TLS to \S+: certificate verify failed: unable to verify the first certificate/m, args[0]);
     assert.ok(Date.now() - t0 < 10_000, `${args[0]} took ${Date.now() - t0} ms`);
   }
@@ -254,7 +254,7 @@ test('off loopback without TLS: a warning at start and in /api/status; usage err
   assert.equal(s.body.tls, false);
   assert.match(s.body.tlsWarning, /travel in clear/);
   const st = await runCli(procs, ['status', '--dispatcher', url.replace('0.0.0.0', '127.0.0.1')]);
-  assert.match(st.stdout, /^tls: OFF: .*travel in clear/m);
+  assert.match(st.stdout, /^tls +OFF: .*travel in clear/m); // issue 11's status layout: aligned labels
   // On loopback: no warning, tls false.
   const local = await dispatcher(procs, []);
   const ls = await getJson(local.url.replace(/^ws:/, 'http:') + '/api/status');
