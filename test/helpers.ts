@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { unpack } from 'msgpackr';
 import type { StatusSnapshot } from '../dispatcher/status.js';
+import { loadUws } from '../dispatcher/transport-uws.js';
 
 export const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
 
@@ -374,3 +375,17 @@ export function ensureDebianPackages(packages: string[], present: () => boolean)
   }
   return present() ? null : `${packages.join(', ')} still missing after apt-get install`;
 }
+
+/**
+ * µWebSockets.js ships binaries for Node 16, 18 and 20 only. On another Node the uws cases are
+ * skipped, visibly and with the reason (this); where a binary should exist, a load failure fails them.
+ */
+export const noUwsBinary = ((): string | false => {
+  if (/^v(16|18|20)\./.test(process.version)) return false;
+  try {
+    loadUws();
+    return false;
+  } catch (err) {
+    return `no µWebSockets.js binary for Node ${process.version}: ${(err as Error).message}`;
+  }
+})();

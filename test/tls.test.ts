@@ -15,10 +15,9 @@ import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { connect } from '../client/index.js';
 import { FalconetError } from '../protocol/index.js';
-import { loadUws } from '../dispatcher/transport-uws.js';
 import { resolveExecutorConfig, type ConfigDeps } from '../executor/config.js';
 import type { ImdsReader } from '../executor/imds.js';
-import { FAST, Procs, exited, runCli, startExecutor, waitFor, waitForLine } from './helpers.js';
+import { FAST, Procs, exited, runCli, startExecutor, waitFor, waitForLine, noUwsBinary } from './helpers.js';
 
 const T = { timeout: 120_000 };
 
@@ -87,15 +86,6 @@ function peerFingerprint(url: string, ca: string): Promise<string> {
 
 const https = (url: string) => url.replace(/^wss:/, 'https:');
 
-const noUwsBinary = ((): string | false => {
-  if (/^v(16|18|20)\./.test(process.version)) return false;
-  try {
-    loadUws();
-    return false;
-  } catch (err) {
-    return `no µWebSockets.js binary for Node ${process.version}: ${(err as Error).message}`;
-  }
-})();
 
 /** What each transport must do with TLS: wss for executors, the SDK and the CLI, https for the API. */
 async function servesTls(procs: Procs, pki: Pki, transport: 'ws' | 'uws') {

@@ -7,8 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pack } from 'msgpackr';
 import { connect, FalconetError, PROTOCOL_VERSION } from '../client/index.js';
+import { Procs, exited, raw, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, within, noUwsBinary } from './helpers.js';
 import { loadUws } from '../dispatcher/transport-uws.js';
-import { Procs, exited, raw, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, within } from './helpers.js';
 import type { StatusSnapshot } from '../dispatcher/status.js';
 
 type Msg = Record<string, unknown>;
@@ -16,19 +16,6 @@ type Msg = Record<string, unknown>;
 const hello = { t: 'hello', v: PROTOCOL_VERSION, role: 'client', caps: [] };
 const http = (url: string) => url.replace(/^ws/, 'http').replace('0.0.0.0', '127.0.0.1');
 
-/**
- * µWebSockets.js ships binaries for Node 16, 18 and 20 only. On another Node the uws cases are
- * skipped, visibly and with the reason; where a binary should exist, a load failure fails them.
- */
-const noUwsBinary = ((): string | false => {
-  if (/^v(16|18|20)\./.test(process.version)) return false;
-  try {
-    loadUws();
-    return false;
-  } catch (err) {
-    return `no µWebSockets.js binary for Node ${process.version}: ${(err as Error).message}`;
-  }
-})();
 
 test('uws: bad frames, hello timeout, frame limits and tokens get the codes and close codes ws gives', { skip: noUwsBinary }, async (t) => {
   const procs = new Procs();
