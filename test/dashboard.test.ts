@@ -63,11 +63,13 @@ function loadPlaywright(): Playwright | string {
   return `playwright-core is not installed (add it to devDependencies, or set FALCONET_PLAYWRIGHT to its directory); tried ${tried.join('; ')}`;
 }
 
+// Installed before any test starts: apt may take minutes, which no test's timeout should include.
+const chromiumMissing = process.env.FALCONET_CHROMIUM ? (existsSync(CHROMIUM) ? null : `no Chromium at ${CHROMIUM}`) : ensureDebianPackages(['chromium'], () => existsSync(CHROMIUM));
+
 test('the dashboard shows the live status, executors, provisioner, sessions and failures, and nothing without the token', { timeout: 150_000 }, async (t) => {
   const pw = loadPlaywright();
   if (typeof pw === 'string') return t.skip(pw);
-  const missing = process.env.FALCONET_CHROMIUM ? (existsSync(CHROMIUM) ? null : `no Chromium at ${CHROMIUM}`) : ensureDebianPackages(['chromium'], () => existsSync(CHROMIUM));
-  if (missing) return t.skip(missing);
+  if (chromiumMissing) return t.skip(chromiumMissing);
 
   const procs = new Procs();
   // Cleanup in this order, whatever failed: the browser, the client, the dispatcher by SIGTERM (so

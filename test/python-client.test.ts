@@ -24,10 +24,10 @@ let ready: Promise<string | null> | null = null;
 
 /** null when /usr/bin/python3 can import msgpack and websockets (installing them with apt if need be), else why not. */
 function pythonReady(): Promise<string | null> {
-  const importable = () => spawnSync(PYTHON, ['-c', 'import msgpack, websockets'], { timeout: 30_000 }).status === 0;
-  ready ??= Promise.resolve(ensureDebianPackages(['python3-msgpack', 'python3-websockets'], importable));
-  return ready;
+  return ready!;
 }
+// Installed before any test starts: apt may take minutes, which no test's timeout should include.
+ready = Promise.resolve(ensureDebianPackages(['python3-msgpack', 'python3-websockets'], () => spawnSync(PYTHON, ['-c', 'import msgpack, websockets'], { timeout: 30_000 }).status === 0));
 
 interface Scenario {
   code: number | null;
