@@ -29,6 +29,7 @@ import { cleartextWarning, isLoopback, type DispatcherConfig } from './config.js
 import { metricsFor, type ServerCounters } from './metrics.js';
 import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
 import { handleHttp, sameSecret, withStoredResults } from './http-api.js';
+import { PendingHellos } from './pending-hellos.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
 const validateExecutor = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
@@ -60,10 +61,8 @@ export class DispatcherServer {
   readonly metrics;
   /** Credentials refused, by the role asked for (HTTP: the task API's bearer token). */
   readonly #authFailures = { client: 0, executor: 0, http: 0 };
-  /** Connections that have not completed their hello, by id: their remote address (item 5 of issue 14). */
-  readonly #pending = new Map<ConnId, string>();
-  /** The same, counted per remote address. */
-  readonly #pendingPerAddress = new Map<string, number>();
+  /** Connections that have not completed their hello, in total and per remote address. */
+  readonly #pending: PendingHellos;
   /** The transport's endpoint-wide frame limit, restored on a peer once its hello is accepted. */
   #maxPayloadBytes = 0;
   /** Refusals over the pending-hello cap since the last log line (logged at most once a second). */
@@ -81,6 +80,7 @@ export class DispatcherServer {
     private readonly lookupResults: ResultLookup | undefined,
   ) {
     this.#transport = transport;
+    this.#pending = new PendingHellos(config);
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
     this.#plain = new Codec({ maxFrameBytes: config.maxFrameBytes, records: false });
     this.#out = new Outbound(journal, log, config.maxBufferedBytes, () => this.core.schedule(), (err) => {
@@ -197,7 +197,7 @@ export class DispatcherServer {
 
   /** Connections without a completed hello: in total, and from `address`. */
   pendingHellos(address?: string): number {
-    return address === undefined ? this.#pending.size : (this.#pendingPerAddress.get(address) ?? 0);
+    return this.#pending.count(address);
   }
 
   /**
@@ -207,12 +207,8 @@ export class DispatcherServer {
    */
   #refuseOverCap(ws: PeerSocket): PeerHandlers | null {
     const address = ws.remoteAddress;
-    const fromAddress = this.#pendingPerAddress.get(address) ?? 0;
-    const overTotal = this.#pending.size >= this.config.maxPendingHellos;
-    if (!overTotal && fromAddress < this.config.maxPendingHellosPerAddress) return null;
-    const why = overTotal
-      ? `${this.#pending.size} connections are waiting to complete their hello (--max-pending-hellos ${this.config.maxPendingHellos})`
-      : `${fromAddress} connections from ${address} are waiting to complete their hello (--max-pending-hellos-per-address ${this.config.maxPendingHellosPerAddress})`;
+    const why = this.#pending.overCap(address);
+    if (why === null) return null;
     const error = wireError(ErrorCode.RATE_LIMITED, `${why}; try again later`);
     try {
       ws.send(this.#plain.encode([{ t: 'error', ...error }])[0]);
@@ -222,7 +218,7 @@ export class DispatcherServer {
     this.#refused++;
     const now = Date.now();
     if (now - this.#refusedLoggedAt >= 1000) {
-      this.log.warn({ refused: this.#refused, address, pending: this.#pending.size, fromAddress }, 'connections refused: too many pending hellos');
+      this.log.warn({ refused: this.#refused, address, pending: this.#pending.count(), fromAddress: this.#pending.count(address) }, 'connections refused: too many pending hellos');
       this.#refused = 0;
       this.#refusedLoggedAt = now;
     }
@@ -230,23 +226,11 @@ export class DispatcherServer {
   }
 
   #addPending(c: Conn): void {
-    const address = c.ws.remoteAddress;
-    this.#pending.set(c.id, address);
-    this.#pendingPerAddress.set(address, (this.#pendingPerAddress.get(address) ?? 0) + 1);
+    this.#pending.add(c.id, c.ws.remoteAddress);
     if (!c.ws.limitPayload(this.config.helloMaxBytes) && !this.#warnedNoLimit && this.#transport.kind === 'ws') {
       this.#warnedNoLimit = true;
       this.log.warn('this ws version has no per-connection frame limit to set; pre-hello frames are bounded by --max-frame-bytes only');
     }
-  }
-
-  /** The peer completed its hello, or left: it no longer counts as pending. */
-  #releasePending(c: Conn): void {
-    const address = this.#pending.get(c.id);
-    if (address === undefined) return;
-    this.#pending.delete(c.id);
-    const n = (this.#pendingPerAddress.get(address) ?? 1) - 1;
-    if (n <= 0) this.#pendingPerAddress.delete(address);
-    else this.#pendingPerAddress.set(address, n);
   }
 
   #onConnection(ws: PeerSocket): PeerHandlers {
@@ -273,7 +257,7 @@ export class DispatcherServer {
 
   #onClose(c: Conn): void {
     if (c.helloTimer) clearTimeout(c.helloTimer);
-    this.#releasePending(c);
+    this.#pending.release(c.id);
     this.#conns.delete(c.id);
     this.#out.forget(c);
     if (c.role === 'client') this.core.clientGone(c.id);
@@ -336,7 +320,7 @@ export class DispatcherServer {
     if (c.helloTimer) clearTimeout(c.helloTimer);
     c.helloTimer = null;
     c.role = role;
-    this.#releasePending(c);
+    this.#pending.release(c.id);
     c.ws.limitPayload(this.#maxPayloadBytes);
     const msg = checked.msg;
     if (msg.t === 'hello' && msg.caps.includes(RECORDS_CAP)) c.codec = this.#codec;
