@@ -183,7 +183,8 @@ export interface Dispatcher {
 export async function startDispatcher(procs: Procs, args: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<Dispatcher> {
   const store = args.includes('--store') || args.includes('--data-dir') ? [] : ['--data-dir', procs.tmpDir()];
   const proc = procs.spawn(['dispatcher', '--port', '0', ...FAST, ...store, ...args], env);
-  const m = await waitForLine(proc, /listening on (ws:\/\/[^\s]+:(\d+))/);
+  // Generous: a start that recovers a large store on a loaded machine takes seconds.
+  const m = await waitForLine(proc, /listening on (ws:\/\/[^\s]+:(\d+))/, 60_000);
   return { url: m[1], port: Number(m[2]), proc };
 }
 
