@@ -120,6 +120,9 @@ export function rawUpgrade(port: number, from?: string, ms = 10_000): Promise<So
       const end = head.indexOf('\r\n\r\n');
       if (end < 0) return;
       clearTimeout(timer);
+      // Paused while the caller attaches its listener: what came with the 101 (an error frame sent
+      // at once, say) would otherwise be emitted to no one. Flowing again on the next turn.
+      sock.pause();
       sock.off('data', onData);
       if (!head.startsWith('HTTP/1.1 101')) {
         sock.destroy();
@@ -129,6 +132,7 @@ export function rawUpgrade(port: number, from?: string, ms = 10_000): Promise<So
       if (rest.length > 0) sock.unshift(rest);
       sock.on('error', () => {});
       resolve(sock);
+      setImmediate(() => sock.resume());
     };
     sock.on('data', onData);
   });

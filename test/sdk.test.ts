@@ -70,7 +70,7 @@ test('a duplicate id resolves with the pending or buffered result, or rejects TA
   assert.equal((await client.submit({ id: 'after', builtin: 'noop' })).status, 'succeeded');
 });
 
-test('connect to an address where nothing listens rejects once with UNREACHABLE naming the URL and the socket error, and leaves nothing behind', { timeout: 30_000 }, async () => {
+test('connect to an address where nothing listens rejects once with UNREACHABLE naming the URL and the socket error, and leaves nothing behind', { timeout: 120_000 }, async () => {
   const unhandled: unknown[] = [];
   const onUnhandled = (reason: unknown) => unhandled.push(reason);
   process.on('unhandledRejection', onUnhandled);
@@ -112,7 +112,7 @@ test('a URL that is no dispatcher address rejects with USAGE at once', { timeout
   }
 });
 
-test('close() rejects every pending submit, submitMany and request with CLIENT_CLOSED; later calls reject too', { timeout: 30_000 }, async (t) => {
+test('close() rejects every pending submit, submitMany and request with CLIENT_CLOSED; later calls reject too', { timeout: 120_000 }, async (t) => {
   const { url, client } = await cluster(t, []); // no executor: nothing finishes
   const submits = [client.submit({ id: 'c1', builtin: 'noop' }), client.submit({ id: 'c2', builtin: 'noop' })];
   const many = client.submitMany([{ id: 'c3', builtin: 'noop' }]);
@@ -128,7 +128,7 @@ test('close() rejects every pending submit, submitMany and request with CLIENT_C
   assert.equal(client.state, 'closed');
 });
 
-test('results(): a next() abandoned in a race still delivers on the next call; return() detaches', { timeout: 30_000 }, async (t) => {
+test('results(): a next() abandoned in a race still delivers on the next call; return() detaches', { timeout: 120_000 }, async (t) => {
   const { client } = await cluster(t);
   const it = client.results();
   const timedOut = Symbol('timed out');
