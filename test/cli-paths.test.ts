@@ -27,7 +27,7 @@ test('Ctrl-C on `falconet run -- sleep 30` cancels the task within 2 s and the C
   assert.equal((await status(d.url)).tasks.running, 0);
 });
 
-test('a second dispatcher on a busy port prints one line ADDRESS_IN_USE and exits 1', { timeout: 30_000 }, async (t) => {
+test('a second dispatcher on a busy port prints one line ADDRESS_IN_USE and exits 1', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--host', '127.0.0.1']);
@@ -38,7 +38,7 @@ test('a second dispatcher on a busy port prints one line ADDRESS_IN_USE and exit
   assert.equal(second.stdout, '');
 });
 
-test('an unusable --data-dir (a path under a regular file) fails at once: one line STORE_UNAVAILABLE, exit 1', { timeout: 30_000 }, async (t) => {
+test('an unusable --data-dir (a path under a regular file) fails at once: one line STORE_UNAVAILABLE, exit 1', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const file = join(procs.tmpDir(), 'file');
@@ -48,7 +48,7 @@ test('an unusable --data-dir (a path under a regular file) fails at once: one li
   assert.match(r.stderr, /^falconet: STORE_UNAVAILABLE: [^\n]*ENOTDIR[^\n]*\n$/);
 });
 
-test('a client command that cannot reach its dispatcher says so after ~2 s and gives up at --connect-timeout', { timeout: 30_000 }, async (t) => {
+test('a client command that cannot reach its dispatcher says so after ~2 s and gives up at --connect-timeout', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const r = await runCli(procs, ['run', '--dispatcher', '127.0.0.1:1', '--connect-timeout', '3', '--', 'true']);
@@ -63,7 +63,7 @@ test('a client command that cannot reach its dispatcher says so after ~2 s and g
   assert.match(bad.stderr, /USAGE/);
 });
 
-test('a task that waits names itself and what it waits for (no executors)', { timeout: 30_000 }, async (t) => {
+test('a task that waits names itself and what it waits for (no executors)', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs);

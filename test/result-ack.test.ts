@@ -83,7 +83,7 @@ test('a result lost with its connection is delivered after the reconnect; the at
   }
 });
 
-test('an executor report that breaks the protocol ends its attempt failed with RESULT_INVALID, not a hang', { timeout: 30_000 }, async () => {
+test('an executor report that breaks the protocol ends its attempt failed with RESULT_INVALID, not a hang', { timeout: 120_000 }, async () => {
   const procs = new Procs();
   try {
     const d = await startDispatcher(procs);
