@@ -19,7 +19,7 @@ import { runAttempt, taskBaseEnv } from '../executor/runner.js';
 import { HELPER_PROTOCOL_VERSION } from '../executor/spawner.js';
 import { Procs, runCli, startDispatcher, startExecutor, waitExecutors } from './helpers.js';
 
-const T = { timeout: 60_000 };
+const T = { timeout: 120_000 };
 
 /** Rejects as soon as `proc` exits: a task whose executor died will not end, so fail at once. */
 function orExit<V>(proc: ChildProcess, p: Promise<V>): Promise<V> {
