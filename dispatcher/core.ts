@@ -23,7 +23,7 @@ import {
   type TaskResult,
   type TaskSpec,
 } from '../protocol/index.js';
-import { newTask, nullJournal, randomIds, systemClock, type Clock, type ConnId, type ExecutorRecord, type IdSource, type Journal } from './model.js';
+import { newTask, nullJournal, randomIds, systemClock, type Clock, type ConnId, type ExecutorRecord, type IdSource, type Journal, type SessionRecord } from './model.js';
 import { SessionTable } from './sessions.js';
 import { ExecutorRegistry } from './registry.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
@@ -141,7 +141,9 @@ export class DispatcherCore {
     const now = this.clock.now();
     const rejected: Array<{ index: number; id?: string; code: string; message: string }> = [];
     const known: Array<{ index: number; id: string; finished: boolean }> = [];
-    const inThisSubmit = new Set<string>();
+    // Tasks accepted by this submit have uids from here on: a duplicate id within it is found on
+    // the (rare) path where the session already has the id, with no per-task bookkeeping.
+    const firstUid = this.#tasks.nextUid;
     let accepted = 0;
     for (let i = 0; i < msg.tasks.length; i++) {
       const raw = msg.tasks[i];
@@ -152,18 +154,18 @@ export class DispatcherCore {
         continue;
       }
       const spec = raw as TaskSpec;
-      if (spec.id !== undefined) {
-        if (inThisSubmit.has(spec.id)) {
-          rejected.push({ index: i, id: spec.id, code: ErrorCode.TASK_DUPLICATE, message: `id ${spec.id} appears earlier in this submit` });
-          continue;
-        }
-        inThisSubmit.add(spec.id);
+      if (this.#tasks.accept(session, spec, now) !== null) {
+        accepted++;
+        continue;
       }
+      const id = spec.id!;
+      if ((session.tasks.get(id)?.uid ?? 0) >= firstUid) {
+        rejected.push({ index: i, id, code: ErrorCode.TASK_DUPLICATE, message: `id ${id} appears earlier in this submit` });
+        continue;
+      }
+      // Idempotent resubmit: one task; the client learns which, so no waiter hangs on it.
       accepted++;
-      if (this.#tasks.accept(session, spec, now) === null) {
-        // Idempotent resubmit: one task; the client learns which, so no waiter hangs on it.
-        known.push({ index: i, id: spec.id!, finished: !session.tasks.has(spec.id!) });
-      }
+      known.push({ index: i, id, finished: !session.tasks.has(id) });
     }
     this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, remaining: session.tasks.size, rejected, ...(known.length ? { known } : {}) });
   }
@@ -178,9 +180,10 @@ export class DispatcherCore {
   cancel(conn: ConnId, msg: Msg<ClientMessage, 'cancel'>): void {
     const own = this.#sessions.of(conn);
     if (!own) return;
-    const scope = msg.session === '*' ? [...this.#sessions.values()] : [this.#sessions.get(msg.session ?? own.id)].filter((s) => s !== undefined);
     let count = 0;
-    for (const s of scope) count += this.cancelIds(msg.all ? [...s.tasks.keys()] : msg.ids, s.id);
+    for (const s of this.#sessionsIn(msg.session === '*' ? undefined : (msg.session ?? own.id))) {
+      count += this.#cancelIn(s, msg.all ? [...s.tasks.keys()] : msg.ids);
+    }
     this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: true, count });
   }
 
@@ -385,13 +388,23 @@ export class DispatcherCore {
 
   /** Cancels tasks by id in every session (or in `sessionId`); returns how many it stopped. */
   cancelIds(ids: string[], sessionId?: string): number {
-    const scope = sessionId === undefined ? [...this.#sessions.values()] : [this.#sessions.get(sessionId)].filter((s) => s !== undefined);
     let count = 0;
-    for (const session of scope) {
-      for (const id of ids) {
-        const task = session.tasks.get(id);
-        if (task && this.#tasks.cancel(task)) count++;
-      }
+    for (const session of this.#sessionsIn(sessionId)) count += this.#cancelIn(session, ids);
+    return count;
+  }
+
+  /** Every session (undefined), or the one named if it exists. */
+  #sessionsIn(sessionId: string | undefined): SessionRecord[] {
+    if (sessionId === undefined) return [...this.#sessions.values()];
+    const one = this.#sessions.get(sessionId);
+    return one ? [one] : [];
+  }
+
+  #cancelIn(session: SessionRecord, ids: string[]): number {
+    let count = 0;
+    for (const id of ids) {
+      const task = session.tasks.get(id);
+      if (task && this.#tasks.cancel(task)) count++;
     }
     return count;
   }

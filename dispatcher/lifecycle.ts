@@ -30,6 +30,11 @@ export class TaskLifecycle {
     private readonly rates: Rates,
   ) {}
 
+  /** The uid the next accepted task gets (uids only grow). */
+  get nextUid(): number {
+    return this.#nextUid;
+  }
+
   /** Unfinished tasks. */
   get size(): number {
     return this.#tasks.size;
