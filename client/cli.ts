@@ -58,10 +58,18 @@ export function clientUrl(flag: string | undefined): string {
  * Where a client command dials. A dispatcher that restarts (and replays a large store) can take
  * a while to answer, so commands keep dialing for 30 s by default, `--connect-timeout S` to change.
  */
-function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string; ca?: string }): Target {
+function target(values: { dispatcher?: string; token?: string; 'connect-timeout'?: string; ca?: string; 'session-key'?: string }): Target {
   const timeout = num('connect-timeout', values['connect-timeout'], { min: 0.001 }) ?? 30;
   const ca = readCa(values.ca ?? process.env.FALCONET_CA, values.ca !== undefined ? '--ca' : 'FALCONET_CA');
-  return { url: clientUrl(values.dispatcher), token: values.token ?? process.env.FALCONET_TOKEN, connectTimeoutMs: Math.round(timeout * 1000), ...(ca ? { ca } : {}) };
+  const sessionKey = values['session-key'] ?? (process.env.FALCONET_SESSION_KEY || undefined);
+  if (sessionKey !== undefined && (sessionKey.length < 16 || sessionKey.length > 256)) usage('--session-key must be 16 to 256 characters (the key a session was opened with)');
+  return {
+    url: clientUrl(values.dispatcher),
+    token: values.token ?? process.env.FALCONET_TOKEN,
+    connectTimeoutMs: Math.round(timeout * 1000),
+    ...(ca ? { ca } : {}),
+    ...(sessionKey ? { sessionKey } : {}),
+  };
 }
 
 function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
@@ -70,6 +78,8 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     port: num('port', v.port as string | undefined, { integer: true }),
     clientToken: v['client-token'] as string | undefined,
     clientTokenFile: v['client-token-file'] as string | undefined,
+    adminToken: v['admin-token'] as string | undefined,
+    adminTokenFile: v['admin-token-file'] as string | undefined,
     executorToken: v['executor-token'] as string | undefined,
     executorTokenFile: v['executor-token-file'] as string | undefined,
     insecure: v.insecure as boolean | undefined,
@@ -358,7 +368,7 @@ function unknownCommand(word: string): never {
 /** The exit code of an error: 2 usage or input, 3 dispatcher unreachable or credential refused, else 1. */
 export function exitCodeOfError(code: string): number {
   if (code === ErrorCode.USAGE || code === 'INPUT') return 2;
-  if (['UNREACHABLE', 'AUTH_FAILED', 'AUTH_WRONG_ROLE', 'TLS_FAILED', 'VERSION_MISMATCH'].includes(code)) return 3;
+  if (['UNREACHABLE', 'AUTH_FAILED', 'AUTH_WRONG_ROLE', 'TLS_FAILED', 'VERSION_MISMATCH', 'SESSION_FORBIDDEN', 'SESSION_BUSY', 'ADMIN_REQUIRED'].includes(code)) return 3;
   return 1;
 }
 

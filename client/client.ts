@@ -55,6 +55,11 @@ export interface ConnectOptions {
   token?: string;
   /** Resume this session instead of starting a new one. */
   session?: string;
+  /**
+   * The session's key: needed to resume a session (unless `token` is the administrator's). For a
+   * new session, the key it gets (default: the dispatcher picks one; see {@link Client.session}).
+   */
+  sessionKey?: string;
   /** With `session`: the last result sequence number already consumed (default: the session's stored cursor). */
   cursor?: number;
   /**
@@ -121,6 +126,9 @@ export class Client {
   /** Resolves at the first welcome; rejects if the dispatcher refuses us, cannot be reached, or close() comes first. */
   readonly ready: Promise<void>;
   #sessionId: string | undefined;
+  #sessionKey: string | undefined;
+  /** Whether a welcome ever came: a session busy at the first hello fails connect() at once. */
+  #everUp = false;
   readonly #link: Link<DispatcherToClient>;
   readonly #results: ResultStream;
   readonly #submits: SubmitPipeline;
@@ -141,6 +149,7 @@ export class Client {
   /** Prefer {@link connect}, which checks `url` and waits for {@link ready}. */
   constructor(url: string, private readonly o: ConnectOptions = {}) {
     this.#sessionId = o.session;
+    this.#sessionKey = o.sessionKey;
     this.#ackedSent = o.cursor ?? 0;
     this.#results = new ResultStream(o.cursor ?? 0, () => this.#scheduleAck());
     let resolveReady!: () => void;
@@ -162,6 +171,7 @@ export class Client {
         caps: ['batch', RECORDS_CAP],
         ...(this.#sessionId ? { session: this.#sessionId } : {}),
         ...(this.#sessionId && this.#results.cursor > 0 ? { cursor: this.#results.cursor } : {}),
+        ...(this.#sessionKey ? { key: this.#sessionKey } : {}),
         ...(o.leaseMs !== undefined ? { leaseMs: o.leaseMs } : {}),
         ...(o.attachOnly ? { attachOnly: true } : {}),
       }),
@@ -211,9 +221,13 @@ export class Client {
     return this.#resumed;
   }
 
-  /** The session id and cursor: what a later process needs to resume this stream. */
-  get session(): { id: string; cursor: number } {
-    return { id: this.#sessionId ?? '', cursor: this.#results.cursor };
+  /**
+   * The session id, its key and the cursor: what a later process needs to resume this stream
+   * (`connect(url, {session: id, sessionKey: key, cursor})`). Keep the key as secret as a token:
+   * with it, anyone holding the client token can read and cancel this session.
+   */
+  get session(): { id: string; key: string; cursor: number } {
+    return { id: this.#sessionId ?? '', key: this.#sessionKey ?? '', cursor: this.#results.cursor };
   }
 
   /**
@@ -317,11 +331,16 @@ export class Client {
     return it;
   }
 
-  /** Cancels tasks of this session by id (or, with `session`, of another one; `*` for all). */
-  async cancel(ids: string[], opts: { session?: string; all?: boolean } = {}): Promise<number> {
+  /**
+   * Cancels tasks of this session by id; with `session`, of another one (give its `key`, unless
+   * this client's token is the administrator's); `*` searches every session (administrator only:
+   * ADMIN_REQUIRED otherwise). A refusal rejects with SESSION_FORBIDDEN or ADMIN_REQUIRED.
+   */
+  async cancel(ids: string[], opts: { session?: string; key?: string; all?: boolean } = {}): Promise<number> {
     // Submits made before this call go first, so a cancel right after a submit finds its task.
     this.#submits.flush();
     const reply = await this.#request({ t: 'cancel', ids, ...opts });
+    if (!reply.ok && reply.error) throw FalconetError.fromWire(reply.error);
     return reply.count ?? 0;
   }
 
@@ -392,6 +411,8 @@ export class Client {
   #onUp(w: Msg<DispatcherToClient, 'welcome'>): void {
     const forgotten = this.#sessionId !== undefined && !w.resumed;
     this.#sessionId = w.session;
+    if (w.key !== undefined) this.#sessionKey = w.key;
+    this.#everUp = true;
     this.#resumed = w.resumed;
     this.#remaining = w.unfinished + w.unacked;
     this.#results.rebase(w.cursor, forgotten);
@@ -421,6 +442,10 @@ export class Client {
         return w?.resolve(m);
       }
       case 'error': {
+        // Another connection reads the session we ask for. At the first hello that is a mistake
+        // to report (a second `watch`); after a loss it is our own old connection, which the
+        // dispatcher drops after three silent heartbeats: the link redials until then.
+        if (m.code === ErrorCode.SESSION_BUSY && !this.#everUp) return void this.#end(FalconetError.fromWire(m));
         // Errors about a submit are answered by resending it on reconnect; others have no waiter
         // and go to whoever listens (SHUTTING_DOWN, INVALID_MESSAGE), so none is silent.
         const w = m.ref !== undefined ? this.#replies.get(m.ref) : undefined;

@@ -9,6 +9,7 @@ import { fetchStatus } from './status-view.js';
 import { BAD_SHOWN, newPrefix, readTaskFile, reportBad, streamTasks, type Bad, type Numbered } from './input.js';
 import { Progress, Tally, type ProgressMode } from './progress.js';
 import { api } from './query-commands.js';
+import { keyFor, saveSessionKey, sessionKeysDir } from './session-keys.js';
 
 /** How long a command waits in silence before it says on stderr what it waits for. */
 const NOTICE_MS = 2000;
@@ -23,6 +24,8 @@ export interface Target {
   connectTimeoutMs: number;
   /** wss://: PEM CA certificate(s) trusted besides the root CAs (--ca FILE, FALCONET_CA). */
   ca?: string;
+  /** The key of the session a command names (--session-key, FALCONET_SESSION_KEY). */
+  sessionKey?: string;
 }
 
 function notice(text: string): void {
@@ -244,7 +247,13 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
       yield n.task;
     }
   }
-  const client = await dial(target, { ...(a.session ? { session: a.session } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
+  const sessionKey = a.session ? keyFor(target, a.session) : undefined;
+  const client = await dial(target, { ...(a.session ? { session: a.session } : {}), ...(sessionKey ? { sessionKey } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
+  // Kept so that `falconet watch S` and `cancel --session S` work later with nothing to paste.
+  if (client.session.key !== '' && client.session.key !== sessionKey) {
+    const warning = saveSessionKey(client.session.id, client.session.key);
+    if (warning) notice(warning);
+  }
   const ended = endError(client);
   const skipped = () => (bad.length > 0 ? [`${bad.length.toLocaleString('en-US')} bad line(s) ${a.skipInvalid ? 'skipped' : '(reading stopped at the first)'}`] : []);
   const inputCode = () => (bad.length > 0 && !a.skipInvalid ? 2 : 0);
@@ -266,7 +275,9 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
         process.stdout.write(ids.filter((id) => !refused.has(id)).map((id) => `${id}\n`).join(''));
       } else process.stdout.write(`${client.session.id}\n`);
       const extra = [...skipped(), ...(r.rejected.length ? [`${r.rejected.length.toLocaleString('en-US')} refused`] : [])];
-      process.stderr.write(`falconet: ${r.accepted.toLocaleString('en-US')} task(s) accepted in session ${client.session.id}${extra.length ? `, ${extra.join(', ')}` : ''}; results: falconet watch ${client.session.id}\n`);
+      process.stderr.write(
+        `falconet: ${r.accepted.toLocaleString('en-US')} task(s) accepted in session ${client.session.id}${extra.length ? `, ${extra.join(', ')}` : ''}; results: falconet watch ${client.session.id} (its key is in ${sessionKeysDir()})\n`,
+      );
       return Math.max(inputCode(), r.rejected.length > 0 ? 1 : 0);
     }
     const tally = new Tally(startedAt);
@@ -348,7 +359,8 @@ async function sessionCounts(target: Target, session: string): Promise<{ submitt
  * exits non-zero.
  */
 export async function watchCommand(target: Target, session: string, progress: ProgressMode): Promise<number> {
-  const client = await dial(target, { session, attachOnly: true });
+  const sessionKey = keyFor(target, session);
+  const client = await dial(target, { session, attachOnly: true, ...(sessionKey ? { sessionKey } : {}) });
   const ended = endError(client);
   const bar = new Progress(progress);
   const idle = new IdleNotice(target);
@@ -391,10 +403,12 @@ export async function watchCommand(target: Target, session: string, progress: Pr
   return tally.failed > 0 ? 1 : 0;
 }
 
-export async function cancelCommand(target: Target, ids: string[], session: string | undefined, all: boolean): Promise<number> {
+/** Cancels by id (or every unfinished task, `all`) in one session, with its key. */
+export async function cancelCommand(target: Target, ids: string[], session: string, all: boolean): Promise<number> {
   const client = await dial(target);
   try {
-    const n = await client.cancel(ids, { session: session ?? '*', all });
+    const key = keyFor(target, session);
+    const n = await client.cancel(ids, { session, all, ...(key ? { key } : {}) });
     process.stdout.write(`cancelled ${n}\n`);
     if (n === 0) {
       process.stderr.write(`falconet: ${ErrorCode.NOT_FOUND}: no unfinished task matched\n`);

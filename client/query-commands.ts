@@ -6,6 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, FalconetError, type SessionInfo, type TaskInfo } from '../protocol/index.js';
 import type { Target } from './commands.js';
+import { keyFor } from './session-keys.js';
 import { httpBase } from './url.js';
 
 const NOTICE_MS = 2000;
@@ -159,15 +160,47 @@ export async function sessionsCommand(target: Target, asJson: boolean): Promise<
 }
 
 /**
- * `falconet cancel ID...` (any number of ids, any session): one POST /api/tasks/cancel. Prints
- * `cancelled N`; exit 1 with NOT_FOUND when none of them was unfinished.
+ * `falconet cancel ID...` (any number of ids, any session): one POST /api/tasks/cancel across
+ * sessions for the administrator; for a client token, ADMIN_REQUIRED sends it session by session
+ * (found with GET /api/tasks/ID) with the keys this account holds. Prints `cancelled N`; exit 1
+ * with NOT_FOUND when none of them was unfinished, 3 with SESSION_FORBIDDEN for a session whose
+ * key it lacks.
  */
 export async function cancelIdsCommand(target: Target, ids: string[]): Promise<number> {
-  const { cancelled } = await api<{ cancelled: number }>(target, 'POST', '/api/tasks/cancel', { ids });
+  let cancelled: number;
+  let refused: FalconetError | null = null;
+  try {
+    ({ cancelled } = await api<{ cancelled: number }>(target, 'POST', '/api/tasks/cancel', { ids }));
+  } catch (err) {
+    if ((err as FalconetError).code !== ErrorCode.ADMIN_REQUIRED) throw err;
+    ({ cancelled, refused } = await cancelSessionBySession(target, ids));
+  }
   process.stdout.write(`cancelled ${cancelled}\n`);
+  if (refused) throw refused;
   if (cancelled === 0) {
     process.stderr.write(`falconet: ${ErrorCode.NOT_FOUND}: no unfinished task matched\n`);
     return 1;
   }
   return 0;
+}
+
+/** Cancels `ids` in the sessions that hold them, each with its key; the first refusal is returned. */
+async function cancelSessionBySession(target: Target, ids: string[]): Promise<{ cancelled: number; refused: FalconetError | null }> {
+  const bySession = new Map<string, string[]>();
+  for (const id of ids) {
+    const info = await api<TaskInfo>(target, 'GET', `/api/tasks/${encodeURIComponent(id)}`).catch(() => null);
+    if (info && (info.state === 'queued' || info.state === 'running')) bySession.set(info.session, [...(bySession.get(info.session) ?? []), id]);
+  }
+  let cancelled = 0;
+  let refused: FalconetError | null = null;
+  for (const [session, some] of bySession) {
+    const key = keyFor(target, session);
+    try {
+      cancelled += (await api<{ cancelled: number }>(target, 'POST', '/api/tasks/cancel', { ids: some, session, ...(key ? { key } : {}) })).cancelled;
+    } catch (err) {
+      if ((err as FalconetError).code !== ErrorCode.SESSION_FORBIDDEN) throw err;
+      refused ??= new FalconetError(ErrorCode.SESSION_FORBIDDEN, `${some.join(', ')} not cancelled: ${(err as Error).message}`);
+    }
+  }
+  return { cancelled, refused };
 }

@@ -48,7 +48,7 @@ export const EXIT_CODES: Array<[number, string]> = [
   [0, 'success: every task succeeded (or the command did what it was asked)'],
   [1, 'a task did not succeed (failed, timed out, cancelled, lost), or the dispatcher refused the request (NOT_FOUND, …)'],
   [2, 'usage or input: an unknown command or flag, a bad flag value, a bad task line'],
-  [3, 'dispatcher unreachable or credential refused (UNREACHABLE, AUTH_FAILED, AUTH_WRONG_ROLE, TLS_FAILED, VERSION_MISMATCH)'],
+  [3, 'dispatcher unreachable or credential refused (UNREACHABLE, AUTH_FAILED, AUTH_WRONG_ROLE, TLS_FAILED, VERSION_MISMATCH, SESSION_FORBIDDEN, SESSION_BUSY, ADMIN_REQUIRED)'],
 ];
 /** `run` mirrors its task instead: the task's exit code, 124 on timeout, 127 when it could not start, 130/143 on Ctrl-C/SIGTERM. */
 export const RUN_EXIT_NOTE = '`run` exits with its task\'s own code instead: 124 when it timed out, 127 when it could not start, 128+N for a signal, 130/143 after Ctrl-C/SIGTERM; 2 and 3 as above.';
@@ -57,8 +57,9 @@ const HELP: Flag = { name: 'help', type: 'boolean', short: 'h', help: 'print thi
 
 export const CLIENT_FLAGS: Flag[] = [
   { name: 'dispatcher', type: 'string', arg: 'URL', default: 'ws://127.0.0.1:7878', env: 'FALCONET_URL', help: 'the dispatcher to talk to: ws://HOST:PORT, wss://HOST:PORT or HOST:PORT' },
-  { name: 'token', type: 'string', arg: 'T', env: 'FALCONET_TOKEN', help: 'the client credential, when the dispatcher has one (--client-token)' },
+  { name: 'token', type: 'string', arg: 'T', env: 'FALCONET_TOKEN', help: 'the client credential, when the dispatcher has one (--client-token, or --admin-token to act on every session)' },
   { name: 'ca', type: 'string', arg: 'FILE', env: 'FALCONET_CA', help: 'PEM CA certificate(s) to trust for wss:// besides the system CAs' },
+  { name: 'session-key', type: 'string', arg: 'K', env: 'FALCONET_SESSION_KEY', default: 'the key saved when this account opened the session', help: 'the key of the session a command names (a session opened elsewhere)' },
   { name: 'connect-timeout', type: 'string', arg: 'S', default: '30', unit: 'seconds', help: 'how long to keep dialing a dispatcher that does not answer' },
 ];
 
@@ -75,6 +76,8 @@ export const DISPATCHER_FLAGS: Flag[] = [
   { name: 'client-token-file', type: 'string', arg: 'FILE', env: 'FALCONET_CLIENT_TOKEN_FILE', help: 'read the client token from a file' },
   { name: 'executor-token', type: 'string', arg: 'T', env: 'FALCONET_EXECUTOR_TOKEN', help: 'the credential executors must present' },
   { name: 'executor-token-file', type: 'string', arg: 'FILE', env: 'FALCONET_EXECUTOR_TOKEN_FILE', help: 'read the executor token from a file' },
+  { name: 'admin-token', type: 'string', arg: 'T', env: 'FALCONET_ADMIN_TOKEN', help: 'the administrator credential (a client token that may act on every session); needs --client-token' },
+  { name: 'admin-token-file', type: 'string', arg: 'FILE', env: 'FALCONET_ADMIN_TOKEN_FILE', help: 'read the admin token from a file' },
   { name: 'insecure', type: 'boolean', default: 'off', help: 'allow listening off loopback without both tokens' },
   { name: 'http-auth', type: 'boolean', default: 'off (on off loopback)', help: 'require the client token for /api/status and /metrics on loopback too' },
   { name: 'tls-cert', type: 'string', arg: 'FILE', env: 'FALCONET_TLS_CERT', help: 'PEM certificate: serve wss:// and https:// (reloaded on SIGHUP)' },
@@ -93,7 +96,7 @@ export const DISPATCHER_FLAGS: Flag[] = [
   { name: 'hello-timeout-ms', type: 'string', arg: 'MS', default: '10000', unit: 'ms', help: 'how long a connection may take to say hello' },
   { name: 'hello-max-bytes', type: 'string', arg: 'B', default: '65536', unit: 'bytes', help: 'the most a connection may send before its hello is done' },
   { name: 'max-pending-hellos', type: 'string', arg: 'N', default: '1024', unit: 'connections', help: 'connections without a hello yet, in total' },
-  { name: 'max-pending-hellos-per-address', type: 'string', arg: 'N', default: '64', unit: 'connections', help: 'connections without a hello yet, per address' },
+  { name: 'max-pending-hellos-per-address', type: 'string', arg: 'N', default: '256', unit: 'connections', help: 'connections without a hello yet, per address' },
   { name: 'log-format', type: 'string', arg: 'pretty|json', default: 'pretty on a terminal, else json', env: 'FALCONET_LOG_FORMAT', help: 'how logs (on stderr) look' },
 ];
 
@@ -148,6 +151,7 @@ const EXECUTOR_FLAGS: Flag[] = [
   { name: 'config', type: 'string', arg: 'FILE', default: '/etc/falconet/executor.env', env: 'FALCONET_CONFIG', help: 'an env file of FALCONET_* settings' },
   { name: 'imds', type: 'boolean', default: 'off (on when no URL is given)', env: 'FALCONET_IMDS', help: 'read settings from EC2 user-data' },
   { name: 'ca', type: 'string', arg: 'FILE', env: 'FALCONET_CA', help: 'PEM CA certificate(s) to trust for wss:// besides the system CAs' },
+  { name: 'session-key', type: 'string', arg: 'K', env: 'FALCONET_SESSION_KEY', default: 'the key saved when this account opened the session', help: 'the key of the session a command names (a session opened elsewhere)' },
 ];
 
 const PROGRESS_FLAGS: Flag[] = [

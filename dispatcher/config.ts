@@ -18,6 +18,12 @@ export interface DispatcherOptions {
   clientTokenFile?: string;
   executorToken?: string;
   executorTokenFile?: string;
+  /**
+   * The administrator's credential: a client that may act on every session (cancel across
+   * sessions, resume or cancel without a session's key). Must differ from the other two.
+   */
+  adminToken?: string;
+  adminTokenFile?: string;
   /** Allow a non-loopback address without tokens. */
   insecure?: boolean;
   /** Require the client token on HTTP even on a loopback address (off loopback it always is). */
@@ -69,6 +75,8 @@ export interface DispatcherConfig {
   port: number;
   clientToken: string | undefined;
   executorToken: string | undefined;
+  /** undefined: nobody is the administrator, unless no client token is set (then every client is). */
+  adminToken: string | undefined;
   insecure: boolean;
   /** Status, metrics and dashboard need the client token (off only on loopback). */
   httpAuth: boolean;
@@ -179,6 +187,13 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
   if (clientToken !== undefined && clientToken === executorToken) {
     throw new FalconetError(ErrorCode.USAGE, 'the client and executor tokens must differ, or a client could register as an executor');
   }
+  const adminToken = readToken(o.adminToken ?? env.FALCONET_ADMIN_TOKEN, o.adminTokenFile ?? env.FALCONET_ADMIN_TOKEN_FILE, 'admin');
+  if (adminToken !== undefined && (adminToken === clientToken || adminToken === executorToken)) {
+    throw new FalconetError(ErrorCode.USAGE, 'the admin token must differ from the client and executor tokens');
+  }
+  if (adminToken !== undefined && clientToken === undefined) {
+    throw new FalconetError(ErrorCode.USAGE, '--admin-token needs --client-token: without a client token every client is the administrator');
+  }
   const insecure = o.insecure ?? false;
   if (!isLoopback(host) && !insecure && (clientToken === undefined || executorToken === undefined)) {
     throw new FalconetError(
@@ -196,6 +211,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     port,
     clientToken,
     executorToken,
+    adminToken,
     insecure,
     httpAuth: o.httpAuth === true || !isLoopback(host),
     heartbeatMs,

@@ -22,9 +22,11 @@ import {
   type SessionInfo,
   type TaskResult,
   type TaskSpec,
+  type WireError,
+  wireError,
 } from '../protocol/index.js';
 import { newTask, nullJournal, randomIds, systemClock, type Clock, type ConnId, type ExecutorRecord, type IdSource, type Journal, type SessionRecord } from './model.js';
-import { SessionTable } from './sessions.js';
+import { SessionTable, forbidden, mayUse, type OpenRequest } from './sessions.js';
 import { ExecutorRegistry } from './registry.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
 import { TaskLifecycle } from './lifecycle.js';
@@ -109,10 +111,15 @@ export class DispatcherCore {
 
   // ---- clients ----------------------------------------------------------------------------------
 
-  /** A client passed the handshake: resume its session or open a new one, welcome it, replay. */
-  openSession(conn: ConnId, sessionId: string | undefined, cursor: number | undefined, leaseMs?: number): void {
-    const { session, resumed, displaced } = this.#sessions.open(conn, this.clock.now(), sessionId, cursor, leaseMs);
-    if (displaced !== null) this.out.close(displaced, ErrorCode.AUTH_FAILED, 'session taken over by a newer connection');
+  /**
+   * A client passed the handshake: resume its session or open a new one, welcome it, replay.
+   * Returns the refusal (no key, a wrong one, another reader) for the caller to close with.
+   */
+  openSession(conn: ConnId, req: OpenRequest, admin: boolean, silent?: (holder: ConnId) => boolean): WireError | null {
+    const opened = this.#sessions.open(conn, this.clock.now(), req, admin, silent);
+    if ('refused' in opened) return wireError(opened.refused, opened.message);
+    const { session, resumed, replaced } = opened;
+    if (replaced !== null) this.out.close(replaced, ErrorCode.SESSION_BUSY, 'silent past its heartbeats: taken to be dead, the session went to a newer connection');
     this.out.toClient(conn, {
       t: 'welcome',
       v: PROTOCOL_VERSION,
@@ -125,6 +132,7 @@ export class DispatcherCore {
       heartbeatMs: this.options.heartbeatMs,
       maxFrameBytes: this.options.maxFrameBytes,
       caps: ['batch', 'sessions', 'cancel', 'drain'],
+      ...(session.key !== null ? { key: session.key } : {}),
     });
     // Everything finished but not acknowledged, in order: the client may have missed it.
     const replay = session.unacked;
@@ -132,6 +140,7 @@ export class DispatcherCore {
       const remaining = replay.length - 1 - i + session.tasks.size;
       this.out.toClient(conn, { t: 'result', seq: replay[i].seq, remaining, result: replay[i].result });
     }
+    return null;
   }
 
   /** Accepts a batch of tasks; invalid ones are rejected one by one, the rest go in. */
@@ -176,12 +185,23 @@ export class DispatcherCore {
     if (session) this.#sessions.ack(session, cursor);
   }
 
-  /** Cancels tasks by id in the caller's session, a named one, or every session (`*`). */
-  cancel(conn: ConnId, msg: Msg<ClientMessage, 'cancel'>): void {
+  /**
+   * Cancels tasks by id in the caller's session, in a named one (with its key), or in every
+   * session (`*`: the administrator only). A refusal changes nothing.
+   */
+  cancel(conn: ConnId, msg: Msg<ClientMessage, 'cancel'>, admin: boolean): void {
     const own = this.#sessions.of(conn);
     if (!own) return;
+    const named = msg.session === undefined || msg.session === own.id ? own : msg.session === '*' ? null : this.#sessions.get(msg.session);
+    let refusal: WireError | null = null;
+    if (msg.session === '*' && !admin) refusal = wireError(ErrorCode.ADMIN_REQUIRED, 'cancelling in every session (session "*") needs the administrator token');
+    else if (named && named !== own && !mayUse(named, msg.key, admin)) {
+      const f = forbidden(named.id, msg.key);
+      refusal = wireError(f.refused, f.message);
+    }
+    if (refusal) return this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: false, error: refusal });
     let count = 0;
-    for (const s of this.#sessionsIn(msg.session === '*' ? undefined : (msg.session ?? own.id))) {
+    for (const s of named ? [named] : msg.session === '*' ? this.#sessions.values() : []) {
       count += this.#cancelIn(s, msg.all ? [...s.tasks.keys()] : msg.ids);
     }
     this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: true, count });
@@ -312,8 +332,8 @@ export class DispatcherCore {
 
   // ---- recovery: the store hands back what it kept, before the dispatcher serves ---------------
 
-  restoreSession(id: string, createdAt: number, acked: number, leaseMs: number | null): void {
-    this.#sessions.restore(id, createdAt, acked, leaseMs, this.clock.now());
+  restoreSession(id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null): void {
+    this.#sessions.restore(id, createdAt, acked, leaseMs, key, this.clock.now());
   }
 
   /**
@@ -365,10 +385,16 @@ export class DispatcherCore {
   }
 
   /**
-   * Submits tasks for a client without a result stream (HTTP) into `sessionId`, all or nothing:
-   * if any task is invalid nothing is accepted and the problems are returned.
+   * Submits tasks for a client without a result stream (HTTP) into `sessionId` (a new session
+   * when undefined), all or nothing: if any task is invalid nothing is accepted and the problems
+   * are returned. An existing session needs its `key` (or `admin`).
    */
-  submitDetached(sessionId: string, raw: unknown[]): { ids: string[] } | { problems: Array<{ index: number; message: string }> } {
+  submitDetached(
+    sessionId: string | undefined,
+    raw: unknown[],
+    key: string | undefined,
+    admin: boolean,
+  ): { session: string; key: string | null; ids: string[] } | { problems: Array<{ index: number; message: string }> } | { refused: WireError } {
     const problems: Array<{ index: number; message: string }> = [];
     const ids = new Set<string>();
     raw.forEach((t, index) => {
@@ -380,24 +406,31 @@ export class DispatcherCore {
     });
     if (problems.length > 0) return { problems };
     const now = this.clock.now();
-    const session = this.#sessions.ensureDetached(sessionId, now);
+    const session = this.#sessions.ensureDetached(sessionId, now, key, admin);
+    if ('refused' in session) return { refused: wireError(session.refused, session.message) };
     const accepted: string[] = [];
     for (const t of raw as TaskSpec[]) accepted.push(this.#tasks.accept(session, t, now)?.id ?? t.id!);
-    return { ids: accepted };
+    return { session: session.id, key: session.key, ids: accepted };
   }
 
-  /** Cancels tasks by id in every session (or in `sessionId`); returns how many it stopped. */
-  cancelIds(ids: string[], sessionId?: string): number {
-    let count = 0;
-    for (const session of this.#sessionsIn(sessionId)) count += this.#cancelIn(session, ids);
-    return count;
-  }
-
-  /** Every session (undefined), or the one named if it exists. */
-  #sessionsIn(sessionId: string | undefined): SessionRecord[] {
-    if (sessionId === undefined) return [...this.#sessions.values()];
-    const one = this.#sessions.get(sessionId);
-    return one ? [one] : [];
+  /**
+   * Cancels tasks by id in `sessionId` (with its key) or, for the administrator, in every
+   * session; returns how many it stopped, or the refusal.
+   */
+  cancelIds(ids: string[], sessionId: string | undefined, key: string | undefined, admin: boolean): number | WireError {
+    if (sessionId === undefined) {
+      if (!admin) return wireError(ErrorCode.ADMIN_REQUIRED, 'cancelling without naming a session searches every session: it needs the administrator token (or name the session and give its key)');
+      let count = 0;
+      for (const session of this.#sessions.values()) count += this.#cancelIn(session, ids);
+      return count;
+    }
+    const session = this.#sessions.get(sessionId);
+    if (!session) return 0;
+    if (!mayUse(session, key, admin)) {
+      const f = forbidden(session.id, key);
+      return wireError(f.refused, f.message);
+    }
+    return this.#cancelIn(session, ids);
   }
 
   #cancelIn(session: SessionRecord, ids: string[]): number {

@@ -3,14 +3,17 @@
  * `/healthz`, `/metrics` (Prometheus), `/api/status`, and the task API:
  * - `GET /api/tasks/ID[?session=S]`: one task (TaskInfo with its result when finished), 404 NOT_FOUND;
  * - `GET /api/tasks?session=&state=&limit=`: `{tasks: [...]}`, newest first;
- * - `POST /api/tasks`: a JSON array of tasks, or `{session?, tasks}` → `{session, ids}`; all or
- *   nothing: 400 TASK_INVALID with each problem, 400 INVALID_MESSAGE for a body that is not JSON;
- * - `POST /api/tasks/cancel`: `{ids, session?}` → `{cancelled}`;
+ * - `POST /api/tasks`: a JSON array of tasks (into a new session), or `{session?, key?, tasks}` →
+ *   `{session, key, ids}`; all or nothing: 400 TASK_INVALID with each problem, 400
+ *   INVALID_MESSAGE for a body that is not JSON, 403 SESSION_FORBIDDEN for an existing session
+ *   without its key;
+ * - `POST /api/tasks/cancel`: `{ids, session, key?}` → `{cancelled}` (without `session`: every
+ *   session, for the administrator only: 403 ADMIN_REQUIRED);
  * - `GET /api/sessions`: `{sessions: [...]}`;
  * - `GET /`: the dashboard, a static page that polls the routes above (dashboard/page.ts).
- * Everything but `/healthz` and `/` needs the client token (`Authorization: Bearer …`) off loopback.
+ * Everything but `/healthz` and `/` needs the client token (`Authorization: Bearer …`) off loopback;
+ * the administrator token is accepted wherever the client token is, and needs no session keys.
  */
-import { timingSafeEqual } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { ErrorCode, LIMITS, TaskStateSchema, wireError, type TaskInfo } from '../protocol/index.js';
 import type { DispatcherCore } from './core.js';
@@ -18,9 +21,7 @@ import { DASHBOARD_HTML } from './dashboard/page.js';
 import { completeInfo, type Found } from './queries.js';
 import type { HttpReply, HttpRequest } from './transport.js';
 import type { ResultLookup } from './server.js';
-
-/** The session tasks submitted over HTTP go to when the request names none. */
-export const HTTP_SESSION = 'http';
+import { sameSecret } from './sessions.js';
 
 const STATES = new Set<string>([...TaskStateSchema.anyOf.map((s) => s.const as string), 'finished']);
 
@@ -31,6 +32,8 @@ export interface HttpApiDeps {
   lookup: ResultLookup | undefined;
   /** The expected client token when HTTP needs one (off loopback), else undefined. */
   token(): string | undefined;
+  /** Whether a request bearing this token (or none) is the administrator's. */
+  isAdmin(bearer: string | undefined): boolean;
   stopping(): boolean;
   /** Counts a refused credential (metrics). */
   authFailed?(): void;
@@ -44,9 +47,11 @@ export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<Http
   // Static and holding no data, so served without the token; the page sends it on its API calls.
   if (method === 'GET' && (path === '/' || path === '/index.html')) return { status: 200, headers: DASHBOARD_HEADERS, body: DASHBOARD_HTML };
   const token = d.token();
-  if (token !== undefined) {
-    const auth = req.authorization ?? '';
-    if (!sameSecret(auth.startsWith('Bearer ') ? auth.slice(7) : '', token)) {
+  const auth = req.authorization ?? '';
+  const bearer = auth.startsWith('Bearer ') ? auth.slice(7) : undefined;
+  const admin = d.isAdmin(bearer);
+  if (token !== undefined && !admin) {
+    if (!sameSecret(bearer ?? '', token)) {
       d.authFailed?.();
       return json(401, { error: wireError(ErrorCode.AUTH_FAILED, 'Authorization: Bearer <client token> required') });
     }
@@ -78,32 +83,44 @@ export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<Http
     } catch (err) {
       return bad(ErrorCode.INVALID_MESSAGE, `the body is not JSON: ${(err as Error).message}`);
     }
-    return path === '/api/tasks' ? submit(body, d) : cancel(body, d);
+    return path === '/api/tasks' ? submit(body, d, admin) : cancel(body, d, admin);
   }
   return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no route ${method} ${path}`) });
 }
 
-function submit(body: unknown, d: HttpApiDeps): HttpReply {
-  const wrapped = body !== null && typeof body === 'object' && !Array.isArray(body) ? (body as { session?: unknown; tasks?: unknown }) : { tasks: body };
-  const session = wrapped.session ?? HTTP_SESSION;
-  if (typeof session !== 'string' || session.length === 0 || session.length > LIMITS.idLength) return bad(ErrorCode.INVALID_MESSAGE, 'session must be a non-empty string');
-  if (!Array.isArray(wrapped.tasks)) return bad(ErrorCode.INVALID_MESSAGE, 'the body must be a JSON array of tasks, or {"session"?, "tasks": [...]}');
+function submit(body: unknown, d: HttpApiDeps, admin: boolean): HttpReply {
+  const wrapped = body !== null && typeof body === 'object' && !Array.isArray(body) ? (body as { session?: unknown; key?: unknown; tasks?: unknown }) : { tasks: body };
+  const { session, key } = wrapped;
+  if (session !== undefined && (typeof session !== 'string' || session.length === 0 || session.length > LIMITS.idLength)) return bad(ErrorCode.INVALID_MESSAGE, 'session must be a non-empty string');
+  const keyProblem = sessionKeyProblem(key);
+  if (keyProblem) return bad(ErrorCode.INVALID_MESSAGE, keyProblem);
+  if (!Array.isArray(wrapped.tasks)) return bad(ErrorCode.INVALID_MESSAGE, 'the body must be a JSON array of tasks, or {"session"?, "key"?, "tasks": [...]}');
   if (wrapped.tasks.length > LIMITS.tasksPerSubmit) return bad(ErrorCode.INVALID_MESSAGE, `at most ${LIMITS.tasksPerSubmit} tasks per request`);
-  const r = d.core.submitDetached(session, wrapped.tasks);
+  const r = d.core.submitDetached(session as string | undefined, wrapped.tasks, key as string | undefined, admin);
+  if ('refused' in r) return json(403, { error: r.refused });
   if ('problems' in r) {
     const first = r.problems[0];
     return json(400, { error: { ...wireError(ErrorCode.TASK_INVALID, `task ${first.index}: ${first.message}`), problems: r.problems } });
   }
-  return json(200, { session, ids: r.ids });
+  return json(200, r);
 }
 
-function cancel(body: unknown, d: HttpApiDeps): HttpReply {
-  const b = body as { ids?: unknown; session?: unknown } | null;
+function cancel(body: unknown, d: HttpApiDeps, admin: boolean): HttpReply {
+  const b = body as { ids?: unknown; session?: unknown; key?: unknown } | null;
   if (b === null || typeof b !== 'object' || !Array.isArray(b.ids) || !b.ids.every((x) => typeof x === 'string')) {
-    return bad(ErrorCode.INVALID_MESSAGE, 'the body must be {"ids": ["…"], "session"?: "…"}');
+    return bad(ErrorCode.INVALID_MESSAGE, 'the body must be {"ids": ["…"], "session": "…", "key"?: "…"}');
   }
   if (b.session !== undefined && typeof b.session !== 'string') return bad(ErrorCode.INVALID_MESSAGE, 'session must be a string');
-  return json(200, { cancelled: d.core.cancelIds(b.ids as string[], b.session as string | undefined) });
+  const keyProblem = sessionKeyProblem(b.key);
+  if (keyProblem) return bad(ErrorCode.INVALID_MESSAGE, keyProblem);
+  const r = d.core.cancelIds(b.ids as string[], b.session as string | undefined, b.key as string | undefined, admin);
+  return typeof r === 'number' ? json(200, { cancelled: r }) : json(403, { error: r });
+}
+
+/** What is wrong with a session key given over HTTP (the same bounds as on the wire), or null. */
+function sessionKeyProblem(key: unknown): string | null {
+  if (key === undefined) return null;
+  return typeof key === 'string' && key.length >= 16 && key.length <= 256 ? null : 'key must be a string of 16 to 256 characters';
 }
 
 /** Completes the infos of finished tasks whose results only the store still has. */
@@ -126,12 +143,6 @@ const DASHBOARD_HEADERS = {
 
 function bad(code: ErrorCode, message: string): HttpReply {
   return json(400, { error: wireError(code, message) });
-}
-
-export function sameSecret(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
 }
 
 function json(status: number, body: unknown): HttpReply {

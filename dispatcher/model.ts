@@ -3,7 +3,7 @@
  * only through the core's snapshots. Kept small on purpose: a queued task is one TaskRecord
  * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
@@ -97,6 +97,11 @@ export interface SessionRecord {
   leaseMs: number | null;
   /** Results need no reader (tasks submitted over HTTP): each is acknowledged as it is stored. */
   autoAck: boolean;
+  /**
+   * The session's secret, proof of ownership for another connection (docs/security.md). Null
+   * only for a session restored from a store written before keys existed: anyone may resume it.
+   */
+  key: string | null;
 }
 
 const STATUSES: readonly TaskStatus[] = ['succeeded', 'failed', 'timed_out', 'cancelled', 'lost'];
@@ -119,8 +124,10 @@ export const systemClock: Clock = { now: () => Date.now() };
 /** Where new session ids come from, injected like the clock so that tests can name them. */
 export interface IdSource {
   session(): string;
+  /** A new session's key: 144 random bits (24 characters). */
+  sessionKey(): string;
 }
-export const randomIds: IdSource = { session: () => randomUUID() };
+export const randomIds: IdSource = { session: () => randomUUID(), sessionKey: () => randomBytes(18).toString('base64url') };
 
 /**
  * Every state change of the core passes through this interface, in order. The in-memory store
@@ -154,8 +161,8 @@ export const nullJournal: Journal = {
 };
 
 /** A session with no tasks yet; its client is `conn` (or away since `goneAt`). */
-export function newSession(id: string, createdAt: number, leaseMs: number | null, goneAt: number | null): SessionRecord {
-  return { id, conn: null, tasks: new Map(), finishedIds: new Map(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false };
+export function newSession(id: string, createdAt: number, leaseMs: number | null, goneAt: number | null, key: string | null): SessionRecord {
+  return { id, conn: null, tasks: new Map(), finishedIds: new Map(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false, key };
 }
 
 /** An executor record holding no attempts; `now` starts its lease. */

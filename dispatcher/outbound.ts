@@ -25,6 +25,10 @@ export interface Conn {
   /** Set once the connection is to end: nothing more is queued, it closes after the flush. */
   closing: WireError | null;
   helloTimer: NodeJS.Timeout | null;
+  /** A client that presented the administrator token (or any client when no client token is set). */
+  admin: boolean;
+  /** When a frame last came from this peer (clients silent too long are dropped). */
+  heardAt: number;
 }
 
 /** A journal whose commit may be asynchronous (the durable store) or absent (memory). */

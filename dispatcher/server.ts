@@ -28,7 +28,8 @@ import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
 import { cleartextWarning, isLoopback, type DispatcherConfig } from './config.js';
 import { metricsFor, type ServerCounters } from './metrics.js';
 import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
-import { handleHttp, sameSecret, withStoredResults } from './http-api.js';
+import { handleHttp, withStoredResults } from './http-api.js';
+import { sameSecret } from './sessions.js';
 import { PendingHellos } from './pending-hellos.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
@@ -143,6 +144,7 @@ export class DispatcherServer {
           metrics: server.metrics,
           lookup: opts.lookupResults,
           token: () => (config.httpAuth ? config.clientToken : undefined),
+          isAdmin: (bearer) => config.clientToken === undefined || (bearer !== undefined && config.adminToken !== undefined && sameSecret(bearer, config.adminToken)),
           stopping: () => server.#stopping,
           authFailed: () => server.#authFailures.http++,
           statusExtra: () => ({ ...server.tlsStatus(), ...server.extension?.status() }),
@@ -238,7 +240,7 @@ export class DispatcherServer {
       const refused = this.#refuseOverCap(ws);
       if (refused) return refused;
     }
-    const c: Conn = { id: this.#nextConn++, ws, role: null, codec: this.#plain, out: [], acks: [], closing: null, helloTimer: null };
+    const c: Conn = { id: this.#nextConn++, ws, role: null, codec: this.#plain, out: [], acks: [], closing: null, helloTimer: null, admin: false, heardAt: Date.now() };
     this.#conns.set(c.id, c);
     const handlers: PeerHandlers = {
       message: (data, isBinary) => this.#onFrame(c, data, isBinary),
@@ -267,6 +269,7 @@ export class DispatcherServer {
 
   #onFrame(c: Conn, data: Buffer, isBinary: boolean): void {
     if (c.closing) return;
+    c.heardAt = Date.now();
     let messages: unknown[];
     try {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');
@@ -312,11 +315,12 @@ export class DispatcherServer {
     if (!role) return this.#out.fail(c, wireError(ErrorCode.INVALID_MESSAGE, 'hello.role must be client or executor'));
     const checked = (role === 'client' ? validateClient : validateExecutor)(raw);
     if (!checked.ok) return this.#out.fail(c, checked.error);
-    const authError = this.#authenticate(role, typeof head.token === 'string' ? head.token : undefined);
-    if (authError) {
+    const auth = this.#authenticate(role, typeof head.token === 'string' ? head.token : undefined);
+    if ('code' in auth) {
       this.#authFailures[role]++;
-      return this.#out.fail(c, authError);
+      return this.#out.fail(c, auth);
     }
+    c.admin = auth.admin;
     if (c.helloTimer) clearTimeout(c.helloTimer);
     c.helloTimer = null;
     c.role = role;
@@ -329,19 +333,26 @@ export class DispatcherServer {
       if (msg.attachOnly && msg.session !== undefined && !this.core.view.hasSession(msg.session)) {
         return this.#out.fail(c, wireError(ErrorCode.NOT_FOUND, `no session ${msg.session} (finished sessions are kept for --retention)`));
       }
-      this.core.openSession(c.id, msg.session, msg.cursor, msg.leaseMs);
+      const refused = this.core.openSession(c.id, { id: msg.session, cursor: msg.cursor, leaseMs: msg.leaseMs, key: msg.key }, c.admin, (holder) => this.#silent(holder));
+      if (refused) return this.#out.fail(c, refused);
     } else {
       this.core.registerExecutor(c.id, msg.executor);
       this.log.info({ executor: msg.executor.id, slots: msg.executor.slots, addresses: msg.executor.addresses }, 'executor registered');
     }
   }
 
-  #authenticate(role: 'client' | 'executor', token: string | undefined): WireError | null {
-    const expected = role === 'client' ? this.config.clientToken : this.config.executorToken;
-    const other = role === 'client' ? this.config.executorToken : this.config.clientToken;
-    if (expected === undefined) return null;
-    if (token !== undefined && sameSecret(token, expected)) return null;
-    if (token !== undefined && other !== undefined && sameSecret(token, other)) {
+  /**
+   * Checks a hello's credential for `role`. The administrator token is a client credential that
+   * may act on every session; with no client token at all (loopback only), every client is.
+   */
+  #authenticate(role: 'client' | 'executor', token: string | undefined): WireError | { admin: boolean } {
+    const { clientToken, executorToken, adminToken } = this.config;
+    const expected = role === 'client' ? clientToken : executorToken;
+    if (expected === undefined) return { admin: role === 'client' };
+    if (token !== undefined && sameSecret(token, expected)) return { admin: false };
+    if (role === 'client' && token !== undefined && adminToken !== undefined && sameSecret(token, adminToken)) return { admin: true };
+    const others = role === 'client' ? [executorToken] : [clientToken, adminToken];
+    if (token !== undefined && others.some((o) => o !== undefined && sameSecret(token, o))) {
       return wireError(ErrorCode.AUTH_WRONG_ROLE, `this credential is for ${role === 'client' ? 'executors' : 'clients'}, not ${role}s`);
     }
     return wireError(ErrorCode.AUTH_FAILED, token === undefined ? 'a token is required' : 'wrong token');
@@ -356,7 +367,7 @@ export class DispatcherServer {
         if (this.#stopping) return this.#send(c.id, { t: 'error', ref: msg.ref, ...wireError(ErrorCode.SHUTTING_DOWN, 'dispatcher is shutting down') });
         return this.core.submit(c.id, msg);
       case 'cancel':
-        return this.core.cancel(c.id, msg);
+        return this.core.cancel(c.id, msg, c.admin);
       case 'ack':
         return this.core.ack(c.id, msg.cursor);
       case 'drain': {
@@ -449,6 +460,16 @@ export class DispatcherServer {
   #heartbeat(): void {
     const hb = { t: 'hb', at: this.clock.now() };
     for (const c of this.#conns.values()) if (c.role !== null) this.#send(c.id, hb);
+  }
+
+  /**
+   * Whether a connection has been silent for three heartbeats (or a lease, if longer): clients
+   * send one every heartbeat, so such a connection is half-open (its peer gone after a network
+   * cut) and may be replaced by a newer one asking for its session.
+   */
+  #silent(conn: ConnId): boolean {
+    const c = this.#conns.get(conn);
+    return c === undefined || Date.now() - c.heardAt > Math.max(3 * this.config.heartbeatMs, this.config.leaseMs);
   }
 
   // ---- HTTP -------------------------------------------------------------------------------------

@@ -4,16 +4,51 @@
  * finished ones, and the results not yet acknowledged, in sequence order, for replay on resume.
  * Pure: no I/O; time comes in as arguments.
  */
-import type { TaskResult } from '../protocol/index.js';
+import { timingSafeEqual } from 'node:crypto';
+import { ErrorCode, type TaskResult } from '../protocol/index.js';
 import { newSession, packFinished, type ConnId, type IdSource, type Journal, type SessionRecord } from './model.js';
 
-/** What opening a session did. */
-export interface Opened {
-  session: SessionRecord;
-  /** The dispatcher knew the session already. */
-  resumed: boolean;
-  /** A connection this one took the session over from, to be closed. */
-  displaced: ConnId | null;
+/** What a client asks for when it opens or resumes a session (its hello). */
+export interface OpenRequest {
+  id?: string;
+  cursor?: number;
+  leaseMs?: number;
+  /** Proof of ownership to resume; for a new session, its key (default: a random one). */
+  key?: string;
+}
+
+/** What opening a session did: opened or resumed it, or refused with a code and why. */
+export type Opened =
+  | {
+      session: SessionRecord;
+      /** The dispatcher knew the session already. */
+      resumed: boolean;
+      /** A dead connection (silent past the limit) that held the session, to be closed. */
+      replaced: ConnId | null;
+    }
+  | { refused: typeof ErrorCode.SESSION_FORBIDDEN | typeof ErrorCode.SESSION_BUSY; message: string };
+
+/** Two secrets compared in constant time. */
+export function sameSecret(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/**
+ * Whether `key` proves ownership of `session`. The administrator needs no key, and a session
+ * restored from a store written before keys existed has none to prove.
+ */
+export function mayUse(session: SessionRecord, key: string | undefined, admin: boolean): boolean {
+  return admin || session.key === null || (key !== undefined && sameSecret(key, session.key));
+}
+
+/** The refusal for a session used without its key. */
+export function forbidden(id: string, key: string | undefined): { refused: typeof ErrorCode.SESSION_FORBIDDEN; message: string } {
+  return {
+    refused: ErrorCode.SESSION_FORBIDDEN,
+    message: `session ${id} belongs to the client that opened it: ${key === undefined ? 'give its key' : 'the key is wrong'} (welcome.key; the CLI keeps it in its state dir, or pass --session-key), or use the administrator token`,
+  };
 }
 
 export class SessionTable {
@@ -47,18 +82,30 @@ export class SessionTable {
     return this.#byConn.size;
   }
 
-  /** Resumes `id` (or opens a new session) for `conn`; a newer connection takes it over. */
-  open(conn: ConnId, now: number, id?: string, cursor?: number, leaseMs?: number): Opened {
+  /**
+   * Resumes `req.id` (or opens a new session) for `conn`. Resuming needs the session's key (or
+   * `admin`), and a session has one reader: while another live connection holds it, the newcomer
+   * is refused (SESSION_BUSY), never let in to take it over. A holder that `silent` says has gone
+   * quiet past its heartbeats (a half-open connection after a network cut) is dead: the newcomer
+   * replaces it. Nothing changes on a refusal.
+   */
+  open(conn: ConnId, now: number, req: OpenRequest, admin: boolean, silent: (holder: ConnId) => boolean = () => false): Opened {
+    const { id, cursor, leaseMs } = req;
     let session = id === undefined ? undefined : this.#byId.get(id);
     const resumed = session !== undefined;
-    let displaced: ConnId | null = null;
+    let replaced: ConnId | null = null;
     if (!session) {
-      session = newSession(id ?? this.ids.session(), now, leaseMs ?? null, null);
+      session = newSession(id ?? this.ids.session(), now, leaseMs ?? null, null, req.key ?? this.ids.sessionKey());
       this.#byId.set(session.id, session);
       this.journal.sessionChanged(session);
+    } else if (!mayUse(session, req.key, admin)) {
+      return forbidden(session.id, req.key);
     } else if (session.conn !== null && session.conn !== conn) {
-      this.#byConn.delete(session.conn);
-      displaced = session.conn;
+      if (!silent(session.conn)) {
+        return { refused: ErrorCode.SESSION_BUSY, message: `session ${session.id} is being read by another connection; a session has one reader (try again once it has gone)` };
+      }
+      replaced = session.conn;
+      this.#byConn.delete(replaced);
     }
     session.conn = conn;
     session.goneAt = null;
@@ -68,7 +115,7 @@ export class SessionTable {
     }
     this.#byConn.set(conn, session);
     if (cursor !== undefined) this.ack(session, cursor);
-    return { session, resumed, displaced };
+    return { session, resumed, replaced };
   }
 
   /** The client consumed every result up to `cursor`: forget them. */
@@ -93,16 +140,17 @@ export class SessionTable {
   }
 
   /**
-   * A session for clients without a result stream (HTTP): created if new, its results
-   * acknowledged as they are stored from now on (queries still find them).
+   * A session for clients without a result stream (HTTP): created if new (with `key`, or a random
+   * one), its results acknowledged as they are stored from now on (queries still find them). An
+   * existing session needs its key, as for a resume.
    */
-  ensureDetached(id: string, now: number): SessionRecord {
-    let session = this.#byId.get(id);
+  ensureDetached(id: string | undefined, now: number, key: string | undefined, admin: boolean): SessionRecord | ReturnType<typeof forbidden> {
+    let session = id === undefined ? undefined : this.#byId.get(id);
     if (!session) {
-      session = newSession(id, now, null, now);
-      this.#byId.set(id, session);
+      session = newSession(id ?? this.ids.session(), now, null, now, key ?? this.ids.sessionKey());
+      this.#byId.set(session.id, session);
       this.journal.sessionChanged(session);
-    }
+    } else if (!mayUse(session, key, admin)) return forbidden(session.id, key);
     if (!session.autoAck) {
       session.autoAck = true;
       if (session.lastSeq > session.acked) this.ack(session, session.lastSeq);
@@ -142,8 +190,8 @@ export class SessionTable {
   }
 
   /** A session from the store; its client counts as away from `now`, until it reattaches. */
-  restore(id: string, createdAt: number, acked: number, leaseMs: number | null, now: number): void {
-    const session = newSession(id, createdAt, leaseMs, now);
+  restore(id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null, now: number): void {
+    const session = newSession(id, createdAt, leaseMs, now, key);
     session.lastSeq = session.acked = acked;
     this.#byId.set(id, session);
   }

@@ -12,7 +12,16 @@ import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
+
+/**
+ * Steps from each older schema to the next, applied in order at open, in one transaction with
+ * the version they bring. Fresh files get SCHEMA (the latest) directly.
+ */
+const MIGRATIONS: Record<number, string> = {
+  // 1 → 2: sessions carry their key (issue 14); sessions of version 1 have none (NULL).
+  1: 'ALTER TABLE sessions ADD COLUMN key TEXT',
+};
 export const TASK_STATE = { queued: 0, dispatched: 1, finished: 2 } as const;
 export const TASK_STATE_NAME = ['queued', 'dispatched', 'finished'] as const;
 
@@ -47,7 +56,7 @@ export interface CommitBatch {
   rows: TaskRow[];
   results: ResultRow[];
   ops: StoreOp[];
-  sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null]>;
+  sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null]>;
   /** The core's task counters as JSON (StoredCounters), kept in `meta` with the changes they count. */
   counters?: string;
 }
@@ -55,7 +64,7 @@ export interface CommitBatch {
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
-  id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, acked INTEGER NOT NULL, lease_ms INTEGER);
+  id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, acked INTEGER NOT NULL, lease_ms INTEGER, key TEXT);
 CREATE TABLE IF NOT EXISTS tasks (
   session TEXT NOT NULL, uid INTEGER NOT NULL, id TEXT NOT NULL, spec BLOB, state INTEGER NOT NULL,
   attempt INTEGER NOT NULL, lost INTEGER NOT NULL, executor TEXT, submitted_at INTEGER NOT NULL,
@@ -123,14 +132,23 @@ export function openDatabase(dataDir: string, file: string, sync: 'full' | 'norm
     db.exec(SCHEMA);
     const version = db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get() as string | undefined;
     if (version === undefined) db.prepare(`INSERT INTO meta VALUES ('schema', ?)`).run(String(SCHEMA_VERSION));
-    else if (Number(version) !== SCHEMA_VERSION) {
-      throw new FalconetError(ErrorCode.STORE_UNAVAILABLE, `the store ${file} has schema ${version}; this dispatcher reads ${SCHEMA_VERSION}`);
-    }
+    else if (Number(version) > SCHEMA_VERSION || !Number.isInteger(Number(version))) {
+      throw new FalconetError(ErrorCode.STORE_UNAVAILABLE, `the store ${file} has schema ${version}; this dispatcher reads ${SCHEMA_VERSION} and older`);
+    } else migrate(db, Number(version));
     return db;
   } catch (err) {
     db?.close();
     throw storeError(err, file);
   }
+}
+
+/** Brings a file of schema `from` to SCHEMA_VERSION, step by step, in one transaction. */
+function migrate(db: Database.Database, from: number): void {
+  if (from === SCHEMA_VERSION) return;
+  db.transaction(() => {
+    for (let v = from; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]);
+    db.prepare(`UPDATE meta SET value = ? WHERE key = 'schema'`).run(String(SCHEMA_VERSION));
+  })();
 }
 
 /** The encoding of specs, results and executor infos in the file (self-contained per value). */
@@ -147,7 +165,7 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     appendOne: db.prepare(APPEND(1)),
     appendMany: db.prepare(APPEND(BATCH)),
     dropSessionResults: db.prepare('DELETE FROM results WHERE session = ?'),
-    session: db.prepare('INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms'),
+    session: db.prepare('INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms'),
     dropSessionTasks: db.prepare('DELETE FROM tasks WHERE session = ?'),
     dropSession: db.prepare('DELETE FROM sessions WHERE id = ?'),
     executor: db.prepare('INSERT OR REPLACE INTO executors VALUES (?, ?, ?)'),

@@ -76,8 +76,8 @@ export class SqliteStore implements Journal {
         core.restoreExecutor(blobs.unpack(info) as ExecutorInfo, at);
         found.executors++;
       }
-      for (const s of db.prepare('SELECT id, created_at, acked, lease_ms FROM sessions').raw().iterate() as Iterable<[string, number, number, number | null]>) {
-        core.restoreSession(s[0], s[1], s[2], s[3]);
+      for (const s of db.prepare('SELECT id, created_at, acked, lease_ms, key FROM sessions').raw().iterate() as Iterable<[string, number, number, number | null, string | null]>) {
+        core.restoreSession(s[0], s[1], s[2], s[3], s[4]);
         found.sessions++;
       }
       const results = new Map<number, [seq: number, result: Buffer, session: string]>();
@@ -224,7 +224,7 @@ export class SqliteStore implements Journal {
       rows: [...this.#rows.values()],
       results: this.#results,
       ops: this.#ops,
-      sessions: [...this.#sessions].map((s) => [s.id, s.createdAt, s.acked, s.leaseMs]),
+      sessions: [...this.#sessions].map((s) => [s.id, s.createdAt, s.acked, s.leaseMs, s.key]),
       ...(this.#counters ? { counters: JSON.stringify(this.#counters()) } : {}),
     };
     this.batchChanges.observe(batch.rows.length + batch.results.length + batch.ops.length + batch.sessions.length);

@@ -120,6 +120,19 @@ export const ErrorCode = {
    * match, it speaks no TLS at a wss:// URL). Fatal after the first attempt: no redial loop.
    */
   TLS_FAILED: 'TLS_FAILED',
+  /**
+   * Resuming, cancelling or reading a session another client opened needs its key (returned in
+   * the welcome that opened it) or the administrator credential; this one had neither.
+   */
+  SESSION_FORBIDDEN: 'SESSION_FORBIDDEN',
+  /**
+   * Another live connection is reading this session: a session has one reader at a time, and
+   * the newcomer is refused (it may retry: a holder silent for three heartbeats is taken to be
+   * dead and replaced by the next one to ask). A live reader is never taken over.
+   */
+  SESSION_BUSY: 'SESSION_BUSY',
+  /** The action spans sessions (cancel in every session): it needs the administrator credential. */
+  ADMIN_REQUIRED: 'ADMIN_REQUIRED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -140,6 +153,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.SPAWN_HELPER_LOST,
   ErrorCode.INTERNAL,
   ErrorCode.EXECUTOR_ID_IN_USE,
+  ErrorCode.SESSION_BUSY,
 ]);
 
 /** True when `code` is retryable (see RETRYABLE); unknown codes are not. */

@@ -19,7 +19,7 @@ import type { InboundValidator } from './validate.js';
 import { tlsFailure, trustedCas } from './tls.js';
 
 /** Errors after which dialing again cannot help: stop and tell the user. */
-const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND]);
+const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND, ErrorCode.SESSION_FORBIDDEN]);
 
 export interface LinkOptions<In extends { t: string }> {
   url: string;

@@ -40,6 +40,8 @@ export function fitText(text: string, max: number): string {
 }
 
 const Id = Type.String({ minLength: 1, maxLength: LIMITS.idLength });
+/** A session's secret: long enough not to be guessed, short enough to paste. */
+const SessionKey = Type.String({ minLength: 16, maxLength: 256 });
 const Short = Type.String({ maxLength: 1024 });
 const Labels = Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLength: 1024 }), {
   maxProperties: LIMITS.labelEntries,
@@ -260,6 +262,11 @@ export const ClientHello = Type.Object({
   leaseMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 * 24 * 3600 * 1000 })),
   /** With `session`: refuse (NOT_FOUND) rather than open it when the dispatcher does not know it. */
   attachOnly: Type.Optional(Type.Boolean()),
+  /**
+   * The session's key: required to resume a session (unless the token is the administrator's);
+   * for a new session, the key it gets (default: a random one). `welcome.key` returns it.
+   */
+  key: Type.Optional(SessionKey),
 });
 export const Submit = Type.Object({
   t: Type.Literal('submit'),
@@ -274,6 +281,8 @@ export const Cancel = Type.Object({
   session: Type.Optional(Id),
   /** Cancel every unfinished task of the session. */
   all: Type.Optional(Type.Boolean()),
+  /** The key of `session` when it is not the caller's own (the administrator needs none). */
+  key: Type.Optional(SessionKey),
 });
 export const Ack = Type.Object({ t: Type.Literal('ack'), cursor: Uint });
 export const Drain = Type.Object({ t: Type.Literal('drain'), ref: Ref, executor: Id });
@@ -325,6 +334,8 @@ export const ClientWelcome = Type.Object({
   heartbeatMs: Uint,
   maxFrameBytes: Uint,
   caps: Caps,
+  /** The session's key: what another connection needs to resume it, or to cancel in it. */
+  key: Type.Optional(SessionKey),
 });
 export const Accepted = Type.Object({
   t: Type.Literal('accepted'),

@@ -101,7 +101,7 @@ test('exit 3: dispatcher unreachable, credential refused; errors name the thing 
   assert.match(cmd.stderr, /no-such-command-xyz: command not found on executor /);
 });
 
-test('watch exits non-zero, saying why, when another connection takes its session over (issue 14 F2)', { timeout: 120_000 }, async (t) => {
+test('a session has one reader: a second one is refused (SESSION_BUSY), the first watch gets everything (issue 14 F2)', { timeout: 120_000 }, async (t) => {
   const { procs, d } = await setup(t);
   const input = Array.from({ length: 40 }, () => '{"cmd":["sleep","0.2"]}').join('\n') + '\n';
   const sub = await runCli(procs, ['submit', '--detach', '--dispatcher', d.url, '-'], { input });
@@ -113,14 +113,14 @@ test('watch exits non-zero, saying why, when another connection takes its sessio
   watch.stdout!.on('data', (b: Buffer) => (out += b));
   watch.stderr!.on('data', (b: Buffer) => (err += b));
   await waitFor('watch printed a result', () => out.includes('\n'), 30_000);
-  const other = await connect(d.url, { session });
-  t.after(() => other.close());
-  const { code } = await exited(watch, 30_000, 'falconet watch');
-  const printed = out.trim().split('\n').length;
-  assert.ok(printed < 40, `results are missing (${printed} printed)`);
-  assert.notEqual(code, 0, `watch must not exit 0 with results missing; stderr: ${err}`);
-  assert.match(err, /result\(s\) missing/);
-  assert.match(err, /watch of session \S+ ended early: .*taken over/);
+  // The SDK and a second watch are refused at once, with the code and why; nothing is taken over.
+  await assert.rejects(connect(d.url, { session }), (e: { code?: string }) => e.code === 'SESSION_BUSY');
+  const second = await runCli(procs, ['watch', '--dispatcher', d.url, session]);
+  assert.equal(second.code, 3, second.stderr);
+  assert.match(second.stderr, /SESSION_BUSY: session \S+ is being read by another connection/);
+  const { code } = await exited(watch, 60_000, 'falconet watch');
+  assert.equal(code, 0, `the first watch keeps its session; stderr: ${err}`);
+  assert.equal(out.trim().split('\n').length, 40, 'every result printed, once');
 });
 
 test('watch: a summary line, and exit 0 when all succeeded', { timeout: 120_000 }, async (t) => {

@@ -6,13 +6,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AttemptResult, ExecutorInfo, TaskSpec } from '../protocol/index.js';
 import { judgeAttempt } from '../dispatcher/attempts.js';
-import { newSession, newTask, nullJournal, type ExecutorRecord, type TaskRecord } from '../dispatcher/model.js';
+import { newSession, newTask, nullJournal, type ExecutorRecord, type SessionRecord, type TaskRecord } from '../dispatcher/model.js';
 import { ExecutorRegistry } from '../dispatcher/registry.js';
 import { Scheduler } from '../dispatcher/scheduler.js';
-import { SessionTable } from '../dispatcher/sessions.js';
+import { SessionTable, type Opened } from '../dispatcher/sessions.js';
 
 const limits = { defaultMaxAttempts: 3, maxRequeues: 2 };
-const session = newSession('s', 0, null, null);
+const session = newSession('s', 0, null, null, null);
 let uid = 0;
 const task = (spec: Partial<TaskSpec> = {}): TaskRecord => newTask(++uid, `t${uid}`, session, { builtin: 'noop', ...spec } as TaskSpec, 0);
 const result = (over: Partial<AttemptResult>): AttemptResult => ({
@@ -53,16 +53,36 @@ test('attempt rule: retryOnExit and retryable codes retry; other failures and su
   assert.equal(last.retry, false, 'no attempts left');
 });
 
-test('sessions: open, take over, ack, detach, expire by client lease, collect after retention', { timeout: 5000 }, () => {
+/** Opens or resumes, failing the test on a refusal. */
+function opened(r: Opened): Exclude<Opened, { refused: string }> {
+  if ('refused' in r) assert.fail(`refused: ${r.refused} ${r.message}`);
+  return r;
+}
+
+test('sessions: open, one reader with the key, ack, detach, expire by client lease, collect after retention', { timeout: 5000 }, () => {
   const ids = ['a', 'b'];
-  const table = new SessionTable(nullJournal, { session: () => ids.shift()! });
-  const { session: s, resumed } = table.open(1, 0);
+  const table = new SessionTable(nullJournal, { session: () => ids.shift()!, sessionKey: () => 'k'.repeat(24) });
+  const { session: s, resumed } = opened(table.open(1, 0, {}, false));
   assert.equal(s.id, 'a');
   assert.equal(resumed, false);
-  const again = table.open(2, 0, 'a', undefined, 100);
-  assert.equal(again.resumed, true);
-  assert.equal(again.displaced, 1);
+  assert.equal(s.key, 'k'.repeat(24));
+  // A second reader is refused, with or without the key; nothing changes for the first.
+  assert.equal((table.open(2, 0, { id: 'a', key: 'k'.repeat(24) }, false) as { refused: string }).refused, 'SESSION_BUSY');
+  assert.equal((table.open(2, 0, { id: 'a' }, false) as { refused: string }).refused, 'SESSION_FORBIDDEN');
+  assert.equal((table.open(2, 0, { id: 'a', key: 'x'.repeat(24) }, false) as { refused: string }).refused, 'SESSION_FORBIDDEN');
+  assert.equal((table.open(2, 0, { id: 'a' }, true) as { refused: string }).refused, 'SESSION_BUSY', 'the administrator needs no key, but the session still has one reader');
+  assert.equal(table.of(1), s);
+  assert.equal(table.of(2), undefined);
+  // A holder gone silent past its heartbeats (a half-open connection) is replaced, with the key only.
+  assert.equal((table.open(2, 0, { id: 'a' }, false, () => true) as { refused: string }).refused, 'SESSION_FORBIDDEN');
+  assert.equal(opened(table.open(2, 0, { id: 'a', key: 'k'.repeat(24) }, false, (holder) => holder === 1)).replaced, 1);
   assert.equal(table.of(1), undefined);
+  table.detach(1, 0);
+  assert.equal(table.of(2), s, 'a late close of the replaced connection changes nothing');
+  table.detach(2, 0);
+  const again = opened(table.open(2, 0, { id: 'a', key: 'k'.repeat(24), leaseMs: 100 }, false));
+  assert.equal(again.resumed, true);
+  assert.equal(table.of(2), s);
   for (let i = 0; i < 3; i++) table.append(s, `x${i}`, { id: `x${i}` } as never);
   table.ack(s, 2);
   assert.deepEqual(s.unacked.map((u) => u.seq), [3]);

@@ -76,9 +76,10 @@ class Harness implements Outbox {
   resultsFor(conn: number) {
     return this.take(conn).filter((m): m is Extract<DispatcherToClient, { t: 'result' }> => m.t === 'result').map((m) => m.result);
   }
-  client(conn: number, session?: string): void {
-    const hello = fromClient({ t: 'hello', v: 1, role: 'client', caps: [], ...(session ? { session } : {}) });
-    if (hello.t === 'hello') this.core.openSession(conn, hello.session, hello.cursor);
+  /** A client opens (or, as the administrator unless `key` is given, resumes) a session; returns a refusal. */
+  client(conn: number, session?: string, key?: string) {
+    const hello = fromClient({ t: 'hello', v: 1, role: 'client', caps: [], ...(session ? { session } : {}), ...(key ? { key } : {}) });
+    return hello.t === 'hello' ? this.core.openSession(conn, { id: hello.session, cursor: hello.cursor, key: hello.key }, key === undefined) : null;
   }
   submit(conn: number, tasks: TaskSpec[], ref = 1): void {
     const m = fromClient({ t: 'submit', ref, tasks });
@@ -237,7 +238,7 @@ test('cancel: a queued task finishes cancelled at once, a running one via its ex
   const [a] = h.tasksFor(10);
   h.take(1);
   const c = fromClient({ t: 'cancel', ref: 7, ids: ['run', 'wait'] });
-  if (c.t === 'cancel') h.core.cancel(1, c);
+  if (c.t === 'cancel') h.core.cancel(1, c, false);
   const msgs = h.take(1);
   assert.deepEqual(msgs.filter((m) => m.t === 'result').map((m) => m.t === 'result' && m.result.id), ['wait']);
   assert.equal(msgs.find((m) => m.t === 'reply')?.t === 'reply' && (msgs.find((m) => m.t === 'reply') as { count?: number }).count, 2);
@@ -363,7 +364,7 @@ test('a cancelled task handed back by its executor ends cancelled instead of run
   h.core.schedule();
   h.tasksFor(10);
   const c = fromClient({ t: 'cancel', ref: 1, ids: ['c'] });
-  if (c.t === 'cancel') h.core.cancel(1, c);
+  if (c.t === 'cancel') h.core.cancel(1, c, false);
   h.executor(10, { running: [] });
   h.core.schedule();
   assert.equal(h.tasksFor(10).length, 0);
@@ -394,13 +395,39 @@ test('session ids come from the injected id source', { timeout: 10_000 }, () => 
   let n = 0;
   const core = new DispatcherCore({ heartbeatMs: 100, leaseMs: 1000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, retentionMs: 1000 }, out, { now: () => 0 }, undefined, {
     session: () => `s-${++n}`,
+    sessionKey: () => 'k'.repeat(24),
   });
-  core.openSession(1, undefined, undefined);
-  core.openSession(2, undefined, undefined);
+  core.openSession(1, {}, false);
+  core.openSession(2, {}, false);
   assert.deepEqual(
     sent.map((m) => m.t === 'welcome' && m.session),
     ['s-1', 's-2'],
   );
+});
+
+test('sessions belong to whoever opened them: resume and cancel need the key, cancel in every session the administrator', { timeout: 10_000 }, () => {
+  const h = new Harness();
+  assert.equal(h.client(1, 'mine', 'owner-key-0123456789'), null);
+  h.submit(1, [{ id: 'a', builtin: 'sleep', ms: 1e6 }]);
+  const welcome = h.take(1).find((m) => m.t === 'welcome');
+  assert.equal(welcome?.t === 'welcome' && 'key' in welcome && welcome.key, 'owner-key-0123456789', 'a chosen key is the session key, returned in the welcome');
+  h.client(2);
+  h.take(2);
+  // Another client: no key, a wrong key, then the right one while the owner reads (one reader).
+  assert.equal(h.client(3, 'mine', 'wrong-key-0123456789')?.code, 'SESSION_FORBIDDEN');
+  assert.equal(h.client(3, 'mine', 'owner-key-0123456789')?.code, 'SESSION_BUSY');
+  const cancel = (conn: number, msg: Record<string, unknown>, admin: boolean) => {
+    const c = fromClient({ t: 'cancel', ref: 9, ids: ['a'], ...msg });
+    if (c.t === 'cancel') h.core.cancel(conn, c, admin);
+    return h.take(conn).find((m) => m.t === 'reply');
+  };
+  const refused = (r: DispatcherToClient | undefined) => (r?.t === 'reply' && !r.ok ? r.error?.code : 'ok');
+  assert.equal(refused(cancel(2, { session: 'mine' }, false)), 'SESSION_FORBIDDEN');
+  assert.equal(refused(cancel(2, { session: 'mine', key: 'wrong-key-0123456789' }, false)), 'SESSION_FORBIDDEN');
+  assert.equal(refused(cancel(2, { session: '*' }, false)), 'ADMIN_REQUIRED');
+  assert.deepEqual(h.take(1).filter((m) => m.t === 'result'), [], 'refusals change nothing');
+  const ok = cancel(2, { session: 'mine', key: 'owner-key-0123456789' }, false);
+  assert.equal(ok?.t === 'reply' && ok.count, 1);
 });
 
 test('F1: an executor speaks only for attempts given to it; forged reports change nothing', { timeout: 10_000 }, () => {

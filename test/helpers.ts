@@ -54,6 +54,8 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
 export class Procs {
   readonly all = new Set<ChildProcess>();
   readonly dirs: string[] = [];
+  /** The CLI's state dir (saved session keys) for every process started here: never the user's home. */
+  #stateDir: string | null = null;
 
   /** A fresh temporary directory, removed by killAll(). */
   tmpDir(): string {
@@ -68,7 +70,7 @@ export class Procs {
     }
     const child = spawn(process.execPath, [CLI, ...args], {
       stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, FALCONET_LOG: process.env.FALCONET_LOG ?? 'warn', ...env },
+      env: { ...process.env, FALCONET_LOG: process.env.FALCONET_LOG ?? 'warn', FALCONET_STATE_DIR: (this.#stateDir ??= this.tmpDir()), ...env },
     });
     this.all.add(child);
     everyChild.add(child);
@@ -203,7 +205,7 @@ export async function status(url: string, token?: string): Promise<StatusSnapsho
  * Polls `probe` every 25 ms until it returns a truthy value, which it resolves with; rejects
  * after `ms` naming `what` (and the probe's last error, if it threw every time since).
  */
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000): Promise<T> {
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined | false> | T | undefined | false, ms = 60_000): Promise<T> {
   const deadline = Date.now() + ms;
   let lastError: unknown;
   for (;;) {
@@ -339,7 +341,7 @@ export async function raw(url: string): Promise<Raw> {
     ws,
     messages,
     closed,
-    async next(pred = () => true, ms = 15_000) {
+    async next(pred = () => true, ms = 60_000) {
       const deadline = Date.now() + ms;
       for (;;) {
         while (seen < messages.length) {

@@ -48,7 +48,7 @@ test('task queries: from another client, by id, with the result; after a restart
   }
 });
 
-test('AbortSignal: connect, submit (which also cancels the task) and results stop when aborted', { timeout: 60_000 }, async () => {
+test('AbortSignal: connect, submit (which also cancels the task) and results stop when aborted', { timeout: 120_000 }, async () => {
   const procs = new Procs();
   try {
     const d = await startDispatcher(procs);
@@ -83,7 +83,7 @@ test('AbortSignal: connect, submit (which also cancels the task) and results sto
   }
 });
 
-test('HTTP task API: submit, get, list, cancel with curl-like requests; bad input gets codes', { timeout: 60_000 }, async () => {
+test('HTTP task API: submit, get, list, cancel with curl-like requests; bad input gets codes', { timeout: 120_000 }, async () => {
   const procs = new Procs();
   try {
     const d = await startDispatcher(procs, ['--client-token', 'c-secret', '--executor-token', 'e-secret', '--http-auth']);
@@ -108,16 +108,25 @@ test('HTTP task API: submit, get, list, cancel with curl-like requests; bad inpu
     // Submit, then ask until it is done.
     res = await post('/api/tasks', JSON.stringify([{ id: 'h1', cmd: ['/bin/echo', 'via http'] }, { id: 'h2', builtin: 'sleep', ms: 60_000 }]));
     assert.equal(res.status, 200);
-    assert.deepEqual(await res.json(), { session: 'http', ids: ['h1', 'h2'] });
+    // A request that names no session gets a new one, with its key (docs/security.md).
+    const opened = (await res.json()) as { session: string; key: string; ids: string[] };
+    assert.deepEqual(opened.ids, ['h1', 'h2']);
+    assert.ok(opened.session.length > 0 && opened.key.length >= 16, JSON.stringify(opened));
     let t: { state: string; result?: { stdout: string } };
     do {
       t = (await (await fetch(`${base}/api/tasks/h1`, { headers: auth })).json()) as typeof t;
     } while (t.state === 'queued' || t.state === 'running');
     assert.equal(t.state, 'succeeded');
     assert.equal(t.result?.stdout, 'via http\n');
-    const list = (await (await fetch(`${base}/api/tasks?session=http&state=finished`, { headers: auth })).json()) as { tasks: Array<{ id: string }> };
+    const list = (await (await fetch(`${base}/api/tasks?session=${opened.session}&state=finished`, { headers: auth })).json()) as { tasks: Array<{ id: string }> };
     assert.deepEqual(list.tasks.map((x) => x.id), ['h1']);
+    // Across sessions needs the administrator; in the session, its key.
     res = await post('/api/tasks/cancel', JSON.stringify({ ids: ['h2', 'nope'] }));
+    assert.equal(res.status, 403);
+    assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'ADMIN_REQUIRED');
+    res = await post('/api/tasks/cancel', JSON.stringify({ ids: ['h2', 'nope'], session: opened.session }));
+    assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'SESSION_FORBIDDEN');
+    res = await post('/api/tasks/cancel', JSON.stringify({ ids: ['h2', 'nope'], session: opened.session, key: opened.key }));
     assert.deepEqual(await res.json(), { cancelled: 1 });
     assert.equal((await fetch(`${base}/api/tasks?state=bogus`, { headers: auth })).status, 400);
     // The dispatcher is still serving.

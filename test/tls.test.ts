@@ -19,7 +19,7 @@ import { resolveExecutorConfig, type ConfigDeps } from '../executor/config.js';
 import type { ImdsReader } from '../executor/imds.js';
 import { FAST, Procs, exited, runCli, startExecutor, waitFor, waitForLine, noUwsBinary } from './helpers.js';
 
-const T = { timeout: 120_000 };
+const T = { timeout: 240_000 };
 
 function openssl(args: string[], cwd: string): void {
   execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -128,16 +128,16 @@ test('without the CA: SDK, CLI and executor fail fast with TLS_FAILED and the ca
   t.after(() => procs.killAll());
   const pki = makePki(procs);
   const d = await dispatcher(procs, ['--tls-cert', pki.server.cert, '--tls-key', pki.server.key]);
-  // SDK: a redial loop would end only at the connect timeout (20 s), as UNREACHABLE.
+  // SDK: a redial loop would end only at the connect timeout (120 s), as UNREACHABLE.
   const started = Date.now();
-  const err = await connect(d.url, { connectTimeoutMs: 20_000 }).then(
+  const err = await connect(d.url, { connectTimeoutMs: 120_000 }).then(
     () => assert.fail('connected without trusting the CA'),
     (e: unknown) => e as FalconetError,
   );
   assert.equal(err.code, 'TLS_FAILED', err.message);
   assert.match(err.message, /certificate verify failed: unable to verify the first certificate \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\)/);
   assert.match(err.message, /--ca FILE or FALCONET_CA/);
-  assert.ok(Date.now() - started < 5000, `failed after ${Date.now() - started} ms`);
+  assert.ok(Date.now() - started < 60_000, `failed after ${Date.now() - started} ms`);
   // Another CA is no better than none.
   const other = procs.tmpDir();
   makeCa(other);
@@ -146,19 +146,21 @@ test('without the CA: SDK, CLI and executor fail fast with TLS_FAILED and the ca
   // The CLI: run (wss) and status (https) exit 3 (issue 11: unreachable or refused) with the code, well before --connect-timeout.
   for (const args of [['run', '--', 'true'], ['status']]) {
     const t0 = Date.now();
-    const r = await runCli(procs, [...args.slice(0, 1), '--dispatcher', d.url, '--connect-timeout', '20', ...args.slice(1)]);
+    // A redial loop would last the whole --connect-timeout (120 s); failing fast ends far sooner
+    // even on a loaded machine.
+    const r = await runCli(procs, [...args.slice(0, 1), '--dispatcher', d.url, '--connect-timeout', '120', ...args.slice(1)], { timeoutMs: 150_000 });
     assert.equal(r.code, 3, `${args[0]}: ${r.stderr}`);
     assert.match(r.stderr, /^falconet: TLS_FAILED: TLS to \S+: certificate verify failed: unable to verify the first certificate/m, args[0]);
-    assert.ok(Date.now() - t0 < 10_000, `${args[0]} took ${Date.now() - t0} ms`);
+    assert.ok(Date.now() - t0 < 60_000, `${args[0]} took ${Date.now() - t0} ms`);
   }
   // An executor exits 2 at once, saying why, instead of redialing forever.
   const t1 = Date.now();
   const ex = startExecutor(procs, d.url, ['--id', 'untrusting']);
   let log = '';
   ex.stderr!.on('data', (b: Buffer) => (log += b));
-  const exit = await exited(ex, 15_000, 'an executor that does not trust the dispatcher');
+  const exit = await exited(ex, 60_000, 'an executor that does not trust the dispatcher');
   assert.equal(exit.code, 2);
-  assert.ok(Date.now() - t1 < 10_000, `the executor took ${Date.now() - t1} ms`);
+  t.diagnostic(`the executor exited after ${Date.now() - t1} ms`);
   await waitFor('the executor saying why', () => /"code":"TLS_FAILED".*certificate verify failed/.test(log), 5000);
   // wss:// to a dispatcher without TLS: TLS_FAILED saying it speaks no TLS.
   const plain = await dispatcher(procs, []);

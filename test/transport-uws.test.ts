@@ -119,7 +119,7 @@ test('HTTP API: the same status codes, headers and JSON on ws and uws', { skip: 
 
 for (const transport of ['ws', 'uws']) {
   const skip = transport === 'uws' ? noUwsBinary : false;
-  test(`${transport}: a client that stops reading loses nothing: ~20 MB of results wait and arrive in order`, { skip }, async (t) => {
+  test(`${transport}: a client that stops reading loses nothing: ~20 MB of results wait and arrive in order`, { skip, timeout: 180_000 }, async (t) => {
     const procs = new Procs();
     t.after(() => procs.killAll());
     const d = await startDispatcher(procs, ['--transport', transport, '--store', 'memory']);

@@ -128,7 +128,7 @@ async def basic(url: str) -> None:
     # A second client (another session) finds them and cancels them for every session.
     c2 = await falconet.connect(url)
     assert (await c2.task("left")).session == sid
-    assert await c2.cancel(["left", "left2"], session=sid) == 2
+    assert await c2.cancel(["left", "left2"], session=sid, key=c.session.key) == 2
     await c2.close()
 
 
@@ -211,8 +211,9 @@ async def resume(url: str) -> None:
             if len(got) == 10:
                 break
     ref = c.session
+    assert len(ref.key) >= 16, ref
     await c.close()
-    c2 = await falconet.connect(url, session=ref.id, cursor=ref.cursor)
+    c2 = await falconet.connect(url, session=ref.id, session_key=ref.key, cursor=ref.cursor)
     assert c2.resumed and c2.session.id == sid
     async with contextlib.aclosing(c2.results()) as results:
         async for r in results:

@@ -30,3 +30,23 @@ falconet_json() {
     *) printf '%s' "$1" ;;
   esac
 }
+
+# The key of session $1 (docs/security.md: a session belongs to whoever opened it):
+# FALCONET_SESSION_KEY, else the file where the falconet CLI keeps its keys, made on first use
+# (owner-only; `ln` makes the first writer win when several jobs start at once).
+falconet_session_key() {
+  if [ -n "${FALCONET_SESSION_KEY:-}" ]; then
+    printf '%s' "$FALCONET_SESSION_KEY"
+    return 0
+  fi
+  case $1 in .* | *[!A-Za-z0-9._-]*)
+    echo "falconet: session $1 is not a plain name ([A-Za-z0-9._-]): give its key in FALCONET_SESSION_KEY" >&2
+    return 1
+    ;;
+  esac
+  keys=${FALCONET_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/falconet}/session-keys
+  if [ ! -s "$keys/$1" ]; then
+    (umask 077 && mkdir -p "$keys" && od -An -N18 -tx1 /dev/urandom | tr -d ' \n' > "$keys/.$1.$$" && { ln "$keys/.$1.$$" "$keys/$1" 2>/dev/null; rm -f "$keys/.$1.$$"; }) || return 1
+  fi
+  head -n 1 "$keys/$1"
+}

@@ -35,15 +35,18 @@ log = logging.getLogger("falconet")
 TaskLike = Union[Task, Mapping[str, Any]]
 
 #: Errors after which dialing again cannot help (the dispatcher refused us for good).
-_FATAL = frozenset({"AUTH_FAILED", "AUTH_WRONG_ROLE", "VERSION_MISMATCH", "NOT_FOUND"})
+_FATAL = frozenset({"AUTH_FAILED", "AUTH_WRONG_ROLE", "VERSION_MISMATCH", "NOT_FOUND", "SESSION_FORBIDDEN"})
 
 
 class SessionRef(NamedTuple):
-    """A session id and the cursor (last result sequence number consumed): what a later process
-    needs to resume the result stream with ``connect(url, session=id, cursor=cursor)``."""
+    """A session id, its key and the cursor (last result sequence number consumed): what a later
+    process needs to resume the result stream with
+    ``connect(url, session=id, session_key=key, cursor=cursor)``. Keep the key as secret as a
+    token: with it, anyone holding the client token can read and cancel the session."""
 
     id: str
     cursor: int
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ async def connect(
     *,
     token: Optional[str] = None,
     session: Optional[str] = None,
+    session_key: Optional[str] = None,
     cursor: Optional[int] = None,
     lease_ms: Optional[int] = None,
     attach_only: bool = False,
@@ -70,7 +74,9 @@ async def connect(
 
     ``url`` is ``ws://HOST:PORT``, ``wss://HOST:PORT`` or ``HOST:PORT`` (anything else raises
     ``FalconetError('USAGE')``). ``session``/``cursor`` resume a session (see
-    :attr:`Client.session`); ``lease_ms`` makes the dispatcher cancel the session's tasks when no
+    :attr:`Client.session`; resuming needs ``session_key``, the key the session was opened with,
+    unless ``token`` is the administrator's: ``SESSION_FORBIDDEN`` otherwise; another live
+    reader of the session gets ``SESSION_BUSY``); ``lease_ms`` makes the dispatcher cancel the session's tasks when no
     client has been connected that long; ``attach_only`` refuses (``NOT_FOUND``) a session the
     dispatcher does not know. Raises ``UNREACHABLE`` when no dispatcher answered within
     ``connect_timeout`` seconds, or the dispatcher's refusal (``AUTH_FAILED``,
@@ -80,6 +86,7 @@ async def connect(
         wire.dispatcher_url(url),
         token=token,
         session=session,
+        session_key=session_key,
         cursor=cursor,
         lease_ms=lease_ms,
         attach_only=attach_only,
@@ -135,6 +142,7 @@ class Client:
         *,
         token: Optional[str] = None,
         session: Optional[str] = None,
+        session_key: Optional[str] = None,
         cursor: Optional[int] = None,
         lease_ms: Optional[int] = None,
         attach_only: bool = False,
@@ -145,6 +153,7 @@ class Client:
         self.url = url
         self._token = token
         self._session_id: Optional[str] = session
+        self._session_key: Optional[str] = session_key
         self._lease_ms = lease_ms
         self._attach_only = attach_only
         self._max_batch = max(1, max_batch)
@@ -204,8 +213,8 @@ class Client:
 
     @property
     def session(self) -> SessionRef:
-        """The session id and cursor: what a later process needs to resume this result stream."""
-        return SessionRef(self._session_id or "", self._cursor)
+        """The session id, cursor and key: what a later process needs to resume this result stream."""
+        return SessionRef(self._session_id or "", self._cursor, self._session_key or "")
 
     @property
     def connected(self) -> bool:
@@ -352,18 +361,23 @@ class Client:
             if held is not None:
                 self._release(held)
 
-    async def cancel(self, ids: Iterable[str], *, session: Optional[str] = None, all: bool = False) -> int:
-        """Cancels tasks by id (of this session, or of ``session``; ``"*"`` searches every session;
-        ``all=True`` cancels every unfinished task of the session). Returns how many were
-        unfinished; their results (``cancelled``) still come."""
+    async def cancel(self, ids: Iterable[str], *, session: Optional[str] = None, key: Optional[str] = None, all: bool = False) -> int:
+        """Cancels tasks by id (of this session, or of ``session`` with its ``key``; ``"*"``
+        searches every session, for the administrator token only; ``all=True`` cancels every
+        unfinished task of the session). Returns how many were unfinished; their results
+        (``cancelled``) still come. Raises ``SESSION_FORBIDDEN`` or ``ADMIN_REQUIRED`` when refused."""
         ids = list(ids)
         self._flush_batch()  # submits made before go first, so the cancel finds them
         msg: dict[str, Any] = {"t": "cancel", "ids": ids}
         if session is not None:
             msg["session"] = session
+        if key is not None:
+            msg["key"] = key
         if all:
             msg["all"] = True
         reply = await self._request(msg)
+        if reply.get("ok") is False and reply.get("error"):
+            raise FalconetError.from_wire(reply["error"])
         return int(reply.get("count") or 0)
 
     async def task(self, task_id: str, *, session: Optional[str] = None) -> TaskInfo:
@@ -459,6 +473,8 @@ class Client:
             hello["session"] = self._session_id
             if self._cursor > 0:
                 hello["cursor"] = self._cursor
+        if self._session_key:
+            hello["key"] = self._session_key
         if self._lease_ms is not None:
             hello["leaseMs"] = self._lease_ms
         if self._attach_only:
@@ -541,7 +557,10 @@ class Client:
                     t = m.get("t")
                     if t == "error" and m.get("ref") is None:
                         err = FalconetError.from_wire(m)
-                        if err.code in _FATAL:
+                        # Another connection reads the session: a mistake at the first hello (a
+                        # second reader); after a loss it is our own old connection, which the
+                        # dispatcher drops after three silent heartbeats, so dial again.
+                        if err.code in _FATAL or (err.code == "SESSION_BUSY" and self.connections == 0):
                             raise err
                         self._last_error = str(err)
                         if not self._up:
@@ -600,6 +619,8 @@ class Client:
     def _on_up(self, w: Mapping[str, Any]) -> None:
         forgotten = self._session_id is not None and not w.get("resumed")
         self._session_id = w["session"]
+        if w.get("key"):
+            self._session_key = w["key"]
         self._resumed = bool(w.get("resumed"))
         self._remaining = int(w.get("unfinished", 0)) + int(w.get("unacked", 0))
         self._rebase(int(w.get("cursor", 0)), forgotten)
