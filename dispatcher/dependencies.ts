@@ -67,8 +67,7 @@ export function planAfter(session: SessionRecord, tasks: readonly unknown[]): Ma
   const deps = new Map<number, number[]>(); // index → indices it waits for within the submit
   const dependants = new Map<number, number[]>();
   for (const [, i] of local) {
-    const after = (tasks[i] as TaskSpec).after;
-    if (!after) continue;
+    const after = (tasks[i] as TaskSpec).after ?? [];
     const mine: number[] = [];
     for (const name of after) {
       const j = local.get(name);
