@@ -153,11 +153,12 @@ export class DispatcherCore {
     const firstUid = this.#tasks.nextUid;
     let accepted = 0;
     // Dependencies are checked for the whole submit first (order within it does not matter).
-    const refusals = anyAfter(msg.tasks) ? planAfter(session, msg.tasks) : null;
+    const problems = anyAfter(msg.tasks) ? msg.tasks.map(taskProblem) : null;
+    const refusals = problems ? planAfter(session, msg.tasks, problems) : null;
     const held: Array<TaskRecord | JobArray> = [];
     for (let i = 0; i < msg.tasks.length; i++) {
       const raw = msg.tasks[i];
-      const problem = taskProblem(raw);
+      const problem = problems ? problems[i] : taskProblem(raw);
       if (problem !== null) {
         const id = (raw as { id?: unknown } | null)?.id;
         rejected.push({ index: i, ...(typeof id === 'string' ? { id } : {}), code: ErrorCode.TASK_INVALID, message: problem });
@@ -411,7 +412,7 @@ export class DispatcherCore {
   submitDetached(sessionId: string, raw: unknown[]): { ids: string[] } | { problems: Array<{ index: number; message: string }> } {
     const problems: Array<{ index: number; message: string }> = [];
     const ids = new Set<string>();
-    const refusals = anyAfter(raw) ? planAfter(this.#sessions.get(sessionId) ?? newSession(sessionId, 0, null, null), raw) : null;
+    const refusals = anyAfter(raw) ? planAfter(this.#sessions.get(sessionId) ?? newSession(sessionId, 0, null, null), raw, raw.map(taskProblem)) : null;
     raw.forEach((t, index) => {
       const problem = taskProblem(t) ?? refusals?.get(index)?.message ?? null;
       const id = (t as { id?: unknown } | null)?.id;

@@ -16,7 +16,7 @@
  * Durable without a table of its own: `after` is in the stored spec, and after a restart
  * `wire` is run again for every held task and array against the restored states.
  */
-import { ErrorCode, taskProblem, type TaskSpec } from '../protocol/index.js';
+import { ErrorCode, type TaskSpec } from '../protocol/index.js';
 import { parseElementId } from './arrays.js';
 import { unpackFinished, type SessionRecord } from './model.js';
 
@@ -54,15 +54,16 @@ export function anyAfter(tasks: readonly unknown[]): boolean {
 /**
  * Checks the `after` lists of one submit before anything is accepted: every name must resolve in
  * the session or name another valid task of the submit, and the submit's own edges must not
- * form a cycle. Returns the refusals by index (a task behind a refused one is refused too).
+ * form a cycle. `problems` are the tasks' validation problems (null: valid), computed once by the
+ * caller. Returns the refusals by index (a task behind a refused one is refused too).
  */
-export function planAfter(session: SessionRecord, tasks: readonly unknown[]): Map<number, Refusal> {
+export function planAfter(session: SessionRecord, tasks: readonly unknown[], problems: ReadonlyArray<string | null>): Map<number, Refusal> {
   const refused = new Map<number, Refusal>();
   // Valid tasks of this submit by id (first occurrence); ids the session has already resolve there.
   const local = new Map<string, number>();
   tasks.forEach((raw, i) => {
     const id = (raw as TaskSpec | null)?.id;
-    if (typeof id === 'string' && !local.has(id) && taskProblem(raw) === null && !session.tasks.has(id) && !session.finishedIds.has(id) && !session.arrays?.has(id)) local.set(id, i);
+    if (typeof id === 'string' && !local.has(id) && problems[i] === null && !session.tasks.has(id) && !session.finishedIds.has(id) && !session.arrays?.has(id)) local.set(id, i);
   });
   const deps = new Map<number, number[]>(); // index → indices it waits for within the submit
   const dependants = new Map<number, number[]>();
