@@ -6,14 +6,14 @@
  * 3 dispatcher unreachable or credential refused.
  */
 import { availableParallelism } from 'node:os';
-import { ErrorCode, FalconetError } from '../protocol/index.js';
+import { ErrorCode, FalconetError, LIMITS } from '../protocol/index.js';
 import { DEFAULT_PORT } from '../dispatcher/config.js';
 import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/main.js';
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { dispatcherUrl } from './url.js';
 import { readCa } from '../protocol/tls.js';
-import { cancelCommand, drainCommand, runCommand, submitCommand, watchCommand, dial, type Target } from './commands.js';
+import { cancelCommand, drainCommand, runCommand, submitCommand, watchCommand, dial, type SubmitArgs, type Target } from './commands.js';
 import { statusCommand, topCommand } from './status-view.js';
 import { command as commandSpec, COMMANDS as REGISTRY, closest, helpText, overviewText, version } from './registry.js';
 import { InputError, parseCommand, usage, wantsHelp, type Parsed } from './args.js';
@@ -245,9 +245,21 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     const { values, positionals } = parse(args);
     const lease = num('lease', values.lease, { min: 0.001 });
     if (values['print-ids'] && !values.detach) usage('--print-ids goes with --detach (without it, submit prints the results)');
-    if (values.file !== undefined && positionals.length > 0) usage(`give the tasks as --file F or as one argument, not both (got ${JSON.stringify(positionals[0])})`);
-    const file = values.file ?? positionals[0];
+    let array: SubmitArgs['array'];
+    if (values.array !== undefined) {
+      const m = /^(\d{1,10})-(\d{1,10})$/.exec(values.array);
+      if (!m) usage(`--array takes FROM-TO, such as 1-10000 (got ${JSON.stringify(values.array)})`);
+      const [from, to] = [Number(m![1]), Number(m![2])];
+      if (to < from) usage(`--array ${values.array}: TO is below FROM`);
+      if (to - from + 1 > LIMITS.arrayElements) usage(`--array ${values.array}: ${to - from + 1} elements; at most ${LIMITS.arrayElements.toLocaleString('en-US')}`);
+      if (positionals.length === 0) usage('--array needs a command: falconet submit --array 1-100 -- CMD ARGS... ({} becomes the index)');
+      if (values.file !== undefined) usage('give tasks as --file or as --array with a command, not both');
+      array = { from, to, cmd: positionals.map((p: string) => p.replaceAll('{}', '{index}')) };
+    } else if (positionals.length > 1) usage(`unexpected argument ${JSON.stringify(positionals[1])} for submit (a command after -- goes with --array)`);
+    if (values.file !== undefined && positionals.length > 0 && !array) usage(`give the tasks as --file F or as one argument, not both (got ${JSON.stringify(positionals[0])})`);
+    const file = array ? undefined : (values.file ?? positionals[0]);
     return submitCommand(target(values), {
+      ...(array ? { array } : {}),
       file: file ?? '-',
       session: values.session,
       ...(lease !== undefined ? { leaseMs: Math.round(lease * 1000) } : {}),

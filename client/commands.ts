@@ -202,6 +202,8 @@ export interface SubmitArgs {
   printIds?: boolean;
   /** From stdin: report a bad line and go on instead of stopping there. */
   skipInvalid?: boolean;
+  /** `--array FROM-TO -- CMD`: one job array instead of task lines (`cmd` has `{index}` already). */
+  array?: { from: number; to: number; cmd: string[] };
 }
 
 /** The error that ended a client (session taken over, credential refused…), once it ends by one. */
@@ -224,7 +226,10 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
   const bad: Bad[] = [];
   let source: AsyncIterable<Numbered> | Numbered[];
   let total: number | undefined;
-  if (a.file !== '-') {
+  if (a.array) {
+    source = [{ line: 1, task: { id: `${prefix}-a`, array: { from: a.array.from, to: a.array.to }, cmd: a.array.cmd } }];
+    total = a.array.to - a.array.from + 1;
+  } else if (a.file !== '-') {
     const checked = readTaskFile(a.file, prefix);
     if (checked.bad.length > 0) {
       reportBad(a.file, checked.bad);

@@ -228,12 +228,13 @@ export const COMMANDS: Command[] = [
     name: 'submit',
     kind: 'client',
     summary: 'submit tasks (one JSON object a line) and print each result as a JSON line',
-    usage: '[--file F | F | -] [flags]',
+    usage: '[--file F | F | -] [flags]  |  --array FROM-TO [flags] -- CMD ARGS...',
     description:
       'Reads tasks as JSON lines ({"cmd":["echo","hi"]}, {"builtin":"noop"}; docs/protocol.md has every field). ' +
       'A file is checked whole first: if any line is not JSON or not a valid task, nothing is submitted, each bad line is printed as F:LINE: message (the first 20) and the exit code is 2. ' +
       'From stdin, reading stops at the first bad line (tasks already submitted finish), unless --skip-invalid. ' +
       'Each printed result carries "line", the input line it came from; a task without an id gets one ending in its line number. ' +
+      'With --array FROM-TO the command after -- is one job array: one task for each index, {} in its arguments (and {index} in a JSON task) replaced by the index, with ids ID[index]. ' +
       'One summary line ends on stderr: "9,999 succeeded, 1 failed (exit 4), in 7.6 s".',
     groups: [
       {
@@ -244,6 +245,7 @@ export const COMMANDS: Command[] = [
           { name: 'detach', type: 'boolean', default: 'off', help: 'print the session id once every task is accepted, and exit (falconet watch S gets the results)' },
           { name: 'print-ids', type: 'boolean', default: 'off', help: 'with --detach: print each task id, one a line in input order, instead of the session' },
           { name: 'skip-invalid', type: 'boolean', default: 'off', help: 'report bad lines and submit the others instead of stopping' },
+          { name: 'array', type: 'string', arg: 'FROM-TO', default: 'none', help: 'submit the command after -- as a job array of FROM..TO (at most 1,000,000 elements); {} in it becomes the index' },
           { name: 'lease', type: 'string', arg: 'S', default: 'none', unit: 'seconds', help: 'cancel the session\'s unfinished tasks when no client of it is connected this long' },
           { name: 'max-in-flight', type: 'string', arg: 'N', default: '20000 (50000 with --detach)', unit: 'tasks', help: 'tasks submitted but not yet finished (accepted, with --detach) at most' },
           ...PROGRESS_FLAGS,
@@ -251,12 +253,13 @@ export const COMMANDS: Command[] = [
       },
       { title: 'client', flags: CLIENT_FLAGS },
     ],
-    positionals: { min: 0, max: 1 },
+    positionals: { min: 0, max: Infinity },
     examples: [
       `printf '{"cmd":["echo","hi"]}\\n{"builtin":"noop"}\\n' > tasks.jsonl`,
       'falconet submit --file tasks.jsonl > results.jsonl',
       'S=$(falconet submit --detach --file tasks.jsonl) && falconet watch "$S"',
       `seq 100 | sed 's/.*/{"builtin":"noop"}/' | falconet submit -`,
+      'falconet submit --array 1-10000 -- prog --part {} > results.jsonl',
     ],
   },
   {

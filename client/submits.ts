@@ -47,6 +47,8 @@ export class SubmitPipeline {
   readonly #waiters = new Map<string, Waiter>();
   /** Specs of tasks awaiting results: resubmitted if the dispatcher forgot the session. */
   readonly #awaiting = new Map<string, TaskSpec>();
+  /** Job arrays awaiting results: elements still to come, by array id (each element's result is `ID[i]`). */
+  readonly #arrayLeft = new Map<string, number>();
   /** Listeners for progress of in-flight accounting (submitMany backpressure). */
   #settled: Array<{ resolve(): void; reject(e: Error): void }> = [];
   #acceptedCount = 0;
@@ -88,6 +90,9 @@ export class SubmitPipeline {
 
   submit(task: TaskSpec): Promise<TaskResult> {
     if (this.#failed) return Promise.reject(this.#failed);
+    if (task.array !== undefined) {
+      return Promise.reject(new FalconetError(ErrorCode.USAGE, 'a job array has one result per element: submit it with submitMany() and read results()'));
+    }
     if (task.id !== undefined) {
       // Already pending here: share its result rather than send it again.
       const pending = this.#waiters.get(task.id);
@@ -175,7 +180,7 @@ export class SubmitPipeline {
 
   /** A result arrived (for the first time). */
   onResult(result: TaskResult): void {
-    this.#awaiting.delete(result.id);
+    if (!this.#awaiting.delete(result.id) && this.#arrayLeft.size > 0) this.#elementResult(result.id);
     const w = this.#waiters.get(result.id);
     if (w) {
       this.#waiters.delete(result.id);
@@ -226,6 +231,7 @@ export class SubmitPipeline {
     if (this.#failed) throw this.#failed;
     const spec = task.id === undefined ? { ...task, id: this.newId() } : task;
     this.#awaiting.set(spec.id!, spec);
+    if (spec.array !== undefined) this.#arrayLeft.set(spec.id!, spec.array.to - spec.array.from + 1);
     this.#batch.push(spec);
     if (this.#batch.length >= this.host.maxBatch) this.flush();
     else if (!this.#batchQueued) {
@@ -245,6 +251,7 @@ export class SubmitPipeline {
 
   #refuse(id: string, err: FalconetError): void {
     this.#awaiting.delete(id);
+    this.#arrayLeft.delete(id);
     this.#rejected.push({ id, code: err.code, message: err.message });
     const w = this.#waiters.get(id);
     if (w) {
@@ -259,6 +266,7 @@ export class SubmitPipeline {
    */
   #finishedBefore(id: string): void {
     this.#awaiting.delete(id);
+    this.#arrayLeft.delete(id);
     const w = this.#waiters.get(id);
     if (!w) return;
     this.#waiters.delete(id);
@@ -272,6 +280,18 @@ export class SubmitPipeline {
         ),
       );
     }
+  }
+
+  /** An array element's result: the array is no longer awaited once every element's came. */
+  #elementResult(id: string): void {
+    const open = id.endsWith(']') ? id.lastIndexOf('[') : -1;
+    if (open <= 0) return;
+    const array = id.slice(0, open);
+    const left = this.#arrayLeft.get(array);
+    if (left === undefined) return;
+    if (left > 1) return void this.#arrayLeft.set(array, left - 1);
+    this.#arrayLeft.delete(array);
+    this.#awaiting.delete(array);
   }
 
   #nextSettle(): Promise<void> {

@@ -25,7 +25,9 @@ import {
   type WireError,
   wireError,
 } from '../protocol/index.js';
-import { newTask, nullJournal, randomIds, systemClock, type Clock, type ConnId, type ExecutorRecord, type IdSource, type Journal, type SessionRecord } from './model.js';
+import { newSession, newTask, nullJournal, randomIds, systemClock, unfinishedOf, type Clock, type ConnId, type ExecutorRecord, type IdSource, type JobArray, type Journal, type SessionRecord, type TaskRecord } from './model.js';
+import { TaskExtras } from './task-extras.js';
+import { anyAfter, planAfter } from './dependencies.js';
 import { SessionTable, forbidden, mayUse, type OpenRequest } from './sessions.js';
 import { ExecutorRegistry } from './registry.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
@@ -91,6 +93,9 @@ export class DispatcherCore {
   readonly #registry: ExecutorRegistry;
   readonly #scheduler: Scheduler;
   readonly #tasks: TaskLifecycle;
+  readonly #extras: TaskExtras;
+  /** Restored tasks and arrays that name dependencies: wired again once everything is back. */
+  #restoredHeld: Array<TaskRecord | JobArray> = [];
 
   constructor(
     readonly options: CoreOptions,
@@ -106,6 +111,8 @@ export class DispatcherCore {
     this.#scheduler = new Scheduler(options, this.#registry, (task, exec, now) => this.#tasks.dispatch(task, exec, now));
     const limits = { defaultMaxAttempts: options.defaultMaxAttempts, maxRequeues: options.maxRequeues ?? 20 };
     this.#tasks = new TaskLifecycle(limits, this.#sessions, this.#registry, this.#scheduler, out, journal, clock, this.rates);
+    this.#extras = new TaskExtras(this.#tasks);
+    this.#tasks.extras = this.#extras;
     this.view = new CoreView(this, this.#sessions, this.#registry, this.#scheduler, this.#tasks);
   }
 
@@ -127,7 +134,7 @@ export class DispatcherCore {
       session: session.id,
       resumed,
       cursor: session.acked,
-      unfinished: session.tasks.size,
+      unfinished: unfinishedOf(session),
       unacked: session.unacked.length,
       heartbeatMs: this.options.heartbeatMs,
       maxFrameBytes: this.options.maxFrameBytes,
@@ -137,7 +144,7 @@ export class DispatcherCore {
     // Everything finished but not acknowledged, in order: the client may have missed it.
     const replay = session.unacked;
     for (let i = 0; i < replay.length; i++) {
-      const remaining = replay.length - 1 - i + session.tasks.size;
+      const remaining = replay.length - 1 - i + unfinishedOf(session);
       this.out.toClient(conn, { t: 'result', seq: replay[i].seq, remaining, result: replay[i].result });
     }
     return null;
@@ -154,29 +161,41 @@ export class DispatcherCore {
     // the (rare) path where the session already has the id, with no per-task bookkeeping.
     const firstUid = this.#tasks.nextUid;
     let accepted = 0;
+    // Dependencies are checked for the whole submit first (order within it does not matter).
+    const problems = anyAfter(msg.tasks) ? msg.tasks.map(taskProblem) : null;
+    const refusals = problems ? planAfter(session, msg.tasks, problems) : null;
+    const held: Array<TaskRecord | JobArray> = [];
     for (let i = 0; i < msg.tasks.length; i++) {
       const raw = msg.tasks[i];
-      const problem = taskProblem(raw);
+      const problem = problems ? problems[i] : taskProblem(raw);
       if (problem !== null) {
         const id = (raw as { id?: unknown } | null)?.id;
         rejected.push({ index: i, ...(typeof id === 'string' ? { id } : {}), code: ErrorCode.TASK_INVALID, message: problem });
         continue;
       }
       const spec = raw as TaskSpec;
-      if (this.#tasks.accept(session, spec, now) !== null) {
+      const refused = refusals?.get(i);
+      if (refused) {
+        rejected.push({ index: i, ...(spec.id !== undefined ? { id: spec.id } : {}), ...refused });
+        continue;
+      }
+      const record = this.#tasks.accept(session, spec, now);
+      if (record !== null) {
         accepted++;
+        if (spec.after !== undefined) held.push(record);
         continue;
       }
       const id = spec.id!;
-      if ((session.tasks.get(id)?.uid ?? 0) >= firstUid) {
+      if ((session.tasks.get(id)?.uid ?? session.arrays?.get(id)?.uid ?? 0) >= firstUid) {
         rejected.push({ index: i, id, code: ErrorCode.TASK_DUPLICATE, message: `id ${id} appears earlier in this submit` });
         continue;
       }
       // Idempotent resubmit: one task; the client learns which, so no waiter hangs on it.
       accepted++;
-      known.push({ index: i, id, finished: !session.tasks.has(id) });
+      known.push({ index: i, id, finished: !session.tasks.has(id) && !(session.arrays?.get(id)?.unfinished ?? 0) });
     }
-    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, remaining: session.tasks.size, rejected, ...(known.length ? { known } : {}) });
+    for (const record of held) this.#extras.wire(record);
+    this.out.toClient(conn, { t: 'accepted', ref: msg.ref, accepted, remaining: unfinishedOf(session), rejected, ...(known.length ? { known } : {}) });
   }
 
   /** The client consumed every result up to `cursor`. */
@@ -202,7 +221,7 @@ export class DispatcherCore {
     if (refusal) return this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: false, error: refusal });
     let count = 0;
     for (const s of named ? [named] : msg.session === '*' ? this.#sessions.values() : []) {
-      count += this.#cancelIn(s, msg.all ? [...s.tasks.keys()] : msg.ids);
+      count += this.#cancelIn(s, msg.all ? [...s.tasks.keys(), ...(s.arrays?.keys() ?? [])] : msg.ids);
     }
     this.out.toClient(conn, { t: 'reply', ref: msg.ref, ok: true, count });
   }
@@ -321,6 +340,7 @@ export class DispatcherCore {
     for (const session of this.#sessions.expire(now, this.options.retentionMs)) {
       // Its client is gone past its lease (a killed workflow engine): free the executors.
       for (const task of [...session.tasks.values()]) this.#tasks.cancel(task, 'its client lease expired');
+      for (const id of session.arrays?.keys() ?? []) this.#extras.cancelArrayPart(session, id);
     }
     this.rates.sample(now, this.#tasks.dispatched);
   }
@@ -355,12 +375,29 @@ export class DispatcherCore {
       this.#sessions.restoreFinished(session, row.id, row.seq!, row.result!);
       return;
     }
+    if (row.spec?.array !== undefined) {
+      // An array's template: its elements come back from their own rows and results.
+      this.#tasks.restoreUid(row.uid);
+      const array = this.#extras.arrays.restoreTemplate(row.uid, row.id, session, row.spec, row.submittedAt);
+      if (array.held) this.#restoredHeld.push(array);
+      return;
+    }
+    // A row without a spec is an array element's: its spec comes from the template.
+    const element = row.spec === null ? this.#extras.arrays.restoreElement(session, row.id) : null;
+    const spec = element?.spec ?? row.spec;
+    if (spec === null) return;
     const exec = row.state === 'dispatched' && row.executor !== null ? this.#registry.get(row.executor) : undefined;
-    const task = newTask(row.uid, row.id, session, row.spec!, row.submittedAt);
+    const task = newTask(row.uid, row.id, session, spec, row.submittedAt);
     task.attempt = row.attempt;
     task.lost = row.lost;
     task.dispatchedAt = row.dispatchedAt;
-    this.#tasks.restore(task, exec);
+    const held = !exec && spec.after !== undefined;
+    if (element) {
+      task.element = element.array;
+      session.submitted--; // the array counted its elements
+    }
+    this.#tasks.restore(task, exec, held);
+    if (held) this.#restoredHeld.push(task);
   }
 
   /** The task counters the store kept (metrics stay monotonic across a restart). */
@@ -371,6 +408,10 @@ export class DispatcherCore {
 
   finishRestore(): void {
     this.#sessions.finishRestore();
+    this.#extras.arrays.finishRestore(this.#sessions.values());
+    // Pending counts are rebuilt from the restored states: released, failed, or held again.
+    for (const record of this.#restoredHeld) this.#extras.wire(record);
+    this.#restoredHeld = [];
   }
 
   // ---- queries and detached submits (HTTP) ------------------------------------------------------
@@ -397,8 +438,10 @@ export class DispatcherCore {
   ): { session: string; key: string | null; ids: string[] } | { problems: Array<{ index: number; message: string }> } | { refused: WireError } {
     const problems: Array<{ index: number; message: string }> = [];
     const ids = new Set<string>();
+    const known = sessionId === undefined ? undefined : this.#sessions.get(sessionId);
+    const refusals = anyAfter(raw) ? planAfter(known ?? newSession(sessionId ?? '', 0, null, null, null), raw, raw.map(taskProblem)) : null;
     raw.forEach((t, index) => {
-      const problem = taskProblem(t);
+      const problem = taskProblem(t) ?? refusals?.get(index)?.message ?? null;
       const id = (t as { id?: unknown } | null)?.id;
       if (problem !== null) problems.push({ index, message: problem });
       else if (typeof id === 'string' && ids.has(id)) problems.push({ index, message: `id ${id} appears earlier in this request` });
@@ -409,7 +452,13 @@ export class DispatcherCore {
     const session = this.#sessions.ensureDetached(sessionId, now, key, admin);
     if ('refused' in session) return { refused: wireError(session.refused, session.message) };
     const accepted: string[] = [];
-    for (const t of raw as TaskSpec[]) accepted.push(this.#tasks.accept(session, t, now)?.id ?? t.id!);
+    const held: Array<TaskRecord | JobArray> = [];
+    for (const t of raw as TaskSpec[]) {
+      const record = this.#tasks.accept(session, t, now);
+      if (record && t.after !== undefined) held.push(record);
+      accepted.push(record?.id ?? t.id!);
+    }
+    for (const record of held) this.#extras.wire(record);
     return { session: session.id, key: session.key, ids: accepted };
   }
 
@@ -437,7 +486,9 @@ export class DispatcherCore {
     let count = 0;
     for (const id of ids) {
       const task = session.tasks.get(id);
-      if (task && this.#tasks.cancel(task)) count++;
+      if (task) {
+        if (this.#tasks.cancel(task)) count++;
+      } else if (session.arrays !== null) count += this.#extras.cancelArrayPart(session, id) ?? 0;
     }
     return count;
   }

@@ -5,14 +5,35 @@
  */
 import { ErrorCode, GENERATED_ID_PREFIX, type AttemptResult, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
 import { judgeAttempt, type AttemptEnd, type AttemptLimits } from './attempts.js';
-import { newTask, type Clock, type ExecutorRecord, type Journal, type SessionRecord, type TaskRecord } from './model.js';
+import { newTask, unfinishedOf, type Clock, type ExecutorRecord, type JobArray, type Journal, type SessionRecord, type TaskRecord } from './model.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { Scheduler } from './scheduler.js';
 import type { SessionTable } from './sessions.js';
 import type { Rates } from './status.js';
 import type { Outbox } from './core.js';
 
+/**
+ * Job arrays and dependencies (arrays.ts, dependencies.ts, wired by task-extras.ts): what the
+ * lifecycle calls them for. Plain tasks pay one field test per dispatch and one call per finish.
+ */
+export interface LifecycleExtras {
+  /** A task with `array` arrived: it becomes a JobArray (held while `after` is pending). */
+  acceptArray(uid: number, id: string, session: SessionRecord, spec: TaskSpec, now: number): JobArray;
+  /** An array element left the queue for an attempt. */
+  elementDispatched(task: TaskRecord): void;
+  /** Any task finished (after its result is in its session). */
+  finished(task: TaskRecord, status: TaskStatus, error: { code: ErrorCode; message: string } | undefined): void;
+  /** A queued task is being cancelled: true when it was held for dependencies (so not in the queue). */
+  unhold(task: TaskRecord): boolean;
+  /** Tasks and arrays held for their dependencies (in `size`, not in the queue). */
+  held(): number;
+  /** Array elements waiting without a record (queued work not in the queue). */
+  unqueued(): number;
+}
+
 export class TaskLifecycle {
+  /** Set once by the core (arrays and dependencies). */
+  extras: LifecycleExtras | null = null;
   /** Unfinished tasks by uid: the executor link speaks uids. */
   readonly #tasks = new Map<number, TaskRecord>();
   #nextUid = 1;
@@ -48,18 +69,40 @@ export class TaskLifecycle {
    * Accepts a valid task into a session. Returns null when the session already has its id
    * (an idempotent resubmit: still one task).
    */
-  accept(session: SessionRecord, spec: TaskSpec, now: number): TaskRecord | null {
+  accept(session: SessionRecord, spec: TaskSpec, now: number): TaskRecord | JobArray | null {
     const uid = this.#nextUid++;
     const id = spec.id ?? `${GENERATED_ID_PREFIX}${uid}`;
-    if (session.tasks.has(id) || session.finishedIds.has(id)) return null;
+    if (session.tasks.has(id) || session.finishedIds.has(id) || session.arrays?.has(id)) return null;
     const task = newTask(uid, id, session, spec, now);
+    if (spec.array !== undefined) {
+      // The template's row is the array's one row; its elements are counted as they are submitted.
+      this.journal.taskAccepted(task);
+      const array = this.extras!.acceptArray(uid, id, session, spec, now);
+      this.rates.submitted += array.to - array.from + 1;
+      return array;
+    }
     session.tasks.set(id, task);
     session.submitted++;
     this.#tasks.set(uid, task);
-    this.scheduler.enqueue(task);
+    // A task with `after` waits out of the queue until the core wires its dependencies.
+    if (spec.after === undefined) this.scheduler.enqueue(task);
     this.journal.taskAccepted(task);
     this.rates.submitted++;
     return task;
+  }
+
+  /** A fresh uid (for array elements, which get theirs when they are given a record). */
+  newUid(): number {
+    return this.#nextUid++;
+  }
+
+  /** Queues a task made outside accept (an array element, a released dependant); nothing is journalled. */
+  admit(task: TaskRecord): void {
+    if (!this.#tasks.has(task.uid)) {
+      task.session.tasks.set(task.id, task);
+      this.#tasks.set(task.uid, task);
+    }
+    this.scheduler.enqueue(task);
   }
 
   /** Starts an attempt of a queued task on an executor with credit (the scheduler's callback). */
@@ -69,6 +112,7 @@ export class TaskLifecycle {
     task.executor = exec;
     task.dispatchedAt = now;
     this.registry.hold(exec, task);
+    if (task.element !== null) this.extras!.elementDispatched(task);
     this.dispatched++;
     this.journal.taskDispatched(task);
     this.out.toExecutor(exec.conn!, { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec });
@@ -134,7 +178,7 @@ export class TaskLifecycle {
   cancel(task: TaskRecord, why = 'cancelled'): boolean {
     if (task.state === 'queued') {
       task.state = 'finished'; // leaves the queue lazily
-      this.scheduler.discard(task);
+      if (!this.extras?.unhold(task)) this.scheduler.discard(task);
       this.finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: `${why} before it ran` });
       return true;
     }
@@ -176,11 +220,12 @@ export class TaskLifecycle {
     this.journal.taskFinished(task, seq, result);
     this.rates.count(status);
     this.rates.timed(result.timings);
-    if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: session.tasks.size, result });
+    if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: unfinishedOf(session), result });
+    this.extras?.finished(task, status, error);
   }
 
   /** An unfinished task from the store. Call in uid order so that FIFO order survives a restart. */
-  restore(task: TaskRecord, exec: ExecutorRecord | undefined): void {
+  restore(task: TaskRecord, exec: ExecutorRecord | undefined, held = false): void {
     this.#nextUid = Math.max(this.#nextUid, task.uid + 1);
     task.session.tasks.set(task.id, task);
     task.session.submitted++;
@@ -189,7 +234,7 @@ export class TaskLifecycle {
       task.state = 'dispatched';
       task.executor = exec;
       exec.running.set(task.uid, task);
-    } else this.scheduler.enqueue(task);
+    } else if (!held) this.scheduler.enqueue(task);
   }
 
   /** Keeps generated uids above every uid the store used. */

@@ -43,6 +43,36 @@ export interface TaskRecord {
   queueGen: number;
   /** Locality keys of its inputs (null without inputs): what data-aware scheduling matches. */
   locality: string[] | null;
+  /** The job array this task is an element of (arrays.ts); null for a plain task. */
+  element: JobArray | null;
+}
+
+/**
+ * A job array (arrays.ts): one template spec and compact per-element state. Elements get a
+ * TaskRecord only while they wait near the head of the queue, run, or are retried.
+ */
+export interface JobArray {
+  /** The template's uid (its row in the store); dependencies on the array use it. */
+  readonly uid: number;
+  readonly id: string;
+  readonly session: SessionRecord;
+  readonly spec: TaskSpec;
+  readonly from: number;
+  readonly to: number;
+  readonly submittedAt: number;
+  /** The next index not yet given a TaskRecord (indices below it have one, or finished). */
+  next: number;
+  /** Indices at or above `next` that already have a record or a result (restore, single cancels); lazily allocated. */
+  covered: Uint8Array | null;
+  /** Elements with a record that still wait for their first dispatch (the queue window). */
+  window: number;
+  /** Elements without a result yet. */
+  unfinished: number;
+  /** Elements that ended other than succeeded, and the first of them (named by DEPENDENCY_FAILED). */
+  failed: number;
+  firstFailure: string | null;
+  /** Waiting for its `after` dependencies: no element is queued yet. */
+  held: boolean;
 }
 
 export type ExecutorState = 'busy' | 'idle' | 'draining' | 'disconnected';
@@ -102,6 +132,15 @@ export interface SessionRecord {
    * only for a session restored from a store written before keys existed: anyone may resume it.
    */
   key: string | null;
+  /** Job arrays by id (null until the session has one), kept after they finish, like finishedIds. */
+  arrays: Map<string, JobArray> | null;
+  /** Array elements without a result and without a record in `tasks` (not yet queued): results still to come. */
+  unqueuedElements: number;
+}
+
+/** Tasks of a session that have no result yet: what `remaining` and `unfinished` count. */
+export function unfinishedOf(session: SessionRecord): number {
+  return session.tasks.size + session.unqueuedElements;
 }
 
 const STATUSES: readonly TaskStatus[] = ['succeeded', 'failed', 'timed_out', 'cancelled', 'lost'];
@@ -162,7 +201,7 @@ export const nullJournal: Journal = {
 
 /** A session with no tasks yet; its client is `conn` (or away since `goneAt`). */
 export function newSession(id: string, createdAt: number, leaseMs: number | null, goneAt: number | null, key: string | null): SessionRecord {
-  return { id, conn: null, tasks: new Map(), finishedIds: new Map(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false, key };
+  return { id, conn: null, tasks: new Map(), finishedIds: new Map(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false, key, arrays: null, unqueuedElements: 0 };
 }
 
 /** An executor record holding no attempts; `now` starts its lease. */
@@ -190,6 +229,7 @@ export function newTask(uid: number, id: string, session: SessionRecord, spec: T
     dispatchedAt: null,
     queueGen: 0,
     locality: spec.inputs?.length ? spec.inputs.map((i) => localityKey(i)) : null,
+    element: null,
   };
 }
 

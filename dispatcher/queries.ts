@@ -5,7 +5,8 @@
  * those from the store (a result acknowledged by its client lives only there).
  */
 import type { SessionInfo, TaskInfo, TaskResult, TaskState } from '../protocol/index.js';
-import { labelsFit, unpackFinished, type SessionRecord, type TaskRecord } from './model.js';
+import { labelsFit, unfinishedOf, unpackFinished, type SessionRecord, type TaskRecord } from './model.js';
+import { arrayPartInfo } from './arrays.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { SessionTable } from './sessions.js';
 
@@ -74,7 +75,12 @@ function describe(session: SessionRecord, id: string, registry: ExecutorRegistry
     return true;
   }
   const packed = session.finishedIds.get(id);
-  if (packed === undefined) return false;
+  if (packed === undefined) {
+    // A job array, or one of its elements still waiting for the queue.
+    const part = session.arrays !== null ? arrayPartInfo(session, id) : null;
+    if (part) found.tasks.push(part);
+    return part !== null;
+  }
   const { seq, status } = unpackFinished(packed);
   const kept = withResult ? resultInMemory(session, seq) : undefined;
   const info: TaskInfo = {
@@ -127,7 +133,9 @@ function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo 
     submittedAt: task.submittedAt,
     dispatchedAt: task.dispatchedAt,
   };
-  if (queued) {
+  if (queued && task.spec.after !== undefined && task.queueGen === 0) {
+    info.waiting = 'waiting for the tasks it names in after to succeed';
+  } else if (queued) {
     const why = whyWaiting(task, registry);
     if (why) info.waiting = why;
   }
@@ -151,7 +159,7 @@ function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null
 export function sessionInfos(sessions: SessionTable): SessionInfo[] {
   const out: SessionInfo[] = [];
   for (const s of sessions.values()) {
-    out.push({ id: s.id, createdAt: s.createdAt, connected: s.conn !== null, submitted: s.submitted, finished: s.finished, unfinished: s.tasks.size, unacked: s.unacked.length });
+    out.push({ id: s.id, createdAt: s.createdAt, connected: s.conn !== null, submitted: s.submitted, finished: s.finished, unfinished: unfinishedOf(s), unacked: s.unacked.length });
   }
   return out;
 }

@@ -6,7 +6,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { ErrorCode, type TaskResult } from '../protocol/index.js';
-import { newSession, packFinished, type ConnId, type IdSource, type Journal, type SessionRecord } from './model.js';
+import { newSession, packFinished, unfinishedOf, type ConnId, type IdSource, type Journal, type SessionRecord } from './model.js';
 
 /** What a client asks for when it opens or resumes a session (its hello). */
 export interface OpenRequest {
@@ -180,8 +180,8 @@ export class SessionTable {
     for (const session of this.#byId.values()) {
       if (session.goneAt === null) continue;
       const away = now - session.goneAt;
-      if (session.tasks.size > 0 && session.leaseMs !== null && away > session.leaseMs) expired.push(session);
-      else if (session.tasks.size === 0 && away > retentionMs) {
+      if (unfinishedOf(session) > 0 && session.leaseMs !== null && away > session.leaseMs) expired.push(session);
+      else if (unfinishedOf(session) === 0 && away > retentionMs) {
         this.#byId.delete(session.id);
         this.journal.sessionCollected(session);
       }

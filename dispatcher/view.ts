@@ -66,12 +66,12 @@ export class CoreView {
 
   /** Tasks waiting for an executor. */
   get queued(): number {
-    return this.scheduler.size;
+    return this.scheduler.size + (this.tasks.extras?.unqueued() ?? 0);
   }
 
   /** Tasks dispatched and not finished. */
   get running(): number {
-    return this.tasks.size - this.scheduler.size;
+    return this.tasks.size - this.scheduler.size - (this.tasks.extras?.held() ?? 0);
   }
 
   /** Attempts started (since the store began, with a durable store). */

@@ -56,6 +56,15 @@ export const ErrorCode = {
    * the id appears twice in one submit (that task is refused).
    */
   TASK_DUPLICATE: 'TASK_DUPLICATE',
+  /**
+   * Result error (status `cancelled`): a task named in `after` failed, was cancelled or was lost,
+   * so this task will never run; the message names that dependency (dependants of dependants too).
+   */
+  DEPENDENCY_FAILED: 'DEPENDENCY_FAILED',
+  /** Submit, per task: `after` names an id the session does not have (nor the same submit). */
+  DEPENDENCY_UNKNOWN: 'DEPENDENCY_UNKNOWN',
+  /** Submit, per task: `after` closes a cycle (the task is on one, or waits behind one). */
+  DEPENDENCY_CYCLE: 'DEPENDENCY_CYCLE',
   /** An executor reported an attempt the dispatcher did not give it: refused, nothing changes. */
   ATTEMPT_NOT_YOURS: 'ATTEMPT_NOT_YOURS',
   /**

@@ -27,6 +27,10 @@ export const LIMITS = {
   outputChars: 2 * MiB,
   /** An attempt's error message, in characters. */
   errorChars: 16 * KiB,
+  /** Elements of one job array (`array: {from, to}`). */
+  arrayElements: 1_000_000,
+  /** Ids one task may name in `after`. */
+  afterItems: 10_000,
 } as const;
 
 /**
@@ -129,6 +133,20 @@ export const TaskSpecSchema = Type.Object(
         { additionalProperties: false },
       ),
     ),
+    /**
+     * A job array: one task for each index from `from` to `to` (inclusive, at most
+     * LIMITS.arrayElements), with ids `ID[index]`; `{index}` in `cmd` items, `env` values, `cwd`
+     * and `stdin` becomes the index. The array itself has no result; each element has its own.
+     */
+    array: Type.Optional(
+      Type.Object({ from: Type.Integer({ minimum: 0, maximum: 2 ** 31 }), to: Type.Integer({ minimum: 0, maximum: 2 ** 31 }) }, { additionalProperties: false }),
+    ),
+    /**
+     * Ids of tasks (or whole arrays) of the same session that must succeed before this one runs:
+     * earlier ones, or ones in the same submit. If one of them does not succeed, this task ends
+     * `cancelled` with DEPENDENCY_FAILED.
+     */
+    after: Type.Optional(Type.Array(Id, { maxItems: LIMITS.afterItems })),
   },
   { additionalProperties: false },
 );

@@ -6,7 +6,7 @@
 import type { TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { ErrorCode, type WireError } from './errors.js';
-import { TaskSpecSchema, type TaskSpec } from './messages.js';
+import { LIMITS, TaskSpecSchema, type TaskSpec } from './messages.js';
 
 export type Validated<M> = { ok: true; msg: M } | { ok: false; error: WireError };
 
@@ -60,5 +60,10 @@ export function taskProblem(raw: unknown): string | null {
   }
   if (task.builtin === 'sleep' && task.ms === undefined) return 'builtin sleep needs ms';
   if (task.id !== undefined && task.id.startsWith(GENERATED_ID_PREFIX)) return `ids starting with ${GENERATED_ID_PREFIX} are reserved for the ids the dispatcher generates`;
+  if (task.array !== undefined) {
+    const { from, to } = task.array;
+    if (to < from) return `array: to (${to}) is below from (${from})`;
+    if (to - from + 1 > LIMITS.arrayElements) return `array: ${to - from + 1} elements; at most ${LIMITS.arrayElements} per array`;
+  }
   return null;
 }
