@@ -187,9 +187,12 @@ async function executorCommand(args: string[]): Promise<void> {
     { sources: cfg.sources, file: cfg.file, imds: { consulted: cfg.imds.consulted, reason: cfg.imds.reason, instanceId: cfg.imds.identity?.instanceId, userData: cfg.imds.userData } },
     'configuration loaded',
   );
+  const { detectResources } = await import('../executor/resources.js');
+  const advertised = await detectResources(cfg.options.resources);
   const agent = startExecutor(
     {
       ...cfg.options,
+      ...advertised,
       boot: [
         { phase: 'started', at: Math.min(startedAt, configLoadedAt) },
         { phase: 'config-loaded', at: configLoadedAt },

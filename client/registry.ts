@@ -137,6 +137,7 @@ const EXECUTOR_FLAGS: Flag[] = [
   { name: 'token', type: 'string', arg: 'T', env: 'FALCONET_TOKEN', help: 'the executor credential (--executor-token)' },
   { name: 'slots', type: 'string', arg: 'N', default: 'the number of cores', unit: 'slots', env: 'FALCONET_SLOTS', help: 'tasks run at once' },
   { name: 'labels', type: 'string', arg: 'k=v,...', env: 'FALCONET_LABELS', help: 'labels tasks may require' },
+  { name: 'resources', type: 'string', arg: 'name=n,...', default: 'detected cpus, memoryMb, gpus', env: 'FALCONET_RESOURCES', help: 'resources offered to tasks\' requests (adds custom ones, overrides detected ones)' },
   { name: 'mode', type: 'string', arg: 'push|pull', default: 'push', env: 'FALCONET_MODE', help: 'push: the dispatcher sends tasks; pull: the executor asks' },
   { name: 'id', type: 'string', arg: 'ID', default: 'hostname-pid', env: 'FALCONET_EXECUTOR_ID', help: 'the executor\'s id' },
   { name: 'idle-exit', type: 'string', arg: 'S', default: '0 (never)', unit: 'seconds', env: 'FALCONET_IDLE_EXIT', help: 'exit after this long without a task' },

@@ -98,6 +98,11 @@ export class TaskQueue {
 
   #gen = 0;
 
+  /** The highest priority queued (perhaps of tasks since cancelled); -Infinity when empty. */
+  get topPriority(): number {
+    return this.#order.length > 0 ? this.#order[0] : -Infinity;
+  }
+
   /** Appends a task (state must already be 'queued'). */
   push(task: TaskRecord): void {
     task.queueGen = ++this.#gen;

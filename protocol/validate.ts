@@ -59,6 +59,7 @@ export function taskProblem(raw: unknown): string | null {
     return 'a task needs exactly one of cmd and builtin';
   }
   if (task.builtin === 'sleep' && task.ms === undefined) return 'builtin sleep needs ms';
+  if (task.resources?.gpus !== undefined && !Number.isInteger(task.resources.gpus)) return `resources.gpus must be a whole number (got ${task.resources.gpus})`;
   if (task.id !== undefined && task.id.startsWith(GENERATED_ID_PREFIX)) return `ids starting with ${GENERATED_ID_PREFIX} are reserved for the ids the dispatcher generates`;
   return null;
 }
