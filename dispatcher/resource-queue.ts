@@ -74,6 +74,13 @@ export class ResourceQueue {
     if (lane.size === 0) this.#lanes.delete(lane.key);
   }
 
+  /** The highest priority with a live task; -Infinity when none. */
+  get topPriority(): number {
+    let top = -Infinity;
+    for (const lane of this.#lanes.values()) if (lane.priority > top && lane.head() !== undefined) top = lane.priority;
+    return top;
+  }
+
   /** Lanes with live tasks. */
   lanes(): IterableIterator<RequestLane> {
     return this.#lanes.values();

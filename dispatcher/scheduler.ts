@@ -110,9 +110,15 @@ export class Scheduler {
         if (exec.credit <= 0) hungry.delete(exec);
         continue;
       }
-      if (packing) this.#pack(exec, now, this.queue.topPriority);
+      const skip = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+      if (packing) {
+        // Plain tasks of a higher priority than every request, then requests down to the plain
+        // tasks' top priority, then the rest of the plain tasks, then the rest of the requests.
+        const above = this.requests.topPriority + 1;
+        for (const task of this.queue.take(exec.credit, this.#fitsFor(exec), skip, above)) this.dispatch(task, exec, now);
+        this.#pack(exec, now, this.queue.topPriority);
+      }
       if (this.queue.size > 0 && exec.credit > 0) {
-        const skip = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
         for (const task of this.queue.take(exec.credit, this.#fitsFor(exec), skip)) this.dispatch(task, exec, now);
       }
       if (packing && exec.credit > 0) this.#pack(exec, now, -Infinity);
