@@ -88,6 +88,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     retentionS: num('retention', v.retention as string | undefined),
     dataPolicy: v['data-policy'] as string | undefined,
     cacheWaitMs: num('cache-wait-ms', v['cache-wait-ms'] as string | undefined),
+    reserveAfterS: num('reserve-after', v['reserve-after'] as string | undefined),
     transport: v.transport as string | undefined,
     tlsCert: v['tls-cert'] as string | undefined,
     tlsKey: v['tls-key'] as string | undefined,

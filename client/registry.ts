@@ -87,6 +87,7 @@ export const DISPATCHER_FLAGS: Flag[] = [
   { name: 'max-requeues', type: 'string', arg: 'N', default: '20', unit: 'requeues', help: 'hand-backs (executor drained, lost) before a task is failed' },
   { name: 'data-policy', type: 'string', arg: 'max-cache-hit|first-available', default: 'max-cache-hit', help: 'where tasks with inputs go' },
   { name: 'cache-wait-ms', type: 'string', arg: 'MS', default: '2000', unit: 'ms', help: 'how long a task waits for the executor that caches its inputs' },
+  { name: 'reserve-after', type: 'string', arg: 'S', default: '30', unit: 'seconds', help: 'a task with resource requests waiting this long gets an executor held for it' },
   { name: 'transport', type: 'string', arg: 'ws|uws', default: 'ws', help: 'the WebSocket server: ws, or µWebSockets.js (optional dependency)' },
   { name: 'max-frame-bytes', type: 'string', arg: 'B', default: '16777216', unit: 'bytes', help: 'the largest frame accepted' },
   { name: 'max-buffered-bytes', type: 'string', arg: 'B', default: '67108864', unit: 'bytes', help: 'a peer that lets this much pile up unread is dropped (slow consumer)' },

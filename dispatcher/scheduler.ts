@@ -132,7 +132,7 @@ export class Scheduler {
    * task with requests, what the executor has free).
    */
   fits(task: TaskRecord, exec: ExecutorRecord): boolean {
-    if (!this.#fitsFor(exec)(task.labelKey)) return false;
+    if (task.labelKey !== '' && !this.#fitsFor(exec)(task.labelKey)) return false;
     if (task.request === null) return true;
     return capacityOf(exec)?.fitsNow(task.request) ?? false;
   }
