@@ -26,6 +26,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   scale: { script: 'scale.js', full: [], smoke: ['--runs', '1', '--executors', '200', '--per-process', '100', '--tasks', '2000'], writes: ['scale-'] },
   queue: { script: 'queue.js', full: [], smoke: ['--runs', '1', '--tasks', '5000'], writes: ['queue-'] },
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
+  resources: { script: 'resources.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '20000'], writes: ['resources-'] },
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
   transport: {
     optional: true,

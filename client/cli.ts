@@ -98,6 +98,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     retentionS: num('retention', v.retention as string | undefined),
     dataPolicy: v['data-policy'] as string | undefined,
     cacheWaitMs: num('cache-wait-ms', v['cache-wait-ms'] as string | undefined),
+    reserveAfterS: num('reserve-after', v['reserve-after'] as string | undefined),
     transport: v.transport as string | undefined,
     tlsCert: v['tls-cert'] as string | undefined,
     tlsKey: v['tls-key'] as string | undefined,
@@ -197,9 +198,12 @@ async function executorCommand(args: string[]): Promise<void> {
     { sources: cfg.sources, file: cfg.file, imds: { consulted: cfg.imds.consulted, reason: cfg.imds.reason, instanceId: cfg.imds.identity?.instanceId, userData: cfg.imds.userData } },
     'configuration loaded',
   );
+  const { detectResources } = await import('../executor/resources.js');
+  const advertised = await detectResources(cfg.options.resources);
   const agent = startExecutor(
     {
       ...cfg.options,
+      ...advertised,
       boot: [
         { phase: 'started', at: Math.min(startedAt, configLoadedAt) },
         { phase: 'config-loaded', at: configLoadedAt },

@@ -111,6 +111,10 @@ export function summary(s: Status, url?: string): string[] {
     `rate       ${rateFmt(rate)} tasks/s finished · ${rateFmt(s.rates.submitted)}/s submitted (last 10 s) · ${eta}`,
     `sessions   ${fmt(s.sessions.total)} (${fmt(s.sessions.connected)} connected)${s.data?.cacheHitRatio != null ? ` · cache hit ${Math.round(100 * s.data.cacheHitRatio)}%` : ''}`,
   ];
+  for (const r of (s.requests as Array<{ request: string; labels: string; tasks: number; reason: string | null }>) ?? []) {
+    if (r.reason !== null) lines.push(`waits      ${fmt(r.tasks)} ${r.tasks === 1 ? 'task' : 'tasks'}${r.labels ? ` with labels ${r.labels}` : ''}: ${r.reason}`);
+  }
+  if (s.reservation) lines.push(`reserved   ${s.reservation.executor} for a waiting ${s.reservation.request} request`);
   const p = s.provisioner;
   if (p) {
     const inst = (p.instances as Array<{ state: string }>) ?? [];

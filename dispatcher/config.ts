@@ -48,6 +48,8 @@ export interface DispatcherOptions {
   retentionS?: number;
   dataPolicy?: string;
   cacheWaitMs?: number;
+  /** Seconds a task with resource requests waits before an executor is reserved for it. */
+  reserveAfterS?: number;
   /** ws (default) or uws. */
   transport?: string;
   /** PEM certificate (chain) file: with tlsKey, serve wss:// and https:// (reloaded on SIGHUP). */
@@ -97,6 +99,7 @@ export interface DispatcherConfig {
   retentionMs: number;
   dataPolicy: 'first-available' | 'max-cache-hit';
   cacheWaitMs: number;
+  reserveAfterMs: number;
   transport: TransportKind;
   /** null: plain ws:// and http://. */
   tls: TlsFiles | null;
@@ -227,6 +230,7 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
     retentionMs: positive('--retention', o.retentionS ?? 24 * 3600, 0) * 1000,
     dataPolicy: dataPolicy(o.dataPolicy),
     cacheWaitMs: positive('--cache-wait-ms', o.cacheWaitMs ?? 2000, 0),
+    reserveAfterMs: positive('--reserve-after', o.reserveAfterS ?? 30, 0) * 1000,
     transport: transport(o.transport),
     tls: tlsFiles(o, env),
   };

@@ -115,7 +115,8 @@ export class TaskLifecycle {
     if (task.element !== null) this.extras!.elementDispatched(task);
     this.dispatched++;
     this.journal.taskDispatched(task);
-    this.out.toExecutor(exec.conn!, { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec });
+    const gpus = task.gpus;
+    this.out.toExecutor(exec.conn!, gpus === null ? { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec } : { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec, gpus });
   }
 
   /**

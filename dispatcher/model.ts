@@ -4,6 +4,8 @@
  * plus the spec object as decoded from the wire (target: ≤ 1 KB per queued task).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { requestOf, type ExecutorCapacity, type ResourceRequest } from './resources.js';
+import type { RequestLane } from './resource-queue.js';
 import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
@@ -45,6 +47,10 @@ export interface TaskRecord {
   locality: string[] | null;
   /** The job array this task is an element of (arrays.ts); null for a plain task. */
   element: JobArray | null;
+  /** Its `resources`, parsed (null for a plain task): see resources.ts. */
+  readonly request: ResourceRequest | null;
+  /** The GPU indices of its current attempt (null when it has none). */
+  gpus: number[] | null;
 }
 
 /**
@@ -99,6 +105,10 @@ export interface ExecutorRecord {
   data: DataCounters | null;
   /** Locality keys of the inputs its cache holds, as of the last heartbeat that changed them. */
   holds: Set<string> | null;
+  /** What of its advertised resources its attempts use; built on first use (resources.ts `capacityOf`), reset when it registers again. */
+  capacity: ExecutorCapacity | null;
+  /** Held for a long-waiting large request (the scheduler's reservation): it takes nothing else until that starts. */
+  reservedFor: RequestLane | null;
 }
 
 export interface SessionRecord {
@@ -206,7 +216,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null };
+  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null, capacity: null, reservedFor: null };
 }
 
 /** A task record in the `queued` state. */
@@ -230,6 +240,8 @@ export function newTask(uid: number, id: string, session: SessionRecord, spec: T
     queueGen: 0,
     locality: spec.inputs?.length ? spec.inputs.map((i) => localityKey(i)) : null,
     element: null,
+    request: spec.resources === undefined ? null : requestOf(spec.resources),
+    gpus: null,
   };
 }
 

@@ -5,8 +5,9 @@
  * those from the store (a result acknowledged by its client lives only there).
  */
 import type { SessionInfo, TaskInfo, TaskResult, TaskState } from '../protocol/index.js';
-import { labelsFit, unfinishedOf, unpackFinished, type SessionRecord, type TaskRecord } from './model.js';
+import { labelsFit, unfinishedOf, unpackFinished, type ExecutorRecord, type SessionRecord, type TaskRecord } from './model.js';
 import { arrayPartInfo } from './arrays.js';
+import { unsatisfiable } from './resources.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { SessionTable } from './sessions.js';
 
@@ -145,15 +146,15 @@ function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo 
 /** Why a queued task is not running, when it is something the user can act on. */
 function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null {
   let connected = 0;
-  let fitting = 0;
+  const fitting: ExecutorRecord[] = [];
   for (const e of registry.values()) {
     if (e.conn === null || e.draining || e.leaving) continue;
     connected++;
-    if (labelsFit(task.spec.labels, e.info.labels)) fitting++;
+    if (labelsFit(task.spec.labels, e.info.labels)) fitting.push(e);
   }
   if (connected === 0) return 'no executor is connected';
-  if (fitting === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
-  return null;
+  if (fitting.length === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
+  return task.request === null ? null : unsatisfiable(task.request, fitting);
 }
 
 export function sessionInfos(sessions: SessionTable): SessionInfo[] {

@@ -98,6 +98,11 @@ export class TaskQueue {
 
   #gen = 0;
 
+  /** The highest priority queued (perhaps of tasks since cancelled); -Infinity when empty. */
+  get topPriority(): number {
+    return this.#order.length > 0 ? this.#order[0] : -Infinity;
+  }
+
   /** Appends a task (state must already be 'queued'). */
   push(task: TaskRecord): void {
     task.queueGen = ++this.#gen;
@@ -138,11 +143,12 @@ export class TaskQueue {
 
   /**
    * Takes up to `max` tasks for one executor: highest priority first, sessions in turn,
-   * FIFO within a session. `fits` says whether the executor may run a label key.
+   * FIFO within a session. `fits` says whether the executor may run a label key; priorities
+   * below `minPriority` are left alone.
    */
-  take(max: number, fits: (labelKey: string) => boolean, skip?: (task: TaskRecord) => boolean): TaskRecord[] {
+  take(max: number, fits: (labelKey: string) => boolean, skip?: (task: TaskRecord) => boolean, minPriority = -Infinity): TaskRecord[] {
     const out: TaskRecord[] = [];
-    for (let p = 0; p < this.#order.length && out.length < max; p++) {
+    for (let p = 0; p < this.#order.length && out.length < max && this.#order[p] >= minPriority; p++) {
       const level = this.#levels.get(this.#order[p])!;
       let barren = 0; // consecutive sessions with nothing this executor can run
       while (out.length < max && level.ring.length > 0 && barren < level.ring.length) {

@@ -8,6 +8,7 @@
  * credit, connection and draining again before it dispatches anything.
  */
 import type { ExecutorInfo } from '../protocol/index.js';
+import { capacityOf } from './resources.js';
 import { newExecutor, type ConnId, type ExecutorRecord, type Journal, type TaskRecord } from './model.js';
 
 /** What registering an executor found. */
@@ -75,6 +76,7 @@ export class ExecutorRegistry {
         if (!reported.has(`${task.uid}:${task.attempt}`)) missing.push({ task, crashed });
       }
       exec.info = info;
+      exec.capacity = null; // what it has may have changed: rebuilt from `info` and its attempts
       exec.conn = conn;
       exec.lastSeen = now;
       exec.draining = false;
@@ -115,6 +117,7 @@ export class ExecutorRegistry {
   }
 
   hold(exec: ExecutorRecord, task: TaskRecord): void {
+    if (task.request !== null) capacityOf(exec)?.charge(task);
     exec.running.set(task.uid, task);
     exec.credit--;
     exec.idleSince = null;
@@ -122,6 +125,11 @@ export class ExecutorRegistry {
 
   /** Takes an attempt off an executor; an executor left with none starts its idle clock. */
   unhold(exec: ExecutorRecord, uid: number, now: number): void {
+    const task = exec.running.get(uid);
+    if (task?.request != null) {
+      exec.capacity?.release(task);
+      task.gpus = null;
+    }
     exec.running.delete(uid);
     if (exec.running.size === 0) exec.idleSince ??= now;
   }

@@ -7,9 +7,16 @@
  * already holds: Falkon's data diffusion), then every free executor takes tasks in queue order
  * (priority, fair share across sessions, FIFO), skipping under `max-cache-hit` the tasks that
  * should wait a little for the busy executor that holds their data.
+ *
+ * Tasks with resource requests wait in their own queue (resource-queue.ts) and are packed: an
+ * executor takes one only when it fits what it has free (resources.ts), before plain tasks of a
+ * lower or equal priority and after those of a higher one. A request that has waited longer than
+ * `reserveAfterMs` gets a reservation: the executor it fits best takes nothing else until it starts.
  */
 import { TaskQueue } from './queue.js';
 import { labelsFit, type ExecutorRecord, type TaskRecord } from './model.js';
+import { ResourceQueue, type RequestLane } from './resource-queue.js';
+import { capacityOf } from './resources.js';
 
 export interface SchedulerOptions {
   /**
@@ -19,12 +26,23 @@ export interface SchedulerOptions {
    */
   dataPolicy?: 'first-available' | 'max-cache-hit';
   cacheWaitMs?: number;
+  /**
+   * How long a task with resource requests may wait before an executor is reserved for it (it
+   * then takes no other task until this one starts), so that a stream of small requests cannot
+   * starve a large one. Default 30 s.
+   */
+  reserveAfterMs?: number;
 }
+
+/** How often, at most, the scheduler looks for a request to reserve an executor for. */
+const RESERVE_CHECK_MS = 250;
 
 /** What the scheduler reads of the executor registry. */
 export interface SchedulerRegistry {
   readonly hungry: Set<ExecutorRecord>;
   holdersOf(key: string): Iterable<ExecutorRecord>;
+  /** Every registered executor (where a reservation may go). */
+  values(): Iterable<ExecutorRecord>;
 }
 
 export class Scheduler {
@@ -33,6 +51,11 @@ export class Scheduler {
   readonly #byLocality = new Map<string, Set<TaskRecord>>();
   /** Label requirements by their canonical key, so an executor's fit memo never re-parses a key. */
   readonly #labelsByKey = new Map<string, Record<string, string>>();
+  /** Queued tasks with resource requests. */
+  readonly requests = new ResourceQueue();
+  /** The one reservation in force: a lane's head waits for this executor. */
+  #reserved: { lane: RequestLane; exec: ExecutorRecord } | null = null;
+  #nextReserveCheck = 0;
 
   constructor(
     private readonly options: SchedulerOptions,
@@ -43,13 +66,15 @@ export class Scheduler {
 
   /** Live queued tasks. */
   get size(): number {
-    return this.queue.size;
+    return this.queue.size + this.requests.size;
   }
 
   /** Queues a task (its state is already `queued`), indexing it by the data it needs. */
   enqueue(task: TaskRecord): void {
-    this.queue.push(task);
     if (task.labelKey !== '' && !this.#labelsByKey.has(task.labelKey)) this.#labelsByKey.set(task.labelKey, task.spec.labels!);
+    // Tasks with requests are packed, never sent by the cache-hit pass: they are not indexed by data.
+    if (task.request !== null) return this.requests.push(task);
+    this.queue.push(task);
     for (const key of task.locality ?? []) {
       let set = this.#byLocality.get(key);
       if (!set) this.#byLocality.set(key, (set = new Set()));
@@ -59,29 +84,127 @@ export class Scheduler {
 
   /** A queued task left the queue another way (cancelled, finished by a late result). */
   discard(task: TaskRecord): void {
-    this.queue.discard(task);
+    if (task.request !== null) this.requests.discard(task);
+    else this.queue.discard(task);
   }
 
   /** One pass. Call once per batch of inbound messages. */
   schedule(now: number): void {
     const hungry = this.registry.hungry;
-    if (this.queue.size === 0 || hungry.size === 0) return;
+    if ((this.queue.size === 0 && this.requests.size === 0) || hungry.size === 0) return;
     if (this.#byLocality.size > 0) {
       for (const exec of hungry) {
-        if (exec.holds && exec.credit > 0 && exec.conn !== null && !exec.draining) this.#dispatchLocal(exec, now);
+        if (exec.holds && exec.credit > 0 && exec.conn !== null && !exec.draining && exec.reservedFor === null) this.#dispatchLocal(exec, now);
       }
     }
+    const packing = this.requests.size > 0;
+    if (packing || this.#reserved !== null) this.#reserve(now);
     const waits = this.options.dataPolicy === 'max-cache-hit' && this.#byLocality.size > 0;
     for (const exec of hungry) {
       if (exec.credit <= 0 || exec.conn === null || exec.draining) {
         hungry.delete(exec); // lazy pruning: see the credit invariant in registry.ts
         continue;
       }
+      if (exec.reservedFor !== null) {
+        this.#startReserved(exec, now);
+        if (exec.credit <= 0) hungry.delete(exec);
+        continue;
+      }
       const skip = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
-      for (const task of this.queue.take(exec.credit, this.#fitsFor(exec), skip)) this.dispatch(task, exec, now);
+      if (packing) {
+        // Plain tasks of a higher priority than every request, then requests down to the plain
+        // tasks' top priority, then the rest of the plain tasks, then the rest of the requests.
+        const above = this.requests.topPriority + 1;
+        for (const task of this.queue.take(exec.credit, this.#fitsFor(exec), skip, above)) this.dispatch(task, exec, now);
+        this.#pack(exec, now, this.queue.topPriority);
+      }
+      if (this.queue.size > 0 && exec.credit > 0) {
+        for (const task of this.queue.take(exec.credit, this.#fitsFor(exec), skip)) this.dispatch(task, exec, now);
+      }
+      if (packing && exec.credit > 0) this.#pack(exec, now, -Infinity);
       if (exec.credit <= 0) hungry.delete(exec);
-      if (this.queue.size === 0) break;
+      if (this.queue.size === 0 && this.requests.size === 0) break;
     }
+  }
+
+  /**
+   * Whether `exec` may run `task` now: the one per-task placement predicate (labels, and for a
+   * task with requests, what the executor has free).
+   */
+  fits(task: TaskRecord, exec: ExecutorRecord): boolean {
+    if (task.labelKey !== '' && !this.#fitsFor(exec)(task.labelKey)) return false;
+    if (task.request === null) return true;
+    return capacityOf(exec)?.fitsNow(task.request) ?? false;
+  }
+
+  /** Gives `exec` the requests that fit what it has free, at `minPriority` or above, while it has credit. */
+  #pack(exec: ExecutorRecord, now: number, minPriority: number): void {
+    while (exec.credit > 0 && this.requests.size > 0) {
+      const lane = this.requests.pick(minPriority, (l) => this.fits(l.head()!, exec));
+      if (lane === undefined) return;
+      this.dispatch(this.requests.take(lane), exec, now);
+    }
+  }
+
+  /** A reserved executor takes the request it is held for once that fits, and then is free again. */
+  #startReserved(exec: ExecutorRecord, now: number): void {
+    const lane = exec.reservedFor!;
+    const head = lane.head();
+    if (head === undefined) return this.#release();
+    if (!this.fits(head, exec)) return;
+    this.dispatch(this.requests.take(lane), exec, now);
+    this.#release();
+  }
+
+  #release(): void {
+    if (this.#reserved === null) return;
+    this.#reserved.exec.reservedFor = null;
+    this.#reserved = null;
+  }
+
+  /**
+   * Backfill-lite: the oldest request that has waited past `reserveAfterMs` gets the executor
+   * where it is closest to fitting (of those that could ever run it), which takes no new task until
+   * it starts. One reservation at a time; it ends when the request starts, leaves the queue, or the
+   * executor goes. Looked at every RESERVE_CHECK_MS at most, so a request no executor can run costs
+   * a pass nothing.
+   */
+  #reserve(now: number): void {
+    const r = this.#reserved;
+    const before = now - (this.options.reserveAfterMs ?? 30_000);
+    if (r !== null) {
+      // Still wanted: its lane's head has waited long enough (it may have started elsewhere) and the executor is here.
+      if ((r.lane.head()?.submittedAt ?? Infinity) <= before && r.exec.conn !== null && !r.exec.draining) return;
+      this.#release();
+    }
+    if (now < this.#nextReserveCheck || this.requests.size === 0) return;
+    this.#nextReserveCheck = now + RESERVE_CHECK_MS;
+    for (const lane of this.requests.overdue(before)) {
+      const head = lane.head()!;
+      let best: ExecutorRecord | null = null;
+      let bestShort = Infinity;
+      for (const exec of this.registry.values()) {
+        if (exec.conn === null || exec.draining || !this.#fitsFor(exec)(lane.labelKey)) continue;
+        const cap = capacityOf(exec);
+        if (cap === null || !cap.fitsEver(head.request!)) continue;
+        const short = cap.shortfall(head.request!);
+        if (short < bestShort) {
+          best = exec;
+          bestShort = short;
+        }
+      }
+      if (best !== null) {
+        best.reservedFor = lane;
+        this.#reserved = { lane, exec: best };
+        return;
+      }
+    }
+  }
+
+  /** The executor held for a waiting request, and that request (`cpus=4`), if any. */
+  get reservation(): { executor: string; request: string; task: TaskRecord | undefined } | null {
+    const r = this.#reserved;
+    return r === null ? null : { executor: r.exec.info.id, request: r.lane.request.key, task: r.lane.head() };
   }
 
   /** Whether `exec` may run tasks of a label key, memoised per executor (most fleets have no labels). */

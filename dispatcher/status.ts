@@ -86,6 +86,8 @@ export interface ExecutorStatus {
   data?: DataCounters;
   /** Inputs its cache holds (count of locality keys). */
   cached?: number;
+  /** What it advertised for resource requests (cpus, memoryMb, gpus, custom). */
+  resources?: Record<string, number>;
 }
 
 export interface StatusSnapshot {
@@ -98,6 +100,13 @@ export interface StatusSnapshot {
   rates: { submitted: number; dispatched: number; finished: number };
   /** Data staged by every executor: cache hit ratio and bytes moved. */
   data: DataCounters & { cacheHitRatio: number | null };
+  /**
+   * Queued tasks with resource requests, by request (and labels): `reason` says why no connected
+   * executor could ever run them (null: one could, when it has room). Absent when there are none.
+   */
+  requests?: Array<{ request: string; labels: string; tasks: number; reason: string | null }>;
+  /** The executor held for a long-waiting request (see the scheduler's reservation). */
+  reservation?: { executor: string; request: string };
 }
 
 export function executorState(exec: ExecutorView): ExecutorState {
@@ -133,6 +142,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       ...(i.boot ? { boot: i.boot } : {}),
       ...(exec.data ? { data: exec.data } : {}),
       ...(exec.cached !== null ? { cached: exec.cached } : {}),
+      ...(i.resources ? { resources: i.resources } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }
@@ -150,5 +160,13 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
     sessions: core.sessionCounts(),
     rates: core.rates.perSecond(),
     data: { ...data, cacheHitRatio: data.cacheHits + data.cacheMisses > 0 ? data.cacheHits / (data.cacheHits + data.cacheMisses) : null },
+    ...requestsOf(core),
   };
+}
+
+/** The resource part of the snapshot: nothing at all when no task with requests waits. */
+function requestsOf(core: CoreView): Pick<StatusSnapshot, 'requests' | 'reservation'> {
+  const requests = core.requestWaits();
+  const reservation = core.reservation;
+  return { ...(requests.length ? { requests } : {}), ...(reservation ? { reservation } : {}) };
 }

@@ -4,7 +4,8 @@
  * the core can change a record behind the scheduler's back.
  */
 import type { ExecutorInfo, DataCounters } from '../protocol/index.js';
-import type { ExecutorRecord } from './model.js';
+import { labelsFit, type ExecutorRecord } from './model.js';
+import { unsatisfiable } from './resources.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { Scheduler } from './scheduler.js';
 import type { SessionTable } from './sessions.js';
@@ -106,6 +107,35 @@ export class CoreView {
   executor(id: string): ExecutorView | undefined {
     const e = this.registry.get(id);
     return e ? executorView(e) : undefined;
+  }
+
+  /**
+   * Queued resource requests, by request and labels: how many tasks wait with it, and why when no
+   * connected executor could ever run it (what `status` shows and the provisioner launches for).
+   */
+  requestWaits(): Array<{ request: string; labels: string; tasks: number; reason: string | null }> {
+    const live = [...this.registry.values()].filter((e) => e.conn !== null && !e.draining && !e.leaving);
+    const byKey = new Map<string, { request: string; labels: string; tasks: number; reason: string | null }>();
+    for (const lane of this.scheduler.requests.lanes()) {
+      if (lane.size === 0) continue;
+      const key = `${lane.labelKey}\n${lane.request.key}`;
+      const seen = byKey.get(key);
+      if (seen) {
+        seen.tasks += lane.size;
+        continue;
+      }
+      const labels = lane.labelKey === '' ? undefined : Object.fromEntries(lane.labelKey.split('\n').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      const fitting = live.filter((e) => labelsFit(labels, e.info.labels));
+      const reason = live.length === 0 ? null : unsatisfiable(lane.request, fitting);
+      byKey.set(key, { request: lane.request.key, labels: lane.labelKey.split('\n').join(','), tasks: lane.size, reason });
+    }
+    return [...byKey.values()];
+  }
+
+  /** The executor held for a long-waiting request, if any. */
+  get reservation(): { executor: string; request: string } | null {
+    const r = this.scheduler.reservation;
+    return r === null ? null : { executor: r.executor, request: r.request };
   }
 
   hasSession(id: string): boolean {

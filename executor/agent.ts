@@ -52,6 +52,13 @@ export interface ExecutorOptions {
   id?: string;
   slots?: number;
   labels?: Record<string, string>;
+  /**
+   * Resources offered to tasks' requests (cpus, memoryMb, gpus, custom: executor/resources.ts).
+   * Absent: none, and the dispatcher sends this executor only tasks without requests.
+   */
+  resources?: Record<string, number>;
+  /** The indices of its GPUs (`nvidia-smi`); default 0 … gpus-1. */
+  gpuIndices?: number[];
   mode?: 'push' | 'pull';
   /** Exit after this long with nothing to run (0: never). */
   idleExitMs?: number;
@@ -216,6 +223,8 @@ export class ExecutorAgent {
         ...this.#outbox.refs(),
       ],
       boot: this.#boot,
+      ...(this.o.resources ? { resources: this.o.resources } : {}),
+      ...(this.o.gpuIndices ? { gpuIndices: this.o.gpuIndices } : {}),
     };
   }
 
@@ -264,6 +273,8 @@ export class ExecutorAgent {
   #onMessage(msg: DispatcherToExecutor): void {
     switch (msg.t) {
       case 'task':
+        // The GPUs the dispatcher handed this attempt are the only ones it sees.
+        if (msg.gpus !== undefined) msg = { ...msg, spec: { ...msg.spec, env: { ...msg.spec.env, CUDA_VISIBLE_DEVICES: msg.gpus.join(',') } } };
         return this.#start(msg.uid, msg.attempt, msg);
       case 'cancel': {
         const slot = this.#running.get(msg.uid);

@@ -22,6 +22,7 @@ import { ErrorCode, FalconetError, LIMITS } from '../protocol/index.js';
 import type { ExecutorOptions } from './agent.js';
 import { Imds, type ImdsReader, type InstanceIdentity } from './imds.js';
 import { isPem } from '../protocol/tls.js';
+import { parseResources } from './resources.js';
 
 export const DEFAULT_ENV_FILE = '/etc/falconet/executor.env';
 
@@ -32,6 +33,7 @@ export interface ExecutorFlags {
   id?: string;
   slots?: string;
   labels?: string;
+  resources?: string;
   mode?: string;
   'idle-exit'?: string;
   'output-limit'?: string;
@@ -66,6 +68,8 @@ const SETTINGS = {
   id: { flag: 'id', env: 'FALCONET_EXECUTOR_ID', ud: 'id' },
   slots: { flag: 'slots', env: 'FALCONET_SLOTS', ud: 'slots' },
   labels: { flag: 'labels', env: 'FALCONET_LABELS', ud: 'labels' },
+  /** Resources offered to tasks' requests besides (or instead of) the detected ones. */
+  resources: { flag: 'resources', env: 'FALCONET_RESOURCES', ud: 'resources' },
   mode: { flag: 'mode', env: 'FALCONET_MODE', ud: 'mode' },
   idleExit: { flag: 'idle-exit', env: 'FALCONET_IDLE_EXIT', ud: 'idleExitS' },
   dispatcherTimeout: { flag: 'dispatcher-timeout', env: 'FALCONET_DISPATCHER_TIMEOUT', ud: 'dispatcherTimeoutS' },
@@ -311,6 +315,9 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     }
   }
 
+  const rr = raw('resources');
+  const resources = rr ? parseResources(rr.value, where('resources', rr.source, file)) : undefined;
+
   const mode = str('mode') ?? 'push';
   if (mode !== 'push' && mode !== 'pull') usage(`${where('mode', sources.mode!, file)} must be push or pull (got ${JSON.stringify(mode)})`);
 
@@ -355,6 +362,7 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     ...(id !== undefined ? { id } : identity ? { id: identity.instanceId } : {}),
     ...(slots !== undefined ? { slots } : {}),
     labels,
+    ...(resources !== undefined ? { resources } : {}),
     mode,
     idleExitMs: (idleExit ?? 0) * 1000,
     dispatcherTimeoutMs: (dispatcherTimeout ?? 0) * 1000,

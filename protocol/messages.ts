@@ -53,6 +53,11 @@ const Labels = Type.Record(Type.String({ maxLength: 128 }), Type.String({ maxLen
 const Uint = Type.Integer({ minimum: 0 });
 const Ms = Type.Number({ minimum: 0, maximum: 365 * 24 * 3600 * 1000 });
 const Ref = Type.Integer({ minimum: 0 });
+/**
+ * Resource amounts by name: `cpus`, `memoryMb`, `gpus` or a custom name (`licence`, `scratchGb`).
+ * Non-negative, counted to a thousandth (`cpus: 0.5`); `gpus` whole (they are handed out by index).
+ */
+const Resources = Type.Record(Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.-]{0,63}$' }), Type.Number({ minimum: 0, maximum: 1e9 }), { maxProperties: 64 });
 
 export const WireErrorSchema = Type.Object({
   code: Type.String({ maxLength: 64 }),
@@ -87,6 +92,11 @@ export const TaskSpecSchema = Type.Object(
     priority: Type.Optional(Type.Integer({ minimum: -1000, maximum: 1000 })),
     /** Labels an executor must carry (all of them, equal values) to run this task. */
     labels: Type.Optional(Labels),
+    /**
+     * What the task needs of its executor while it runs, besides its slot: the scheduler packs tasks
+     * so that the requests running on one executor never add up to more than it advertised.
+     */
+    resources: Type.Optional(Resources),
     /** Exit codes after which the task is retried (up to maxAttempts); none by default. */
     retryOnExit: Type.Optional(Type.Array(Type.Integer({ minimum: 1, maximum: 255 }), { maxItems: 255 })),
     /** Staged into the attempt's sandbox before it runs: `src` s3://, https:// or a path on the executor. */
@@ -240,6 +250,10 @@ export const ExecutorInfoSchema = Type.Object({
       maxItems: 64,
     }),
   ),
+  /** What it has for tasks' resource requests (cpus, memoryMb, gpus, custom); absent: nothing (an older executor). */
+  resources: Type.Optional(Resources),
+  /** Its GPUs' indices (`nvidia-smi`), `resources.gpus` of them; absent: 0 … gpus-1. */
+  gpuIndices: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 65_535 }), { maxItems: 1024 })),
 });
 export type ExecutorInfo = Static<typeof ExecutorInfoSchema>;
 
@@ -460,6 +474,8 @@ export const Assign = Type.Object({
   uid: Uint,
   attempt: Uint,
   spec: TaskSpecSchema,
+  /** The GPU indices this attempt may use (a task with `resources.gpus`): its CUDA_VISIBLE_DEVICES. */
+  gpus: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 65_535 }), { maxItems: 1024 })),
 });
 export const CancelAttempt = Type.Object({ t: Type.Literal('cancel'), uid: Uint, attempt: Uint });
 export const DrainOrder = Type.Object({ t: Type.Literal('drain') });

@@ -52,6 +52,8 @@ const taskCheck = TypeCompiler.Compile(TaskSpecSchema);
 export const GENERATED_ID_PREFIX = '@';
 
 /** Validates one task spec, including the rules a schema cannot say. Returns a message or null. */
+const RESOURCE_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
+
 export function taskProblem(raw: unknown): string | null {
   if (!taskCheck.Check(raw)) return firstError(taskCheck, raw);
   const task = raw as TaskSpec;
@@ -59,6 +61,10 @@ export function taskProblem(raw: unknown): string | null {
     return 'a task needs exactly one of cmd and builtin';
   }
   if (task.builtin === 'sleep' && task.ms === undefined) return 'builtin sleep needs ms';
+  if (task.resources !== undefined) {
+    for (const name in task.resources) if (!RESOURCE_NAME.test(name)) return `resources: ${JSON.stringify(name.slice(0, 80))} is not a resource name (a letter, then up to 63 letters, digits, _ . -)`;
+    if (task.resources.gpus !== undefined && !Number.isInteger(task.resources.gpus)) return `resources.gpus must be a whole number (got ${task.resources.gpus})`;
+  }
   if (task.id !== undefined && task.id.startsWith(GENERATED_ID_PREFIX)) return `ids starting with ${GENERATED_ID_PREFIX} are reserved for the ids the dispatcher generates`;
   if (task.array !== undefined) {
     const { from, to } = task.array;
