@@ -80,6 +80,11 @@ export class Link<In extends { t: string }> {
     return this.#up;
   }
 
+  /** Bytes written to the socket and not yet sent (0 while not connected): how far behind the network is. */
+  get bufferedAmount(): number {
+    return this.#ws?.bufferedAmount ?? 0;
+  }
+
   /** The frame limit in force: the dispatcher's once it has welcomed us. */
   get maxFrameBytes(): number {
     return this.#codec.maxFrameBytes;
