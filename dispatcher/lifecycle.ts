@@ -12,12 +12,20 @@ import type { SessionTable } from './sessions.js';
 import type { Rates } from './status.js';
 import type { Outbox } from './core.js';
 
+/** Who wants to know when attempts end (log-streams.ts). */
+export interface AttemptObserver {
+  requeued(task: TaskRecord, why: string): void;
+  finished(task: TaskRecord, status: TaskStatus): void;
+}
+
 export class TaskLifecycle {
   /** Unfinished tasks by uid: the executor link speaks uids. */
   readonly #tasks = new Map<number, TaskRecord>();
   #nextUid = 1;
   /** Attempts started since this dispatcher started (for the dispatch rate). */
   dispatched = 0;
+  /** Told when an attempt is re-queued and when a task finishes (the live output readers). */
+  observer: AttemptObserver | null = null;
 
   constructor(
     private readonly limits: AttemptLimits,
@@ -125,6 +133,7 @@ export class TaskLifecycle {
       this.scheduler.enqueue(task);
       this.journal.taskRequeued(task);
       this.rates.retried++;
+      this.observer?.requeued(task, end.kind === 'result' ? `${end.result.status}, retried` : end.kind === 'crash' ? 'its executor was lost' : 'handed back by its executor');
       return;
     }
     this.finish(task, end.kind === 'result' ? end.result : null, verdict.status, verdict.error);
@@ -177,6 +186,7 @@ export class TaskLifecycle {
     this.rates.count(status);
     this.rates.timed(result.timings);
     if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: session.tasks.size, result });
+    this.observer?.finished(task, status);
   }
 
   /** An unfinished task from the store. Call in uid order so that FIFO order survives a restart. */
