@@ -190,8 +190,9 @@ export class Link<In extends { t: string }> {
       }
       const msg = v.msg;
       if (msg.t === 'error') {
-        const e = msg as unknown as { code: string; message: string; retryable: boolean };
-        if (FATAL.has(e.code)) {
+        const e = msg as unknown as { code: string; message: string; retryable: boolean; ref?: number };
+        // With a ref it answers one request (a `logs` of an unknown id), not the connection.
+        if (FATAL.has(e.code) && e.ref === undefined) {
           this.#closed = true;
           this.o.onFatal(FalconetError.fromWire(e));
           ws.terminate();
