@@ -42,7 +42,7 @@ class Sink implements Outbox {
 function newCore(): { core: DispatcherCore; sink: Sink } {
   const sink = new Sink();
   const core = new DispatcherCore({ heartbeatMs: 1000, leaseMs: 60_000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 24, retentionMs: 3_600_000 }, sink);
-  core.openSession(1, undefined, undefined);
+  core.openSession(1, {}, true);
   return { core, sink };
 }
 

@@ -59,7 +59,7 @@ function once(variant: string): number {
   };
   const core = new DispatcherCore({ heartbeatMs: 1000, leaseMs: 60_000, prefetch: 0, defaultMaxAttempts: 3, maxFrameBytes: 1 << 24, retentionMs: 60_000 }, out);
   const client = 1;
-  core.openSession(client, undefined, undefined);
+  core.openSession(client, {}, true);
   for (let e = 0; e < EXECUTORS; e++) {
     const conn = 100 + e;
     inbox.set(conn, []);

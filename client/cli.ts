@@ -18,6 +18,7 @@ import { statusCommand, topCommand } from './status-view.js';
 import { command as commandSpec, COMMANDS as REGISTRY, closest, helpText, overviewText, version } from './registry.js';
 import { InputError, parseCommand, usage, wantsHelp, type Parsed } from './args.js';
 import { cancelIdsCommand, sessionsCommand, taskCommand, tasksCommand } from './query-commands.js';
+import { logsCommand } from './logs-command.js';
 
 /** Parses a numeric flag; undefined when absent. */
 export function num(name: string, value: string | undefined, opts: { min?: number; integer?: boolean } = {}): number | undefined {
@@ -310,6 +311,11 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
     const { values, positionals } = parse(args);
     if (positionals.length !== 1) usage('task needs exactly one task id: falconet task ID [--json]');
     return taskCommand(target(values), positionals[0], values.json ?? false);
+  },
+  logs: (args) => {
+    const { values, positionals } = parse(args);
+    if (positionals.length !== 1) usage('logs needs exactly one task id: falconet logs ID [-f]');
+    return logsCommand(target(values), positionals[0], { follow: values.follow ?? false, ...(values.session ? { session: values.session } : {}) });
   },
   tasks: (args) => {
     const { values } = parse(args);

@@ -31,9 +31,11 @@ import { ResultStream } from './results.js';
 import { SubmitPipeline, type Rejection } from './submits.js';
 import { abortable, type TaskHandle } from './handles.js';
 import { dispatcherUrl } from './url.js';
+import { LogReader, type LogStream } from './logs.js';
 
 export type { TaskResult, TaskSpec } from '../protocol/index.js';
 export type { Rejection } from './submits.js';
+export type { LogEnd, LogPiece, LogStream } from './logs.js';
 
 /** Where a client stands with its dispatcher. */
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
@@ -145,6 +147,8 @@ export class Client {
   /** Results the dispatcher will still send, as of the last message from it. */
   #remaining = 0;
   #resumed = false;
+  /** Live output streams ({@link logs}), by the ref of their request. */
+  readonly #logs = new Map<number, LogReader>();
 
   /** Prefer {@link connect}, which checks `url` and waits for {@link ready}. */
   constructor(url: string, private readonly o: ConnectOptions = {}) {
@@ -180,7 +184,12 @@ export class Client {
         this.#onUp(w as Msg<DispatcherToClient, 'welcome'>);
         resolveReady();
       },
-      onDown: (reason) => this.#setState({ state: 'reconnecting', reason }),
+      onDown: (reason) => {
+        // Output written while we are away is not seen: each stream ends, saying so.
+        for (const r of this.#logs.values()) r.finish({ status: 'disconnected' });
+        this.#logs.clear();
+        this.#setState({ state: 'reconnecting', reason });
+      },
       onMessage: (m) => this.#onMessage(m),
       onUnsendable: (msg, err) => this.#onUnsendable(msg as { t: string; ref?: number }, err),
       onFatal: (err) => this.#end(err),
@@ -293,6 +302,30 @@ export class Client {
     return answer.t === 'tasks' ? answer.tasks : [];
   }
 
+  /**
+   * A task's output (any session's, or in `session`) as it is written: what there is now and, with
+   * `follow`, what comes until the task ends (a queued task is waited for). A finished task gives
+   * the stdout and stderr its result keeps. Iterate the stream for `{stream, data}` pieces
+   * (`falconet` pieces say what falconet left out or what happened); `ended` says how it ended.
+   * An unknown id makes the iteration throw NOT_FOUND.
+   */
+  logs(id: string, options: { follow?: boolean; session?: string } = {}): LogStream {
+    const ref = this.#submits.nextRef();
+    const reader = new LogReader(() => {
+      if (this.#logs.delete(ref)) this.#link.send({ t: 'logs', ref, id, stop: true });
+    });
+    if (this.#ended) {
+      reader.fail(this.#ended);
+      return reader;
+    }
+    this.#logs.set(ref, reader);
+    if (!this.#link.send({ t: 'logs', ref, id, ...(options.follow ? { follow: true } : {}), ...(options.session ? { session: options.session } : {}) })) {
+      this.#logs.delete(ref);
+      reader.fail(new FalconetError(ErrorCode.UNREACHABLE, 'not connected to the dispatcher'));
+    }
+    return reader;
+  }
+
   /** The dispatcher's sessions. */
   async sessions(): Promise<SessionInfo[]> {
     const answer = await this.#ask({ t: 'sessions' });
@@ -381,6 +414,8 @@ export class Client {
     this.#submits.failAll(err);
     for (const w of this.#replies.values()) w.reject(err);
     this.#replies.clear();
+    for (const r of this.#logs.values()) r.finish({ status: 'stopped' });
+    this.#logs.clear();
     this.#results.close();
     this.#setState({ state: 'closed', reason: err.message, error: err });
     return this.#link.close();
@@ -441,10 +476,20 @@ export class Client {
         this.#replies.delete(m.ref);
         return w?.resolve(m);
       }
+      case 'log': {
+        const r = this.#logs.get(m.ref);
+        if (m.end) this.#logs.delete(m.ref);
+        return r?.receive(m);
+      }
       case 'error': {
+        const stream = m.ref !== undefined ? this.#logs.get(m.ref) : undefined;
+        if (stream) {
+          this.#logs.delete(m.ref!);
+          return stream.fail(FalconetError.fromWire(m));
+        }
         // Another connection reads the session we ask for. At the first hello that is a mistake
         // to report (a second `watch`); after a loss it is our own old connection, which the
-        // dispatcher drops after three silent heartbeats: the link redials until then.
+        // dispatcher replaces once it has been silent for three heartbeats: the link redials.
         if (m.code === ErrorCode.SESSION_BUSY && !this.#everUp) return void this.#end(FalconetError.fromWire(m));
         // Errors about a submit are answered by resending it on reconnect; others have no waiter
         // and go to whoever listens (SHUTTING_DOWN, INVALID_MESSAGE), so none is silent.

@@ -323,6 +323,26 @@ export const COMMANDS: Command[] = [
     examples: ['falconet task t-3f0c9a2e41b2-17'],
   },
   {
+    name: 'logs',
+    kind: 'client',
+    summary: "a task's stdout and stderr as it writes them (-f: follow to its end)",
+    usage: 'ID [-f] [flags]',
+    description:
+      "Writes the task's stdout to stdout and its stderr to stderr, raw, in the order each was written; falconet's own notes (bytes dropped for a slow reader or beyond what the executor keeps, an attempt re-queued, a lost executor) go to stderr as [falconet: …] lines. Without -f: what there is now (the output kept so far: the first --output-limit bytes of each stream), then exit; a finished task prints the output its result keeps. With -f: waits for a queued task to start and follows it, and its next attempt if one is lost, until it ends. Exits 0 when the task succeeded (or, without -f, has not ended yet), 1 when it ended otherwise or the id is unknown (NOT_FOUND), 3 when the connection was lost.",
+    groups: [
+      {
+        title: 'logs',
+        flags: [
+          { name: 'follow', type: 'boolean', short: 'f', default: 'off', help: 'keep printing what the task writes until it ends' },
+          { name: 'session', type: 'string', arg: 'S', default: 'any', help: 'look the id up in this session only' },
+        ],
+      },
+      { title: 'client', flags: CLIENT_FLAGS },
+    ],
+    positionals: { min: 1, max: 1 },
+    examples: ['falconet logs job-17', 'falconet logs -f job-17 > out.txt 2> err.txt'],
+  },
+  {
     name: 'tasks',
     kind: 'client',
     summary: 'list tasks, newest first',

@@ -18,6 +18,7 @@ import {
   type DispatcherToClient,
   type DispatcherToExecutor,
   type ExecutorInfo,
+  type ExecutorMessage,
   type Msg,
   type SessionInfo,
   type TaskResult,
@@ -35,6 +36,7 @@ import { TaskLifecycle } from './lifecycle.js';
 import { CoreView } from './view.js';
 import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
 import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './status.js';
+import { LogStreams, type LogMessage } from './log-streams.js';
 
 /** How long a restarted dispatcher waits at least for the executors of its store to come back. */
 const RESTORE_GRACE_MS = 12_000;
@@ -82,6 +84,8 @@ export interface CoreOptions extends SchedulerOptions {
   maxFrameBytes: number;
   /** How long a finished session (no unfinished tasks, no client) is kept before it is collected. */
   retentionMs: number;
+  /** Bytes of live output waiting for one `logs` reader at most (default 1 MiB); beyond, dropped and counted. */
+  logReaderBufferBytes?: number;
 }
 
 export class DispatcherCore {
@@ -96,6 +100,8 @@ export class DispatcherCore {
   readonly #extras: TaskExtras;
   /** Restored tasks and arrays that name dependencies: wired again once everything is back. */
   #restoredHeld: Array<TaskRecord | JobArray> = [];
+  /** Readers of live output (`logs`): empty, and free, unless someone reads. */
+  readonly #logs: LogStreams;
 
   constructor(
     readonly options: CoreOptions,
@@ -108,11 +114,16 @@ export class DispatcherCore {
     this.rates = new Rates(this.startedAt);
     this.#sessions = new SessionTable(journal, ids);
     this.#registry = new ExecutorRegistry(journal);
-    this.#scheduler = new Scheduler(options, this.#registry, (task, exec, now) => this.#tasks.dispatch(task, exec, now));
+    this.#logs = new LogStreams(out, { readerBufferBytes: options.logReaderBufferBytes ?? 1 << 20 });
+    this.#scheduler = new Scheduler(options, this.#registry, (task, exec, now) => {
+      this.#tasks.dispatch(task, exec, now);
+      if (this.#logs.active) this.#logs.dispatched(task);
+    });
     const limits = { defaultMaxAttempts: options.defaultMaxAttempts, maxRequeues: options.maxRequeues ?? 20 };
     this.#tasks = new TaskLifecycle(limits, this.#sessions, this.#registry, this.#scheduler, out, journal, clock, this.rates);
     this.#extras = new TaskExtras(this.#tasks);
     this.#tasks.extras = this.#extras;
+    this.#tasks.observer = this.#logs;
     this.view = new CoreView(this, this.#sessions, this.#registry, this.#scheduler, this.#tasks);
   }
 
@@ -228,6 +239,46 @@ export class DispatcherCore {
 
   clientGone(conn: ConnId): void {
     this.#sessions.detach(conn, this.clock.now());
+    this.#logs.clientGone(conn);
+  }
+
+  /**
+   * A `logs` request: an unfinished task gets a reader here (answered by `log` messages the adapter
+   * takes with {@link takeLogs}); a finished one is returned for the adapter to answer from its
+   * result (which may be in the store only); an unknown id is answered NOT_FOUND.
+   */
+  readLogs(conn: ConnId, msg: Msg<ClientMessage, 'logs'>): Found | null {
+    if (!this.#sessions.of(conn)) return null;
+    if (msg.stop) {
+      this.#logs.stop(conn, msg.ref);
+      return null;
+    }
+    const scope = this.#sessionsIn(msg.session);
+    for (let i = scope.length - 1; i >= 0; i--) {
+      const task = scope[i].tasks.get(msg.id);
+      if (task) {
+        this.#logs.watch(conn, msg.ref, task, msg.follow === true);
+        return null;
+      }
+      if (scope[i].finishedIds.has(msg.id)) return findTasks(this.#sessions, this.#registry, { ids: [msg.id], session: scope[i].id });
+    }
+    this.out.toClient(conn, { t: 'error', ref: msg.ref, code: ErrorCode.NOT_FOUND, message: `no task ${msg.id}${msg.session ? ` in session ${msg.session}` : ''}`, retryable: false });
+    return null;
+  }
+
+  /** Connections with live output waiting for them. */
+  get logsWaiting(): ReadonlySet<ConnId> {
+    return this.#logs.waiting;
+  }
+
+  /** The `log` messages waiting for `conn`, about `maxBytes` of output each at most. */
+  takeLogs(conn: ConnId, maxBytes: number): LogMessage[] {
+    return this.#logs.take(conn, maxBytes);
+  }
+
+  /** Live output readers and the bytes waiting for them (bounded: readers × the reader buffer). */
+  logStats(): { readers: number; heldBytes: number; tasks: number } {
+    return { readers: this.#logs.readers, heldBytes: this.#logs.heldBytes, tasks: this.#logs.active ? this.#logs.tasks : 0 };
   }
 
   // ---- executors --------------------------------------------------------------------------------
@@ -260,6 +311,13 @@ export class DispatcherCore {
     for (const r of info.running) {
       if (exec.running.get(r.uid)?.attempt !== r.attempt) this.out.toExecutor(conn, { t: 'cancel', uid: r.uid, attempt: r.attempt });
     }
+    if (this.#logs.active) this.#logs.executorBack(exec);
+  }
+
+  /** Live output of an attempt someone reads; like any message, a sign of life. */
+  attemptOutput(conn: ConnId, msg: Msg<ExecutorMessage, 'out'>): void {
+    const exec = this.#registry.seen(conn, this.clock.now());
+    if (exec) this.#logs.output(exec, msg);
   }
 
   /** A pull-mode executor asks for `n` more tasks. */
@@ -310,6 +368,7 @@ export class DispatcherCore {
 
   executorGone(conn: ConnId): void {
     const exec = this.#registry.detach(conn);
+    if (exec && this.#logs.active) this.#logs.executorGone(exec, conn);
     // A planned departure frees its record now; a loss waits out the lease for a reconnect.
     if (exec?.leaving) this.#remove(exec, false);
   }
@@ -480,6 +539,13 @@ export class DispatcherCore {
       return wireError(f.refused, f.message);
     }
     return this.#cancelIn(session, ids);
+  }
+
+  /** Every session (undefined), or the one named if it exists: where a look (logs) searches. */
+  #sessionsIn(sessionId: string | undefined): SessionRecord[] {
+    if (sessionId === undefined) return [...this.#sessions.values()];
+    const one = this.#sessions.get(sessionId);
+    return one ? [one] : [];
   }
 
   #cancelIn(session: SessionRecord, ids: string[]): number {

@@ -31,6 +31,12 @@ export interface LifecycleExtras {
   unqueued(): number;
 }
 
+/** Who wants to know when attempts end (log-streams.ts). */
+export interface AttemptObserver {
+  requeued(task: TaskRecord, why: string): void;
+  finished(task: TaskRecord, status: TaskStatus): void;
+}
+
 export class TaskLifecycle {
   /** Set once by the core (arrays and dependencies). */
   extras: LifecycleExtras | null = null;
@@ -39,6 +45,8 @@ export class TaskLifecycle {
   #nextUid = 1;
   /** Attempts started since this dispatcher started (for the dispatch rate). */
   dispatched = 0;
+  /** Told when an attempt is re-queued and when a task finishes (the live output readers). */
+  observer: AttemptObserver | null = null;
 
   constructor(
     private readonly limits: AttemptLimits,
@@ -170,6 +178,7 @@ export class TaskLifecycle {
       this.scheduler.enqueue(task);
       this.journal.taskRequeued(task);
       this.rates.retried++;
+      this.observer?.requeued(task, end.kind === 'result' ? `${end.result.status}, retried` : end.kind === 'crash' ? 'its executor was lost' : 'handed back by its executor');
       return;
     }
     this.finish(task, end.kind === 'result' ? end.result : null, verdict.status, verdict.error);
@@ -223,6 +232,7 @@ export class TaskLifecycle {
     this.rates.timed(result.timings);
     if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: unfinishedOf(session), result });
     this.extras?.finished(task, status, error);
+    this.observer?.finished(task, status);
   }
 
   /** An unfinished task from the store. Call in uid order so that FIFO order survives a restart. */

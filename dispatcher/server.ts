@@ -18,6 +18,7 @@ import {
   ExecutorMessageSchemas,
   type ClientMessage,
   type ExecutorMessage,
+  type LogChunk,
   type TaskResult,
   wireError,
   type WireError,
@@ -31,8 +32,13 @@ import { createTransport, type PeerHandlers, type PeerSocket, type Transport } f
 import { handleHttp, withStoredResults } from './http-api.js';
 import { sameSecret } from './sessions.js';
 import { PendingHellos } from './pending-hellos.js';
+import type { Found } from './queries.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
+/** Live output goes to a reader only while its socket has less than this waiting (else it waits in its bounded buffer). */
+const LOG_LOW_WATER_BYTES = 1 << 20;
+/** Output characters per `log` message at most. */
+const LOG_MESSAGE_CHARS = 256 * 1024;
 const validateExecutor = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
 
 /** Reads finished results the core no longer holds from the store, by (session, seq). */
@@ -84,7 +90,10 @@ export class DispatcherServer {
     this.#pending = new PendingHellos(config);
     this.#codec = new Codec({ maxFrameBytes: config.maxFrameBytes });
     this.#plain = new Codec({ maxFrameBytes: config.maxFrameBytes, records: false });
-    this.#out = new Outbound(journal, log, config.maxBufferedBytes, () => this.core.schedule(), (err) => {
+    this.#out = new Outbound(journal, log, config.maxBufferedBytes, () => {
+      this.core.schedule();
+      if (this.core.logsWaiting.size > 0) this.#pumpLogs();
+    }, (err) => {
       const wire = wireError(ErrorCode.STORE_FAILED, err.message);
       for (const c of this.#conns.values()) {
         c.ws.send(c.codec.encode([{ t: 'error', ...wire }])[0]);
@@ -147,7 +156,7 @@ export class DispatcherServer {
           isAdmin: (bearer) => config.clientToken === undefined || (bearer !== undefined && config.adminToken !== undefined && sameSecret(bearer, config.adminToken)),
           stopping: () => server.#stopping,
           authFailed: () => server.#authFailures.http++,
-          statusExtra: () => ({ ...server.tlsStatus(), ...server.extension?.status() }),
+          statusExtra: () => ({ ...server.tlsStatus(), logs: server.core.logStats(), ...server.extension?.status() }),
         }),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));
@@ -393,6 +402,16 @@ export class DispatcherServer {
         });
       case 'sessions':
         return this.#send(c.id, { t: 'sessions', ref: msg.ref, sessions: this.core.sessionInfos() });
+      case 'logs': {
+        const finished = this.core.readLogs(c.id, msg);
+        if (finished) {
+          void this.#answerFinishedLogs(c, msg.ref, finished).catch((err: unknown) => {
+            this.log.error({ err, conn: c.id }, 'logs failed');
+            this.#out.fail(c, wireError(ErrorCode.INTERNAL, String((err as Error)?.message)));
+          });
+        }
+        return;
+      }
       case 'hb':
         return;
       case 'hello':
@@ -418,6 +437,8 @@ export class DispatcherServer {
         return this.core.attemptDone(c.id, msg.result);
       case 'pull':
         return this.core.pull(c.id, msg.n);
+      case 'out':
+        return this.core.attemptOutput(c.id, msg);
       case 'hb':
         return this.core.executorSeen(c.id, msg.data, msg.holds);
       case 'bye':
@@ -441,6 +462,37 @@ export class DispatcherServer {
     this.#out.queueFlush();
   }
 
+  /** `logs` of a finished task: the tail its result keeps (read from the store if need be), then the end. */
+  async #answerFinishedLogs(c: Conn, ref: number, found: Found): Promise<void> {
+    let tasks = found.tasks;
+    try {
+      tasks = await withStoredResults(found, this.lookupResults);
+    } catch (err) {
+      this.log.warn({ err }, 'reading stored results failed; answering without them');
+    }
+    const t = tasks[0];
+    const r = t?.result;
+    const chunks: LogChunk[] = [];
+    if (r?.stdout) chunks.push({ stream: 'stdout', data: r.stdout });
+    if (r?.stderr) chunks.push({ stream: 'stderr', data: r.stderr });
+    const note = r ? undefined : 'the result of this task is no longer held (the in-memory store forgets acknowledged results)';
+    this.#send(c.id, { t: 'log', ref, chunks, ...(note ? { note } : {}), end: { status: t?.state ?? 'lost', ...(r ? { attempt: r.attempts } : {}) } });
+    this.#out.queueFlush();
+  }
+
+  /**
+   * Moves live output to readers whose socket has room; the rest waits in each reader's bounded
+   * buffer (and is dropped there, counted, when it overflows), and is tried again next turn or tick.
+   */
+  #pumpLogs(): void {
+    for (const id of [...this.core.logsWaiting]) {
+      const c = this.#conns.get(id);
+      if (c && c.ws.bufferedAmount > LOG_LOW_WATER_BYTES) continue;
+      const msgs = this.core.takeLogs(id, LOG_MESSAGE_CHARS);
+      if (c) for (const m of msgs) this.#out.send(c, m);
+    }
+  }
+
   /** A bad message costs only itself: answer with its code and keep the connection. */
   #reject(c: Conn, error: WireError, raw: unknown): void {
     const ref = (raw as { ref?: unknown } | null)?.ref;
@@ -454,6 +506,7 @@ export class DispatcherServer {
 
   #tick(): void {
     this.core.tick();
+    if (this.core.logsWaiting.size > 0) this.#pumpLogs();
     this.#out.queueFlush();
   }
 

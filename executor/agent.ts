@@ -39,6 +39,7 @@ import { Link } from '../protocol/link.js';
 import { helperPlacement, outcome, setHelperLimit, taskBaseEnv, type Outcome, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { AttemptContext, defaultDataOptions, startAttempt } from './attempt.js';
 import { ResultOutbox } from './delivery.js';
+import { LiveOutput } from './output-tail.js';
 import { hostAddresses, runShutdownCommand } from './host.js';
 
 export { hostAddresses, runShutdownCommand };
@@ -134,6 +135,8 @@ export class ExecutorAgent {
   readonly #boot: Array<{ phase: string; at: number }>;
   #exited = false;
   readonly #incarnation = randomBytes(8).toString('hex');
+  /** Output of the attempts someone reads, streamed while they read (output-tail.ts). */
+  readonly #live: LiveOutput;
 
   constructor(
     private readonly o: ExecutorOptions,
@@ -162,6 +165,7 @@ export class ExecutorAgent {
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
         this.#unwelcomedSince = Date.now();
+        this.#live.reset();
         // Our own close on the way out (drain, idle, stop): the exit line says what happened.
         if (this.#exited) return;
         // A dispatcher that shuts down cleanly (restart, upgrade) closes with 1001: expected, so info.
@@ -176,6 +180,16 @@ export class ExecutorAgent {
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
       ...(o.ca !== undefined ? { ca: o.ca } : {}),
+    });
+    const link = this.#link;
+    this.#live = new LiveOutput({
+      send: (msg) => void link.send(msg),
+      get maxFrameBytes() {
+        return link.maxFrameBytes;
+      },
+      get bufferedAmount() {
+        return link.bufferedAmount;
+      },
     });
   }
 
@@ -282,6 +296,7 @@ export class ExecutorAgent {
         const queued = this.#queued.get(msg.uid);
         if (queued && queued.attempt === msg.attempt) {
           this.#queued.delete(msg.uid);
+          this.#live.ended(msg.uid, msg.attempt);
           const error = { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' };
           this.#deliver({ uid: msg.uid, attempt: msg.attempt, ...outcome('cancelled', Date.now(), { error }) });
         }
@@ -290,6 +305,12 @@ export class ExecutorAgent {
       case 'ack':
         this.#outbox.ack(msg.done);
         return;
+      case 'tail': {
+        const slot = this.#running.get(msg.uid);
+        const run = slot?.attempt === msg.attempt ? slot.run : undefined;
+        const held = run !== undefined || this.#queued.get(msg.uid)?.attempt === msg.attempt;
+        return this.#live.order(msg.uid, msg.attempt, msg.on, run, held);
+      }
       case 'drain':
         this.#draining = true;
         this.log.info({ running: this.#running.size }, 'draining');
@@ -332,6 +353,7 @@ export class ExecutorAgent {
       run = { done: Promise.resolve(internal(err)), cancel() {} };
     }
     this.#running.set(uid, { attempt, run, inHelper });
+    this.#live.started(uid, attempt, run);
     run.done.then(
       (o) => this.#finished(uid, attempt, msg, inHelper, o),
       (err: unknown) => {
@@ -347,6 +369,7 @@ export class ExecutorAgent {
     if (!inHelper) this.#outside(-1);
     const slot = this.#running.get(uid);
     if (slot?.attempt === attempt) this.#running.delete(uid);
+    this.#live.ended(uid, attempt);
     this.#startQueued();
     if (this.#running.size === 0) this.#idleSince = Date.now();
     this.#deliver({ uid, attempt, ...o });

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ErrorCode, FalconetError, localityKey, type TaskSpec } from '../protocol/index.js';
 import { ContentCache } from './cache.js';
-import { runAttempt, type Outcome, type RunnerOptions, type RunningAttempt } from './runner.js';
+import { runAttempt, type Outcome, type OutputSink, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { insideSandbox, stageInputs, uploadOutputs, type StagingStats } from './staging.js';
 import { Environments, type PreparedEnvironment } from './environments.js';
 
@@ -118,6 +118,8 @@ export function startAttempt(spec: TaskSpec, name: string, runner: RunnerOptions
   if (!spec.inputs?.length && !spec.outputs?.length && !spec.environment) return runAttempt(spec, runner);
   let inner: RunningAttempt | null = null;
   let cancelled = false;
+  /** Who follows the output, handed to the command once it runs (staging writes none). */
+  let followed: OutputSink | null = null;
   const startedAt = Date.now();
   const failed = (err: unknown): Outcome => {
     const e = err instanceof FalconetError ? err : new FalconetError(ErrorCode.INTERNAL, String((err as Error)?.message ?? err));
@@ -141,6 +143,7 @@ export function startAttempt(spec: TaskSpec, name: string, runner: RunnerOptions
       if (cancelled) throw new FalconetError(ErrorCode.TASK_CANCELLED, 'cancelled while staging');
       const cwd = spec.cwd === undefined ? sandbox : insideSandbox(sandbox, spec.cwd, 'cwd');
       inner = runAttempt({ ...spec, cwd, ...(env ? { env: { ...env.vars, ...spec.env } } : {}) }, runner);
+      if (followed) inner.follow?.(followed);
       const outcome: Outcome = { ...(await inner.done), ...(env ? { environment: env.report } : {}) };
       if (outcome.status === 'succeeded' && spec.outputs?.length) {
         try {
@@ -167,6 +170,12 @@ export function startAttempt(spec: TaskSpec, name: string, runner: RunnerOptions
     cancel() {
       cancelled = true;
       inner?.cancel();
+    },
+    follow(sink) {
+      followed = sink;
+      if (inner) inner.follow?.(sink);
+      // Staging writes nothing: the snapshot of a command not started yet is empty.
+      else sink?.snapshot(0);
     },
   };
 }

@@ -16,7 +16,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, type AttemptResult, type TaskSpec } from '../protocol/index.js';
-import { SpawnHelper, type HelperResult } from './spawner.js';
+import { SpawnHelper, type HelperOutputSink, type HelperResult } from './spawner.js';
+
+/** Where a followed attempt's live output goes (see {@link RunningAttempt.follow}). */
+export type OutputSink = HelperOutputSink;
 
 /** What the runner reports; the agent adds uid and attempt. */
 export type Outcome = Omit<AttemptResult, 'uid' | 'attempt'>;
@@ -51,6 +54,12 @@ export interface RunningAttempt {
   readonly done: Promise<Outcome>;
   /** Stops the attempt; it then finishes with status `cancelled`. */
   cancel(): void;
+  /**
+   * Someone reads the attempt's output as it is written (`sink`), or no longer does (null): the
+   * sink first gets a snapshot of what is kept for the result, then each piece written. Absent
+   * for attempts that write nothing (builtins).
+   */
+  follow?(sink: OutputSink | null): void;
 }
 
 /** Variables never passed to tasks: the executor's credential is not the task's business. */
@@ -134,9 +143,16 @@ function runBuiltin(spec: TaskSpec): RunningAttempt {
 class BoundedCapture {
   #chunks: Buffer[] = [];
   #bytes = 0;
+  /** Bytes written, kept or not. */
+  seen = 0;
   truncated = false;
   constructor(private readonly limit: number) {}
+  /** What is kept so far. */
+  kept(): Buffer {
+    return Buffer.concat(this.#chunks, this.#bytes);
+  }
   add(chunk: Buffer): void {
+    this.seen += chunk.length;
     const room = this.limit - this.#bytes;
     if (room <= 0) {
       this.truncated = true;
@@ -225,6 +241,8 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
   let startedAt = Date.now();
   let stopReason: 'timed_out' | 'cancelled' | null = null;
   let fallback: RunningAttempt | null = null;
+  /** Who follows the output: handed on to the fallback if the helper turns out unusable. */
+  let followed: OutputSink | null = null;
   const settlement = new Settlement();
   const finish = settlement.finish;
   const onResult = (r: HelperResult) => {
@@ -246,6 +264,7 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
         // The helper turned out unusable before this task started: nothing ran yet.
         if (stopReason) return finish(commandOutcome(spec, startedAt, stopReason, { stdout: '', stderr: '', truncated: false, exitCode: null, signal: null }));
         fallback = runWithNode(spec, argv, options);
+        if (followed) fallback.follow?.(followed);
         // Node's path settles with an outcome and never rejects; if it ever did, the attempt still ends.
         fallback.done.then(finish, (err: unknown) => finish(outcome('failed', startedAt, { error: { code: ErrorCode.INTERNAL, message: `the command could not be run: ${(err as Error)?.message ?? String(err)}` } })));
         return;
@@ -272,7 +291,15 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
   const env = spec.env ? { ...options.baseEnv, ...spec.env } : options.baseEnv;
   const id = helper.start({ argv, env, cwd: spec.cwd, stdin: spec.stdin, outputLimit: options.outputLimit, limited: options.helperQueue === true }, onResult, onStarted);
   if (id === null) return runWithNode(spec, argv, options);
-  return { done: settlement.done, cancel: () => stop('cancelled') };
+  return {
+    done: settlement.done,
+    cancel: () => stop('cancelled'),
+    follow: (sink) => {
+      followed = sink;
+      if (fallback) fallback.follow?.(sink);
+      else if (!settlement.settled) helper.tail(id, sink);
+    },
+  };
 }
 
 /** Today's path: Node's child_process.spawn (a fork of this process per task). */
@@ -306,8 +333,15 @@ function runWithNode(spec: TaskSpec, argv: string[], options: RunnerOptions): Ru
   };
   if (spec.timeoutMs !== undefined) settlement.timeoutTimer = setTimeout(() => stop('timed_out'), spec.timeoutMs);
 
-  child.stdout!.on('data', (c: Buffer) => stdout.add(c));
-  child.stderr!.on('data', (c: Buffer) => stderr.add(c));
+  let sink: OutputSink | null = null;
+  child.stdout!.on('data', (c: Buffer) => {
+    stdout.add(c);
+    sink?.data('stdout', c);
+  });
+  child.stderr!.on('data', (c: Buffer) => {
+    stderr.add(c);
+    sink?.data('stderr', c);
+  });
   if (spec.stdin !== undefined && child.stdin) {
     child.stdin.on('error', () => {}); // EPIPE when the task ignores its input
     child.stdin.end(spec.stdin);
@@ -319,5 +353,14 @@ function runWithNode(spec: TaskSpec, argv: string[], options: RunnerOptions): Ru
   child.on('close', (code, signal) => {
     finish(commandOutcome(spec, startedAt, stopReason, { stdout: stdout.text(), stderr: stderr.text(), truncated: stdout.truncated || stderr.truncated, exitCode: code, signal }));
   });
-  return { done: settlement.done, cancel: () => stop('cancelled') };
+  const follow = (next: OutputSink | null) => {
+    sink = settlement.settled ? null : next;
+    if (!sink) return;
+    const out = stdout.kept();
+    const err = stderr.kept();
+    sink.snapshot(stdout.seen - out.length + stderr.seen - err.length);
+    if (out.length) sink.data('stdout', out);
+    if (err.length) sink.data('stderr', err);
+  };
+  return { done: settlement.done, cancel: () => stop('cancelled'), follow };
 }

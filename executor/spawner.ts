@@ -26,7 +26,7 @@ import { fileURLToPath } from 'node:url';
 import { pino, type Logger } from 'pino';
 
 /** Must match VERSION in spawn-helper.c; a binary built from another version is not used. */
-export const HELPER_PROTOCOL_VERSION = 2;
+export const HELPER_PROTOCOL_VERSION = 3;
 const MAGIC = 'falconet-spawn-helper';
 /** Deaths after which we stop restarting the helper and use Node's spawn for good. */
 const MAX_DEATHS = 3;
@@ -66,6 +66,17 @@ export interface HelperSpawn {
 
 /** Called when the helper reports a task started: its real start time (ms since the epoch). */
 export type HelperStarted = (startedAt: number) => void;
+
+/**
+ * Where a followed task's output goes ({@link SpawnHelper.tail}): `snapshot` begins what the helper
+ * kept (then `data` of each stream), with the bytes written and not kept; then `data` as the task
+ * writes; `lost` when the helper could not send some of it (we read it too slowly).
+ */
+export interface HelperOutputSink {
+  snapshot(notKept: number): void;
+  data(stream: 'stdout' | 'stderr', bytes: Buffer): void;
+  lost(bytes: number): void;
+}
 
 const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
@@ -141,6 +152,8 @@ export class SpawnHelper {
   #limitSent: number | null = null;
   #limitedIn = 0;
   #isLimited: boolean[] = [];
+  /** Where each followed task's output goes, by id. */
+  #tails: Array<HelperOutputSink | undefined> = [];
   /** The process group of each running task, once the helper told us (lazily: see 'P' in the C). */
   #pgids: Array<number | undefined> = [];
   #running = 0;
@@ -221,6 +234,23 @@ export class SpawnHelper {
     this.#queueFlush();
   }
 
+  /**
+   * Follows a task's output (`sink`: a snapshot of what the helper kept, then each read as it
+   * comes) or stops (null). Nothing once the task has finished.
+   */
+  tail(id: number, sink: HelperOutputSink | null): void {
+    if (!this.#tasks[id]) return;
+    this.#tails[id] = sink ?? undefined;
+    this.#reserve(10);
+    const o = this.#outLen;
+    this.#out.writeUInt32LE(6, o);
+    this.#out[o + 4] = 0x54; // 'T'
+    this.#out.writeUInt32LE(id, o + 5);
+    this.#out[o + 9] = sink ? 1 : 0;
+    this.#outLen += 10;
+    this.#queueFlush();
+  }
+
   #disable(why: string, extra: object = {}): false {
     if (this.#disabled === null) {
       this.#disabled = why;
@@ -273,6 +303,7 @@ export class SpawnHelper {
     const pgids = this.#pgids; // a task's pid reached us with its start report
     this.#tasks = [];
     this.#onStart = [];
+    this.#tails = [];
     this.#pgids = [];
     this.#isLimited = [];
     this.#limitedIn = 0;
@@ -374,6 +405,16 @@ export class SpawnHelper {
     if (off < buf.length) this.#in = buf.subarray(off);
   }
 
+  /** 'O': live output of a followed task (copied out: the read buffer is reused). */
+  #onOutput(b: Buffer, start: number, end: number): void {
+    const sink = this.#tails[b.readUInt32LE(start + 1)];
+    if (!sink) return; // stopped following meanwhile, or finished
+    const what = b[start + 5];
+    if (what === 0 || what === 1) sink.data(what === 0 ? 'stdout' : 'stderr', Buffer.from(b.subarray(start + 6, end)));
+    else if (what === 2) sink.snapshot(b.readUInt32LE(start + 6));
+    else if (what === 3) sink.lost(b.readUInt32LE(start + 6));
+  }
+
   #onFrame(b: Buffer, start: number, end: number): void {
     const type = b[start];
     if (type === 0x48 /* H */) {
@@ -389,6 +430,7 @@ export class SpawnHelper {
       this.#queueFlush();
       return;
     }
+    if (type === 0x4f /* O */) return this.#onOutput(b, start, end);
     if (type !== 0x50 /* P */ && type !== 0x52 /* R */ && type !== 0x46 /* F */ && type !== 0x4e /* N */) {
       // A frame we cannot read means we are out of step with the helper (a build of another
       // layout, a corrupted pipe): no later frame can be trusted either. Treat it as dead, so
@@ -409,6 +451,7 @@ export class SpawnHelper {
     }
     this.#tasks[id] = undefined;
     this.#onStart[id] = undefined;
+    this.#tails[id] = undefined;
     this.#pgids[id] = undefined;
     if (this.#isLimited[id]) this.#limitedIn--;
     this.#freeIds.push(id);

@@ -80,6 +80,11 @@ export class Link<In extends { t: string }> {
     return this.#up;
   }
 
+  /** Bytes written to the socket and not yet sent (0 while not connected): how far behind the network is. */
+  get bufferedAmount(): number {
+    return this.#ws?.bufferedAmount ?? 0;
+  }
+
   /** The frame limit in force: the dispatcher's once it has welcomed us. */
   get maxFrameBytes(): number {
     return this.#codec.maxFrameBytes;
@@ -185,8 +190,9 @@ export class Link<In extends { t: string }> {
       }
       const msg = v.msg;
       if (msg.t === 'error') {
-        const e = msg as unknown as { code: string; message: string; retryable: boolean };
-        if (FATAL.has(e.code)) {
+        const e = msg as unknown as { code: string; message: string; retryable: boolean; ref?: number };
+        // With a ref it answers one request (a `logs` of an unknown id), not the connection.
+        if (FATAL.has(e.code) && e.ref === undefined) {
           this.#closed = true;
           this.o.onFatal(FalconetError.fromWire(e));
           ws.terminate();

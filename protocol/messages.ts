@@ -338,8 +338,29 @@ export const ListSessions = Type.Object({ t: Type.Literal('sessions'), ref: Ref 
 /** Operator actions on the provisioner: `reset` closes its circuit breaker. */
 export const ProvisionerAction = Type.Object({ t: Type.Literal('provisioner'), ref: Ref, action: Type.Literal('reset') });
 
-export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, provisioner: ProvisionerAction, query: Query, sessions: ListSessions, hb: Heartbeat } as const;
+/** One piece of a task's live output, in the order the task wrote it to that stream. */
+export const LogChunkSchema = Type.Object({
+  stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr')]),
+  data: Type.String({ maxLength: LIMITS.outputChars }),
+});
+export type LogChunk = Static<typeof LogChunkSchema>;
+/**
+ * Reads a task's output (any session's, newest session first, or in `session`): what there is now
+ * and, with `follow`, what it writes until it ends. Answered by `log` messages with the same `ref`,
+ * the last with `end`. `stop` ends an earlier `logs` of this connection with the same `ref`.
+ */
+export const Logs = Type.Object({
+  t: Type.Literal('logs'),
+  ref: Ref,
+  id: Id,
+  session: Type.Optional(Id),
+  follow: Type.Optional(Type.Boolean()),
+  stop: Type.Optional(Type.Boolean()),
+});
+
+export const ClientMessageSchemas = { hello: ClientHello, submit: Submit, cancel: Cancel, ack: Ack, drain: Drain, provisioner: ProvisionerAction, query: Query, sessions: ListSessions, logs: Logs, hb: Heartbeat } as const;
 export type ClientMessage =
+  | Static<typeof Logs>
   | Static<typeof Query>
   | Static<typeof ListSessions>
   | Static<typeof ClientHello>
@@ -427,8 +448,24 @@ export const SessionInfoSchema = Type.Object({
 });
 export type SessionInfo = Static<typeof SessionInfoSchema>;
 export const SessionsMsg = Type.Object({ t: Type.Literal('sessions'), ref: Ref, sessions: Type.Array(SessionInfoSchema) });
-export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, error: ErrorMsg, hb: Heartbeat } as const;
+/**
+ * Output of the task a `logs` asked for (`ref`). `dropped`: bytes of output left out just before
+ * these chunks (a slow reader, or beyond what the executor keeps); `note`: what happened to the
+ * task meanwhile (its attempt was re-queued, its executor's connection was lost); `end`: the last
+ * message of this `ref`, with the task's state then (`succeeded`…, or `queued`/`running` when the
+ * reader did not follow).
+ */
+export const LogMsg = Type.Object({
+  t: Type.Literal('log'),
+  ref: Ref,
+  chunks: Type.Array(LogChunkSchema),
+  dropped: Type.Optional(Uint),
+  note: Type.Optional(Type.String({ maxLength: 4096 })),
+  end: Type.Optional(Type.Object({ status: Type.Union([TaskStateSchema, Type.Literal('stopped')]), attempt: Type.Optional(Uint) })),
+});
+export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, log: LogMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToClient =
+  | Static<typeof LogMsg>
   | Static<typeof TasksMsg>
   | Static<typeof SessionsMsg>
   | Static<typeof ClientWelcome>
@@ -450,8 +487,23 @@ export const ExecutorHello = Type.Object({
 export const Pull = Type.Object({ t: Type.Literal('pull'), n: Type.Integer({ minimum: 0, maximum: 1_000_000 }) });
 export const AttemptDone = Type.Object({ t: Type.Literal('done'), result: AttemptResultSchema });
 export const Bye = Type.Object({ t: Type.Literal('bye'), reason: Short });
-export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye } as const;
+/**
+ * Live output of an attempt a `tail` asked for. `snapshot`: these chunks begin what the executor
+ * held when it was asked (the head it keeps for the result), with `dropped` the bytes written since
+ * that it no longer has; later messages carry what the task writes next (`dropped`: bytes the
+ * executor could not send).
+ */
+export const AttemptOutput = Type.Object({
+  t: Type.Literal('out'),
+  uid: Uint,
+  attempt: Uint,
+  chunks: Type.Array(LogChunkSchema, { maxItems: 100_000 }),
+  dropped: Type.Optional(Uint),
+  snapshot: Type.Optional(Type.Boolean()),
+});
+export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput } as const;
 export type ExecutorMessage =
+  | Static<typeof AttemptOutput>
   | Static<typeof ExecutorHello>
   | Static<typeof Pull>
   | Static<typeof AttemptDone>
@@ -487,8 +539,15 @@ export const ResultsAck = Type.Object({
   t: Type.Literal('ack'),
   done: Type.Array(Type.Object({ uid: Uint, attempt: Uint }), { maxItems: 1_000_000 }),
 });
-export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, error: ErrorMsg, hb: Heartbeat } as const;
+/**
+ * Someone reads this attempt's output (`on`), or no one does any more. On `on` the executor sends
+ * a `snapshot` of what it holds, then streams what the attempt writes in `out` messages until `off`
+ * or the attempt ends.
+ */
+export const TailOrder = Type.Object({ t: Type.Literal('tail'), uid: Uint, attempt: Uint, on: Type.Boolean() });
+export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToExecutor =
+  | Static<typeof TailOrder>
   | Static<typeof ExecutorWelcome>
   | Static<typeof Assign>
   | Static<typeof CancelAttempt>

@@ -60,7 +60,7 @@ class Harness implements Outbox {
   }
   client(conn: number): void {
     const hello = fromClient({ t: 'hello', v: 1, role: 'client', caps: [] });
-    if (hello.t === 'hello') this.core.openSession(conn, undefined, undefined);
+    if (hello.t === 'hello') this.core.openSession(conn, {}, true);
     this.take(conn);
   }
   submit(conn: number, tasks: TaskSpec[]): Extract<DispatcherToClient, { t: 'accepted' }> {
@@ -138,11 +138,11 @@ test('a queued array of 1,000,000 holds at most ARRAY_WINDOW element records; ca
   assert.equal(h.info('big[5]').state, 'queued');
   // One element cancelled before it has a record; then the whole array.
   const c1 = fromClient({ t: 'cancel', ref: 2, ids: ['big[500000]'] });
-  if (c1.t === 'cancel') h.core.cancel(1, c1);
+  if (c1.t === 'cancel') h.core.cancel(1, c1, false);
   const one = h.take(1).filter((m): m is Result => m.t === 'result');
   assert.deepEqual(one.map((r) => [r.result.id, r.result.status]), [['big[500000]', 'cancelled']]);
   const c2 = fromClient({ t: 'cancel', ref: 3, ids: ['big'] });
-  if (c2.t === 'cancel') h.core.cancel(1, c2);
+  if (c2.t === 'cancel') h.core.cancel(1, c2, false);
   const all = h.take(1).filter((m): m is Result => m.t === 'result');
   assert.equal(all.length, 999_999);
   assert.equal(new Set(all.map((r) => r.result.id)).size, 999_999);

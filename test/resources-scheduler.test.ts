@@ -65,7 +65,7 @@ class Harness implements Outbox {
   }
   client(conn: number): void {
     const hello = fromClient({ t: 'hello', v: 1, role: 'client', caps: [] });
-    if (hello.t === 'hello') this.core.openSession(conn, undefined, undefined);
+    if (hello.t === 'hello') this.core.openSession(conn, {}, true);
   }
   submit(conn: number, tasks: TaskSpec[]): void {
     const m = fromClient({ t: 'submit', ref: 1, tasks });

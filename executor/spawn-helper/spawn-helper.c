@@ -19,6 +19,11 @@
  *                a task that waited here really started (its startedAt; its timeout runs from then).
  *                Not urgent: written with the next result, or within LAZY_MS
  *   'N' not started: u32 id: a task killed while it waited in the queue; it never ran
+ *   'O' output:  u32 id, u8 what, body: live output of a task someone follows ('T'). what 0/1: bytes
+ *                the task wrote to stdout/stderr (all of them, beyond the limit too); what 2: a
+ *                snapshot begins, u32 bytes written and not kept (beyond the limit), followed by
+ *                what is kept of stdout and of stderr as 'O' 0 and 1 frames; what 3: u32 bytes
+ *                not sent because the executor was reading too slowly
  * executor -> helper
  *   'S' spawn:   u32 id, u32 flags (1: stdin given, 2: cwd given, 4: limited), u32 output limit,
  *                u32 argc, u32 envc, [cwd], argv..., env ("K=V")..., [stdin]
@@ -26,6 +31,8 @@
  *   'K' kill:    u32 id, i32 signal      (to the task's process group; ignored once it was reaped;
  *                a task still waiting in the queue is dropped instead and reported 'N')
  *   'L' limit:   u32 n: at most n limited tasks run at once (initially: no limit)
+ *   'T' tail:    u32 id, u8 on: start (with a snapshot) or stop sending the task's output as 'O'
+ *                frames; ignored for an id that is not in use. Costs nothing for tasks not followed
  *
  * The queue: a limited spawn request that finds n limited tasks running (or others waiting) waits
  * here, in arrival order. Each time a limited task's main process is reaped, the oldest waiting
@@ -56,13 +63,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define VERSION 2
+#define VERSION 3
 #define MAGIC "falconet-spawn-helper"
 #define MAX_FRAME (1u << 30) /* a sanity bound, far above any task the dispatcher accepts */
 #define MAX_ID (1u << 26)
 /* 'P' frames wait this long for a result to travel with: a wakeup of the executor per task
  * start would cost more than the rest of the task's traffic */
 #define LAZY_MS 50
+/* followed output waits in our response buffer up to this much; beyond, it is counted as lost */
+#define TAIL_MAX_BUFFERED (4u << 20)
 /* epoll tags: low 2 bits say which fd of a task (0 stdout, 1 stderr, 2 stdin), or a control fd */
 #define TAG_CTL 3u
 #define CTL_IN 0u
@@ -82,6 +91,9 @@ struct task {
   struct buf cap[2];
   uint8_t truncated;
   size_t limit;
+  uint64_t seen[2]; /* bytes read from stdout, stderr (kept or not) */
+  int tail;         /* someone follows its output: 'O' frames as it comes */
+  uint64_t tail_lost; /* followed output not sent: the executor was too far behind */
   char *in;
   size_t in_len, in_off;
   int limited; /* counted against the limit while it runs (until reaped) */
@@ -252,6 +264,29 @@ static void report_failure(uint32_t id, int err) {
   buf_put(&outbuf, msg, n);
 }
 
+static void put_output(uint32_t id, uint8_t what, const char *p, size_t n) {
+  frame_head(5 + n, 'O');
+  put_u32(&outbuf, id);
+  buf_put(&outbuf, &what, 1);
+  buf_put(&outbuf, p, n);
+}
+
+/* Live output of a followed task, unless the executor is that far behind reading us: then it is
+ * counted and said ('O' 3) with the next piece that fits, never held without bound. */
+static void follow_output(struct task *t, uint32_t id, uint8_t what, const char *p, size_t n) {
+  if (outbuf.len + n > TAIL_MAX_BUFFERED) {
+    t->tail_lost += n;
+    return;
+  }
+  if (t->tail_lost) {
+    uint32_t v = t->tail_lost > UINT32_MAX ? UINT32_MAX : (uint32_t)t->tail_lost;
+    char lost[4] = {(char)(v & 255), (char)((v >> 8) & 255), (char)((v >> 16) & 255), (char)(v >> 24)};
+    put_output(id, 3, lost, 4);
+    t->tail_lost = 0;
+  }
+  put_output(id, what, p, n);
+}
+
 static void close_fd(struct task *t, int j) {
   if (t->fd[j] < 0) return;
   close(t->fd[j]); /* also leaves the epoll set: only we hold this end */
@@ -305,6 +340,8 @@ static void drain_output(uint32_t id, int j) {
   for (int round = 0; round < 16; round++) {
     ssize_t r = read(t->fd[j], tmp, sizeof tmp);
     if (r > 0) {
+      t->seen[j] += (uint64_t)r;
+      if (t->tail) follow_output(t, id, (uint8_t)j, tmp, (size_t)r);
       struct buf *b = &t->cap[j];
       size_t room = t->limit - b->len;
       size_t keep = (size_t)r < room ? (size_t)r : room;
@@ -535,8 +572,10 @@ static void start_queued(void) {
     unqueue(id);
     char *req = tasks[id].req;
     size_t req_len = tasks[id].req_len;
+    int tail = tasks[id].tail;
     tasks[id] = (struct task){.fd = {-1, -1, -1}, .qprev = NONE, .qnext = NONE};
     start_task(req, req_len);
+    if (tasks[id].used) tasks[id].tail = tail;
     free(req);
   }
 }
@@ -589,6 +628,23 @@ static void kill_task(const char *body, size_t len) {
   if (!t->reaped) kill(-t->pid, sig);
 }
 
+/* 'T': follow a task's output (a snapshot of what is kept, then every read) or stop. */
+static void tail_request(const char *body, size_t len) {
+  if (len != 5) protocol_error("malformed tail request");
+  uint32_t id = get_u32(body);
+  if (id >= ntasks || !tasks[id].used) return;
+  struct task *t = &tasks[id];
+  t->tail = body[4] != 0;
+  if (!t->tail) return;
+  uint64_t n = t->seen[0] - t->cap[0].len + t->seen[1] - t->cap[1].len + t->tail_lost;
+  uint32_t v = n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+  char lost[4] = {(char)(v & 255), (char)((v >> 8) & 255), (char)((v >> 16) & 255), (char)(v >> 24)};
+  t->tail_lost = 0;
+  put_output(id, 2, lost, 4);
+  for (int j = 0; j < 2; j++)
+    if (t->cap[j].len) put_output(id, (uint8_t)j, t->cap[j].p, t->cap[j].len);
+}
+
 static void limit_request(const char *body, size_t len) {
   if (len != 4) protocol_error("malformed limit request");
   limit = get_u32(body);
@@ -630,6 +686,8 @@ static int read_requests(void) {
       kill_task(body, n - 1);
     } else if (type == 'L') {
       limit_request(body, n - 1);
+    } else if (type == 'T') {
+      tail_request(body, n - 1);
     } else {
       protocol_error("unknown request type");
     }
