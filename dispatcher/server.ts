@@ -407,6 +407,8 @@ export class DispatcherServer {
         return this.core.attemptDone(c.id, msg.result);
       case 'pull':
         return this.core.pull(c.id, msg.n);
+      case 'window':
+        return this.core.window(c.id, msg.extra);
       case 'hb':
         return this.core.executorSeen(c.id, msg.data, msg.holds);
       case 'bye':

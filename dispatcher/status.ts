@@ -86,6 +86,8 @@ export interface ExecutorStatus {
   data?: DataCounters;
   /** Inputs its cache holds (count of locality keys). */
   cached?: number;
+  /** Push mode: tasks it asked to keep beyond its slots (its adaptive window, `--prefetch auto`). */
+  window?: number;
 }
 
 export interface StatusSnapshot {
@@ -133,6 +135,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       ...(i.boot ? { boot: i.boot } : {}),
       ...(exec.data ? { data: exec.data } : {}),
       ...(exec.cached !== null ? { cached: exec.cached } : {}),
+      ...(i.mode === 'push' ? { window: exec.window } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }
