@@ -27,6 +27,8 @@ export const SCENARIOS: Record<string, Scenario> = {
   queue: { script: 'queue.js', full: [], smoke: ['--runs', '1', '--tasks', '5000'], writes: ['queue-'] },
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
+  defaults: { script: 'defaults.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--commands', '50'], writes: ['defaults-'] },
+  cli: { script: 'cli.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['cli-'] },
   transport: {
     optional: true,
     script: 'transport.js',
