@@ -22,7 +22,7 @@ test('resultLine: `line` right after `id`, the rest as JSON.stringify writes it'
     const { id, ...rest } = r;
     return JSON.stringify({ id, line, ...rest });
   };
-  for (const r of [base, { ...base, id: 'with "quotes" and \\ back' }, { ...base, error: { code: 'TASK_FAILED', message: 'x' } }]) {
+  for (const r of [base, { ...base, id: 'with "quotes" and \\ back' }, { ...base, error: { code: 'TASK_FAILED', message: 'x' } }] as TaskResult[]) {
     for (const line of [7, null]) assert.equal(resultLine(r, line), copy(r, line));
   }
   // A result whose first field is not its id (not what the dispatcher sends) still comes out right.
