@@ -1,6 +1,6 @@
 /** What every bench scenario shares: where results go, and how to watch its child processes. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -79,4 +79,47 @@ export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: n
     await Promise.all(procs.map(exited));
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * `falconet submit --file FILE` against `url` as a person runs it (its own process, results as
+ * JSON lines into a file), timed from spawn to exit: startup, reading, checking and writing
+ * included. Throws unless it exits 0 with one result line per task.
+ */
+export async function cliSubmit(url: string, file: string, tasks: number): Promise<{ seconds: number; tasksPerSecond: number }> {
+  const out = `${file}.results`;
+  const start = process.hrtime.bigint();
+  const child = spawn('/bin/sh', ['-c', `exec "$0" "$1" submit --file "$2" > "$3"`, process.execPath, CLI, file, out], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, FALCONET_URL: url, FALCONET_LOG: 'warn' },
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d));
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const lines = countLines(out);
+  rmSync(out, { force: true });
+  if (code !== 0 || lines !== tasks) throw new Error(`falconet submit exited ${code} with ${lines} of ${tasks} results: ${stderr.slice(-500)}`);
+  return { seconds, tasksPerSecond: tasks / seconds };
+}
+
+/** Newlines in a file, read in chunks (a million results do not fit one string). */
+function countLines(file: string): number {
+  const fd = openSync(file, 'r');
+  const buf = Buffer.alloc(1 << 20);
+  let n = 0;
+  try {
+    for (let got; (got = readSync(fd, buf, 0, buf.length, null)) > 0; ) for (let i = 0; i < got; i++) if (buf[i] === 10) n++;
+  } finally {
+    closeSync(fd);
+  }
+  return n;
+}
+
+/** A file of `n` copies of one task as JSON lines, in a fresh temp dir (removed with `dir`). */
+export function taskFile(n: number, task: unknown): { dir: string; file: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-tasks-'));
+  const file = join(dir, 'tasks.jsonl');
+  writeFileSync(file, (JSON.stringify(task) + '\n').repeat(n));
+  return { dir, file };
 }

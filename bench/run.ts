@@ -28,6 +28,8 @@ export const SCENARIOS: Record<string, Scenario> = {
   efficiency: { script: 'efficiency.js', full: [], smoke: ['--quick', '--slots', '100'], writes: ['efficiency-'] },
   resources: { script: 'resources.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '20000'], writes: ['resources-'] },
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
+  defaults: { script: 'defaults.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--commands', '50'], writes: ['defaults-'] },
+  cli: { script: 'cli.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['cli-'] },
   transport: {
     optional: true,
     script: 'transport.js',

@@ -18,7 +18,8 @@
  *
  *   npm run build && node dist/bench/spawn.js [--tasks 5000] [--runs 3] [--prefetch N] [--no-profile]
  *
- * --prefetch N is passed to the dispatcher (push mode keeps N tasks on the executor beyond its slots).
+ * --prefetch N is passed to the dispatcher (push mode keeps N tasks on the executor beyond its slots);
+ * without it the dispatcher's default, each executor's adaptive window.
  * Internal roles (child processes of the above): --role load|node-spawn|runner.
  */
 import { spawn, execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
@@ -171,14 +172,14 @@ interface FalconetRun {
   dispatcherProfile?: ProfileSummary;
 }
 
-async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' | 'node'; prefetch: number; profileDir?: string }): Promise<FalconetRun> {
+async function falconetRun(n: number, opts: { noop: boolean; spawner: 'helper' | 'node'; prefetch: number | undefined; profileDir?: string }): Promise<FalconetRun> {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-spawn-'));
   const procs: ChildProcess[] = [];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   try {
     for (const who of ['dispatcher', 'executor']) if (opts.profileDir) mkdirSync(join(opts.profileDir, who), { recursive: true });
     const dProfArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', join(opts.profileDir, 'dispatcher')] : [];
-    const d = spawn(process.execPath, [...dProfArgs, CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, '--prefetch', String(opts.prefetch)], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    const d = spawn(process.execPath, [...dProfArgs, CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...(opts.prefetch !== undefined ? ['--prefetch', String(opts.prefetch)] : [])], { stdio: ['ignore', 'pipe', 'ignore'], env });
     procs.push(d);
     const [, url] = await waitLine(d, /listening on (\S+)/);
     const profArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', join(opts.profileDir, 'executor')] : [];
@@ -327,7 +328,8 @@ async function main(): Promise<void> {
     return;
   }
   const runs = Number(values.runs ?? 3);
-  const prefetch = Number(values.prefetch ?? 0);
+  // Without --prefetch the dispatcher's default (auto: each executor's adaptive window).
+  const prefetch = values.prefetch === undefined ? undefined : Number(values.prefetch);
   const bin = mkdtempSync(join(tmpdir(), 'falconet-spawn-helper-'));
   try {
     const loopBin = join(bin, 'spawn-loop');
@@ -376,7 +378,7 @@ async function main(): Promise<void> {
       date: new Date().toISOString(),
       machine: { cores: cpus().length, node: process.version },
       command: `node dist/bench/spawn.js --tasks ${n} --runs ${runs}${prefetch ? ` --prefetch ${prefetch}` : ''}${values['no-profile'] ? ' --no-profile' : ''}`,
-      prefetch,
+      prefetch: prefetch ?? 'auto',
       inFlight: IN_FLIGHT,
       rows: Object.entries(tput).map(([name, xs]) => ({
         name,
@@ -398,7 +400,7 @@ async function main(): Promise<void> {
     const file = resultsFile(`spawn-${out.date.slice(0, 10)}${prefetch ? `-prefetch${prefetch}` : ''}.json`);
     writeFileSync(file, JSON.stringify(out, null, 2) + '\n');
 
-    console.log(`/bin/true, ${n} tasks, ${IN_FLIGHT} in flight, ${runs} run(s), dispatcher --prefetch ${prefetch}; ${out.machine.cores} cores, Node ${out.machine.node}\n`);
+    console.log(`/bin/true, ${n} tasks, ${IN_FLIGHT} in flight, ${runs} run(s), dispatcher --prefetch ${prefetch ?? 'auto'}; ${out.machine.cores} cores, Node ${out.machine.node}\n`);
     console.log('| path | tasks/s, median (min–max) | / posix_spawn, median of runs (min–max) | / node-spawn (min–max) | CPU ms per task, all its processes |');
     console.log('|---|---|---|---|---|');
     for (const r of out.rows) {

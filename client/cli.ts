@@ -85,7 +85,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     executorTokenFile: v['executor-token-file'] as string | undefined,
     insecure: v.insecure as boolean | undefined,
     httpAuth: v["http-auth"] as boolean | undefined,
-    prefetch: num('prefetch', v.prefetch as string | undefined, { integer: true }),
+    prefetch: v.prefetch === 'auto' ? ('auto' as const) : num('prefetch', v.prefetch as string | undefined, { integer: true }),
     heartbeatMs: num('heartbeat-ms', v['heartbeat-ms'] as string | undefined, { min: 10 }),
     leaseMs: num('lease-ms', v['lease-ms'] as string | undefined, { min: 10 }),
     maxAttempts: num('max-attempts', v['max-attempts'] as string | undefined, { min: 1, integer: true }),

@@ -10,6 +10,7 @@ import { BAD_SHOWN, newPrefix, readTaskFile, reportBad, streamTasks, type Bad, t
 import { Progress, Tally, type ProgressMode } from './progress.js';
 import { api } from './query-commands.js';
 import { keyFor, saveSessionKey, sessionKeysDir } from './session-keys.js';
+import { InputLines, LineWriter, resultLine } from './output.js';
 
 /** How long a command waits in silence before it says on stderr what it waits for. */
 const NOTICE_MS = 2000;
@@ -72,7 +73,7 @@ async function queueSummary(target: Target): Promise<string> {
  */
 class IdleNotice {
   #timer: NodeJS.Timeout | null = null;
-  /** Bumped by poke() and stop(): a status fetch that comes back after either says nothing. */
+  /** Bumped by stop(): a status fetch that comes back after it (or after a poke) says nothing. */
   #generation = 0;
   constructor(
     private readonly target: Target,
@@ -80,13 +81,21 @@ class IdleNotice {
   ) {
     this.poke();
   }
+  /** Results seen: poke() only counts (it runs per result), the timer looks whether it moved. */
+  #pokes = 0;
   poke(): void {
-    this.stop();
+    this.#pokes++;
+    if (this.#timer === null) this.#arm();
+  }
+  /** Says what we wait for after NOTICE_MS without a poke (checked every NOTICE_MS, so within 2×). */
+  #arm(): void {
+    const pokes = this.#pokes;
     const generation = this.#generation;
     this.#timer = setTimeout(() => {
       this.#timer = null;
+      if (this.#pokes !== pokes) return this.#arm();
       void queueSummary(this.target)
-        .then((line) => generation === this.#generation && notice(this.prefix() + line))
+        .then((line) => generation === this.#generation && pokes === this.#pokes && notice(this.prefix() + line))
         .catch(() => {}); // a notice that cannot be made is not worth more than silence
     }, NOTICE_MS).unref();
   }
@@ -174,23 +183,6 @@ async function cancelRun(client: Client, id: string, signal: NodeJS.Signals, res
 }
 
 /** Buffers JSON lines and writes them once per event-loop turn: prompt, and cheap at 100k/s. */
-class LineWriter {
-  #lines: string[] = [];
-  #queued = false;
-  write(value: unknown): void {
-    this.#lines.push(JSON.stringify(value) + '\n');
-    if (!this.#queued) {
-      this.#queued = true;
-      setImmediate(() => this.flush());
-    }
-  }
-  flush(): void {
-    this.#queued = false;
-    if (this.#lines.length) process.stdout.write(this.#lines.join(''));
-    this.#lines = [];
-  }
-}
-
 export interface SubmitArgs {
   file: string;
   session?: string;
@@ -245,12 +237,26 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
       if (!a.skipInvalid) process.stderr.write(`falconet: stopped reading at line ${b.line} (tasks before it still run; --skip-invalid goes on past bad lines)\n`);
     });
   }
-  const lines = new Map<string, number>();
-  async function* tasks(): AsyncGenerator<TaskSpec> {
-    for await (const n of source) {
-      lines.set(n.task.id!, n.line);
-      yield n.task;
+  const lines = new InputLines(prefix);
+  // A file is read synchronously (the SDK then packs it without a promise per task: most of the
+  // CLI's cost over the SDK's, profiled); stdin as it comes.
+  function tasks(): Iterable<TaskSpec> | AsyncIterable<TaskSpec> {
+    if (Array.isArray(source)) {
+      const all = source;
+      return (function* () {
+        for (const n of all) {
+          lines.note(n.task.id!, n.line);
+          yield n.task;
+        }
+      })();
     }
+    const stream = source;
+    return (async function* () {
+      for await (const n of stream) {
+        lines.note(n.task.id!, n.line);
+        yield n.task;
+      }
+    })();
   }
   const sessionKey = a.session ? keyFor(target, a.session) : undefined;
   const client = await dial(target, { ...(a.session ? { session: a.session } : {}), ...(sessionKey ? { sessionKey } : {}), ...(a.leaseMs !== undefined ? { leaseMs: a.leaseMs } : {}) });
@@ -274,7 +280,7 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
         })(),
         { until: 'accepted', maxInFlight: a.maxInFlight ?? 50_000 },
       );
-      for (const x of r.rejected) process.stderr.write(`falconet: line ${lines.get(x.id) ?? '?'}: task ${x.id}: ${x.code}: ${x.message}\n`);
+      for (const x of r.rejected) process.stderr.write(`falconet: line ${lines.of(x.id) ?? '?'}: task ${x.id}: ${x.code}: ${x.message}\n`);
       if (a.printIds) {
         const refused = new Set(r.rejected.map((x) => x.id));
         process.stdout.write(ids.filter((id) => !refused.has(id)).map((id) => `${id}\n`).join(''));
@@ -296,7 +302,7 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
   }
 }
 
-async function streamResults(client: Client, target: Target, a: SubmitArgs, src: AsyncGenerator<TaskSpec>, lines: Map<string, number>, tally: Tally, total: number | undefined): Promise<void> {
+async function streamResults(client: Client, target: Target, a: SubmitArgs, src: Iterable<TaskSpec> | AsyncIterable<TaskSpec>, lines: InputLines, tally: Tally, total: number | undefined): Promise<void> {
   const progress = new Progress(a.progress);
   const idle = new IdleNotice(target);
   let submitted = 0;
@@ -311,27 +317,34 @@ async function streamResults(client: Client, target: Target, a: SubmitArgs, src:
     for await (const r of results) {
       idle.poke();
       tally.add(r);
-      const { id, ...rest } = r;
-      out.write({ id, line: lines.get(id) ?? null, ...rest });
+      out.writeLine(resultLine(r, lines.of(r.id)));
       draw();
       if (allIn && client.outstanding === 0) break;
     }
     out.flush();
   })();
-  const counting = async function* () {
-    for await (const t of src) {
-      submitted++;
-      yield t;
-    }
-  };
+  const counting =
+    Symbol.iterator in src
+      ? (function* () {
+          for (const t of src) {
+            submitted++;
+            yield t;
+          }
+        })()
+      : (async function* () {
+          for await (const t of src) {
+            submitted++;
+            yield t;
+          }
+        })();
   try {
-    const r = await client.submitMany(counting(), { until: 'finished', maxInFlight: a.maxInFlight ?? 20_000 });
+    const r = await client.submitMany(counting, { until: 'finished', maxInFlight: a.maxInFlight ?? 20_000 });
     allIn = true;
     // Every result has arrived; if the reader already handed out the last one, end it here.
     if (client.outstanding === 0) await results.return!();
     await reading;
     for (const x of r.rejected) {
-      const refused = { id: x.id, line: lines.get(x.id) ?? null, status: 'failed' as const, exitCode: null, error: { code: x.code, message: x.message } };
+      const refused = { id: x.id, line: lines.of(x.id), status: 'failed' as const, exitCode: null, error: { code: x.code, message: x.message } };
       tally.add(refused as Pick<TaskResult, 'status' | 'exitCode' | 'error'>);
       process.stdout.write(JSON.stringify(refused) + '\n');
     }

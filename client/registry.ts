@@ -83,7 +83,7 @@ export const DISPATCHER_FLAGS: Flag[] = [
   { name: 'tls-cert', type: 'string', arg: 'FILE', env: 'FALCONET_TLS_CERT', help: 'PEM certificate: serve wss:// and https:// (reloaded on SIGHUP)' },
   { name: 'tls-key', type: 'string', arg: 'FILE', env: 'FALCONET_TLS_KEY', help: 'PEM private key for --tls-cert' },
   { name: 'tls-ca', type: 'string', arg: 'FILE', default: 'the --tls-cert file', env: 'FALCONET_TLS_CA', help: 'the CA the executors this dispatcher starts are told to trust' },
-  { name: 'prefetch', type: 'string', arg: 'N', default: '0', unit: 'tasks', help: 'tasks sent to an executor beyond its free slots' },
+  { name: 'prefetch', type: 'string', arg: 'N|auto', default: 'auto', unit: 'tasks', help: 'tasks sent to an executor beyond its free slots: a fixed N (0: never wait behind a long task), or auto: each executor keeps a window sized from the run times it observes' },
   { name: 'heartbeat-ms', type: 'string', arg: 'MS', default: '2000', unit: 'ms', help: 'how often executors report' },
   { name: 'lease-ms', type: 'string', arg: 'MS', default: '15000', unit: 'ms', help: 'an executor silent this long is presumed dead and its tasks requeued (≥ 2 × --heartbeat-ms)' },
   { name: 'max-attempts', type: 'string', arg: 'N', default: '3', unit: 'attempts', help: 'attempts per task when the task does not say' },

@@ -30,7 +30,8 @@ export interface DispatcherOptions {
   httpAuth?: boolean;
   heartbeatMs?: number;
   leaseMs?: number;
-  prefetch?: number;
+  /** A fixed number of tasks beyond each push executor's free slots, or `auto` (default): each executor's adaptive window. */
+  prefetch?: number | 'auto';
   maxAttempts?: number;
   /** Hand-backs without fault (reconnect, drain) a task may take before it ends lost. */
   maxRequeues?: number;
@@ -85,7 +86,7 @@ export interface DispatcherConfig {
   heartbeatMs: number;
   leaseMs: number;
   tickMs: number;
-  prefetch: number;
+  prefetch: number | 'auto';
   defaultMaxAttempts: number;
   maxRequeues: number;
   maxFrameBytes: number;
@@ -207,8 +208,8 @@ export function compileDispatcherConfig(o: DispatcherOptions, env: NodeJS.Proces
   const heartbeatMs = positive('--heartbeat-ms', o.heartbeatMs ?? 2_000, 10);
   const leaseMs = positive('--lease-ms', o.leaseMs ?? 15_000, 10);
   if (leaseMs < 2 * heartbeatMs) throw new FalconetError(ErrorCode.USAGE, `--lease-ms (${leaseMs}) must be at least twice --heartbeat-ms (${heartbeatMs})`);
-  const prefetch = o.prefetch ?? 0;
-  if (!Number.isInteger(prefetch) || prefetch < 0) throw new FalconetError(ErrorCode.USAGE, `--prefetch must be an integer ≥ 0 (got ${prefetch})`);
+  const prefetch = o.prefetch ?? 'auto';
+  if (prefetch !== 'auto' && (!Number.isInteger(prefetch) || prefetch < 0)) throw new FalconetError(ErrorCode.USAGE, `--prefetch must be an integer ≥ 0 (got ${prefetch})`);
   return {
     host,
     port,

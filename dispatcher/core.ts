@@ -9,6 +9,7 @@
 import {
   ErrorCode,
   PROTOCOL_VERSION,
+  WINDOW_CAP,
   fitText,
   LIMITS,
   taskProblem,
@@ -75,8 +76,11 @@ export interface CoreOptions extends SchedulerOptions {
   heartbeatMs: number;
   /** How long an executor may be silent before its attempts are re-queued. */
   leaseMs: number;
-  /** Tasks sent to a push-mode executor beyond its free slots (0: never wait behind a long task). */
-  prefetch: number;
+  /**
+   * Tasks sent to a push-mode executor beyond its free slots: a fixed number (0: never wait behind
+   * a long task), or `auto`, each executor's own adaptive window (its `window` messages).
+   */
+  prefetch: number | 'auto';
   /** Attempts a task gets when it does not say. */
   defaultMaxAttempts: number;
   /** Hand-backs without fault (reconnect, drain) a task may take before it ends lost. Default 20. */
@@ -288,7 +292,7 @@ export class DispatcherCore {
     // A copy: strings decoded from a frame can be slices of one string of the whole frame, and
     // the record lives as long as the executor (19,000 retained hello frames add up).
     const info = structuredClone(received);
-    const registered = this.#registry.register(conn, info, this.clock.now(), this.options.prefetch);
+    const registered = this.#registry.register(conn, info, this.clock.now(), this.options.prefetch === 'auto' ? 0 : this.options.prefetch);
     if (registered === null) {
       this.out.close(conn, ErrorCode.EXECUTOR_ID_IN_USE, `executor id ${info.id} is held by another live connection; retrying later may work once it is gone`);
       return;
@@ -305,7 +309,7 @@ export class DispatcherCore {
       heartbeatMs: this.options.heartbeatMs,
       leaseMs: this.options.leaseMs,
       maxFrameBytes: this.options.maxFrameBytes,
-      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack'],
+      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
     });
     // Attempts it runs that are no longer its own (re-queued after its lease, or finished).
     for (const r of info.running) {
@@ -324,6 +328,12 @@ export class DispatcherCore {
   pull(conn: ConnId, n: number): void {
     const exec = this.#registry.seen(conn, this.clock.now());
     if (exec && !exec.draining) this.#registry.addCredit(exec, n);
+  }
+
+  /** A push-mode executor's adaptive window; ignored under a fixed `--prefetch` (which did not announce it). */
+  window(conn: ConnId, extra: number): void {
+    const exec = this.#registry.seen(conn, this.clock.now());
+    if (exec && this.options.prefetch === 'auto') this.#registry.setExtra(exec, extra);
   }
 
   /** Any sign of life from an executor renews its lease; heartbeats also carry its data counters and holdings. */

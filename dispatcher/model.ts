@@ -90,6 +90,8 @@ export interface ExecutorRecord {
   readonly running: Map<number, TaskRecord>;
   /** Tasks it may still receive: pull requests outstanding, or window room in push mode. */
   credit: number;
+  /** Push mode with adaptive windows: the tasks beyond its slots it last asked for (`window`). */
+  extra: number;
   draining: boolean;
   registeredAt: number;
   /** Last time anything arrived from it; the lease runs from here. */
@@ -216,7 +218,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null, capacity: null, reservedFor: null };
+  return { info, conn, running: new Map(), credit: 0, extra: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null, capacity: null, reservedFor: null };
 }
 
 /** A task record in the `queued` state. */

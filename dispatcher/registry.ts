@@ -89,6 +89,7 @@ export class ExecutorRegistry {
     this.#byConn.set(conn, exec);
     // The window counts what it still holds after reconciliation, which the caller does next.
     exec.credit = info.mode === 'push' ? Math.max(0, info.slots + prefetch - (exec.running.size - missing.length)) : 0;
+    exec.extra = 0; // an adaptive window starts again from the slots: the executor resends its own
     if (exec.credit > 0) this.hungry.add(exec);
     return { exec, displaced, missing };
   }
@@ -103,6 +104,17 @@ export class ExecutorRegistry {
   addCredit(exec: ExecutorRecord, n: number): void {
     exec.credit += n;
     if (exec.credit > 0) this.hungry.add(exec);
+  }
+
+  /**
+   * A push-mode executor's adaptive window changed to `extra` tasks beyond its slots: its credit
+   * moves by the difference (below 0 it takes nothing until enough attempts finish).
+   */
+  setExtra(exec: ExecutorRecord, extra: number): void {
+    if (exec.info.mode !== 'push' || exec.draining || exec.conn === null) return;
+    const delta = extra - exec.extra;
+    exec.extra = extra;
+    this.addCredit(exec, delta);
   }
 
   /** A push-mode executor finished an attempt: its window has room for one more. */

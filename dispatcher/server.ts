@@ -439,6 +439,8 @@ export class DispatcherServer {
         return this.core.pull(c.id, msg.n);
       case 'out':
         return this.core.attemptOutput(c.id, msg);
+      case 'window':
+        return this.core.window(c.id, msg.extra);
       case 'hb':
         return this.core.executorSeen(c.id, msg.data, msg.holds);
       case 'bye':

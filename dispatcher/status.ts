@@ -88,6 +88,8 @@ export interface ExecutorStatus {
   cached?: number;
   /** What it advertised for resource requests (cpus, memoryMb, gpus, custom). */
   resources?: Record<string, number>;
+  /** Push mode: tasks it asked to keep beyond its slots (its adaptive window, `--prefetch auto`). */
+  window?: number;
 }
 
 export interface StatusSnapshot {
@@ -143,6 +145,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       ...(exec.data ? { data: exec.data } : {}),
       ...(exec.cached !== null ? { cached: exec.cached } : {}),
       ...(i.resources ? { resources: i.resources } : {}),
+      ...(i.mode === 'push' ? { window: exec.window } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }

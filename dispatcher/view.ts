@@ -29,6 +29,8 @@ export interface ExecutorView {
   readonly data: Readonly<DataCounters> | null;
   /** Locality keys its cache holds (null before it said). */
   readonly cached: number | null;
+  /** Tasks it asked to keep beyond its slots (its adaptive window, `--prefetch auto`). */
+  readonly window: number;
 }
 
 function executorView(e: ExecutorRecord): ExecutorView {
@@ -44,6 +46,7 @@ function executorView(e: ExecutorRecord): ExecutorView {
     idleSince: e.idleSince,
     data: e.data,
     cached: e.holds?.size ?? null,
+    window: e.extra,
   };
 }
 

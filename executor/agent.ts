@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
   RECORDS_CAP,
+  WINDOW_CAP,
   ErrorCode,
   FalconetError,
   LIMITS,
@@ -41,6 +42,7 @@ import { AttemptContext, defaultDataOptions, startAttempt } from './attempt.js';
 import { ResultOutbox } from './delivery.js';
 import { LiveOutput } from './output-tail.js';
 import { hostAddresses, runShutdownCommand } from './host.js';
+import { AdaptiveWindow, worthAnnouncing } from './window.js';
 
 export { hostAddresses, runShutdownCommand };
 
@@ -133,6 +135,18 @@ export class ExecutorAgent {
   #holdsVersion = 0;
   #holdsSent = 0;
   readonly #boot: Array<{ phase: string; at: number }>;
+  /**
+   * Push mode: how many tasks to keep beyond the slots, from observed run times and round trips
+   * (window.ts); announced with `window` to a dispatcher that sizes windows so (`window` cap).
+   */
+  readonly #window: AdaptiveWindow;
+  /** The dispatcher of this connection takes `window` messages. */
+  #windowed = false;
+  /** The extra last announced on this connection. */
+  #announced = 0;
+  #announceQueued = false;
+  /** One result whose acknowledgement times the round trip (one at a time: no per-task cost). */
+  #probe: { uid: number; attempt: number; at: number } | null = null;
   #exited = false;
   readonly #incarnation = randomBytes(8).toString('hex');
   /** Output of the attempts someone reads, streamed while they read (output-tail.ts). */
@@ -154,18 +168,20 @@ export class ExecutorAgent {
     this.#queuedRunner = { ...this.#runner, helperQueue: true };
     setHelperLimit(this.#runner, this.slots);
     this.#ctx = new AttemptContext(defaultDataOptions(this.id), this.#runner, log);
+    this.#window = new AdaptiveWindow({ slots: this.slots });
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
       url: o.url,
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
-      onUp: () => this.#onUp(),
+      onUp: (welcome) => this.#onUp(welcome.t === 'welcome' ? welcome.caps : []),
       heartbeatExtra: () => this.#heartbeatExtra(),
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
         this.#unwelcomedSince = Date.now();
         this.#live.reset();
+        this.#probe = null;
         // Our own close on the way out (drain, idle, stop): the exit line says what happened.
         if (this.#exited) return;
         // A dispatcher that shuts down cleanly (restart, upgrade) closes with 1001: expected, so info.
@@ -269,8 +285,13 @@ export class ExecutorAgent {
     );
   }
 
-  #onUp(): void {
+  #onUp(caps: readonly string[]): void {
     this.#holdsSent = -1; // a new connection (maybe a new dispatcher) learns the holdings again
+    // A welcome starts the window at the slots on the dispatcher's side: say ours again.
+    this.#windowed = (this.o.mode ?? 'push') === 'push' && caps.includes(WINDOW_CAP);
+    this.#announced = 0;
+    this.#probe = null;
+    if (this.#window.extra > 0) this.#announce();
     this.#unwelcomedSince = null;
     if (!this.#boot.some((b) => b.phase === 'registered')) this.#boot.push({ phase: 'registered', at: Date.now() });
     this.log.info({ id: this.id, slots: this.slots, url: this.o.url }, 'registered');
@@ -304,6 +325,11 @@ export class ExecutorAgent {
       }
       case 'ack':
         this.#outbox.ack(msg.done);
+        if (this.#probe && !this.#outbox.holds(this.#probe)) {
+          this.#window.roundTrip(performance.now() - this.#probe.at);
+          this.#probe = null;
+          this.#announce();
+        }
         return;
       case 'tail': {
         const slot = this.#running.get(msg.uid);
@@ -367,6 +393,7 @@ export class ExecutorAgent {
   #finished(uid: number, attempt: number, msg: TaskMsg, inHelper: boolean, o: Outcome): void {
     if (msg.spec.inputs?.length) this.#refreshHolds();
     if (!inHelper) this.#outside(-1);
+    this.#window.taskRan(o.finishedAt - o.startedAt);
     const slot = this.#running.get(uid);
     if (slot?.attempt === attempt) this.#running.delete(uid);
     this.#live.ended(uid, attempt);
@@ -374,6 +401,7 @@ export class ExecutorAgent {
     if (this.#running.size === 0) this.#idleSince = Date.now();
     this.#deliver({ uid, attempt, ...o });
     if ((this.o.mode ?? 'push') === 'pull' && !this.#draining) this.#owePull();
+    else this.#announce();
     if (this.#draining && this.#running.size === 0) this.#retire('drained');
   }
 
@@ -411,7 +439,25 @@ export class ExecutorAgent {
   /** Keeps the result until acknowledged and sends it now if a connection is up (else after the next welcome). */
   #deliver(result: AttemptResult): void {
     if (this.#exited) return; // stopping: the dispatcher re-queues what we did not finish
-    this.#link.send({ t: 'done', result: this.#outbox.add(result) });
+    const sent = this.#link.send({ t: 'done', result: this.#outbox.add(result) });
+    if (sent && this.#windowed && this.#probe === null) this.#probe = { uid: result.uid, attempt: result.attempt, at: performance.now() };
+  }
+
+  /**
+   * Tells the dispatcher our window once it moved enough (window.ts), at the end of this turn: a
+   * turn that finishes many tasks sends one `window`, and a steady window sends none.
+   */
+  #announce(): void {
+    if (!this.#windowed || this.#announceQueued || !worthAnnouncing(this.#announced, this.#window.extra)) return;
+    this.#announceQueued = true;
+    setImmediate(() => {
+      this.#announceQueued = false;
+      if (!this.#windowed || this.#draining || this.#exited) return;
+      const extra = this.#window.extra;
+      if (extra === this.#announced) return;
+      this.#announced = extra;
+      this.#link.send({ t: 'window', extra });
+    });
   }
 
   /**

@@ -476,6 +476,10 @@ export type DispatcherToClient =
   | Static<typeof Heartbeat>;
 
 // ---- executor → dispatcher --------------------------------------------------------------------
+/** The most tasks an executor's `window` may ask for beyond its slots. */
+export const WINDOW_MAX_EXTRA = 100_000;
+/** The welcome capability that says the dispatcher sizes push windows from the executors' `window`. */
+export const WINDOW_CAP = 'window';
 export const ExecutorHello = Type.Object({
   t: Type.Literal('hello'),
   v: Type.Integer(),
@@ -501,14 +505,20 @@ export const AttemptOutput = Type.Object({
   dropped: Type.Optional(Uint),
   snapshot: Type.Optional(Type.Boolean()),
 });
-export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput } as const;
+/**
+ * Push mode, to a dispatcher that announced the `window` capability: keep `extra` tasks on this
+ * executor beyond its slots (its adaptive window, executor/window.ts). Replaces the last one sent.
+ */
+export const WindowMsg = Type.Object({ t: Type.Literal('window'), extra: Type.Integer({ minimum: 0, maximum: WINDOW_MAX_EXTRA }) });
+export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput, window: WindowMsg } as const;
 export type ExecutorMessage =
   | Static<typeof AttemptOutput>
   | Static<typeof ExecutorHello>
   | Static<typeof Pull>
   | Static<typeof AttemptDone>
   | Static<typeof Heartbeat>
-  | Static<typeof Bye>;
+  | Static<typeof Bye>
+  | Static<typeof WindowMsg>;
 
 // ---- dispatcher → executor --------------------------------------------------------------------
 export const ExecutorWelcome = Type.Object({
