@@ -199,6 +199,8 @@ export interface SubmitArgs {
   printIds?: boolean;
   /** From stdin: report a bad line and go on instead of stopping there. */
   skipInvalid?: boolean;
+  /** Tasks with a cacheKey run even when the key has a memoized result (which they then replace). */
+  noCache?: boolean;
 }
 
 /** The error that ended a client (session taken over, credential refused…), once it ends by one. */
@@ -241,6 +243,7 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
   async function* tasks(): AsyncGenerator<TaskSpec> {
     for await (const n of source) {
       lines.set(n.task.id!, n.line);
+      if (a.noCache && n.task.cacheKey !== undefined) n.task.noCache = true;
       yield n.task;
     }
   }

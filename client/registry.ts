@@ -240,6 +240,7 @@ export const COMMANDS: Command[] = [
           { name: 'detach', type: 'boolean', default: 'off', help: 'print the session id once every task is accepted, and exit (falconet watch S gets the results)' },
           { name: 'print-ids', type: 'boolean', default: 'off', help: 'with --detach: print each task id, one a line in input order, instead of the session' },
           { name: 'skip-invalid', type: 'boolean', default: 'off', help: 'report bad lines and submit the others instead of stopping' },
+          { name: 'no-cache', type: 'boolean', default: 'off', help: 'tasks with a cacheKey run even if the key has a memoized result, and record theirs' },
           { name: 'lease', type: 'string', arg: 'S', default: 'none', unit: 'seconds', help: 'cancel the session\'s unfinished tasks when no client of it is connected this long' },
           { name: 'max-in-flight', type: 'string', arg: 'N', default: '20000 (50000 with --detach)', unit: 'tasks', help: 'tasks submitted but not yet finished (accepted, with --detach) at most' },
           ...PROGRESS_FLAGS,

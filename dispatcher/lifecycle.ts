@@ -11,6 +11,7 @@ import type { Scheduler } from './scheduler.js';
 import type { SessionTable } from './sessions.js';
 import type { Rates } from './status.js';
 import type { Outbox } from './core.js';
+import type { Memo } from './memo.js';
 
 export class TaskLifecycle {
   /** Unfinished tasks by uid: the executor link speaks uids. */
@@ -28,6 +29,8 @@ export class TaskLifecycle {
     private readonly journal: Journal,
     private readonly clock: Clock,
     private readonly rates: Rates,
+    /** Memoized results: only tasks with a `cacheKey` go through it. */
+    private readonly memo: Memo | null = null,
   ) {}
 
   /** The uid the next accepted task gets (uids only grow). */
@@ -56,9 +59,10 @@ export class TaskLifecycle {
     session.tasks.set(id, task);
     session.submitted++;
     this.#tasks.set(uid, task);
-    this.scheduler.enqueue(task);
     this.journal.taskAccepted(task);
     this.rates.submitted++;
+    if (spec.cacheKey !== undefined && this.memo) this.memo.admit(task);
+    else this.scheduler.enqueue(task);
     return task;
   }
 
@@ -134,7 +138,8 @@ export class TaskLifecycle {
   cancel(task: TaskRecord, why = 'cancelled'): boolean {
     if (task.state === 'queued') {
       task.state = 'finished'; // leaves the queue lazily
-      this.scheduler.discard(task);
+      // A task waiting for an identical run (memo.ts) was never in the queue.
+      if (task.spec.cacheKey === undefined || !this.memo?.forget(task)) this.scheduler.discard(task);
       this.finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: `${why} before it ran` });
       return true;
     }
@@ -171,12 +176,25 @@ export class TaskLifecycle {
       ...(error ? { error: { code: error.code, message: error.message } } : {}),
       ...(r?.environment ? { environment: r.environment } : {}),
     };
+    this.rates.timed(result.timings);
+    this.#deliver(task, result);
+  }
+
+  /** Finishes a task that did not run with a memoized result (memo.ts): timings are not its own. */
+  finishCached(task: TaskRecord, result: TaskResult): void {
+    task.state = 'finished';
+    this.#tasks.delete(task.uid);
+    this.#deliver(task, result);
+  }
+
+  /** Appends a finished task's result to its session's stream, journals it and sends it. */
+  #deliver(task: TaskRecord, result: TaskResult): void {
     const session = task.session;
     const seq = this.sessions.append(session, task.id, result);
     this.journal.taskFinished(task, seq, result);
-    this.rates.count(status);
-    this.rates.timed(result.timings);
+    this.rates.count(result.status);
     if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: session.tasks.size, result });
+    if (task.spec.cacheKey !== undefined) this.memo?.finished(task, result);
   }
 
   /** An unfinished task from the store. Call in uid order so that FIFO order survives a restart. */
@@ -189,7 +207,9 @@ export class TaskLifecycle {
       task.state = 'dispatched';
       task.executor = exec;
       exec.running.set(task.uid, task);
-    } else this.scheduler.enqueue(task);
+      if (task.spec.cacheKey !== undefined) this.memo?.adoptRunning(task);
+    } else if (task.spec.cacheKey !== undefined && this.memo) this.memo.admit(task);
+    else this.scheduler.enqueue(task);
   }
 
   /** Keeps generated uids above every uid the store used. */

@@ -127,6 +127,13 @@ export const TaskSpecSchema = Type.Object(
         { additionalProperties: false },
       ),
     ),
+    /**
+     * Memoization: a task whose key already has a successful result (any session, within the
+     * store's retention) finishes at once with that result, marked `cached`, without running.
+     */
+    cacheKey: Type.Optional(Type.String({ minLength: 1, maxLength: LIMITS.idLength })),
+    /** With `cacheKey`: run even if the key has a result, and record this run's result under it. */
+    noCache: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
@@ -195,6 +202,8 @@ export const TaskResultSchema = Type.Object({
   /** Why it did not succeed: a stable code (see errors.ts; a newer dispatcher may send one this version does not list). */
   error: Type.Optional(Type.Object({ code: Type.Unsafe<ErrorCode>(Type.String()), message: Type.String() })),
   environment: Type.Optional(EnvironmentReportSchema),
+  /** The task did not run: this is the memoized result of an earlier run with its `cacheKey` (its timings and executor). */
+  cached: Type.Optional(Type.Boolean()),
 });
 export type TaskResult = Static<typeof TaskResultSchema>;
 
@@ -220,6 +229,12 @@ export const ExecutorInfoSchema = Type.Object({
       maxItems: 64,
     }),
   ),
+  /** When this executor will be gone (ms since the epoch): its `--lifetime`, or an EC2 interruption notice. */
+  endsAt: Type.Optional(Type.Number()),
+  /** Why it ends then (`lifetime`, `spot interruption: terminate`, `scheduled event: system-reboot`). */
+  endReason: Type.Optional(Short),
+  /** It drains on its own (its end is near): the dispatcher sends it nothing more. */
+  draining: Type.Optional(Type.Boolean()),
 });
 export type ExecutorInfo = Static<typeof ExecutorInfoSchema>;
 
@@ -407,8 +422,15 @@ export const ExecutorHello = Type.Object({
 export const Pull = Type.Object({ t: Type.Literal('pull'), n: Type.Integer({ minimum: 0, maximum: 1_000_000 }) });
 export const AttemptDone = Type.Object({ t: Type.Literal('done'), result: AttemptResultSchema });
 export const Bye = Type.Object({ t: Type.Literal('bye'), reason: Short });
-export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye } as const;
+/**
+ * The executor learned when it ends (an EC2 interruption notice or scheduled event, or its
+ * lifetime nearing its end): no task whose `timeoutMs` exceeds what is left starts on it, and with
+ * `draining` none at all. Sent only to a dispatcher whose welcome lists the `lifetime` capability.
+ */
+export const Lifetime = Type.Object({ t: Type.Literal('lifetime'), endsAt: Type.Number(), reason: Short, draining: Type.Boolean() });
+export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, lifetime: Lifetime } as const;
 export type ExecutorMessage =
+  | Static<typeof Lifetime>
   | Static<typeof ExecutorHello>
   | Static<typeof Pull>
   | Static<typeof AttemptDone>
