@@ -148,6 +148,10 @@ const EXECUTOR_FLAGS: Flag[] = [
   { name: 'config', type: 'string', arg: 'FILE', default: '/etc/falconet/executor.env', env: 'FALCONET_CONFIG', help: 'an env file of FALCONET_* settings' },
   { name: 'imds', type: 'boolean', default: 'off (on when no URL is given)', env: 'FALCONET_IMDS', help: 'read settings from EC2 user-data' },
   { name: 'ca', type: 'string', arg: 'FILE', env: 'FALCONET_CA', help: 'PEM CA certificate(s) to trust for wss:// besides the system CAs' },
+  { name: 'lifetime', type: 'string', arg: 'S', default: 'none', unit: 'seconds', env: 'FALCONET_LIFETIME', help: 'this executor ends this long after it starts: no task with a longer timeoutMs starts on it' },
+  { name: 'drain-margin', type: 'string', arg: 'S', default: '120', unit: 'seconds', env: 'FALCONET_DRAIN_MARGIN', help: 'take no new task once less than this is left of its life' },
+  { name: 'spot-grace', type: 'string', arg: 'S', default: '0', unit: 'seconds', env: 'FALCONET_SPOT_GRACE', help: 'after an EC2 spot interruption notice, hand running tasks back this much later (at the latest at the notice\'s time)' },
+  { name: 'notice-poll', type: 'string', arg: 'S', default: '5', unit: 'seconds', env: 'FALCONET_NOTICE_POLL', help: 'on EC2: how often to read spot interruption notices and scheduled events from IMDS' },
 ];
 
 const PROGRESS_FLAGS: Flag[] = [

@@ -395,7 +395,7 @@ export class DispatcherCore {
 
   /** Tasks by id (any session) or by listing; see queries.ts. */
   findTasks(filter: TaskFilter): Found {
-    return findTasks(this.#sessions, this.#registry, filter);
+    return findTasks(this.#sessions, this.#registry, filter, this.clock.now());
   }
 
   sessionInfos(): SessionInfo[] {

@@ -34,7 +34,7 @@ export interface Found {
 
 const DEFAULT_LIMIT = 1000;
 
-export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, filter: TaskFilter): Found {
+export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, filter: TaskFilter, now?: number): Found {
   const found: Found = { tasks: [], missing: [], stored: [] };
   const scope = filter.session !== undefined ? [sessions.get(filter.session)].filter((s) => s !== undefined) : [...sessions.values()];
   if (filter.ids) {
@@ -53,7 +53,7 @@ export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, fi
     const session = scope[i];
     for (const task of session.tasks.values()) {
       if (found.tasks.length >= limit) break;
-      if (wants(task.state === 'queued' ? 'queued' : 'running')) found.tasks.push(unfinishedInfo(task, registry));
+      if (wants(task.state === 'queued' ? 'queued' : 'running')) found.tasks.push(unfinishedInfo(task, registry, now));
     }
     // Finished ones newest first: ids in insertion order, so walk a reversed copy of the keys.
     if (filter.state === 'queued' || filter.state === 'running') continue;
@@ -70,7 +70,7 @@ export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, fi
 function describe(session: SessionRecord, id: string, registry: ExecutorRegistry, found: Found, withResult: boolean): boolean {
   const task = session.tasks.get(id);
   if (task) {
-    found.tasks.push(unfinishedInfo(task, registry));
+    found.tasks.push(unfinishedInfo(task, registry, now));
     return true;
   }
   const packed = session.finishedIds.get(id);
@@ -116,7 +116,7 @@ function resultInMemory(session: SessionRecord, seq: number): TaskResult | undef
   return undefined;
 }
 
-function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo {
+function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry, now?: number): TaskInfo {
   const queued = task.state === 'queued';
   const info: TaskInfo = {
     id: task.id,
@@ -128,14 +128,14 @@ function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo 
     dispatchedAt: task.dispatchedAt,
   };
   if (queued) {
-    const why = whyWaiting(task, registry);
+    const why = whyWaiting(task, registry, now);
     if (why) info.waiting = why;
   }
   return info;
 }
 
-/** Why a queued task is not running, when it is something the user can act on. */
-function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null {
+/** Why a queued task is not running, when it is something the user can act on (`now`: for executors' remaining lives). */
+function whyWaiting(task: TaskRecord, registry: ExecutorRegistry, now?: number): string | null {
   let connected = 0;
   let fitting = 0;
   for (const e of registry.values()) {
@@ -145,6 +145,16 @@ function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null
   }
   if (connected === 0) return 'no executor is connected';
   if (fitting === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
+  const timeout = task.spec.timeoutMs;
+  if (timeout !== undefined && now !== undefined) {
+    let longest = 0;
+    for (const e of registry.values()) {
+      if (e.conn === null || e.draining || e.leaving || !labelsFit(task.spec.labels, e.info.labels)) continue;
+      if (e.info.endsAt === undefined) return null;
+      longest = Math.max(longest, e.info.endsAt - now);
+    }
+    if (longest < timeout) return `no connected executor lives long enough for its timeoutMs ${timeout} (the longest has ${Math.max(0, Math.round(longest / 1000))} s left)`;
+  }
   return null;
 }
 

@@ -86,6 +86,9 @@ export interface ExecutorStatus {
   data?: DataCounters;
   /** Inputs its cache holds (count of locality keys). */
   cached?: number;
+  /** When it ends (ms since the epoch: its --lifetime or an EC2 notice) and why. */
+  endsAt?: number;
+  endReason?: string;
 }
 
 export interface StatusSnapshot {
@@ -133,6 +136,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       ...(i.boot ? { boot: i.boot } : {}),
       ...(exec.data ? { data: exec.data } : {}),
       ...(exec.cached !== null ? { cached: exec.cached } : {}),
+      ...(i.endsAt !== undefined ? { endsAt: i.endsAt, endReason: i.endReason ?? '' } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }
