@@ -41,7 +41,7 @@ export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, fi
     for (const id of filter.ids) {
       let hit = false;
       // Newest session first: an id reused across sessions answers with its latest task.
-      for (let i = scope.length - 1; i >= 0 && !hit; i--) hit = describe(scope[i], id, registry, found, true);
+      for (let i = scope.length - 1; i >= 0 && !hit; i--) hit = describe(scope[i], id, registry, found, true, now);
       if (!hit) found.missing.push(id);
     }
     return found;
@@ -60,14 +60,14 @@ export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, fi
     const ids = [...session.finishedIds.keys()];
     for (let j = ids.length - 1; j >= 0 && found.tasks.length < limit; j--) {
       const { status } = unpackFinished(session.finishedIds.get(ids[j])!);
-      if (wants(status)) describe(session, ids[j], registry, found, false);
+      if (wants(status)) describe(session, ids[j], registry, found, false, now);
     }
   }
   return found;
 }
 
 /** Adds what `session` knows of task `id` to `found`; false when it has no such task. */
-function describe(session: SessionRecord, id: string, registry: ExecutorRegistry, found: Found, withResult: boolean): boolean {
+function describe(session: SessionRecord, id: string, registry: ExecutorRegistry, found: Found, withResult: boolean, now?: number): boolean {
   const task = session.tasks.get(id);
   if (task) {
     found.tasks.push(unfinishedInfo(task, registry, now));
