@@ -11,6 +11,8 @@ import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type TaskResult, type TaskSpec } from '../client/index.js';
 import { Procs, exited, freePort, runCli, startDispatcher, startExecutor, waitExecutors, type Dispatcher } from './helpers.js';
+import { Memo } from '../dispatcher/memo.js';
+import { newSession, newTask, nullJournal } from '../dispatcher/model.js';
 
 /** A command that appends a line to `file` and prints how many lines it has (which run this was). */
 function counting(file: string, exit = 0): string[] {
@@ -120,4 +122,49 @@ test('memo: identical keys submitted together run once (the others wait and take
   assert.deepEqual(d3.map((r) => r.status), ['failed', 'succeeded', 'succeeded']);
   assert.equal(d3[2].cached, true);
   assert.equal(runs(flaky), 2);
+});
+
+test('memo core: entries expire with the retention (here and in the store); a waiting task that is cancelled never runs', { timeout: 10_000 }, async () => {
+  let now = 1_000;
+  const enqueued: string[] = [];
+  const cached: string[] = [];
+  const expired: number[] = [];
+  const journal = { ...nullJournal, memoExpired: (before: number) => void expired.push(before) };
+  const memo = new Memo({ finishCached: (t, r) => void cached.push(`${t.id}:${r.stdout}`), enqueue: (t) => void enqueued.push(t.id) }, journal, { now: () => now });
+  let woken = 0;
+  memo.connect(() => woken++);
+  const session = newSession('s', 0, null, null);
+  const task = (id: string, spec: Partial<TaskSpec> = {}) => newTask(Number(id.replace(/\D/g, '')) || 1, id, session, { builtin: 'noop', cacheKey: 'k', ...spec }, now);
+  const ok = (id: string, stdout: string): TaskResult => ({ id, status: 'succeeded', exitCode: 0, signal: null, stdout, stderr: '', truncated: false, attempts: 1, executor: 'e', timings: { submitted: 0, dispatched: 0, started: 0, finished: 0 } });
+  const failed = (id: string): TaskResult => ({ ...ok(id, ''), status: 'failed', exitCode: 1 });
+
+  // t1 runs; t2 and t3 wait; t2 is cancelled; t1 fails: t3 (not t2) runs in its place.
+  const [t1, t2, t3] = [task('t1'), task('t2'), task('t3')];
+  for (const t of [t1, t2, t3]) memo.admit(t);
+  assert.deepEqual(enqueued, ['t1']);
+  t2.state = 'finished';
+  assert.equal(memo.forget(t2), true);
+  assert.equal(memo.forget(t1), false, 't1 is in the scheduler queue, not here');
+  memo.finished(t1, failed('t1'));
+  assert.deepEqual(enqueued, ['t1', 't3']);
+  memo.finished(t3, ok('t3', 'three'));
+  assert.equal(memo.size, 1);
+
+  // A hit finishes in a later turn (after the client's `accepted`), then wakes the adapter.
+  memo.admit(task('t4'));
+  assert.deepEqual(cached, []);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(cached, ['t4:three']);
+  assert.equal(woken, 1);
+
+  // Past the retention the entry is gone, here and (through the journal) in the store.
+  now += 5_000;
+  memo.expire(now, 10_000);
+  assert.equal(memo.size, 1, 'not yet');
+  now += 6_000;
+  memo.expire(now, 10_000);
+  assert.equal(memo.size, 0);
+  assert.deepEqual(expired, [now - 10_000]);
+  memo.admit(task('t5'));
+  assert.deepEqual(enqueued, ['t1', 't3', 't5'], 'an expired key runs again');
 });
