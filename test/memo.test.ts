@@ -72,6 +72,17 @@ test('memo: a second run of a cacheKey is cached without running, also after kil
   assert.equal(third.stdout.trim(), '1');
   assert.equal(runs(file), 1, 'still one run after the restart');
 
+  // A cached result is a result like any other: kept for a detached session and replayed to watch.
+  const detached = await runCli(procs, ['submit', '--dispatcher', d.url, '--detach', '-'], { input: JSON.stringify({ id: 'a6', cmd: counting(file), cacheKey: 'key-a' }) + '\n' });
+  assert.equal(detached.code, 0, detached.stderr);
+  const watched = await runCli(procs, ['watch', '--dispatcher', d.url, detached.stdout.trim()]);
+  assert.equal(watched.code, 0, watched.stderr);
+  const w6 = JSON.parse(watched.stdout.trim()) as TaskResult;
+  assert.deepEqual([w6.id, w6.cached, w6.stdout.trim()], ['a6', true, '1']);
+  const shown = await runCli(procs, ['task', '--dispatcher', d.url, 'a6']);
+  assert.match(shown.stdout, /cached/);
+  assert.equal(runs(file), 1);
+
   // --no-cache forces a run, and its result replaces the memoized one.
   const line = JSON.stringify({ id: 'a4', cmd: counting(file), cacheKey: 'key-a' });
   const forced = await runCli(procs, ['submit', '--dispatcher', d.url, '--no-cache', '-'], { input: line + '\n' });
