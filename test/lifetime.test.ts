@@ -68,7 +68,10 @@ test('a spot notice from IMDS drains the executor; its running tasks finish on a
   // maxAttempts 1: an attempt counted as a crash would end the task lost.
   const client = await connect(d.url);
   t.after(() => client.close());
-  const tasks = [1, 2].map((i) => client.submit({ id: `s${i}`, cmd: ['sh', '-c', 'sleep 4; echo done'], maxAttempts: 1 }));
+  // The first attempt of each marks that it started and runs until it is stopped; the next one ends at once.
+  const dir = procs.tmpDir();
+  const script = (i: number) => `if [ -e '${dir}/s${i}' ]; then echo done; else touch '${dir}/s${i}'; sleep 600; fi`;
+  const tasks = [1, 2].map((i) => client.submit({ id: `s${i}`, cmd: ['sh', '-c', script(i)], maxAttempts: 1 }));
   await waitFor('both tasks running on the spot executor', async () => (await status(d.url)).executors.find((e) => e.id === 'spot-a')?.running === 2, 60_000);
   startExecutor(procs, d.url, ['--id', 'steady-b', '--slots', '2']);
   await waitExecutors(d.url, 2);
