@@ -273,6 +273,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void | number>> = {
       maxInFlight: num('max-in-flight', values['max-in-flight'], { min: 1, integer: true }),
       progress: progressMode(values),
       skipInvalid: values['skip-invalid'] ?? false,
+      noCache: values['no-cache'] ?? false,
     });
   },
   watch: (args) => {

@@ -196,6 +196,8 @@ export interface SubmitArgs {
   skipInvalid?: boolean;
   /** `--array FROM-TO -- CMD`: one job array instead of task lines (`cmd` has `{index}` already). */
   array?: { from: number; to: number; cmd: string[] };
+  /** Tasks with a cacheKey run even when the key has a memoized result (which they then replace). */
+  noCache?: boolean;
 }
 
 /** The error that ended a client (session taken over, credential refused…), once it ends by one. */
@@ -238,6 +240,9 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
     });
   }
   const lines = new InputLines(prefix);
+  const noCache = (t: TaskSpec) => {
+    if (a.noCache && t.cacheKey !== undefined) t.noCache = true;
+  };
   // A file is read synchronously (the SDK then packs it without a promise per task: most of the
   // CLI's cost over the SDK's, profiled); stdin as it comes.
   function tasks(): Iterable<TaskSpec> | AsyncIterable<TaskSpec> {
@@ -246,6 +251,7 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
       return (function* () {
         for (const n of all) {
           lines.note(n.task.id!, n.line);
+          noCache(n.task);
           yield n.task;
         }
       })();
@@ -254,6 +260,7 @@ export async function submitCommand(target: Target, a: SubmitArgs): Promise<numb
     return (async function* () {
       for await (const n of stream) {
         lines.note(n.task.id!, n.line);
+        noCache(n.task);
         yield n.task;
       }
     })();

@@ -73,7 +73,7 @@ function outcome(t: TaskInfo): string {
   if (!r) return '';
   const how = r.exitCode !== null ? `exit ${r.exitCode}` : r.signal ? `signal ${r.signal}` : r.error ? r.error.code : '';
   const took = r.timings.started !== null ? `${((r.timings.finished - r.timings.started) / 1000).toFixed(3)} s` : '';
-  return [how, took].filter(Boolean).join(', ');
+  return [how, took, r.cached ? 'cached: the memoized result of an earlier run' : ''].filter(Boolean).join(', ');
 }
 
 /** The last `n` lines of a text, each indented. */

@@ -154,6 +154,10 @@ const EXECUTOR_FLAGS: Flag[] = [
   { name: 'imds', type: 'boolean', default: 'off (on when no URL is given)', env: 'FALCONET_IMDS', help: 'read settings from EC2 user-data' },
   { name: 'ca', type: 'string', arg: 'FILE', env: 'FALCONET_CA', help: 'PEM CA certificate(s) to trust for wss:// besides the system CAs' },
   { name: 'session-key', type: 'string', arg: 'K', env: 'FALCONET_SESSION_KEY', default: 'the key saved when this account opened the session', help: 'the key of the session a command names (a session opened elsewhere)' },
+  { name: 'lifetime', type: 'string', arg: 'S', default: 'none', unit: 'seconds', env: 'FALCONET_LIFETIME', help: 'this executor ends this long after it starts: no task with a longer timeoutMs starts on it' },
+  { name: 'drain-margin', type: 'string', arg: 'S', default: '120', unit: 'seconds', env: 'FALCONET_DRAIN_MARGIN', help: 'take no new task once less than this is left of its life' },
+  { name: 'spot-grace', type: 'string', arg: 'S', default: '0', unit: 'seconds', env: 'FALCONET_SPOT_GRACE', help: 'after an EC2 spot interruption notice, hand running tasks back this much later (at the latest at the notice\'s time)' },
+  { name: 'notice-poll', type: 'string', arg: 'S', default: '5', unit: 'seconds', env: 'FALCONET_NOTICE_POLL', help: 'on EC2: how often to read spot interruption notices and scheduled events from IMDS' },
 ];
 
 const PROGRESS_FLAGS: Flag[] = [
@@ -248,6 +252,7 @@ export const COMMANDS: Command[] = [
           { name: 'print-ids', type: 'boolean', default: 'off', help: 'with --detach: print each task id, one a line in input order, instead of the session' },
           { name: 'skip-invalid', type: 'boolean', default: 'off', help: 'report bad lines and submit the others instead of stopping' },
           { name: 'array', type: 'string', arg: 'FROM-TO', default: 'none', help: 'submit the command after -- as a job array of FROM..TO (at most 1,000,000 elements); {} in it becomes the index' },
+          { name: 'no-cache', type: 'boolean', default: 'off', help: 'tasks with a cacheKey run even if the key has a memoized result, and record theirs' },
           { name: 'lease', type: 'string', arg: 'S', default: 'none', unit: 'seconds', help: 'cancel the session\'s unfinished tasks when no client of it is connected this long' },
           { name: 'max-in-flight', type: 'string', arg: 'N', default: '20000 (50000 with --detach)', unit: 'tasks', help: 'tasks submitted but not yet finished (accepted, with --detach) at most' },
           ...PROGRESS_FLAGS,

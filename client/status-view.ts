@@ -132,8 +132,16 @@ function age(ms: number): string {
   return ms < 10_000 ? `${(ms / 1000).toFixed(1)}s` : duration(ms / 1000);
 }
 
-function executorRows(execs: any[], wide: boolean): string[][] {
-  const head = ['EXECUTOR', 'STATE', 'RUNNING', 'SLOTS', 'DONE', 'SEEN', 'MODE', ...(wide ? ['ADDRESSES', 'INSTANCE', 'BOOT'] : [])];
+/** When an executor ends and why (a column only when some executor knows its end). */
+function endsIn(e: any, now: number): string {
+  if (e.endsAt === undefined) return '-';
+  const left = e.endsAt - now;
+  return `${left > 0 ? `in ${age(left)}` : 'now'}${e.endReason ? ` (${e.endReason})` : ''}`;
+}
+
+function executorRows(execs: any[], wide: boolean, now = Date.now()): string[][] {
+  const ends = execs.some((e) => e.endsAt !== undefined);
+  const head = ['EXECUTOR', 'STATE', 'RUNNING', 'SLOTS', 'DONE', 'SEEN', 'MODE', ...(ends ? ['ENDS'] : []), ...(wide ? ['ADDRESSES', 'INSTANCE', 'BOOT'] : [])];
   return [
     head,
     ...execs.map((e) => [
@@ -144,6 +152,7 @@ function executorRows(execs: any[], wide: boolean): string[][] {
       fmt(e.completed),
       `${age(e.lastSeenMsAgo)} ago`,
       e.mode,
+      ...(ends ? [endsIn(e, now)] : []),
       ...(wide
         ? [
             e.addresses.join(','),
@@ -175,7 +184,7 @@ export function render(s: Status, o: RenderOptions): string[] {
     // Room: what is left of the screen after the instance lines (at most ~6), the header and a "more" line.
     const room = o.wide || o.view === 'executors' ? Infinity : Math.max(3, Math.min(20, budget - out.length - (showInst ? 7 : 0) - 2));
     const shown = ranked.slice(0, room);
-    out.push(...table(executorRows(shown, o.wide)));
+    out.push(...table(executorRows(shown, o.wide, s.now)));
     if (shown.length < ranked.length) out.push(`… ${fmt(ranked.length - shown.length)} more executors (${byState(ranked.slice(shown.length).map((e) => e.state), EXEC_ORDER)}); all of them: falconet status executors`);
   }
   if (showInst) {

@@ -38,6 +38,7 @@ import { CoreView } from './view.js';
 import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
 import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './status.js';
 import { LogStreams, type LogMessage } from './log-streams.js';
+import { Memo, type MemoLoader } from './memo.js';
 
 /** How long a restarted dispatcher waits at least for the executors of its store to come back. */
 const RESTORE_GRACE_MS = 12_000;
@@ -106,6 +107,7 @@ export class DispatcherCore {
   #restoredHeld: Array<TaskRecord | JobArray> = [];
   /** Readers of live output (`logs`): empty, and free, unless someone reads. */
   readonly #logs: LogStreams;
+  readonly #memo: Memo;
 
   constructor(
     readonly options: CoreOptions,
@@ -124,7 +126,8 @@ export class DispatcherCore {
       if (this.#logs.active) this.#logs.dispatched(task);
     });
     const limits = { defaultMaxAttempts: options.defaultMaxAttempts, maxRequeues: options.maxRequeues ?? 20 };
-    this.#tasks = new TaskLifecycle(limits, this.#sessions, this.#registry, this.#scheduler, out, journal, clock, this.rates);
+    this.#memo = new Memo({ finishCached: (task, result) => this.#tasks.finishCached(task, result), enqueue: (task) => this.#scheduler.enqueue(task) }, journal, clock);
+    this.#tasks = new TaskLifecycle(limits, this.#sessions, this.#registry, this.#scheduler, out, journal, clock, this.rates, this.#memo);
     this.#extras = new TaskExtras(this.#tasks);
     this.#tasks.extras = this.#extras;
     this.#tasks.observer = this.#logs;
@@ -298,6 +301,10 @@ export class DispatcherCore {
       return;
     }
     const { exec, displaced, missing } = registered;
+    if (info.draining) {
+      exec.draining = true; // it drains on its own (its end is near): see executorLifetime
+      this.#registry.stopCredit(exec);
+    }
     if (displaced !== null) this.out.close(displaced, ErrorCode.EXECUTOR_ID_IN_USE, 'this executor registered again on a newer connection');
     // Attempts we think it holds but it does not: a crash when a new incarnation came back,
     // else the assignment or its result was lost in transit (or we restarted before committing).
@@ -309,7 +316,7 @@ export class DispatcherCore {
       heartbeatMs: this.options.heartbeatMs,
       leaseMs: this.options.leaseMs,
       maxFrameBytes: this.options.maxFrameBytes,
-      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
+      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', 'lifetime', ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
     });
     // Attempts it runs that are no longer its own (re-queued after its lease, or finished).
     for (const r of info.running) {
@@ -367,6 +374,23 @@ export class DispatcherCore {
     this.attemptDone(conn, { uid, attempt, status: 'failed', exitCode: null, signal: null, stdout: '', stderr: '', truncated: false, startedAt: now, finishedAt: now, error });
   }
 
+  /**
+   * The executor learned when it ends (lifetime.ts): tasks whose timeoutMs exceeds what is left no
+   * longer start on it (scheduler.ts), and once it drains, nothing does. Its running attempts come
+   * back with its `bye` at the deadline, re-queued without counting as crashes.
+   */
+  executorLifetime(conn: ConnId, endsAt: number, reason: string, draining: boolean): void {
+    const exec = this.#registry.seen(conn, this.clock.now());
+    if (!exec) return;
+    exec.info.endsAt = endsAt;
+    exec.info.endReason = reason;
+    if (draining) {
+      exec.info.draining = true;
+      exec.draining = true;
+      this.#registry.stopCredit(exec);
+    }
+  }
+
   /** The executor announced it is leaving (drained, or idle past its limit). */
   executorBye(conn: ConnId): void {
     const exec = this.#registry.seen(conn, this.clock.now());
@@ -411,6 +435,7 @@ export class DispatcherCore {
       for (const task of [...session.tasks.values()]) this.#tasks.cancel(task, 'its client lease expired');
       for (const id of session.arrays?.keys() ?? []) this.#extras.cancelArrayPart(session, id);
     }
+    this.#memo.expire(now, this.options.retentionMs);
     this.rates.sample(now, this.#tasks.dispatched);
   }
 
@@ -420,6 +445,19 @@ export class DispatcherCore {
   }
 
   // ---- recovery: the store hands back what it kept, before the dispatcher serves ---------------
+
+  /**
+   * Memoized results (memo.ts): `wake` runs after tasks finish asynchronously; `load` reads a
+   * result from the durable store (without it, results are kept in memory). Call before recovery.
+   */
+  connectMemo(wake: () => void, load?: MemoLoader): void {
+    this.#memo.connect(wake, load);
+  }
+
+  /** A memoized key the store kept; call oldest first, before the tasks. */
+  restoreMemo(key: string, at: number): void {
+    this.#memo.restore(key, at);
+  }
 
   restoreSession(id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null): void {
     this.#sessions.restore(id, createdAt, acked, leaseMs, key, this.clock.now());
@@ -487,7 +525,7 @@ export class DispatcherCore {
 
   /** Tasks by id (any session) or by listing; see queries.ts. */
   findTasks(filter: TaskFilter): Found {
-    return findTasks(this.#sessions, this.#registry, filter);
+    return findTasks(this.#sessions, this.#registry, filter, this.clock.now());
   }
 
   sessionInfos(): SessionInfo[] {

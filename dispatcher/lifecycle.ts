@@ -11,6 +11,7 @@ import type { Scheduler } from './scheduler.js';
 import type { SessionTable } from './sessions.js';
 import type { Rates } from './status.js';
 import type { Outbox } from './core.js';
+import type { Memo } from './memo.js';
 
 /**
  * Job arrays and dependencies (arrays.ts, dependencies.ts, wired by task-extras.ts): what the
@@ -57,6 +58,8 @@ export class TaskLifecycle {
     private readonly journal: Journal,
     private readonly clock: Clock,
     private readonly rates: Rates,
+    /** Memoized results: only tasks with a `cacheKey` go through it. */
+    private readonly memo: Memo | null = null,
   ) {}
 
   /** The uid the next accepted task gets (uids only grow). */
@@ -92,10 +95,12 @@ export class TaskLifecycle {
     session.tasks.set(id, task);
     session.submitted++;
     this.#tasks.set(uid, task);
-    // A task with `after` waits out of the queue until the core wires its dependencies.
-    if (spec.after === undefined) this.scheduler.enqueue(task);
     this.journal.taskAccepted(task);
     this.rates.submitted++;
+    // A task with `after` waits out of the queue until the core wires its dependencies.
+    if (spec.after !== undefined) return task;
+    if (spec.cacheKey !== undefined && this.memo) this.memo.admit(task);
+    else this.scheduler.enqueue(task);
     return task;
   }
 
@@ -188,7 +193,8 @@ export class TaskLifecycle {
   cancel(task: TaskRecord, why = 'cancelled'): boolean {
     if (task.state === 'queued') {
       task.state = 'finished'; // leaves the queue lazily
-      if (!this.extras?.unhold(task)) this.scheduler.discard(task);
+      // A task held for its dependencies, or waiting for an identical run (memo.ts), was never in the queue.
+      if (!this.extras?.unhold(task) && (task.spec.cacheKey === undefined || !this.memo?.forget(task))) this.scheduler.discard(task);
       this.finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: `${why} before it ran` });
       return true;
     }
@@ -225,14 +231,27 @@ export class TaskLifecycle {
       ...(error ? { error: { code: error.code, message: error.message } } : {}),
       ...(r?.environment ? { environment: r.environment } : {}),
     };
+    this.rates.timed(result.timings);
+    this.#deliver(task, result);
+  }
+
+  /** Finishes a task that did not run with a memoized result (memo.ts): timings are not its own. */
+  finishCached(task: TaskRecord, result: TaskResult): void {
+    task.state = 'finished';
+    this.#tasks.delete(task.uid);
+    this.#deliver(task, result);
+  }
+
+  /** Appends a finished task's result to its session's stream, journals it and sends it. */
+  #deliver(task: TaskRecord, result: TaskResult): void {
     const session = task.session;
     const seq = this.sessions.append(session, task.id, result);
     this.journal.taskFinished(task, seq, result);
-    this.rates.count(status);
-    this.rates.timed(result.timings);
+    this.rates.count(result.status);
     if (session.conn !== null) this.out.toClient(session.conn, { t: 'result', seq, remaining: unfinishedOf(session), result });
-    this.extras?.finished(task, status, error);
-    this.observer?.finished(task, status);
+    if (task.spec.cacheKey !== undefined) this.memo?.finished(task, result);
+    this.extras?.finished(task, result.status, result.error as { code: ErrorCode; message: string } | undefined);
+    this.observer?.finished(task, result.status);
   }
 
   /** An unfinished task from the store. Call in uid order so that FIFO order survives a restart. */
@@ -245,7 +264,10 @@ export class TaskLifecycle {
       task.state = 'dispatched';
       task.executor = exec;
       exec.running.set(task.uid, task);
-    } else if (!held) this.scheduler.enqueue(task);
+      if (task.spec.cacheKey !== undefined) this.memo?.adoptRunning(task);
+    } else if (held) return; // wired again by the core once everything is restored
+    else if (task.spec.cacheKey !== undefined && this.memo) this.memo.admit(task);
+    else this.scheduler.enqueue(task);
   }
 
   /** Keeps generated uids above every uid the store used. */

@@ -102,7 +102,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
   }
   let instances: Array<{ id: string; record: unknown }> = [];
   const server = await DispatcherServer.start(config, log, {
-    ...(store ? { journal: store, lookupResults: (refs) => store!.lookupResults(refs) } : {}),
+    ...(store ? { journal: store, lookupResults: (refs) => store!.lookupResults(refs), lookupMemo: (key) => store!.lookupMemo(key) } : {}),
     recover: async (core) => {
       if (!store) return;
       const { instances: kept, ...found } = await store.recover(core);

@@ -197,6 +197,10 @@ export interface Journal {
   /** The lease table: who holds attempts, so a restarted dispatcher waits for them. */
   executorRegistered(exec: ExecutorRecord): void;
   executorRemoved(exec: ExecutorRecord): void;
+  /** A successful result memoized under a task's `cacheKey` (memo.ts), with the commit of that result. */
+  memoRecorded?(key: string, result: TaskResult, at: number): void;
+  /** Memoized results recorded before `before` expired. */
+  memoExpired?(before: number): void;
 }
 
 /** The journal of the in-memory store: keeps nothing. */

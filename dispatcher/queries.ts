@@ -36,14 +36,14 @@ export interface Found {
 
 const DEFAULT_LIMIT = 1000;
 
-export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, filter: TaskFilter): Found {
+export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, filter: TaskFilter, now?: number): Found {
   const found: Found = { tasks: [], missing: [], stored: [] };
   const scope = filter.session !== undefined ? [sessions.get(filter.session)].filter((s) => s !== undefined) : [...sessions.values()];
   if (filter.ids) {
     for (const id of filter.ids) {
       let hit = false;
       // Newest session first: an id reused across sessions answers with its latest task.
-      for (let i = scope.length - 1; i >= 0 && !hit; i--) hit = describe(scope[i], id, registry, found, true);
+      for (let i = scope.length - 1; i >= 0 && !hit; i--) hit = describe(scope[i], id, registry, found, true, now);
       if (!hit) found.missing.push(id);
     }
     return found;
@@ -55,24 +55,24 @@ export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, fi
     const session = scope[i];
     for (const task of session.tasks.values()) {
       if (found.tasks.length >= limit) break;
-      if (wants(task.state === 'queued' ? 'queued' : 'running')) found.tasks.push(unfinishedInfo(task, registry));
+      if (wants(task.state === 'queued' ? 'queued' : 'running')) found.tasks.push(unfinishedInfo(task, registry, now));
     }
     // Finished ones newest first: ids in insertion order, so walk a reversed copy of the keys.
     if (filter.state === 'queued' || filter.state === 'running') continue;
     const ids = [...session.finishedIds.keys()];
     for (let j = ids.length - 1; j >= 0 && found.tasks.length < limit; j--) {
       const { status } = unpackFinished(session.finishedIds.get(ids[j])!);
-      if (wants(status)) describe(session, ids[j], registry, found, false);
+      if (wants(status)) describe(session, ids[j], registry, found, false, now);
     }
   }
   return found;
 }
 
 /** Adds what `session` knows of task `id` to `found`; false when it has no such task. */
-function describe(session: SessionRecord, id: string, registry: ExecutorRegistry, found: Found, withResult: boolean): boolean {
+function describe(session: SessionRecord, id: string, registry: ExecutorRegistry, found: Found, withResult: boolean, now?: number): boolean {
   const task = session.tasks.get(id);
   if (task) {
-    found.tasks.push(unfinishedInfo(task, registry));
+    found.tasks.push(unfinishedInfo(task, registry, now));
     return true;
   }
   const packed = session.finishedIds.get(id);
@@ -123,7 +123,7 @@ function resultInMemory(session: SessionRecord, seq: number): TaskResult | undef
   return undefined;
 }
 
-function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo {
+function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry, now?: number): TaskInfo {
   const queued = task.state === 'queued';
   const info: TaskInfo = {
     id: task.id,
@@ -137,14 +137,14 @@ function unfinishedInfo(task: TaskRecord, registry: ExecutorRegistry): TaskInfo 
   if (queued && task.spec.after !== undefined && task.queueGen === 0) {
     info.waiting = 'waiting for the tasks it names in after to succeed';
   } else if (queued) {
-    const why = whyWaiting(task, registry);
+    const why = whyWaiting(task, registry, now);
     if (why) info.waiting = why;
   }
   return info;
 }
 
-/** Why a queued task is not running, when it is something the user can act on. */
-function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null {
+/** Why a queued task is not running, when it is something the user can act on (`now`: for executors' remaining lives). */
+function whyWaiting(task: TaskRecord, registry: ExecutorRegistry, now?: number): string | null {
   let connected = 0;
   const fitting: ExecutorRecord[] = [];
   for (const e of registry.values()) {
@@ -154,7 +154,20 @@ function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null
   }
   if (connected === 0) return 'no executor is connected';
   if (fitting.length === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
-  return task.request === null ? null : unsatisfiable(task.request, fitting);
+  if (task.request !== null) {
+    const why = unsatisfiable(task.request, fitting);
+    if (why !== null) return why;
+  }
+  const timeout = task.spec.timeoutMs;
+  if (timeout !== undefined && now !== undefined) {
+    let longest = 0;
+    for (const e of fitting) {
+      if (e.info.endsAt === undefined) return null;
+      longest = Math.max(longest, e.info.endsAt - now);
+    }
+    if (longest < timeout) return `no connected executor lives long enough for its timeoutMs ${timeout} (the longest has ${Math.max(0, Math.round(longest / 1000))} s left)`;
+  }
+  return null;
 }
 
 export function sessionInfos(sessions: SessionTable): SessionInfo[] {

@@ -110,7 +110,8 @@ export class Scheduler {
         if (exec.credit <= 0) hungry.delete(exec);
         continue;
       }
-      const skip = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+      let skip = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+      if (exec.info.endsAt !== undefined) skip = outlasting(exec.info.endsAt - now, skip);
       if (packing) {
         // Plain tasks of a higher priority than every request, then requests down to the plain
         // tasks' top priority, then the rest of the plain tasks, then the rest of the requests.
@@ -233,6 +234,7 @@ export class Scheduler {
         if (exec.credit <= 0) return;
         waiting.delete(task); // pruned here: a task leaves every index entry it is met in
         if (task.state !== 'queued' || !fits(task.labelKey)) continue;
+        if (exec.info.endsAt !== undefined && outlasting(exec.info.endsAt - now)(task)) continue;
         this.queue.discard(task);
         this.dispatch(task, exec, now);
       }
@@ -251,4 +253,13 @@ export class Scheduler {
     }
     return false;
   }
+}
+
+/**
+ * Lifetime-aware placement: an executor that ends in `left` ms (its `--lifetime`, an EC2 notice)
+ * starts no task whose `timeoutMs` exceeds that; a task without `timeoutMs` may start (it says
+ * nothing about how long it runs). Only executors that know their end pay for this check.
+ */
+function outlasting(left: number, other?: (t: TaskRecord) => boolean): (t: TaskRecord) => boolean {
+  return (t) => (t.spec.timeoutMs !== undefined && t.spec.timeoutMs > left) || (other !== undefined && other(t));
 }

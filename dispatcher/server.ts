@@ -33,6 +33,7 @@ import { handleHttp, withStoredResults } from './http-api.js';
 import { sameSecret } from './sessions.js';
 import { PendingHellos } from './pending-hellos.js';
 import type { Found } from './queries.js';
+import type { MemoLoader } from './memo.js';
 
 const validateClient = compileInbound<ClientMessage>(ClientMessageSchemas);
 /** Live output goes to a reader only while its socket has less than this waiting (else it waits in its bounded buffer). */
@@ -85,6 +86,7 @@ export class DispatcherServer {
     private readonly clock: Clock,
     onFatal: (err: Error) => void,
     private readonly lookupResults: ResultLookup | undefined,
+    lookupMemo?: MemoLoader,
   ) {
     this.#transport = transport;
     this.#pending = new PendingHellos(config);
@@ -114,6 +116,7 @@ export class DispatcherServer {
       },
     };
     this.core = new DispatcherCore(config, outbox, clock, journal);
+    this.core.connectMemo(() => this.#out.queueFlush(), lookupMemo);
     this.metrics = metricsFor(this.core.view, this.#counters());
   }
 
@@ -130,6 +133,8 @@ export class DispatcherServer {
       recover?: (core: DispatcherCore) => Promise<void> | void;
       /** Stored results, for task queries (the durable store's). */
       lookupResults?: ResultLookup;
+      /** Memoized results by key, for tasks with a `cacheKey` (the durable store's; else kept in memory). */
+      lookupMemo?: MemoLoader;
       onFatal?: (err: Error) => void;
     } = {},
   ): Promise<DispatcherServer> {
@@ -142,7 +147,7 @@ export class DispatcherServer {
       log,
       tls: config.tls,
     });
-    const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}), opts.lookupResults);
+    const server = new DispatcherServer(config, log, transport, opts.journal ?? nullJournal, opts.clock ?? systemClock, opts.onFatal ?? (() => {}), opts.lookupResults, opts.lookupMemo);
     server.#maxPayloadBytes = config.maxFrameBytes * 2;
     await opts.recover?.(server.core);
     await transport.listen({
@@ -446,6 +451,9 @@ export class DispatcherServer {
       case 'bye':
         this.log.info({ conn: c.id, reason: msg.reason }, 'executor leaving');
         return this.core.executorBye(c.id);
+      case 'lifetime':
+        this.log.info({ conn: c.id, endsAt: new Date(msg.endsAt).toISOString(), reason: msg.reason, draining: msg.draining }, 'executor lifetime');
+        return this.core.executorLifetime(c.id, msg.endsAt, msg.reason, msg.draining);
       case 'hello':
         return this.#reject(c, wireError(ErrorCode.INVALID_MESSAGE, 'hello was already received'), raw);
     }

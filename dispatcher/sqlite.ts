@@ -49,7 +49,10 @@ export type StoreOp =
   | { op: 'executor'; id: string; info: ExecutorInfo; registeredAt: number }
   | { op: 'dropExecutor'; id: string }
   | { op: 'putInstance'; id: string; record: string; at: number }
-  | { op: 'dropInstance'; id: string };
+  | { op: 'dropInstance'; id: string }
+  /** A memoized result (memo.ts), in the commit of the result it copies. */
+  | { op: 'memo'; key: string; result: TaskResult | Uint8Array; at: number }
+  | { op: 'dropMemo'; before: number };
 
 /** Everything one commit writes. */
 export interface CommitBatch {
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS results (
   PRIMARY KEY (session, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS executors (id TEXT PRIMARY KEY, info BLOB NOT NULL, registered_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, result BLOB NOT NULL, at INTEGER NOT NULL);
 `;
 
 /** Rows per multi-row statement: one statement execution writes this many changes. */
@@ -173,6 +177,8 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     putInstance: db.prepare('INSERT OR REPLACE INTO instances VALUES (?, ?, ?)'),
     dropInstance: db.prepare('DELETE FROM instances WHERE id = ?'),
     meta: db.prepare('INSERT OR REPLACE INTO meta VALUES (?, ?)'),
+    memo: db.prepare('INSERT OR REPLACE INTO memo VALUES (?, ?, ?)'),
+    dropMemo: db.prepare('DELETE FROM memo WHERE at < ?'),
   };
   return db.transaction((b: CommitBatch) => {
     for (const row of b.rows) if (row[3] !== null) row[3] = blobs.pack(row[3]);
@@ -198,6 +204,12 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
           break;
         case 'dropInstance':
           st.dropInstance.run(o.id);
+          break;
+        case 'memo':
+          st.memo.run(o.key, blobs.pack(o.result), o.at);
+          break;
+        case 'dropMemo':
+          st.dropMemo.run(o.before);
           break;
       }
     }

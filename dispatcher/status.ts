@@ -90,6 +90,9 @@ export interface ExecutorStatus {
   resources?: Record<string, number>;
   /** Push mode: tasks it asked to keep beyond its slots (its adaptive window, `--prefetch auto`). */
   window?: number;
+  /** When it ends (ms since the epoch: its --lifetime or an EC2 notice) and why. */
+  endsAt?: number;
+  endReason?: string;
 }
 
 export interface StatusSnapshot {
@@ -146,6 +149,7 @@ export function snapshotOf(core: CoreView, now: number): StatusSnapshot {
       ...(exec.cached !== null ? { cached: exec.cached } : {}),
       ...(i.resources ? { resources: i.resources } : {}),
       ...(i.mode === 'push' ? { window: exec.window } : {}),
+      ...(i.endsAt !== undefined ? { endsAt: i.endsAt, endReason: i.endReason ?? '' } : {}),
     });
     if (exec.data) for (const k of Object.keys(data) as Array<keyof DataCounters>) data[k] += exec.data[k];
   }

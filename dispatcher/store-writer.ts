@@ -28,6 +28,12 @@ export interface LookupRequest {
   refs: Array<[session: string, seq: number]>;
 }
 
+/** A request for the result memoized under `key` (memo.ts): answered `found` with one result or null. */
+export interface MemoRequest {
+  memo: number;
+  key: string;
+}
+
 const port = parentPort!;
 const data = workerData as WriterData;
 try {
@@ -35,10 +41,19 @@ try {
   const write = batchWriter(db);
   const unpackr = new Unpackr({ useRecords: true });
   const resultAt = db.prepare('SELECT result FROM results WHERE session = ? AND seq = ?').pluck();
-  port.on('message', (msg: { n: number; bytes: Uint8Array } | LookupRequest | 'close') => {
+  const memoOf = db.prepare('SELECT result FROM memo WHERE key = ?').pluck();
+  port.on('message', (msg: { n: number; bytes: Uint8Array } | LookupRequest | MemoRequest | 'close') => {
     if (msg === 'close') {
       db.close();
       port.close();
+      return;
+    }
+    if ('memo' in msg) {
+      let result: Uint8Array | null = null;
+      try {
+        result = (memoOf.get(msg.key) as Uint8Array | undefined) ?? null;
+      } catch {} // not found: the task runs instead
+      port.postMessage({ kind: 'found', n: msg.memo, results: [result] } satisfies WriterReply);
       return;
     }
     if ('lookup' in msg) {

@@ -16,7 +16,7 @@ import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type Task
 import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, Journal, SessionRecord, TaskRecord } from './model.js';
 import { TASK_STATE, TASK_STATE_NAME, blobs, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
-import type { LookupRequest, WriterData, WriterReply } from './store-writer.js';
+import type { LookupRequest, MemoRequest, WriterData, WriterReply } from './store-writer.js';
 import { Buckets } from './histogram.js';
 import type { StoredCounters } from './status.js';
 
@@ -51,6 +51,9 @@ export class SqliteStore implements Journal {
   #waiting = new Map<number, { resolve(): void; reject(e: Error): void }>();
   #lookups = new Map<number, (results: Array<Uint8Array | null>) => void>();
   #failure: FalconetError | null = null;
+  /** Resolves once the writer thread serves (memo reads may be asked for during recovery). */
+  #writerReady: Promise<boolean>;
+  #setWriterReady: (ok: boolean) => void = () => {};
   /** The core's task counters, written with every commit (metrics survive a restart). */
   #counters: (() => StoredCounters) | null = null;
   /** For /metrics: seconds from handing a batch to the writer until it is on disk, and changes per batch. */
@@ -60,6 +63,7 @@ export class SqliteStore implements Journal {
   private constructor(readonly options: StoreOptions) {
     this.file = join(options.dataDir, 'falconet.db');
     this.#db = openDatabase(options.dataDir, this.file, options.sync);
+    this.#writerReady = new Promise((resolve) => (this.#setWriterReady = resolve));
   }
 
   /** Opens (or creates) the store under `dataDir`; throws FalconetError STORE_* when it cannot. */
@@ -76,6 +80,7 @@ export class SqliteStore implements Journal {
         core.restoreExecutor(blobs.unpack(info) as ExecutorInfo, at);
         found.executors++;
       }
+      for (const [key, at] of db.prepare('SELECT key, at FROM memo ORDER BY at').raw().iterate() as Iterable<[string, number]>) core.restoreMemo(key, at);
       for (const s of db.prepare('SELECT id, created_at, acked, lease_ms, key FROM sessions').raw().iterate() as Iterable<[string, number, number, number | null, string | null]>) {
         core.restoreSession(s[0], s[1], s[2], s[3], s[4]);
         found.sessions++;
@@ -127,7 +132,10 @@ export class SqliteStore implements Journal {
     this.#writer = writer;
     return new Promise((resolve, reject) => {
       writer.on('message', (m: WriterReply) => {
-        if (m.kind === 'ready') return resolve();
+        if (m.kind === 'ready') {
+          this.#setWriterReady(true);
+          return resolve();
+        }
         if (m.kind === 'committed') {
           const w = this.#waiting.get(m.n);
           this.#waiting.delete(m.n);
@@ -150,6 +158,7 @@ export class SqliteStore implements Journal {
 
   #fail(err: FalconetError): void {
     this.#failure ??= err;
+    this.#setWriterReady(false);
     for (const w of this.#waiting.values()) w.reject(this.#failure);
     this.#waiting.clear();
     for (const answer of this.#lookups.values()) answer([]); // queries answer without stored results
@@ -201,6 +210,33 @@ export class SqliteStore implements Journal {
 
   executorRemoved(e: ExecutorRecord): void {
     this.#ops.push({ op: 'dropExecutor', id: e.info.id });
+  }
+
+  memoRecorded(key: string, result: TaskResult, at: number): void {
+    this.#ops.push({ op: 'memo', key, result, at });
+  }
+
+  memoExpired(before: number): void {
+    this.#ops.push({ op: 'dropMemo', before });
+  }
+
+  /**
+   * The result memoized under `key`, or null: what is recorded but not yet committed comes from
+   * memory, the rest from the writer thread (after every commit handed to it before).
+   */
+  async lookupMemo(key: string): Promise<TaskResult | null> {
+    for (let i = this.#ops.length - 1; i >= 0; i--) {
+      const o = this.#ops[i];
+      if (o.op === 'memo' && o.key === key) return o.result as TaskResult;
+    }
+    if (!this.#writer && !(await this.#writerReady)) return null;
+    if (!this.#writer || this.#failure) return null;
+    const n = ++this.#n;
+    const found = await new Promise<Array<Uint8Array | null>>((resolve) => {
+      this.#lookups.set(n, resolve);
+      this.#writer!.postMessage({ memo: n, key } satisfies MemoRequest);
+    });
+    return found[0] ? (blobs.unpack(found[0]) as TaskResult) : null;
   }
 
   /** Provisioner instance records (the elastic-executors issue). */

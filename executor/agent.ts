@@ -43,6 +43,8 @@ import { ResultOutbox } from './delivery.js';
 import { LiveOutput } from './output-tail.js';
 import { hostAddresses, runShutdownCommand } from './host.js';
 import { AdaptiveWindow, worthAnnouncing } from './window.js';
+import { LifetimeWatch } from './lifetime.js';
+import { Imds } from './imds.js';
 
 export { hostAddresses, runShutdownCommand };
 
@@ -87,6 +89,16 @@ export interface ExecutorOptions {
   shutdownCommandTimeoutMs?: number;
   /** wss://: PEM CA certificate(s) trusted besides the root CAs (a certificate that does not verify: exit 2, TLS_FAILED). */
   ca?: string | Buffer;
+  /** `--lifetime`: this executor ends this long after it started (lifetime.ts). */
+  lifetimeMs?: number;
+  /** Drain when less than this is left of its life (default 120 s). */
+  drainMarginMs?: number;
+  /** After a spot interruption notice, hand running tasks back this much later (default 0), at the latest at the notice's time. */
+  spotGraceMs?: number;
+  /** The instance metadata service to poll for spot interruption notices and scheduled events (on EC2). */
+  noticeEndpoint?: string;
+  /** How often to poll it (default 5 s). */
+  noticePollMs?: number;
 }
 
 type TaskMsg = Extract<DispatcherToExecutor, { t: 'task' }>;
@@ -151,6 +163,10 @@ export class ExecutorAgent {
   readonly #incarnation = randomBytes(8).toString('hex');
   /** Output of the attempts someone reads, streamed while they read (output-tail.ts). */
   readonly #live: LiveOutput;
+  /** When this executor ends, if it knows (lifetime.ts); null without --lifetime or IMDS. */
+  readonly #life: LifetimeWatch | null = null;
+  /** The dispatcher's welcome listed `lifetime`: it understands the lifetime message. */
+  #lifetimeCap = false;
 
   constructor(
     private readonly o: ExecutorOptions,
@@ -169,13 +185,33 @@ export class ExecutorAgent {
     setHelperLimit(this.#runner, this.slots);
     this.#ctx = new AttemptContext(defaultDataOptions(this.id), this.#runner, log);
     this.#window = new AdaptiveWindow({ slots: this.slots });
+    if (o.lifetimeMs !== undefined || o.noticeEndpoint !== undefined) {
+      this.#life = new LifetimeWatch(
+        {
+          ...(o.lifetimeMs !== undefined ? { lifetimeMs: o.lifetimeMs } : {}),
+          ...(o.drainMarginMs !== undefined ? { drainMarginMs: o.drainMarginMs } : {}),
+          ...(o.spotGraceMs !== undefined ? { spotGraceMs: o.spotGraceMs } : {}),
+          ...(o.noticePollMs !== undefined ? { pollMs: o.noticePollMs } : {}),
+          ...(o.noticeEndpoint !== undefined ? { imds: new Imds({ endpoint: o.noticeEndpoint }) } : {}),
+        },
+        {
+          onEnd: (endsAt, reason, draining) => this.#onEnd(endsAt, reason, draining),
+          // A bye: the dispatcher re-queues what still runs here without counting it as crashes.
+          onHandBack: (reason) => this.#retire(`${reason}: handing back ${this.#running.size + this.#queued.size} task(s)`),
+          onPollError: (err) => log.debug({ err: err.message }, 'polling the metadata service for notices failed'),
+        },
+      );
+    }
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
       url: o.url,
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
-      onUp: (welcome) => this.#onUp(welcome.t === 'welcome' ? welcome.caps : []),
+      onUp: (welcome) => {
+        this.#lifetimeCap = welcome.t === 'welcome' && welcome.caps.includes('lifetime');
+        this.#onUp(welcome.t === 'welcome' ? welcome.caps : []);
+      },
       heartbeatExtra: () => this.#heartbeatExtra(),
       onMessage: (msg) => this.#onMessage(msg),
       onDown: (reason) => {
@@ -211,6 +247,7 @@ export class ExecutorAgent {
 
   start(): void {
     this.#unwelcomedSince = Date.now();
+    this.#life?.start();
     const idle = this.o.idleExitMs ?? 0;
     if (idle > 0) {
       this.#idleTimer = setInterval(() => {
@@ -255,7 +292,18 @@ export class ExecutorAgent {
       boot: this.#boot,
       ...(this.o.resources ? { resources: this.o.resources } : {}),
       ...(this.o.gpuIndices ? { gpuIndices: this.o.gpuIndices } : {}),
+      ...(this.#life?.endsAt != null ? { endsAt: this.#life.endsAt, endReason: this.#life.reason, draining: this.#life.draining } : {}),
     };
+  }
+
+  /** An end learned (or its drain begun): the dispatcher hears of it; draining takes no new task. */
+  #onEnd(endsAt: number, reason: string, draining: boolean): void {
+    this.log.info({ endsAt: new Date(endsAt).toISOString(), reason, draining, running: this.#running.size }, draining ? 'draining: the end of this executor is near' : 'this executor ends at a known time');
+    if (this.#lifetimeCap) this.#link.send({ t: 'lifetime', endsAt, reason, draining });
+    if (draining && !this.#draining) {
+      this.#draining = true;
+      if (this.#running.size === 0 && this.#queued.size === 0) this.#retire(`drained: ${reason}`);
+    }
   }
 
   /** Data counters once there are any; the cache's holdings when they changed since last sent. */
@@ -491,6 +539,7 @@ export class ExecutorAgent {
     this.#exited = true;
     if (this.#idleTimer) clearInterval(this.#idleTimer);
     if (this.#dispatcherTimer) clearInterval(this.#dispatcherTimer);
+    this.#life?.stop();
     for (const slot of this.#running.values()) slot.run.cancel();
     void this.#link
       .close()

@@ -44,6 +44,10 @@ export interface ExecutorFlags {
   config?: string;
   imds?: boolean;
   ca?: string;
+  lifetime?: string;
+  'drain-margin'?: string;
+  'spot-grace'?: string;
+  'notice-poll'?: string;
 }
 
 export interface ConfigDeps {
@@ -79,6 +83,11 @@ const SETTINGS = {
   spawner: { flag: 'spawner', env: 'FALCONET_SPAWNER', ud: 'spawner' },
   /** A CA to trust for wss:// besides the root CAs: PEM text, or the name of a PEM file. */
   ca: { flag: 'ca', env: 'FALCONET_CA', ud: 'ca' },
+  /** When this executor ends and how it leaves (lifetime.ts). */
+  lifetime: { flag: 'lifetime', env: 'FALCONET_LIFETIME', ud: 'lifetimeS' },
+  drainMargin: { flag: 'drain-margin', env: 'FALCONET_DRAIN_MARGIN', ud: 'drainMarginS' },
+  spotGrace: { flag: 'spot-grace', env: 'FALCONET_SPOT_GRACE', ud: 'spotGraceS' },
+  noticePoll: { flag: 'notice-poll', env: 'FALCONET_NOTICE_POLL', ud: 'noticePollS' },
 } as const satisfies Record<string, SettingSpec>;
 export type Setting = keyof typeof SETTINGS;
 
@@ -329,6 +338,10 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
   const dispatcherTimeout = num('dispatcherTimeout', { min: 0 });
   const retireExitCode = num('retireExitCode', { min: 0, max: 255, integer: true });
   const outputLimit = num('outputLimit', { min: 0, integer: true });
+  const lifetime = num('lifetime', { min: 0 });
+  const drainMargin = num('drainMargin', { min: 0 });
+  const spotGrace = num('spotGrace', { min: 0 });
+  const noticePoll = num('noticePoll', { min: 0.05 });
   if (outputLimit !== undefined && outputLimit > LIMITS.outputBytes) {
     // What a task prints travels in one result, whose stdout and stderr the protocol bounds.
     usage(`${where('outputLimit', sources.outputLimit!, file)} must be at most ${LIMITS.outputBytes} bytes (1 MiB, the protocol's limit on one result's stdout or stderr); got ${outputLimit}`);
@@ -373,6 +386,12 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     ...(ca !== undefined ? { ca } : {}),
     ...(identity ? { instanceId: identity.instanceId } : {}),
     ...(addresses.length ? { addresses } : {}),
+    ...(lifetime !== undefined ? { lifetimeMs: lifetime * 1000 } : {}),
+    ...(drainMargin !== undefined ? { drainMarginMs: drainMargin * 1000 } : {}),
+    ...(spotGrace !== undefined ? { spotGraceMs: spotGrace * 1000 } : {}),
+    ...(noticePoll !== undefined ? { noticePollMs: noticePoll * 1000 } : {}),
+    // On EC2 (the metadata service answered): watch it for interruption notices and events.
+    ...(identity && imds.endpoint ? { noticeEndpoint: imds.endpoint } : {}),
   };
   return { options, sources, ...(file ? { file } : {}), imds, warnings };
 }

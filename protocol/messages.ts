@@ -157,6 +157,13 @@ export const TaskSpecSchema = Type.Object(
      * `cancelled` with DEPENDENCY_FAILED.
      */
     after: Type.Optional(Type.Array(Id, { maxItems: LIMITS.afterItems })),
+    /**
+     * Memoization: a task whose key already has a successful result (any session, within the
+     * store's retention) finishes at once with that result, marked `cached`, without running.
+     */
+    cacheKey: Type.Optional(Type.String({ minLength: 1, maxLength: LIMITS.idLength })),
+    /** With `cacheKey`: run even if the key has a result, and record this run's result under it. */
+    noCache: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
@@ -225,6 +232,8 @@ export const TaskResultSchema = Type.Object({
   /** Why it did not succeed: a stable code (see errors.ts; a newer dispatcher may send one this version does not list). */
   error: Type.Optional(Type.Object({ code: Type.Unsafe<ErrorCode>(Type.String()), message: Type.String() })),
   environment: Type.Optional(EnvironmentReportSchema),
+  /** The task did not run: this is the memoized result of an earlier run with its `cacheKey` (its timings and executor). */
+  cached: Type.Optional(Type.Boolean()),
 });
 export type TaskResult = Static<typeof TaskResultSchema>;
 
@@ -254,6 +263,12 @@ export const ExecutorInfoSchema = Type.Object({
   resources: Type.Optional(Resources),
   /** Its GPUs' indices (`nvidia-smi`), `resources.gpus` of them; absent: 0 … gpus-1. */
   gpuIndices: Type.Optional(Type.Array(Type.Integer({ minimum: 0, maximum: 65_535 }), { maxItems: 1024 })),
+  /** When this executor will be gone (ms since the epoch): its `--lifetime`, or an EC2 interruption notice. */
+  endsAt: Type.Optional(Type.Number()),
+  /** Why it ends then (`lifetime`, `spot interruption: terminate`, `scheduled event: system-reboot`). */
+  endReason: Type.Optional(Short),
+  /** It drains on its own (its end is near): the dispatcher sends it nothing more. */
+  draining: Type.Optional(Type.Boolean()),
 });
 export type ExecutorInfo = Static<typeof ExecutorInfoSchema>;
 
@@ -510,9 +525,16 @@ export const AttemptOutput = Type.Object({
  * executor beyond its slots (its adaptive window, executor/window.ts). Replaces the last one sent.
  */
 export const WindowMsg = Type.Object({ t: Type.Literal('window'), extra: Type.Integer({ minimum: 0, maximum: WINDOW_MAX_EXTRA }) });
-export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput, window: WindowMsg } as const;
+/**
+ * The executor learned when it ends (an EC2 interruption notice or scheduled event, or its
+ * lifetime nearing its end): no task whose `timeoutMs` exceeds what is left starts on it, and with
+ * `draining` none at all. Sent only to a dispatcher whose welcome lists the `lifetime` capability.
+ */
+export const Lifetime = Type.Object({ t: Type.Literal('lifetime'), endsAt: Type.Number(), reason: Short, draining: Type.Boolean() });
+export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput, window: WindowMsg, lifetime: Lifetime } as const;
 export type ExecutorMessage =
   | Static<typeof AttemptOutput>
+  | Static<typeof Lifetime>
   | Static<typeof ExecutorHello>
   | Static<typeof Pull>
   | Static<typeof AttemptDone>

@@ -34,6 +34,29 @@ export interface ImdsView {
   tagsInMetadata?: boolean;
   /** Set when a spot interruption is pending: served as `spot/instance-action` (404 otherwise). */
   spotInstanceAction?: { action: 'terminate' | 'stop' | 'hibernate'; time: string };
+  /** Served as `events/maintenance/scheduled` (`[]` when absent, as on EC2). */
+  scheduledEvents?: ScheduledEvent[];
+}
+
+/** One scheduled event as IMDS lists it; times like `21 Jan 2019 09:00:43 GMT`. */
+export interface ScheduledEvent {
+  Code: 'instance-reboot' | 'system-reboot' | 'system-maintenance' | 'instance-retirement' | 'instance-stop';
+  Description: string;
+  EventId: string;
+  NotBefore: string;
+  NotAfter?: string;
+  State: 'active' | 'completed' | 'canceled';
+}
+
+/** An IMDS event time (`21 Jan 2019 09:00:43 GMT`). */
+export function eventTime(d: Date): string {
+  const [, day, mon, year, time] = d.toUTCString().split(' ');
+  return `${day} ${mon} ${year} ${time} GMT`;
+}
+
+/** A spot interruption notice's time (`2017-09-18T08:22:00Z`). */
+export function noticeTime(d: Date): string {
+  return imdsTime(d);
 }
 
 /** Options for {@link ImdsDouble.start}. */
@@ -70,6 +93,7 @@ function leaves(v: ImdsView): Map<string, string | Buffer> {
   md('services/domain', 'amazonaws.com');
   if (v.publicIpv4) md('public-ipv4', v.publicIpv4);
   if (v.spotInstanceAction) md('spot/instance-action', JSON.stringify(v.spotInstanceAction));
+  md('events/maintenance/scheduled', JSON.stringify(v.scheduledEvents ?? []));
   if (v.tagsInMetadata) for (const [k, val] of Object.entries(v.tags ?? {})) md(`tags/instance/${k}`, val);
   if (v.iamRole) {
     const now = new Date();
@@ -120,6 +144,8 @@ export class ImdsDouble {
   /** Count of requests served, by kind; handy to assert that a client used tokens. */
   readonly stats = { tokens: 0, gets: 0, unauthorized: 0 };
   private readonly tokens = new Map<string, number>();
+  /** Fields posted with {@link notice}, served over the source's. */
+  private overlay: Partial<ImdsView> = {};
 
   private constructor(
     private readonly server: Server,
@@ -141,6 +167,14 @@ export class ImdsDouble {
     });
     self = new ImdsDouble(server, read, opts);
     return self;
+  }
+
+  /**
+   * Posts (or, with undefined values, withdraws) fields over what the source says, from the next
+   * request on: `notice({spotInstanceAction: {action: 'terminate', time}})` is a spot interruption.
+   */
+  notice(patch: Partial<ImdsView>): void {
+    this.overlay = { ...this.overlay, ...patch };
   }
 
   /** Stops listening and drops idle keep-alive sockets so the test process can exit. */
@@ -181,7 +215,7 @@ export class ImdsDouble {
     this.stats.gets++;
     if (!path.startsWith('/latest/')) return send(404, 'Not Found');
     const rel = path.slice('/latest/'.length);
-    const all = leaves(this.source());
+    const all = leaves({ ...this.source(), ...this.overlay });
     const leaf = all.get(rel.replace(/\/$/, ''));
     if (leaf !== undefined && !rel.endsWith('/')) {
       const json = rel === 'dynamic/instance-identity/document';

@@ -109,6 +109,8 @@ class Result:
     timings: Timings
     error: Optional[dict[str, str]] = None
     environment: Optional[dict[str, Any]] = None
+    #: The task did not run: this is the memoized result of an earlier run with its ``cacheKey``.
+    cached: bool = False
 
     @property
     def ok(self) -> bool:
@@ -130,6 +132,7 @@ class Result:
             timings=Timings.from_wire(m.get("timings") or {}),
             error=m.get("error"),
             environment=m.get("environment"),
+            cached=bool(m.get("cached", False)),
         )
 
 
