@@ -140,8 +140,10 @@ export class Scheduler {
 
   /** Gives `exec` the requests that fit what it has free, at `minPriority` or above, while it has credit. */
   #pack(exec: ExecutorRecord, now: number, minPriority: number): void {
+    // Lifetime-aware placement applies to requests as to plain tasks.
+    const outlasts = exec.info.endsAt === undefined ? null : outlasting(exec.info.endsAt - now);
     while (exec.credit > 0 && this.requests.size > 0) {
-      const lane = this.requests.pick(minPriority, (l) => this.fits(l.head()!, exec));
+      const lane = this.requests.pick(minPriority, (l) => this.fits(l.head()!, exec) && (outlasts === null || !outlasts(l.head()!)));
       if (lane === undefined) return;
       this.dispatch(this.requests.take(lane), exec, now);
     }
@@ -152,7 +154,7 @@ export class Scheduler {
     const lane = exec.reservedFor!;
     const head = lane.head();
     if (head === undefined) return this.#release();
-    if (!this.fits(head, exec)) return;
+    if (!this.fits(head, exec) || (exec.info.endsAt !== undefined && outlasting(exec.info.endsAt - now)(head))) return;
     this.dispatch(this.requests.take(lane), exec, now);
     this.#release();
   }
