@@ -152,9 +152,12 @@ function whyWaiting(task: TaskRecord, registry: ExecutorRegistry): string | null
     connected++;
     if (labelsFit(task.spec.labels, e.info.labels)) fitting.push(e);
   }
-  if (connected === 0) return 'no executor is connected';
+  const hint = task.request !== null && registry.waitHint ? `; ${registry.waitHint(task.request)}` : '';
+  if (connected === 0) return `no executor is connected${hint}`;
   if (fitting.length === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
-  return task.request === null ? null : unsatisfiable(task.request, fitting);
+  if (task.request === null) return null;
+  const why = unsatisfiable(task.request, fitting);
+  return why === null ? null : `${why}${hint}`;
 }
 
 export function sessionInfos(sessions: SessionTable): SessionInfo[] {
