@@ -11,6 +11,7 @@ import { DEFAULT_PORT } from '../dispatcher/config.js';
 import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/main.js';
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
+import { parseInstanceTypes } from '../dispatcher/provisioner/instance-types.js';
 import { dispatcherUrl } from './url.js';
 import { readCa } from '../protocol/tls.js';
 import { cancelCommand, drainCommand, runCommand, submitCommand, watchCommand, dial, type SubmitArgs, type Target } from './commands.js';
@@ -126,7 +127,19 @@ function scaling(v: Record<string, string | boolean | undefined>, backend: 'loca
     ...(s('cooldown') !== undefined ? { cooldownS: num('cooldown', s('cooldown')) } : {}),
     ...(s('poll-ms') !== undefined ? { pollMs: num('poll-ms', s('poll-ms'), { min: 10 }) } : {}),
     ...(s('executor-url') !== undefined ? { executorUrl: s('executor-url') } : {}),
+    ...instanceTypes(v, backend),
   };
+}
+
+/** `--ec2-instance-types` / `--local-executor-types`, each for its own backend only. */
+function instanceTypes(v: Record<string, string | boolean | undefined>, backend: 'local' | 'ec2'): Pick<ProvisionerFlags, 'types'> {
+  const flag = backend === 'ec2' ? 'ec2-instance-types' : 'local-executor-types';
+  const other = backend === 'ec2' ? 'local-executor-types' : 'ec2-instance-types';
+  if (v[other] !== undefined) usage(`--${other} needs --provisioner ${backend === 'ec2' ? 'local' : 'ec2'}; this dispatcher provisions ${backend} executors (use --${flag})`);
+  const text = v[flag];
+  if (text === undefined) return {};
+  if (typeof text !== 'string') usage(`--${flag} takes a value`);
+  return { types: parseInstanceTypes(text, `--${flag}`) };
 }
 
 /** The default transport goes unsaid; another one is named on the listening line. */
@@ -176,6 +189,7 @@ async function upCommand(args: string[]): Promise<void> {
   const provisioner = {
     ...scaling(values, 'local', slots, elastic ? undefined : count),
     localArgs: [...(values.mode ? ['--mode', values.mode] : []), ...(values.labels ? ['--labels', values.labels] : [])],
+    ...(values.labels ? { localLabels: pairs('labels', values.labels.split(',').filter(Boolean)) } : {}),
   };
   const log = makeLogger('falconet');
   const { server, stop, storeSummary } = await startDispatcher({ ...dispatcherOptions(values), provisioner }, log);

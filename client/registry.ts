@@ -110,6 +110,7 @@ export const SCALING_FLAGS: Flag[] = [
   { name: 'cooldown', type: 'string', arg: 'S', default: '60 (at most --idle-timeout)', unit: 'seconds', help: 'the pause between scaling steps' },
   { name: 'poll-ms', type: 'string', arg: 'MS', default: '1000', unit: 'ms', help: 'how often the provisioner decides' },
   { name: 'executor-url', type: 'string', arg: 'URL', default: 'this dispatcher\'s URL', help: 'the URL started executors dial (a load balancer, a public name)' },
+  { name: 'local-executor-types', type: 'string', arg: 'T:k=v,...;T2:...', help: 'local executor types started for resource requests no executor can run, e.g. \'small:cpus=1;fpga:cpus=2,fpga=1\' (local executors only)' },
 ];
 
 export const EC2_FLAGS: Flag[] = [
@@ -120,6 +121,7 @@ export const EC2_FLAGS: Flag[] = [
   { name: 'ec2-image', type: 'string', arg: 'AMI', help: 'the AMI to launch (or --ec2-launch-template)' },
   { name: 'ec2-launch-template', type: 'string', arg: 'LT', help: 'the launch template to launch from' },
   { name: 'ec2-instance-type', type: 'string', arg: 'TYPE', help: 'the instance type, e.g. c7g.large' },
+  { name: 'ec2-instance-types', type: 'string', arg: 'T:k=v,...;T2:...', help: 'instance types launched for resource requests no executor can run, with their resources, e.g. \'c7g.large:cpus=2,memoryMb=4096;g5.xlarge:cpus=4,memoryMb=16384,gpus=1\'' },
   { name: 'ec2-subnet', type: 'string', arg: 'SUBNET', help: 'the subnet to launch into' },
   { name: 'ec2-security-groups', type: 'string', arg: 'a,b', help: 'security group ids' },
   { name: 'ec2-instance-profile', type: 'string', arg: 'NAME', help: 'the IAM instance profile' },

@@ -201,7 +201,7 @@ export function render(s: Status, o: RenderOptions): string[] {
       out.push(
         ...table([
           ['INSTANCE', 'STATE', 'EXECUTOR', 'AGE', 'REASON'],
-          ...rows.map((i) => [i.id, i.state, i.executorId ?? '-', duration(((i.endedAt ?? s.now) - i.requestedAt) / 1000), i.reason ?? '']),
+          ...rows.map((i) => [i.id, i.state, i.executorId ?? '-', duration(((i.endedAt ?? s.now) - i.requestedAt) / 1000), [i.type ? `type ${i.type}` : '', i.reason ?? ''].filter(Boolean).join('; ')]),
         ]),
       );
       const hidden = active.length - activeShown.length + ended.length - endedShown.length;

@@ -152,11 +152,12 @@ function whyWaiting(task: TaskRecord, registry: ExecutorRegistry, now?: number):
     connected++;
     if (labelsFit(task.spec.labels, e.info.labels)) fitting.push(e);
   }
-  if (connected === 0) return 'no executor is connected';
+  const hint = task.request !== null && registry.waitHint ? `; ${registry.waitHint(task.request)}` : '';
+  if (connected === 0) return `no executor is connected${hint}`;
   if (fitting.length === 0) return `no connected executor carries the labels ${task.labelKey.split('\n').join(',')}`;
   if (task.request !== null) {
     const why = unsatisfiable(task.request, fitting);
-    if (why !== null) return why;
+    if (why !== null) return `${why}${hint}`;
   }
   const timeout = task.spec.timeoutMs;
   if (timeout !== undefined && now !== undefined) {

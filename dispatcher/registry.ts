@@ -8,7 +8,7 @@
  * credit, connection and draining again before it dispatches anything.
  */
 import type { ExecutorInfo } from '../protocol/index.js';
-import { capacityOf } from './resources.js';
+import { capacityOf, type ResourceRequest } from './resources.js';
 import { newExecutor, type ConnId, type ExecutorRecord, type Journal, type TaskRecord } from './model.js';
 
 /** What registering an executor found. */
@@ -30,6 +30,11 @@ export class ExecutorRegistry {
   readonly hungry = new Set<ExecutorRecord>();
   /** Executors by the locality keys their caches hold: who a task may wait for (max-cache-hit). */
   readonly #holders = new Map<string, Set<ExecutorRecord>>();
+  /**
+   * Said after the reason a request no executor can run waits (which instance type the
+   * provisioner launches for it, or that none fits); set by a provisioner with instance types.
+   */
+  waitHint: ((req: ResourceRequest) => string) | null = null;
 
   constructor(private readonly journal: Journal) {}
 

@@ -5,7 +5,7 @@
  */
 import type { ExecutorInfo, DataCounters } from '../protocol/index.js';
 import { labelsFit, type ExecutorRecord } from './model.js';
-import { unsatisfiable } from './resources.js';
+import { unsatisfiable, type ResourceRequest } from './resources.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { Scheduler } from './scheduler.js';
 import type { SessionTable } from './sessions.js';
@@ -129,10 +129,33 @@ export class CoreView {
       }
       const labels = lane.labelKey === '' ? undefined : Object.fromEntries(lane.labelKey.split('\n').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       const fitting = live.filter((e) => labelsFit(labels, e.info.labels));
-      const reason = live.length === 0 ? null : unsatisfiable(lane.request, fitting);
+      let reason = live.length === 0 ? null : unsatisfiable(lane.request, fitting);
+      if (this.registry.waitHint && (reason !== null || live.length === 0)) reason = `${reason ?? 'no executor is connected'}; ${this.registry.waitHint(lane.request)}`;
       byKey.set(key, { request: lane.request.key, labels: lane.labelKey.split('\n').join(','), tasks: lane.size, reason });
     }
     return [...byKey.values()];
+  }
+
+  /**
+   * Queued resource requests by request and labels, the oldest lanes first: what the provisioner
+   * launches instance types for (fit-plan.ts). Read once per provisioner poll, and only when
+   * instance types are configured.
+   */
+  queuedRequests(): Array<{ request: ResourceRequest; labels?: Record<string, string>; tasks: number }> {
+    const byKey = new Map<string, { request: ResourceRequest; labels?: Record<string, string>; tasks: number }>();
+    for (const lane of this.scheduler.requests.lanes()) {
+      if (lane.size === 0) continue;
+      const key = `${lane.labelKey}\n${lane.request.key}`;
+      const seen = byKey.get(key);
+      if (seen) seen.tasks += lane.size;
+      else byKey.set(key, { request: lane.request, ...(lane.labelKey === '' ? {} : { labels: labelsOfKey(lane.labelKey) }), tasks: lane.size });
+    }
+    return [...byKey.values()];
+  }
+
+  /** Sets what follows the reason a request no executor can run waits (see `ExecutorRegistry.waitHint`). */
+  setWaitHint(hint: ((req: ResourceRequest) => string) | null): void {
+    this.registry.waitHint = hint;
   }
 
   /** The executor held for a long-waiting request, if any. */
@@ -148,4 +171,9 @@ export class CoreView {
   sessionCounts(): { total: number; connected: number } {
     return { total: this.sessions.size, connected: this.sessions.connected() };
   }
+}
+
+/** A lane's label key (`k=v` lines) back as labels. */
+function labelsOfKey(labelKey: string): Record<string, string> {
+  return Object.fromEntries(labelKey.split('\n').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
 }

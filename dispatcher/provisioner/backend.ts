@@ -5,12 +5,17 @@
  */
 
 /** A cloud-side state, reduced to what the provisioner acts on. */
+import type { InstanceType } from './instance-types.js';
+
 export type CloudState = 'pending' | 'running' | 'gone';
 
 export interface Backend {
   readonly kind: 'local' | 'ec2';
-  /** Starts up to `count` instances; returns their ids (possibly fewer than asked). */
-  launch(count: number): Promise<string[]>;
+  /**
+   * Starts up to `count` instances; returns their ids (possibly fewer than asked). With `type`,
+   * instances of that type, whose executors advertise its resources; without, the default type.
+   */
+  launch(count: number, type?: InstanceType): Promise<string[]>;
   terminate(instanceIds: string[]): Promise<void>;
   /** What the instance printed while booting (console output), for a failed boot's reason. */
   consoleOutput(instanceId: string): Promise<string>;

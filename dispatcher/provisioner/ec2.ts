@@ -15,6 +15,7 @@ import {
 } from '@aws-sdk/client-ec2';
 import { randomUUID } from 'node:crypto';
 import type { Backend, CloudState } from './backend.js';
+import type { InstanceType } from './instance-types.js';
 
 /** The tag naming the dispatcher (cluster) an instance belongs to. */
 export const CLUSTER_TAG = 'falconet:cluster';
@@ -54,7 +55,10 @@ export class Ec2Backend implements Backend {
     this.#ec2 = new EC2Client({ maxAttempts: o.maxAttempts ?? 5, ...(o.region ? { region: o.region } : {}) });
   }
 
-  async launch(count: number): Promise<string[]> {
+  async launch(count: number, type?: InstanceType): Promise<string[]> {
+    // A type's executors advertise its resources (user-data `resources`), whatever they detect.
+    const userData = type ? { ...this.o.userData, resources: { ...type.resources } } : this.o.userData;
+    const instanceType = type?.name ?? this.o.instanceType;
     const input: RunInstancesCommandInput = {
       MinCount: 1,
       MaxCount: count,
@@ -62,7 +66,7 @@ export class Ec2Backend implements Backend {
         ? { LaunchTemplate: this.o.launchTemplate.startsWith('lt-') ? { LaunchTemplateId: this.o.launchTemplate } : { LaunchTemplateName: this.o.launchTemplate } }
         : {}),
       ...(this.o.imageId ? { ImageId: this.o.imageId } : {}),
-      ...(this.o.instanceType ? { InstanceType: this.o.instanceType as RunInstancesCommandInput['InstanceType'] } : {}),
+      ...(instanceType ? { InstanceType: instanceType as RunInstancesCommandInput['InstanceType'] } : {}),
       ...(this.o.subnetId ? { SubnetId: this.o.subnetId } : {}),
       ...(this.o.securityGroupIds?.length ? { SecurityGroupIds: this.o.securityGroupIds } : {}),
       ...(this.o.instanceProfile
@@ -72,7 +76,7 @@ export class Ec2Backend implements Backend {
       ...(this.o.spot ? { InstanceMarketOptions: { MarketType: 'spot', SpotOptions: { SpotInstanceType: 'one-time', InstanceInterruptionBehavior: 'terminate' } } } : {}),
       // The executor powers the instance off when it retires; that must end the bill.
       InstanceInitiatedShutdownBehavior: 'terminate',
-      UserData: Buffer.from(JSON.stringify(this.o.userData)).toString('base64'),
+      UserData: Buffer.from(JSON.stringify(userData)).toString('base64'),
       TagSpecifications: [
         {
           ResourceType: 'instance',

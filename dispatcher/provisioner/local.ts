@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { CLI_PATH } from '../../executor/main.js';
 import type { Backend, CloudState } from './backend.js';
+import { resourcesText, type InstanceType } from './instance-types.js';
 
 export interface LocalBackendOptions {
   url: string;
@@ -39,12 +40,14 @@ export class LocalBackend implements Backend {
   #n = 0;
   constructor(private readonly o: LocalBackendOptions) {}
 
-  async launch(count: number): Promise<string[]> {
+  async launch(count: number, type?: InstanceType): Promise<string[]> {
+    // A type's resources override what the executor would detect (and add custom ones).
+    const typed = type ? ['--resources', resourcesText(type.resources)] : [];
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {
       const id = `local-${process.pid}-${++this.#n}`;
       const args = [CLI_PATH, 'executor', '--dispatcher', this.o.url, '--id', id, '--slots', String(this.o.slots), '--dispatcher-timeout', String(this.o.dispatcherTimeoutS ?? 300)];
-      const child = spawn(process.execPath, [...args, ...(this.o.args ?? [])], { stdio: ['ignore', 'pipe', 'pipe'], env: this.o.env ?? process.env });
+      const child = spawn(process.execPath, [...args, ...(this.o.args ?? []), ...typed], { stdio: ['ignore', 'pipe', 'pipe'], env: this.o.env ?? process.env });
       const entry: LocalProc = { child, pid: child.pid ?? -1, console: '' };
       const keep = (d: Buffer) => {
         entry.console = (entry.console + d.toString()).slice(-CONSOLE_BYTES);

@@ -62,6 +62,12 @@ export interface FleetView {
   executors: ExecutorView[];
   /** Instances launched that have not registered yet. */
   pending: Array<{ instanceId: string; requestedAt: number }>;
+  /**
+   * Instance types wanted for requests no executor can run, one entry per launch (fit-plan.ts).
+   * They go before queue-depth launches, within max and the breaker; `queued` should then leave
+   * out the tasks only they can serve.
+   */
+  typed?: string[];
 }
 
 /** What to do now. `reason` is one line for `falconet status`. */
@@ -73,6 +79,8 @@ export interface Decision {
   /** Pending instance ids past the boot timeout: terminate them and call `recordBoot(false)`. */
   bootFailed: string[];
   reason: string;
+  /** Typed instances to launch (from `FleetView.typed`), besides the `launch` of the default type. */
+  launchTypes?: string[];
 }
 
 /** The circuit breaker as shown to operators. */
@@ -184,7 +192,7 @@ export class ProvisioningPolicy {
 
     const demandNeed = Math.ceil(uncovered / cfg.slotsPerExecutor);
     const minNeed = Math.max(0, cfg.min - fleet);
-    const room = Math.max(0, cfg.max - held);
+    let room = Math.max(0, cfg.max - held);
 
     // Launch sizing. The min top-up is a floor the operator asked for, so it is launched whole; the
     // policy only paces launches for demand. The streak grows on each poll that launches for demand
@@ -192,6 +200,8 @@ export class ProvisioningPolicy {
     // breaker open) neither grows nor resets it, so growth resumes where it stopped.
     let launch = 0;
     const projectedFailures = this.failures + bootFailed.length;
+    const launchTypes = this.typedLaunches(view.typed ?? [], room, projectedFailures, parts);
+    room -= launchTypes.length;
     if (minNeed === 0 && demandNeed === 0) {
       this.streak = 0;
     } else if (this.openReason !== null) {
@@ -215,7 +225,7 @@ export class ProvisioningPolicy {
       const capped = launch < Math.max(minNeed, forDemand) ? `, capped by max ${cfg.max}` : '';
       parts.push(`launch ${launch}${pace}: ${why.join(', ')}${capped}; fleet ${fleet + launch}/${cfg.max}`);
     }
-    if (launch > 0) this.lastLaunchAt = now;
+    if (launch + launchTypes.length > 0) this.lastLaunchAt = now;
 
     // Scale-down. Only when nothing at all is queued (not merely covered: queued tasks are about to
     // take those idle slots), only executors idle past the timeout, never below min, and with
@@ -224,7 +234,7 @@ export class ProvisioningPolicy {
     // eligible at that moment, longest idle first: each one has already waited out the idle timeout
     // on its own, and the cooldown then spaces out the next action.
     const drain: string[] = [];
-    if (launch === 0 && queued === 0) {
+    if (launch === 0 && queued === 0 && launchTypes.length === 0) {
       const idle = active
         .filter((e) => e.state === 'idle' && e.running === 0 && e.idleSinceMs !== null && now - e.idleSinceMs >= cfg.idleTimeoutMs)
         .sort((a, b) => (a.idleSinceMs as number) - (b.idleSinceMs as number));
@@ -249,7 +259,28 @@ export class ProvisioningPolicy {
       parts.push(`${plural(queued, 'queued task')} covered by ${free} free/pending slots; fleet ${fleet}/${cfg.max}`);
     }
 
-    return { launch, drain, bootFailed, reason: parts.join('; ') };
+    return { launch, drain, bootFailed, reason: parts.join('; '), ...(launchTypes.length > 0 ? { launchTypes } : {}) };
+  }
+
+  /**
+   * The typed launches this poll may make: none while the breaker is open or about to open (a
+   * broken image or network fails every type alike), at most `room`, in the order wanted.
+   */
+  private typedLaunches(wanted: string[], room: number, projectedFailures: number, parts: string[]): string[] {
+    if (wanted.length === 0) return [];
+    const what = wanted.join(', ');
+    if (this.openReason !== null) {
+      parts.push(`typed launches blocked: ${what}`);
+      return [];
+    }
+    if (projectedFailures >= this.cfg.breakerThreshold) {
+      parts.push(`typed launches held: ${projectedFailures} boots failed in a row`);
+      return [];
+    }
+    const out = wanted.slice(0, room);
+    if (out.length > 0) parts.push(`launch type ${out.join(', ')} for requests no executor can run`);
+    if (out.length < wanted.length) parts.push(`at max ${this.cfg.max}: type ${wanted.slice(out.length).join(', ')} not launched`);
+    return out;
   }
 
   /** This poll's launch size for demand, by policy and streak. */

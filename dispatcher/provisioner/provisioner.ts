@@ -12,6 +12,8 @@ import type { ExecutorView } from '../view.js';
 import { executorState } from '../status.js';
 import { isTransientLaunchError, type Backend, type CloudState } from './backend.js';
 import { ProvisioningPolicy, type PolicyConfig } from './policy.js';
+import { planFit, type FitPlan } from './fit-plan.js';
+import type { InstanceType } from './instance-types.js';
 import { Buckets } from '../histogram.js';
 
 /** An instance's lifecycle as `falconet status` shows it. */
@@ -30,12 +32,18 @@ export interface InstanceRecord {
   console?: string;
   /** Found at start (a previous dispatcher launched it), not launched by this one. */
   adopted?: boolean;
+  /** The instance type it was launched with for a resource request; absent: the default type. */
+  type?: string;
 }
 
 export interface ProvisionerOptions extends PolicyConfig {
   pollMs: number;
   /** Ended instances stay visible in status this long. */
   keepEndedMs?: number;
+  /** Types launched for requests no executor can run, smallest first (instance-types.ts). */
+  types?: InstanceType[];
+  /** Labels every executor launched carries (a request needing others gets no typed launch). */
+  labels?: Record<string, string>;
 }
 
 /** Where instance records persist (the durable store), if anywhere. */
@@ -130,9 +138,10 @@ export class Provisioner {
     for (const e of all) {
       if (!this.#recordOf(e) && e.connected && !e.draining) unmanagedFree += Math.max(0, e.info.slots - e.running);
     }
+    const fit = this.#planFit(all);
     const decision = this.policy.decide({
       now,
-      queued: Math.max(0, this.core.view.queued - unmanagedFree),
+      queued: Math.max(0, this.core.view.queued - unmanagedFree - (fit?.excluded ?? 0)),
       executors: managed.map((e) => {
         return {
           id: e.info.id,
@@ -144,6 +153,7 @@ export class Provisioner {
         };
       }),
       pending: [...this.#records.values()].filter((r) => WAITING.has(r.state)).map((r) => ({ instanceId: r.id, requestedAt: r.requestedAt })),
+      ...(fit && fit.launch.length > 0 ? { typed: fit.launch.map((l) => l.type) } : {}),
     });
     this.#lastDecision = decision.reason;
     for (const id of decision.bootFailed) await this.#bootFailed(id, now);
@@ -153,8 +163,31 @@ export class Provisioner {
       const rec = [...this.#records.values()].find((r) => r.executorId === id);
       if (rec) this.#set(rec, 'draining');
     }
+    for (const name of decision.launchTypes ?? []) await this.#launch(1, now, this.o.types?.find((t) => t.name === name));
     if (decision.launch > 0) await this.#launch(decision.launch, now);
     this.#prune(now);
+  }
+
+  /**
+   * The typed half of this poll (fit-plan.ts), or null when no instance types are configured:
+   * then nothing here runs and the provisioner is exactly the queue-depth one.
+   */
+  #planFit(all: ExecutorView[]): FitPlan | null {
+    const types = this.o.types;
+    if (!types?.length) return null;
+    const shapes = this.core.view.queuedRequests();
+    if (shapes.length === 0) return null;
+    const typeOf = (e: ExecutorView) => this.#recordOf(e)?.type ?? null;
+    return planFit({
+      types,
+      shapes,
+      executors: all
+        .filter((e) => e.connected && !e.draining && !e.leaving)
+        .map((e) => ({ type: typeOf(e), resources: e.info.resources, labels: e.info.labels, freeSlots: e.info.slots - e.running })),
+      pending: [...this.#records.values()].filter((r) => WAITING.has(r.state)).map((r) => ({ type: r.type ?? null })),
+      labels: this.o.labels ?? {},
+      slotsPerExecutor: this.o.slotsPerExecutor,
+    });
   }
 
   /**
@@ -235,21 +268,21 @@ export class Provisioner {
     this.log.warn({ instance: id, reason: rec.reason }, 'boot failed; instance terminated');
   }
 
-  async #launch(n: number, now: number): Promise<void> {
+  async #launch(n: number, now: number, type?: InstanceType): Promise<void> {
     if (now < this.#backoffUntil) return;
     try {
-      const ids = await this.backend.launch(n);
+      const ids = await this.backend.launch(n, type);
       this.#backoffMs = 0;
       this.#lastError = null;
       this.counters.launched += ids.length;
       for (const id of ids) {
-        const rec: InstanceRecord = { id, state: 'requested', requestedAt: now };
+        const rec: InstanceRecord = { id, state: 'requested', requestedAt: now, ...(type ? { type: type.name } : {}) };
         this.#records.set(id, rec);
         this.store?.putInstance(id, rec);
       }
-      this.log.info({ requested: n, launched: ids.length }, 'launched');
+      this.log.info({ requested: n, launched: ids.length, ...(type ? { type: type.name } : {}) }, 'launched');
     } catch (err) {
-      this.#lastError = `launch of ${n} failed: ${(err as Error).name}: ${(err as Error).message}`;
+      this.#lastError = `launch of ${n}${type ? ` ${type.name}` : ''} failed: ${(err as Error).name}: ${(err as Error).message}`;
       // Capacity and throttling clear on their own: back off (doubling, up to 5 minutes).
       if (isTransientLaunchError(err)) {
         this.#backoffMs = Math.min(300_000, Math.max(this.o.pollMs, this.#backoffMs * 2 || this.o.pollMs));

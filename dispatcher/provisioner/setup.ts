@@ -14,6 +14,7 @@ import { systemClock } from '../model.js';
 import type { Backend } from './backend.js';
 import { Ec2Backend, type Ec2Options } from './ec2.js';
 import { LocalBackend } from './local.js';
+import { fitHint, type InstanceType } from './instance-types.js';
 import { ALLOCATION_POLICIES, POLICY_DEFAULTS, type AllocationPolicy } from './policy.js';
 import { Provisioner } from './provisioner.js';
 
@@ -35,6 +36,13 @@ export interface ProvisionerFlags {
   /** The URL executors dial (default: the dispatcher's own). */
   executorUrl?: string;
   ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number; labels?: Record<string, string> };
+  /**
+   * Instance types launched for resource requests no executor can run (`--ec2-instance-types`,
+   * `--local-executor-types`), smallest first; queue depth keeps launching the default type.
+   */
+  types?: InstanceType[];
+  /** Labels of the local executors started (`up --labels`): typed launches only serve tasks they fit. */
+  localLabels?: Record<string, string>;
 }
 
 /**
@@ -123,11 +131,14 @@ export async function startProvisioner(
       breakerThreshold: f.breakerThreshold ?? POLICY_DEFAULTS.breakerThreshold,
       resetHint: 'falconet provisioner reset',
       pollMs: f.pollMs ?? 1000,
+      ...(f.types?.length ? { types: f.types, labels: (f.backend === 'ec2' ? f.ec2?.labels : f.localLabels) ?? {} } : {}),
     },
     log,
     systemClock,
     store,
   );
+  const types = f.types;
+  if (types?.length) server.core.view.setWaitHint((req) => fitHint(types, req));
   await provisioner.start(recovered);
   server.extension = {
     status: () => ({ provisioner: provisioner.status() }),
