@@ -86,12 +86,13 @@ test('falconet top in tmux: redrawn in place every second, q quits', { timeout: 
   const second = await waitFor('a redraw', () => {
     const s = term.screen();
     return stamp(s) && stamp(s) !== stamp(first) ? s : undefined;
-  }, 10_000);
+  }, 60_000);
   // In place: one screen, not screens scrolling by.
   assert.equal(second.split('falconet dispatcher').length - 1, 1, 'one screen, redrawn');
   process.stdout.write(`# falconet top (tmux 120x40), 2 executors under load:\n${second.trimEnd().replace(/^/gm, '#   ')}\n`);
   term.keys('q');
-  await waitFor('top quit on q', () => term.dead().startsWith('1 0'), 10_000);
+  // Generous: a deadline only matters when top does not quit, and this machine may be loaded.
+  await waitFor('top quit on q', () => term.dead().startsWith('1 0'), 60_000);
 });
 
 test('falconet top with 500 executors stays on one screen (< 40 lines): summaries, not 500 lines', { timeout: 240_000, skip: tmuxMissing ?? false }, async (t) => {

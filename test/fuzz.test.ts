@@ -110,8 +110,10 @@ test('F5: 80 pre-hello peers each trying to send 32 MiB: RSS stays bounded and c
   assert.ok(await healthy(d.port), 'the dispatcher still answers');
   const r = await good.submit({ builtin: 'noop' });
   assert.equal(r.status, 'succeeded');
-  await sleep(3000);
-  const after = rssOf(pid)!;
+  // Memory comes back once the peers are gone: waited for (the collector runs when it will on a
+  // loaded machine), not assumed after a fixed sleep.
+  let after = rssOf(pid)!;
+  for (const deadline = Date.now() + 30_000; after - before >= 60 * MiB && Date.now() < deadline; after = rssOf(pid)!) await sleep(250);
   const line = `F5: RSS before ${mb(before)}, max during ${mb(during)}, after ${mb(after)} (${attempts} connections, ${mb(bytes)} written by the attackers)`;
   t.diagnostic(line);
   console.log(line);
