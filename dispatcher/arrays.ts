@@ -32,7 +32,7 @@ export interface ArrayHost {
   arrayDone(array: JobArray): void;
 }
 
-/** The spec of element `index`: the template without `array`, `after` and `id`, `{index}` substituted. */
+/** The spec of element `index`: the template without `array`, `after` and `id`, `{index}` substituted (cacheKey too). */
 export function elementSpec(template: TaskSpec, index: number): TaskSpec {
   const { array: _a, after: _b, id: _c, ...spec } = template;
   const ix = String(index);
@@ -40,6 +40,8 @@ export function elementSpec(template: TaskSpec, index: number): TaskSpec {
   if (spec.cmd) spec.cmd = spec.cmd.map(sub);
   if (spec.cwd !== undefined) spec.cwd = sub(spec.cwd);
   if (spec.stdin !== undefined) spec.stdin = sub(spec.stdin);
+  // Each element memoizes under its own key when the template's key names `{index}`.
+  if (spec.cacheKey !== undefined) spec.cacheKey = sub(spec.cacheKey);
   if (spec.cmd) {
     const env: Record<string, string> = {};
     for (const k in spec.env) env[k] = sub(spec.env[k]);

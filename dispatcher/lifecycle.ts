@@ -109,13 +109,18 @@ export class TaskLifecycle {
     return this.#nextUid++;
   }
 
-  /** Queues a task made outside accept (an array element, a released dependant); nothing is journalled. */
+  /**
+   * Queues a task made outside accept (an array element, a released dependant); nothing is
+   * journalled. One with a `cacheKey` goes through the memo as at accept: a released dependant
+   * whose key has a result does not run.
+   */
   admit(task: TaskRecord): void {
     if (!this.#tasks.has(task.uid)) {
       task.session.tasks.set(task.id, task);
       this.#tasks.set(task.uid, task);
     }
-    this.scheduler.enqueue(task);
+    if (task.spec.cacheKey !== undefined && this.memo) this.memo.admit(task);
+    else this.scheduler.enqueue(task);
   }
 
   /** Starts an attempt of a queued task on an executor with credit (the scheduler's callback). */

@@ -236,3 +236,23 @@ test('an array after a task waits for it; a task after an array waits for every 
   for (const a of s2) h.done(10, a);
   assert.deepEqual(h.run(10).map((a) => a.spec.id), ['merge']);
 });
+
+test('memoized results apply when a dependency releases a task, and per element with {index} in an array key', { timeout: 10_000 }, async () => {
+  const h = new Harness();
+  h.client(1);
+  h.executor(10, 4);
+  h.submit(1, [{ id: 'first', cmd: ['echo', 'x'], cacheKey: 'k' }]);
+  const [a] = h.run(10);
+  h.done(10, a);
+  assert.deepEqual(h.results(1).map((r) => [r.result.id, r.result.cached ?? false]), [['first', false]]);
+  // `later` has the same key and waits for `gate`: released, it takes the memoized result.
+  h.submit(1, [{ id: 'gate', builtin: 'noop' }, { id: 'later', cmd: ['echo', 'x'], cacheKey: 'k', after: ['gate'] }]);
+  const gate = h.run(10);
+  assert.deepEqual(gate.map((x) => x.spec.builtin ?? x.spec.cmd), ['noop']);
+  h.done(10, gate[0]);
+  assert.deepEqual(h.run(10), [], 'the released task did not run');
+  await new Promise((r) => setImmediate(r)); // a hit finishes in a later turn, after its accepted
+  const got = h.results(1).map((r) => [r.result.id, r.result.cached ?? false]);
+  assert.deepEqual(got, [['gate', false], ['later', true]]);
+  assert.equal(elementSpec({ cmd: ['x'], cacheKey: 'step-{index}', array: { from: 1, to: 2 } }, 2).cacheKey, 'step-2');
+});
