@@ -242,8 +242,8 @@ export async function topCommand(target: Target, o: { intervalMs: number; wide: 
     process.stdin.setRawMode(true);
     process.stdin.resume();
     process.stdin.on('data', (d: Buffer) => {
-      const k = d.toString();
-      if (k === 'q' || k === 'Q' || k === '\x03') quit();
+      // Keys can arrive together in one read (a loaded machine, a paste): look for one anywhere.
+      if (/[qQ\x03]/.test(d.toString())) quit();
     });
   }
   if (tty) process.stdout.write('\x1b[?25l'); // hide the cursor while drawing

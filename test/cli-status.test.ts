@@ -92,7 +92,10 @@ test('falconet top in tmux: redrawn in place every second, q quits', { timeout: 
   process.stdout.write(`# falconet top (tmux 120x40), 2 executors under load:\n${second.trimEnd().replace(/^/gm, '#   ')}\n`);
   term.keys('q');
   // Generous: a deadline only matters when top does not quit, and this machine may be loaded.
-  await waitFor('top quit on q', () => term.dead().startsWith('1 0'), 60_000);
+  let last = '';
+  await waitFor('top quit on q', () => (last = term.dead()).startsWith('1 0'), 60_000).catch((err: Error) => {
+    throw new Error(`${err.message}; pane: ${JSON.stringify(last)}; screen:\n${term.screen()}`);
+  });
 });
 
 test('falconet top with 500 executors stays on one screen (< 40 lines): summaries, not 500 lines', { timeout: 240_000, skip: tmuxMissing ?? false }, async (t) => {
