@@ -110,8 +110,8 @@ export class Scheduler {
         if (exec.credit <= 0) hungry.delete(exec);
         continue;
       }
-      let skip = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
-      if (exec.info.endsAt !== undefined) skip = outlasting(exec.info.endsAt - now, skip);
+      const holder = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+      const skip = exec.info.endsAt === undefined ? holder : outlasting(exec.info.endsAt - now, holder);
       if (packing) {
         // Plain tasks of a higher priority than every request, then requests down to the plain
         // tasks' top priority, then the rest of the plain tasks, then the rest of the requests.
@@ -138,12 +138,15 @@ export class Scheduler {
     return capacityOf(exec)?.fitsNow(task.request) ?? false;
   }
 
+  /** A request may start on `exec` now: it fits, and (lifetime-aware placement) `exec` outlives its timeoutMs. */
+  #startsHere(task: TaskRecord, exec: ExecutorRecord, now: number): boolean {
+    return this.fits(task, exec) && !tooLongFor(exec, task, now);
+  }
+
   /** Gives `exec` the requests that fit what it has free, at `minPriority` or above, while it has credit. */
   #pack(exec: ExecutorRecord, now: number, minPriority: number): void {
-    // Lifetime-aware placement applies to requests as to plain tasks.
-    const outlasts = exec.info.endsAt === undefined ? null : outlasting(exec.info.endsAt - now);
     while (exec.credit > 0 && this.requests.size > 0) {
-      const lane = this.requests.pick(minPriority, (l) => this.fits(l.head()!, exec) && (outlasts === null || !outlasts(l.head()!)));
+      const lane = this.requests.pick(minPriority, (l) => this.#startsHere(l.head()!, exec, now));
       if (lane === undefined) return;
       this.dispatch(this.requests.take(lane), exec, now);
     }
@@ -154,7 +157,7 @@ export class Scheduler {
     const lane = exec.reservedFor!;
     const head = lane.head();
     if (head === undefined) return this.#release();
-    if (!this.fits(head, exec) || (exec.info.endsAt !== undefined && outlasting(exec.info.endsAt - now)(head))) return;
+    if (!this.#startsHere(head, exec, now)) return;
     this.dispatch(this.requests.take(lane), exec, now);
     this.#release();
   }
@@ -236,7 +239,7 @@ export class Scheduler {
         if (exec.credit <= 0) return;
         waiting.delete(task); // pruned here: a task leaves every index entry it is met in
         if (task.state !== 'queued' || !fits(task.labelKey)) continue;
-        if (exec.info.endsAt !== undefined && outlasting(exec.info.endsAt - now)(task)) continue;
+        if (tooLongFor(exec, task, now)) continue;
         this.queue.discard(task);
         this.dispatch(task, exec, now);
       }
@@ -264,4 +267,9 @@ export class Scheduler {
  */
 function outlasting(left: number, other?: (t: TaskRecord) => boolean): (t: TaskRecord) => boolean {
   return (t) => (t.spec.timeoutMs !== undefined && t.spec.timeoutMs > left) || (other !== undefined && other(t));
+}
+
+/** Whether `task`'s timeoutMs outlasts what is left of `exec`'s life (false for an executor without a known end). */
+function tooLongFor(exec: ExecutorRecord, task: TaskRecord, now: number): boolean {
+  return exec.info.endsAt !== undefined && task.spec.timeoutMs !== undefined && task.spec.timeoutMs > exec.info.endsAt - now;
 }

@@ -283,7 +283,8 @@ export class DispatcherServer {
 
   #onFrame(c: Conn, data: Buffer, isBinary: boolean): void {
     if (c.closing) return;
-    c.heardAt = Date.now();
+    // Only a client's silence is judged (a second reader of its session); executors have leases.
+    if (c.role === 'client') c.heardAt = Date.now();
     let messages: unknown[];
     try {
       if (!isBinary) throw new FalconetError(ErrorCode.BAD_FRAME, 'text frames are not part of the protocol; send binary msgpack');

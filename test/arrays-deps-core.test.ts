@@ -5,35 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Codec,
-  compileInbound,
-  ClientMessageSchemas,
-  DispatcherToClientSchemas,
-  DispatcherToExecutorSchemas,
-  ExecutorMessageSchemas,
-  type ClientMessage,
   type DispatcherToClient,
   type DispatcherToExecutor,
-  type ExecutorMessage,
   type TaskSpec,
 } from '../protocol/index.js';
+import { fromClient, fromExecutor, toClient, toExecutor } from './wire.js';
 import { DispatcherCore, type Outbox } from '../dispatcher/core.js';
 import { ARRAY_WINDOW, elementSpec, parseElementId } from '../dispatcher/arrays.js';
 
-const codec = new Codec();
-const wire = <M>(schemas: Parameters<typeof compileInbound>[0]) => {
-  const validate = compileInbound<M>(schemas);
-  return (msg: unknown): M => {
-    const [decoded] = codec.decode(codec.encode([msg])[0]);
-    const v = validate(decoded);
-    if (!v.ok) throw new Error(`${v.error.code}: ${v.error.message}`);
-    return v.msg;
-  };
-};
-const toClient = wire<DispatcherToClient>(DispatcherToClientSchemas);
-const toExecutor = wire<DispatcherToExecutor>(DispatcherToExecutorSchemas);
-const fromClient = wire<ClientMessage>(ClientMessageSchemas);
-const fromExecutor = wire<ExecutorMessage>(ExecutorMessageSchemas);
 type Assign = Extract<DispatcherToExecutor, { t: 'task' }>;
 type Result = Extract<DispatcherToClient, { t: 'result' }>;
 

@@ -6,36 +6,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  Codec,
-  compileInbound,
-  ClientMessageSchemas,
-  DispatcherToClientSchemas,
-  DispatcherToExecutorSchemas,
-  ExecutorMessageSchemas,
   taskProblem,
-  type ClientMessage,
   type DispatcherToClient,
   type DispatcherToExecutor,
   type ExecutorInfo,
-  type ExecutorMessage,
   type TaskSpec,
 } from '../protocol/index.js';
+import { fromClient, fromExecutor, toClient, toExecutor } from './wire.js';
 import { DispatcherCore, type Outbox } from '../dispatcher/core.js';
 
-const codec = new Codec();
-const wire = <M>(schemas: Parameters<typeof compileInbound>[0]) => {
-  const validate = compileInbound<M>(schemas);
-  return (msg: unknown): M => {
-    const [decoded] = codec.decode(codec.encode([msg])[0]);
-    const v = validate(decoded);
-    if (!v.ok) throw new Error(`${v.error.code}: ${v.error.message}`);
-    return v.msg;
-  };
-};
-const toExecutor = wire<DispatcherToExecutor>(DispatcherToExecutorSchemas);
-const toClient = wire<DispatcherToClient>(DispatcherToClientSchemas);
-const fromClient = wire<ClientMessage>(ClientMessageSchemas);
-const fromExecutor = wire<ExecutorMessage>(ExecutorMessageSchemas);
 type Assign = Extract<DispatcherToExecutor, { t: 'task' }>;
 
 class Harness implements Outbox {
