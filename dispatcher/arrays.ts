@@ -21,7 +21,7 @@ export const ARRAY_WINDOW = 1024;
 
 /** What the arrays need of the task lifecycle. */
 export interface ArrayHost {
-  newUid(): number;
+  newUid(session: SessionRecord): number;
   /** Queues a new element record (not journalled: an element is written once dispatched). */
   admit(task: TaskRecord): void;
   /** Finishes a record that never ran, with this status and error. */
@@ -168,7 +168,7 @@ export class JobArrays {
   }
 
   #materialize(a: JobArray, i: number): TaskRecord {
-    const task = newTask(this.host.newUid(), `${a.id}[${i}]`, a.session, elementSpec(a.spec, i), a.submittedAt);
+    const task = newTask(this.host.newUid(a.session), `${a.id}[${i}]`, a.session, elementSpec(a.spec, i), a.submittedAt);
     task.element = a;
     a.window++; // until its first dispatch, or its result
     a.session.unqueuedElements--;

@@ -38,6 +38,7 @@ import { CoreView } from './view.js';
 import { findTasks, sessionInfos, type Found, type TaskFilter } from './queries.js';
 import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './status.js';
 import { LogStreams, type LogMessage } from './log-streams.js';
+import { PartitionHost } from './partition-host.js';
 import { Memo, type MemoLoader } from './memo.js';
 
 /** How long a restarted dispatcher waits at least for the executors of its store to come back. */
@@ -108,6 +109,8 @@ export class DispatcherCore {
   /** Readers of live output (`logs`): empty, and free, unless someone reads. */
   readonly #logs: LogStreams;
   readonly #memo: Memo;
+  /** Several dispatchers over one database: this one's partitions (inert when alone). */
+  readonly partitions: PartitionHost;
 
   constructor(
     readonly options: CoreOptions,
@@ -132,6 +135,7 @@ export class DispatcherCore {
     this.#tasks.extras = this.#extras;
     this.#tasks.observer = this.#logs;
     this.view = new CoreView(this, this.#sessions, this.#registry, this.#scheduler, this.#tasks);
+    this.partitions = new PartitionHost(this.#sessions, this.#registry, this.#tasks, clock);
   }
 
   // ---- clients ----------------------------------------------------------------------------------
@@ -318,9 +322,11 @@ export class DispatcherCore {
       maxFrameBytes: this.options.maxFrameBytes,
       caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', 'lifetime', ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
     });
-    // Attempts it runs that are no longer its own (re-queued after its lease, or finished).
+    // Attempts it runs that are no longer its own (re-queued after its lease, or finished). Those
+    // of another dispatcher's partitions (it moved here when its own died) run on: their results
+    // reach their owner through the store (partition-host.ts).
     for (const r of info.running) {
-      if (exec.running.get(r.uid)?.attempt !== r.attempt) this.out.toExecutor(conn, { t: 'cancel', uid: r.uid, attempt: r.attempt });
+      if (exec.running.get(r.uid)?.attempt !== r.attempt && !this.partitions.foreign(r.uid)) this.out.toExecutor(conn, { t: 'cancel', uid: r.uid, attempt: r.attempt });
     }
     if (this.#logs.active) this.#logs.executorBack(exec);
   }
@@ -355,7 +361,8 @@ export class DispatcherCore {
   attemptDone(conn: ConnId, r: AttemptResult): void {
     const exec = this.#registry.seen(conn, this.clock.now());
     if (!exec) return;
-    if (this.#tasks.reported(exec, r) === 'refused') {
+    if (this.partitions.foreign(r.uid)) this.partitions.forward(exec.info.id, r);
+    else if (this.#tasks.reported(exec, r) === 'refused') {
       const message = `attempt ${r.attempt} of task ${r.uid} was not given to executor ${exec.info.id}; its report changes nothing`;
       this.out.toExecutor(conn, { t: 'error', code: ErrorCode.ATTEMPT_NOT_YOURS, message, retryable: false });
     }
@@ -469,6 +476,7 @@ export class DispatcherCore {
    * --lease-ms their running attempts would otherwise be counted lost before they could report.
    */
   restoreExecutor(info: ExecutorInfo, registeredAt: number): void {
+    if (this.#registry.get(info.id)) return; // taking over a partition: it is connected here already
     const grace = Math.max(0, RESTORE_GRACE_MS - this.options.leaseMs);
     this.#registry.restore(info, registeredAt, this.clock.now() + grace);
   }
@@ -513,9 +521,11 @@ export class DispatcherCore {
     this.rates.restore(c, this.clock.now(), c.dispatched);
   }
 
-  finishRestore(): void {
-    this.#sessions.finishRestore();
-    this.#extras.arrays.finishRestore(this.#sessions.values());
+  /** After a restore; `sessions`: only those just restored (a partition taken over while serving). */
+  finishRestore(sessionIds?: readonly string[]): void {
+    const restored = sessionIds ? sessionIds.map((id) => this.#sessions.get(id)).filter((s): s is SessionRecord => s !== undefined) : [...this.#sessions.values()];
+    this.#sessions.finishRestore(restored);
+    this.#extras.arrays.finishRestore(restored);
     // Pending counts are rebuilt from the restored states: released, failed, or held again.
     for (const record of this.#restoredHeld) this.#extras.wire(record);
     this.#restoredHeld = [];

@@ -44,6 +44,13 @@ export class TaskLifecycle {
   /** Unfinished tasks by uid: the executor link speaks uids. */
   readonly #tasks = new Map<number, TaskRecord>();
   #nextUid = 1;
+  /**
+   * With several dispatchers (cluster.ts), a uid carries its session's partition in its low bits
+   * (uid = counter × stride + partition): whoever receives an attempt's result knows which
+   * dispatcher owns it without a lookup. Alone, the stride is 1 and uids are 1, 2, 3…
+   */
+  #uidStride = 1;
+  #partitionOf: ((session: SessionRecord) => number) | null = null;
   /** Attempts started since this dispatcher started (for the dispatch rate). */
   dispatched = 0;
   /** Told when an attempt is re-queued and when a task finishes (the live output readers). */
@@ -62,9 +69,25 @@ export class TaskLifecycle {
     private readonly memo: Memo | null = null,
   ) {}
 
-  /** The uid the next accepted task gets (uids only grow). */
+  /** No uid accepted from here on is below this one (uids only grow). */
   get nextUid(): number {
-    return this.#nextUid;
+    return this.#nextUid * this.#uidStride;
+  }
+
+  /**
+   * Cluster mode: uids from `firstCounter` on (a range this dispatcher's incarnation holds
+   * alone), each tagged with its session's partition. Restored uids then no longer move the counter:
+   * they come from other ranges.
+   */
+  partitionUids(firstCounter: number, stride: number, partitionOf: (session: SessionRecord) => number): void {
+    this.#nextUid = firstCounter;
+    this.#uidStride = stride;
+    this.#partitionOf = partitionOf;
+  }
+
+  #uid(session: SessionRecord): number {
+    const n = this.#nextUid++;
+    return this.#partitionOf === null ? n : n * this.#uidStride + this.#partitionOf(session);
   }
 
   /** Unfinished tasks. */
@@ -81,7 +104,7 @@ export class TaskLifecycle {
    * (an idempotent resubmit: still one task).
    */
   accept(session: SessionRecord, spec: TaskSpec, now: number): TaskRecord | JobArray | null {
-    const uid = this.#nextUid++;
+    const uid = this.#uid(session);
     const id = spec.id ?? `${GENERATED_ID_PREFIX}${uid}`;
     if (session.tasks.has(id) || session.finishedIds.has(id) || session.arrays?.has(id)) return null;
     const task = newTask(uid, id, session, spec, now);
@@ -105,8 +128,8 @@ export class TaskLifecycle {
   }
 
   /** A fresh uid (for array elements, which get theirs when they are given a record). */
-  newUid(): number {
-    return this.#nextUid++;
+  newUid(session: SessionRecord): number {
+    return this.#uid(session);
   }
 
   /**
@@ -261,7 +284,7 @@ export class TaskLifecycle {
 
   /** An unfinished task from the store. Call in uid order so that FIFO order survives a restart. */
   restore(task: TaskRecord, exec: ExecutorRecord | undefined, held = false): void {
-    this.#nextUid = Math.max(this.#nextUid, task.uid + 1);
+    this.restoreUid(task.uid);
     task.session.tasks.set(task.id, task);
     task.session.submitted++;
     this.#tasks.set(task.uid, task);
@@ -277,6 +300,6 @@ export class TaskLifecycle {
 
   /** Keeps generated uids above every uid the store used. */
   restoreUid(uid: number): void {
-    this.#nextUid = Math.max(this.#nextUid, uid + 1);
+    if (this.#partitionOf === null) this.#nextUid = Math.max(this.#nextUid, uid + 1);
   }
 }

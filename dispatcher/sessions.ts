@@ -189,6 +189,12 @@ export class SessionTable {
     return expired;
   }
 
+  /** Lets an idle session go from memory (its partition moves to another dispatcher); the store keeps it. */
+  forget(session: SessionRecord): void {
+    if (session.conn !== null) this.#byConn.delete(session.conn);
+    this.#byId.delete(session.id);
+  }
+
   /** A session from the store; its client counts as away from `now`, until it reattaches. */
   restore(id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null, now: number): void {
     const session = newSession(id, createdAt, leaseMs, now, key);
@@ -206,7 +212,7 @@ export class SessionTable {
   }
 
   /** Puts each session's unacknowledged results back in sequence order. */
-  finishRestore(): void {
-    for (const s of this.#byId.values()) s.unacked.sort((a, b) => a.seq - b.seq);
+  finishRestore(sessions: Iterable<SessionRecord> = this.#byId.values()): void {
+    for (const s of sessions) s.unacked.sort((a, b) => a.seq - b.seq);
   }
 }

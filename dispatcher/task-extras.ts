@@ -15,7 +15,7 @@ export class TaskExtras implements LifecycleExtras {
 
   constructor(private readonly tasks: TaskLifecycle) {
     this.arrays = new JobArrays({
-      newUid: () => tasks.newUid(),
+      newUid: (session) => tasks.newUid(session),
       admit: (t) => tasks.admit(t),
       finishUnrun: (t, error) => tasks.finish(t, null, 'cancelled', error),
       cancel: (t, why) => tasks.cancel(t, why),

@@ -1,0 +1,329 @@
+/**
+ * Several dispatchers over one PostgreSQL database (docs/scale-out.md). Each live dispatcher
+ * leases a share of the partitions; it holds in memory, schedules and commits only the sessions
+ * of its partitions, and every commit is fenced by their epochs (pg-store.ts), so a dispatcher
+ * that lost a partition (paused past its lease, cut off) can no longer write to it. This file is
+ * the thin adapter: one loop that renews, claims and gives back leases (the plan is pure:
+ * lease-plan.ts), loads partitions it takes over, passes on results that reached the wrong
+ * dispatcher (the inbox), keeps executors' signs of life, and holds the provisioner's leadership
+ * (a session advisory lock: it goes with the connection when a dispatcher dies).
+ *
+ * Failure policy: fail-stop. A dispatcher that finds one of its leases taken, or could not renew
+ * them within a lease period, stops (STORE_FENCED) instead of serving stale state; its executors
+ * and clients move to the others, and whatever it had not committed was never acknowledged.
+ */
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { ErrorCode, FalconetError, type AttemptResult } from '../protocol/index.js';
+import type { DispatcherCore } from './core.js';
+import { planLeases, type PartitionRow } from './lease-plan.js';
+import type { ClusterMembership } from './partition-host.js';
+
+/** Uids each dispatcher incarnation draws from its own range: 2^26 tasks before it takes another. */
+export const UID_BLOCK = 2 ** 26;
+/** The advisory lock whose holder runs the provisioner. */
+const LEADER_LOCK = 0x66616c63; // 'falc'
+
+/** What the cluster needs of the PostgreSQL store. */
+export interface ClusterStore {
+  /** The partitions (and epochs) every commit must still hold; checked in the commit's transaction. */
+  setFence(fence: () => { ids: number[]; epochs: number[] } | null): void;
+  /** Loads the sessions, tasks and results of `partitions` (and the executors their attempts are on) into the core. */
+  recoverPartitions(core: DispatcherCore, partitions: number[]): Promise<{ sessions: number; tasks: number }>;
+  /** A result for another dispatcher's task, written to the inbox in the next commit. */
+  forwardResult(partition: number, executor: string, result: AttemptResult): void;
+  /** An inbox row applied here, deleted in the next commit (with the result it brought). */
+  dropInbox(uid: number, attempt: number): void;
+  decodeResult(bytes: Uint8Array): AttemptResult;
+  commit(): Promise<void> | null;
+}
+
+export interface ClusterOptions {
+  url: string;
+  /** This dispatcher's id (unique per process) and the URL clients and executors reach it at. */
+  id: string;
+  advertise: string;
+  partitions: number;
+  partitionOf(sessionId: string): number;
+  /** How long a lease lasts; renewed every third of it. */
+  leaseMs: number;
+  /** How often the inbox of results for this dispatcher's partitions is read. */
+  inboxPollMs: number;
+  store: ClusterStore;
+  log: Logger;
+  /** Ends the process: a lease was lost (fail-stop). */
+  onFatal(err: Error): void;
+  /** Runs after results were taken from the inbox or partitions were loaded: schedule and commit. */
+  wake(): void;
+  /** Leadership of the provisioner was won (true) or lost (false). */
+  onLeader?(leader: boolean): void;
+}
+
+/** One live dispatcher, as GET /api/dispatchers and `falconet status` show it. */
+export interface DispatcherEntry {
+  id: string;
+  url: string;
+  partitions: number;
+  leader: boolean;
+  self: boolean;
+}
+
+export class Cluster implements ClusterMembership {
+  readonly partitions: number;
+  /** Held partitions and their epochs (the fence). */
+  readonly #held = new Map<number, number>();
+  #rows: PartitionRow[] = [];
+  #live = new Map<string, string>();
+  #leaderId: string | null = null;
+  #leader = false;
+  readonly #pool: pg.Pool;
+  #leaderClient: pg.PoolClient | null = null;
+  #core: DispatcherCore | null = null;
+  #timers: NodeJS.Timeout[] = [];
+  #round: Promise<void> | null = null;
+  #lastRenew = Date.now();
+  #stopped = false;
+  /** Inbox rows applied here whose deletion is not yet committed: not applied twice. */
+  #applied = new Set<string>();
+
+  constructor(readonly o: ClusterOptions) {
+    this.partitions = o.partitions;
+    this.#pool = new pg.Pool({ connectionString: o.url, max: 3, application_name: `falconet-${o.id}` });
+    this.#pool.on('error', (err) => o.log.warn({ err: err.message }, 'cluster: database connection lost'));
+    o.store.setFence(() => (this.#held.size === 0 ? null : { ids: [...this.#held.keys()], epochs: [...this.#held.values()] }));
+  }
+
+  partitionOf(sessionId: string): number {
+    return this.o.partitionOf(sessionId);
+  }
+
+  owns(partition: number): boolean {
+    return this.#held.has(partition);
+  }
+
+  /** True while this dispatcher holds at least one partition (it can open new sessions). */
+  get holdsAny(): boolean {
+    return this.#held.size > 0;
+  }
+
+  foreignResult(partition: number, executor: string, result: AttemptResult): void {
+    this.o.store.forwardResult(partition, executor, result);
+  }
+
+  /**
+   * Joins: announces this dispatcher, takes a uid range, and runs the first round so that it
+   * holds its share before it serves. Then rounds run every third of a lease.
+   */
+  async start(core: DispatcherCore): Promise<void> {
+    this.#core = core;
+    const block = await this.#pool.query<{ n: string }>(`SELECT nextval('uid_blocks') AS n`);
+    core.partitions.join(this, Number(block.rows[0].n) * UID_BLOCK);
+    await this.#runRound();
+    this.#timers.push(setInterval(() => void this.#runRound(), Math.max(50, Math.floor(this.o.leaseMs / 3))));
+    this.#timers.push(setInterval(() => void this.#pollInbox(), this.o.inboxPollMs));
+  }
+
+  /** The dispatcher that should serve `sessionId`, when it is not this one: its URL, or null when its partition is between owners. */
+  ownerOf(sessionId: string): string | null {
+    const row = this.#rows[this.o.partitionOf(sessionId)];
+    if (!row?.owner || row.owner === this.o.id) return null;
+    return this.#live.get(row.owner) ?? null;
+  }
+
+  /** A live dispatcher holding partitions (for a new session when this one holds none). */
+  anyOther(): string | null {
+    for (const [id, url] of this.#live) if (id !== this.o.id && this.#rows.some((r) => r.owner === id)) return url;
+    return null;
+  }
+
+  /** Live dispatchers and their partitions. */
+  dispatchers(): DispatcherEntry[] {
+    const counts = new Map<string, number>();
+    for (const r of this.#rows) if (r.owner !== null) counts.set(r.owner, (counts.get(r.owner) ?? 0) + 1);
+    return [...this.#live].map(([id, url]) => ({ id, url, partitions: counts.get(id) ?? 0, leader: id === this.#leaderId, self: id === this.o.id }));
+  }
+
+  get leader(): boolean {
+    return this.#leader;
+  }
+
+  #runRound(): Promise<void> {
+    if (this.#round || this.#stopped) return this.#round ?? Promise.resolve();
+    this.#round = this.#roundOnce()
+      .catch((err: unknown) => {
+        const e = err as Error;
+        if (e instanceof FalconetError && e.code === ErrorCode.STORE_FENCED) return this.#fail(e);
+        this.o.log.warn({ err: e.message }, 'cluster: lease round failed');
+        if (Date.now() - this.#lastRenew > this.o.leaseMs) {
+          this.#fail(new FalconetError(ErrorCode.STORE_FENCED, `could not renew partition leases for ${Date.now() - this.#lastRenew} ms (lease ${this.o.leaseMs} ms): stopping rather than serving partitions another dispatcher may hold now (${e.message})`));
+        }
+      })
+      .finally(() => (this.#round = null));
+    return this.#round;
+  }
+
+  async #roundOnce(): Promise<void> {
+    const { id, advertise, leaseMs } = this.o;
+    const core = this.#core!;
+    const ttl = `${leaseMs} milliseconds`;
+    const began = Date.now();
+    // Presence, and the heartbeats of our executors (others' records of them read these).
+    await this.#pool.query(
+      `WITH d AS (INSERT INTO dispatchers (id, url, started_at, seen_at) VALUES ($1, $2, clock_timestamp(), clock_timestamp())
+         ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url RETURNING 1)
+       UPDATE executors SET seen_at = clock_timestamp() WHERE dispatcher = $1`,
+      [id, advertise],
+    );
+    const read = await this.#pool.query<{ id: number; owner: string | null; epoch: string; until: number | null; now: number }>(
+      `SELECT id, owner, epoch, extract(epoch FROM lease_until) * 1000 AS until, extract(epoch FROM clock_timestamp()) * 1000 AS now FROM partitions ORDER BY id`,
+    );
+    const live = await this.#pool.query<{ id: string; url: string }>(`SELECT id, url FROM dispatchers WHERE seen_at > clock_timestamp() - $1::interval`, [ttl]);
+    this.#live = new Map(live.rows.map((r) => [r.id, r.url]));
+    this.#rows = read.rows.map((r) => ({ id: r.id, owner: r.owner, epoch: Number(r.epoch), leaseUntil: r.until === null ? null : Number(r.until) }));
+    const now = read.rows.length ? Number(read.rows[0].now) : Date.now();
+    const plan = planLeases({ me: id, now, rows: this.#rows, live: [...this.#live.keys()], busy: core.partitions.busyPartitions() });
+
+    // Renew first: a lease found taken means this dispatcher was presumed dead. Stop.
+    if (plan.renew.length) {
+      const ok = await this.#pool.query<{ id: number }>(
+        `UPDATE partitions p SET lease_until = clock_timestamp() + $2::interval FROM unnest($3::int[], $4::bigint[]) AS f(id, epoch)
+         WHERE p.id = f.id AND p.epoch = f.epoch AND p.owner = $1 RETURNING p.id`,
+        [id, ttl, plan.renew.map((r) => r.id), plan.renew.map((r) => r.epoch)],
+      );
+      if (ok.rows.length !== plan.renew.length) {
+        const kept = new Set(ok.rows.map((r) => r.id));
+        const lost = plan.renew.filter((r) => !kept.has(r.id)).map((r) => r.id);
+        throw new FalconetError(ErrorCode.STORE_FENCED, `partitions ${lost.slice(0, 8).join(', ')}${lost.length > 8 ? '…' : ''} were taken over by another dispatcher (this one was presumed dead)`);
+      }
+    }
+    this.#lastRenew = began;
+    for (const r of plan.renew) this.#held.set(r.id, r.epoch);
+
+    // Give back idle partitions beyond our share: forget their sessions, then free the rows.
+    if (plan.release.length) {
+      const ids = plan.release.map((r) => r.id);
+      for (const p of ids) {
+        this.#held.delete(p);
+        core.partitions.release(p);
+      }
+      await this.o.store.commit();
+      await this.#pool.query(`UPDATE partitions SET owner = NULL, lease_until = NULL WHERE id = ANY($1::int[]) AND owner = $2`, [ids, id]);
+      this.o.log.info({ partitions: ids.length }, 'cluster: gave back partitions');
+    }
+
+    if (plan.claim.length) {
+      const got = await this.#pool.query<{ id: number; epoch: string }>(
+        `UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_until = clock_timestamp() + $2::interval
+         WHERE id = ANY($3::int[]) AND (owner IS NULL OR lease_until IS NULL OR lease_until < clock_timestamp()) RETURNING id, epoch`,
+        [id, ttl, plan.claim.map((r) => r.id)],
+      );
+      if (got.rows.length) {
+        const ids = got.rows.map((r) => r.id);
+        const loaded = await this.o.store.recoverPartitions(core, ids);
+        // Held (fenced, and open to new sessions) only once loaded.
+        for (const r of got.rows) this.#held.set(r.id, Number(r.epoch));
+        const from = plan.claim.filter((r) => r.owner !== null && ids.includes(r.id)).map((r) => r.owner);
+        this.o.log.info({ partitions: ids.length, ...loaded, ...(from.length ? { from: [...new Set(from)] } : {}) }, 'cluster: took partitions');
+        this.o.wake();
+      }
+    }
+    await this.#keepAlive(core);
+    await this.#lead();
+  }
+
+  /** Executors our adopted attempts run on, alive at another dispatcher: their records here do not expire. */
+  async #keepAlive(core: DispatcherCore): Promise<void> {
+    const waiting = core.partitions.awaited();
+    if (waiting.length === 0) return;
+    const alive = await this.#pool.query<{ id: string }>(
+      `SELECT id FROM executors WHERE id = ANY($1::text[]) AND dispatcher <> $2 AND seen_at > clock_timestamp() - $3::interval`,
+      [waiting, this.o.id, `${this.o.leaseMs} milliseconds`],
+    );
+    core.partitions.aliveElsewhere(alive.rows.map((r) => r.id));
+  }
+
+  /** The provisioner's leader: whoever holds the advisory lock, on a connection of its own. */
+  async #lead(): Promise<void> {
+    if (!this.#leader) {
+      const client = await this.#pool.connect();
+      const got = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK]).catch(() => ({ rows: [{ ok: false }] }));
+      if (got.rows[0].ok) {
+        this.#leaderClient = client;
+        this.#leader = true;
+        client.on('error', () => this.#loseLead());
+        this.o.log.info('cluster: leading the provisioner');
+        this.o.onLeader?.(true);
+      } else client.release();
+    }
+    const who = await this.#pool.query<{ app: string }>(
+      `SELECT a.application_name AS app FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+       WHERE l.locktype = 'advisory' AND l.granted AND l.objid = $1 LIMIT 1`,
+      [LEADER_LOCK],
+    );
+    this.#leaderId = who.rows[0]?.app.replace(/^falconet-/, '') ?? null;
+  }
+
+  #loseLead(): void {
+    if (!this.#leader) return;
+    this.#leader = false;
+    this.#leaderClient?.release(true);
+    this.#leaderClient = null;
+    this.o.log.warn('cluster: lost the provisioner lead (its database connection closed)');
+    this.o.onLeader?.(false);
+  }
+
+  /** Results other dispatchers received for our partitions' tasks. */
+  async #pollInbox(): Promise<void> {
+    if (this.#held.size === 0 || this.#stopped || !this.#core) return;
+    try {
+      const rows = await this.#pool.query<{ uid: string; attempt: number; executor: string; result: Buffer }>(
+        `SELECT uid, attempt, executor, result FROM inbox WHERE partition = ANY($1::int[]) ORDER BY at LIMIT 10000`,
+        [[...this.#held.keys()]],
+      );
+      const present = new Set<string>();
+      let took = 0;
+      for (const r of rows.rows) {
+        const key = `${r.uid}:${r.attempt}`;
+        present.add(key);
+        if (this.#applied.has(key) || !this.#held.has(Number(r.uid) % this.partitions)) continue;
+        this.#applied.add(key);
+        this.#core.partitions.remoteResult(r.executor, this.o.store.decodeResult(r.result));
+        this.o.store.dropInbox(Number(r.uid), r.attempt);
+        took++;
+      }
+      for (const key of this.#applied) if (!present.has(key)) this.#applied.delete(key);
+      if (took) this.o.wake();
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'cluster: reading the inbox failed');
+    }
+  }
+
+  #fail(err: FalconetError): void {
+    if (this.#stopped) return;
+    this.o.log.error({ code: err.code }, err.message);
+    void this.stop(false);
+    this.o.onFatal(err);
+  }
+
+  /**
+   * Leaves: stops the loop; with `release` (a graceful stop, after the store's last commit) frees
+   * this dispatcher's partitions and presence so that the others take them at their next round.
+   */
+  async stop(release = true): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    for (const t of this.#timers) clearInterval(t);
+    await this.#round?.catch(() => {});
+    try {
+      if (release) {
+        await this.#pool.query(`UPDATE partitions SET owner = NULL, lease_until = NULL WHERE owner = $1`, [this.o.id]);
+        await this.#pool.query(`DELETE FROM dispatchers WHERE id = $1`, [this.o.id]);
+      }
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'cluster: could not give back partitions; they move when their leases run out');
+    }
+    this.#leaderClient?.release(true);
+    this.#leaderClient = null;
+    await this.#pool.end().catch(() => {});
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Several dispatchers over one real PostgreSQL (test/postgres.ts; docs/scale-out.md): tasks done
+ * exactly once while dispatchers are killed and stopped, a client that resumes its session on
+ * another dispatcher, the fence that refuses a late owner's writes, and the provisioner's lead
+ * moving when its dispatcher dies. Real dispatcher, executor and client processes on loopback.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { connect, type Client, type TaskResult } from '../client/index.js';
+import { PARTITIONS } from '../dispatcher/pg-schema.js';
+import type { DispatcherEntry } from '../dispatcher/cluster.js';
+import { Procs, exited, startDispatcher, startExecutor, waitFor, waitForLine, type Dispatcher } from './helpers.js';
+import { startPostgres, type PgServer } from './postgres.js';
+
+let server: PgServer | null = null;
+let skip: string | false = false;
+let dbs = 0;
+
+before(async () => {
+  const s = await startPostgres();
+  if ('skip' in s) skip = s.skip;
+  else server = s;
+});
+after(() => server?.stop());
+
+/** Short leases so that a dead dispatcher's partitions move within seconds. */
+const CLUSTER = ['--partition-lease-ms', '1500', '--inbox-poll-ms', '50'];
+
+async function cluster(procs: Procs, url: string, n: number, extra: string[] = []): Promise<Dispatcher[]> {
+  const ds: Dispatcher[] = [];
+  for (let i = 0; i < n; i++) ds.push(await startDispatcher(procs, ['--store', url, ...CLUSTER, ...extra]));
+  // Shares settle: every dispatcher holds partitions and together they hold all of them.
+  await waitFor('partitions spread over every dispatcher', async () => {
+    const list = await dispatchers(ds[0]).catch(() => []);
+    return list.length === n && list.every((d) => d.partitions > 0) && list.reduce((a, d) => a + d.partitions, 0) === PARTITIONS;
+  });
+  return ds;
+}
+
+async function dispatchers(d: Dispatcher): Promise<DispatcherEntry[]> {
+  const res = await fetch(d.url.replace(/^ws/, 'http') + '/api/dispatchers');
+  return ((await res.json()) as { dispatchers: DispatcherEntry[] }).dispatchers;
+}
+
+async function kill9(d: Dispatcher): Promise<void> {
+  const exit = exited(d.proc, 10_000, 'a dispatcher after kill -9');
+  d.proc.kill('SIGKILL');
+  await exit;
+}
+
+/** Reads `n` results from a client; counts each id. */
+async function collect(client: Client, n: number, seen: Map<string, number>, progress: () => void): Promise<void> {
+  let got = 0;
+  for await (const r of client.results()) {
+    seen.set(r.id, (seen.get(r.id) ?? 0) + 1);
+    assert.equal(r.status, 'succeeded', `${r.id}: ${JSON.stringify(r.error)}`);
+    progress();
+    if (++got === n) return;
+  }
+}
+
+function exactlyOnce(seen: Map<string, number>, ids: string[]): void {
+  const twice = [...seen].filter(([, n]) => n > 1).slice(0, 5);
+  assert.deepEqual(twice, [], 'no result delivered twice');
+  const missing = ids.filter((id) => !seen.has(id)).slice(0, 5);
+  assert.deepEqual(missing, [], 'every task finished');
+  assert.equal(seen.size, ids.length);
+}
+
+test('three dispatchers on one database: 20,000 tasks exactly once while one is killed with kill -9 and another stopped with SIGTERM', { timeout: 600_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  const clients: Client[] = [];
+  t.after(async () => {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
+    await procs.killAll();
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const ds = await cluster(procs, db, 3);
+  const list = (first: number): string => [0, 1, 2].map((i) => ds[(first + i) % 3].url).join(',');
+  // Two executors per dispatcher, each given every URL with its own first.
+  for (let i = 0; i < 6; i++) startExecutor(procs, list(i % 3), ['--slots', '16']);
+  await waitFor('six executors', async () => {
+    const n = await Promise.all(ds.map(async (d) => (await (await fetch(d.url.replace(/^ws/, 'http') + '/api/status')).json()) as { executors: unknown[] }));
+    return n.reduce((a, s) => a + s.executors.length, 0) >= 6;
+  });
+
+  const PER = [6667, 6667, 6666];
+  const ids: string[] = [];
+  const seen = new Map<string, number>();
+  let done = 0;
+  const reached = (k: number): Promise<void> => waitFor(`${k} results`, () => done >= k, 300_000).then(() => undefined);
+  const work: Promise<void>[] = [];
+  for (let c = 0; c < 3; c++) {
+    const client = await connect(list(c), { connectTimeoutMs: 120_000 });
+    clients.push(client);
+    const mine = Array.from({ length: PER[c] }, (_, i) => `c${c}-${i}`);
+    ids.push(...mine);
+    work.push(collect(client, mine.length, seen, () => done++));
+    void client.submitMany(mine.map((id) => ({ id, builtin: 'sleep' as const, ms: 1 })), { until: 'accepted' }).catch(() => {});
+  }
+  await reached(4000);
+  await kill9(ds[0]);
+  await reached(9000);
+  const term = exited(ds[1].proc, 60_000, 'the SIGTERMed dispatcher');
+  ds[1].proc.kill('SIGTERM');
+  assert.equal((await term).code, 0, 'a graceful stop');
+  await Promise.all(work);
+  exactlyOnce(seen, ids);
+  // The survivor holds every partition now.
+  const left = await dispatchers(ds[2]);
+  assert.deepEqual(left.map((d) => d.partitions), [PARTITIONS]);
+});
+
+test('a client whose dispatcher dies resumes its session on another, with no result twice', { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  let client: Client | null = null;
+  t.after(async () => {
+    await client?.close().catch(() => {});
+    await procs.killAll();
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const [a, b] = await cluster(procs, db, 2);
+  startExecutor(procs, `${a.url},${b.url}`, ['--slots', '8']);
+  startExecutor(procs, `${b.url},${a.url}`, ['--slots', '8']);
+  client = await connect(`${a.url},${b.url}`, { connectTimeoutMs: 120_000 });
+  const session = client.session.id;
+  const ids = Array.from({ length: 3000 }, (_, i) => `r${i}`);
+  const seen = new Map<string, number>();
+  let done = 0;
+  const reading = collect(client, ids.length, seen, () => done++);
+  void client.submitMany(ids.map((id) => ({ id, builtin: 'sleep' as const, ms: 2 })), { until: 'accepted' }).catch(() => {});
+  await waitFor('a third of the results', () => done >= 1000, 120_000);
+  await kill9(a);
+  await reading;
+  exactlyOnce(seen, ids);
+  assert.equal(client.session.id, session, 'the same session, resumed');
+  const rows = await query<{ n: string }>(db, 'SELECT count(*) AS n FROM results WHERE session = $1', [session]);
+  assert.equal(Number(rows[0].n), ids.length, 'each result stored once');
+});
+
+test("a partition's old owner that comes back late has its writes refused (STORE_FENCED) and stops", { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  let client: Client | null = null;
+  t.after(async () => {
+    await client?.close().catch(() => {});
+    await procs.killAll();
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const [a, b] = await cluster(procs, db, 2);
+  startExecutor(procs, `${b.url},${a.url}`, ['--slots', '4']);
+  client = await connect(`${a.url},${b.url}`, { connectTimeoutMs: 120_000 });
+  await client.submit({ id: 'before', builtin: 'noop' });
+  const fenced = waitForLine(a.proc, /STORE_FENCED/, 120_000, 'stderr');
+  // a pauses past its leases: b takes every partition, with new epochs.
+  a.proc.kill('SIGSTOP');
+  await waitFor('b holding every partition', async () => (await dispatchers(b).catch(() => [])).some((d) => d.self && d.partitions === PARTITIONS), 60_000);
+  const epochs = await query<{ owner: string; n: string }>(db, 'SELECT owner, count(*) AS n FROM partitions GROUP BY owner');
+  assert.equal(epochs.length, 1, 'one owner');
+  a.proc.kill('SIGCONT');
+  await fenced;
+  const exit = await exited(a.proc, 30_000, 'the fenced dispatcher');
+  assert.notEqual(exit.code, 0, 'it stops rather than serve partitions it lost');
+  // Its client moved to b, and work goes on there.
+  const r = await client.submit({ id: 'after', builtin: 'noop' });
+  assert.equal(r.status, 'succeeded');
+});
+
+test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const ds = await cluster(procs, db, 3);
+  const lead = await waitFor('a leader', async () => (await dispatchers(ds[0])).find((d) => d.leader));
+  const leader = ds.find((d) => d.url === lead.url)!;
+  const others = ds.filter((d) => d !== leader);
+  await kill9(leader);
+  const next = await waitFor('a new leader', async () => (await dispatchers(others[0]).catch(() => [])).find((d) => d.leader && d.url !== lead.url), 60_000);
+  assert.ok(others.some((d) => d.url === next.url));
+});
+
+async function query<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query<T>(text, values)).rows;
+  } finally {
+    await c.end();
+  }
+}
