@@ -85,10 +85,11 @@ async function accepting(url: string, child: ChildProcess, ms: number, log: () =
 }
 
 /**
- * Starts a throwaway PostgreSQL. Returns `{ skip }` with the reason only when the server cannot
+ * Starts a throwaway PostgreSQL (fsync off unless `fsync`: tests need no durability against power
+ * loss, benches comparing with SQLite `--sync full` do). Returns `{ skip }` with the reason only when the server cannot
  * be had at all (not installed and not installable); any failure after that throws.
  */
-export async function startPostgres(): Promise<PgServer | { skip: string }> {
+export async function startPostgres(options: { fsync?: boolean } = {}): Promise<PgServer | { skip: string }> {
   let bin = findBinDir();
   if (!bin) {
     const why = ensureDebianPackages(['postgresql'], () => findBinDir() !== null);
@@ -115,7 +116,7 @@ export async function startPostgres(): Promise<PgServer | { skip: string }> {
   }
   for (let tries = 0; ; tries++) {
     const port = await freePort();
-    const args = ['-D', data, '-k', sock, '-c', 'listen_addresses=127.0.0.1', '-p', String(port), '-c', 'fsync=off', '-c', 'max_connections=200'];
+    const args = ['-D', data, '-k', sock, '-c', 'listen_addresses=127.0.0.1', '-p', String(port), '-c', `fsync=${options.fsync ? 'on' : 'off'}`, '-c', 'max_connections=200'];
     const child = spawn(join(bin, 'postgres'), args, { ...owned, env, cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
     let log = '';
     child.stderr!.on('data', (b: Buffer) => (log = (log + b.toString()).slice(-8000)));
