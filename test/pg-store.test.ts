@@ -5,8 +5,10 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import pg from 'pg';
-import type { TaskResult } from '../client/index.js';
+import { connect, type TaskResult } from '../client/index.js';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { PgStore } from '../dispatcher/pg-store.js';
 import { PARTITIONS, SCHEMA_VERSION, partitionOf } from '../dispatcher/pg-schema.js';
@@ -113,6 +115,39 @@ test('kill -9 of a PostgreSQL-backed dispatcher mid-run, twice: every task finis
   exactlyOnce(jsonLines(watched), ids);
   const [row] = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM results WHERE session = $1', [session]);
   assert.equal(Number(row.n), n, 'one stored result per task');
+});
+
+test('after kill -9, a task query and a memo hit read what PostgreSQL stored', { timeout: 120_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const url = await freshDb();
+  const port = await freePort();
+  const start = () => startDispatcher(procs, ['--port', String(port), '--store', url]);
+  let d = await start();
+  startExecutor(procs, d.url, ['--slots', '2']);
+  await waitExecutors(d.url, 1);
+  const file = join(procs.tmpDir(), 'runs');
+  // Appends a line per run: the file says how often the command really ran.
+  const cmd = ['sh', '-c', `echo run >> '${file}'; echo ran`];
+  let client = await connect(d.url);
+  const first = await client.submit({ id: 'm1', cmd, cacheKey: 'key-m' });
+  assert.equal(first.status, 'succeeded');
+  await client.close(); // its results acknowledged: from now on only the store holds m1's result
+  const exit = exited(d.proc, 10_000, 'the dispatcher after kill -9');
+  d.proc.kill('SIGKILL');
+  await exit;
+  d = await start();
+  await waitExecutors(d.url, 1);
+  client = await connect(d.url);
+  t.after(() => client.close());
+  const info = await client.task('m1');
+  assert.equal(info.result?.status, 'succeeded', JSON.stringify(info));
+  assert.equal(info.result?.stdout.trim(), 'ran');
+  const second = await client.submit({ id: 'm2', cmd, cacheKey: 'key-m' });
+  assert.equal(second.cached, true, 'the memoized result, read from the database');
+  assert.equal(second.stdout.trim(), 'ran');
+  assert.equal(readFileSync(file, 'utf8').trim().split('\n').length, 1, 'the command ran once');
 });
 
 test('a server that does not answer, or a database that does not exist: STORE_UNAVAILABLE with what to do, no hang', { timeout: 120_000 }, async (t) => {
