@@ -40,6 +40,21 @@ export function partitionOf(sessionId: string): number {
   return (h >>> 0) % PARTITIONS;
 }
 
+/**
+ * PostgreSQL text cannot hold NUL, which ids from the wire may contain (SQLite takes them): every
+ * id, key and session id is stored through this injective escape (NUL → \u0001 0, \u0001 →
+ * \u0001 1), a no-op for ids without either, and read back through fromPgText. Queries by such
+ * a column must escape their argument the same way.
+ */
+export function toPgText(s: string): string {
+  return s.includes('\u0000') || s.includes('\u0001') ? s.replace(/[\u0000\u0001]/g, (c) => (c === '\u0000' ? '\u00010' : '\u00011')) : s;
+}
+
+/** The inverse of toPgText. */
+export function fromPgText(s: string): string {
+  return s.includes('\u0001') ? s.replace(/\u0001([01])/g, (_, d: string) => (d === '0' ? '\u0000' : '\u0001')) : s;
+}
+
 /** The commit in one round trip: column arrays in, every change applied with `unnest`. */
 const COMMIT_FUNCTION = `
 CREATE OR REPLACE FUNCTION falconet_commit(
@@ -48,7 +63,7 @@ CREATE OR REPLACE FUNCTION falconet_commit(
   t_attempt int[], t_lost int[], t_executor text[], t_submitted bigint[], t_dispatched bigint[],
   r_session text[], r_seq bigint[], r_uid bigint[], r_partition int[], r_result bytea[],
   ds_id text[],
-  s_id text[], s_partition int[], s_created bigint[], s_acked bigint[], s_lease int[], s_key text[],
+  s_id text[], s_partition int[], s_created bigint[], s_acked bigint[], s_lease bigint[], s_key text[],
   e_owner text, e_id text[], e_info bytea[], e_registered bigint[], de_id text[],
   i_id text[], i_record text[], i_at bigint[], di_id text[],
   m_key text[], m_result bytea[], m_at bigint[], dm_before bigint,
@@ -108,7 +123,8 @@ const SCHEMA = `
 CREATE TABLE partitions (id int PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0, lease_until timestamptz);
 INSERT INTO partitions (id) SELECT generate_series(0, ${PARTITIONS - 1});
 CREATE TABLE dispatchers (id text PRIMARY KEY, url text NOT NULL, started_at timestamptz NOT NULL, seen_at timestamptz NOT NULL);
-CREATE TABLE sessions (id text PRIMARY KEY, partition int NOT NULL, created_at bigint, acked bigint, lease_ms int, key text);
+-- lease_ms is bigint: the protocol allows client leases up to 30 days, more than an int of ms.
+CREATE TABLE sessions (id text PRIMARY KEY, partition int NOT NULL, created_at bigint, acked bigint, lease_ms bigint, key text);
 -- A task row is updated in place as it is dispatched, requeued, re-dispatched. fillfactor leaves
 -- room in each page, so the new row version lands in the same page and, no indexed column
 -- changing, is a HOT update: no new index entries, and the old version is pruned in-page

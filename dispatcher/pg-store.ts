@@ -18,7 +18,7 @@ import type { DispatcherCore } from './core.js';
 import type { DurableStore, Recovered } from './durable-store.js';
 import { Buckets } from './histogram.js';
 import type { ExecutorRecord, SessionRecord, TaskRecord } from './model.js';
-import { displayName, migrate, partitionOf, pgStoreError } from './pg-schema.js';
+import { displayName, fromPgText, migrate, partitionOf, pgStoreError, toPgText } from './pg-schema.js';
 import { TASK_STATE, TASK_STATE_NAME, blobs, type ResultRow, type TaskRow } from './sqlite.js';
 import type { StoredCounters } from './status.js';
 
@@ -45,7 +45,7 @@ const COMMIT_SQL = `SELECT falconet_commit(${[
   'text[]', 'bigint[]', 'int[]', 'text[]', 'bytea[]', 'smallint[]', 'int[]', 'int[]', 'text[]', 'bigint[]', 'bigint[]',
   'text[]', 'bigint[]', 'bigint[]', 'int[]', 'bytea[]',
   'text[]',
-  'text[]', 'int[]', 'bigint[]', 'bigint[]', 'int[]', 'text[]',
+  'text[]', 'int[]', 'bigint[]', 'bigint[]', 'bigint[]', 'text[]',
   'text', 'text[]', 'bytea[]', 'bigint[]', 'text[]',
   'text[]', 'text[]', 'bigint[]', 'text[]',
   'text[]', 'bytea[]', 'bigint[]', 'bigint',
@@ -138,14 +138,14 @@ export class PgStore implements DurableStore {
         core.restoreExecutor(blobs.unpack(r.info) as ExecutorInfo, r.registered_at);
         found.executors++;
       }
-      for await (const [key, at] of this.#stream('SELECT key, at FROM memo ORDER BY at', [])) core.restoreMemo(key as string, at as number);
+      for await (const [key, at] of this.#stream('SELECT key, at FROM memo ORDER BY at', [])) core.restoreMemo(fromPgText(key as string), at as number);
       for await (const s of this.#stream(`SELECT id, created_at, acked, lease_ms, key FROM sessions${only}`, args)) {
-        core.restoreSession(s[0] as string, s[1] as number, s[2] as number, s[3] as number | null, s[4] as string | null);
+        core.restoreSession(fromPgText(s[0] as string), s[1] as number, s[2] as number, s[3] as number | null, s[4] === null ? null : fromPgText(s[4] as string));
         found.sessions++;
       }
       const results = new Map<number, [seq: number, result: Buffer, session: string]>();
       for await (const [session, seq, uid, result] of this.#stream(`SELECT session, seq, uid, result FROM results${only}`, args)) {
-        results.set(uid as number, [seq as number, result as Buffer, session as string]);
+        results.set(uid as number, [seq as number, result as Buffer, fromPgText(session as string)]);
       }
       const sql = `SELECT session, uid, id, spec, state, attempt, lost, executor, submitted_at, dispatched_at FROM tasks${only} ORDER BY uid`;
       for await (const r of this.#stream(sql, args)) {
@@ -153,8 +153,8 @@ export class PgStore implements DurableStore {
         const done = results.get(uid);
         const state = done ? 'finished' : TASK_STATE_NAME[r[4] as number];
         core.restoreTask({
-          session: r[0] as string, uid, id: r[2] as string, spec: !done && r[3] ? (blobs.unpack(r[3] as Buffer) as TaskSpec) : null, state,
-          attempt: r[5] as number, lost: r[6] as number, executor: r[7] as string | null, submittedAt: r[8] as number, dispatchedAt: r[9] as number | null,
+          session: fromPgText(r[0] as string), uid, id: fromPgText(r[2] as string), spec: !done && r[3] ? (blobs.unpack(r[3] as Buffer) as TaskSpec) : null, state,
+          attempt: r[5] as number, lost: r[6] as number, executor: r[7] === null ? null : fromPgText(r[7] as string), submittedAt: r[8] as number, dispatchedAt: r[9] as number | null,
           seq: done ? done[0] : null, result: done ? (blobs.unpack(done[1]) as TaskResult) : null,
         });
         found[state]++;
@@ -169,7 +169,7 @@ export class PgStore implements DurableStore {
       const counters = await c.query<{ value: string }>(`SELECT value FROM falconet_meta WHERE key = 'counters'`);
       if (counters.rows[0]) core.restoreCounters(JSON.parse(counters.rows[0].value) as StoredCounters);
       const instances = await c.query<{ id: string; record: string }>('SELECT id, record FROM instances');
-      for (const r of instances.rows) found.instances.push({ id: r.id, record: JSON.parse(r.record) });
+      for (const r of instances.rows) found.instances.push({ id: fromPgText(r.id), record: JSON.parse(r.record) });
       await c.query('COMMIT');
     } catch (err) {
       await c.query('ROLLBACK').catch(() => {});
@@ -308,19 +308,19 @@ export class PgStore implements DurableStore {
     const memo = [...this.#memo];
     return [
       this.owner, fence?.ids ?? [], fence?.epochs ?? [],
-      col(rows, (r) => r[0]), col(rows, (r) => r[1]), col(rows, (r) => partitionOf(r[0])), col(rows, (r) => r[2]),
+      col(rows, (r) => toPgText(r[0])), col(rows, (r) => r[1]), col(rows, (r) => partitionOf(r[0])), col(rows, (r) => toPgText(r[2])),
       col(rows, (r) => (r[3] === null ? null : blobs.pack(r[3]))), col(rows, (r) => r[4]), col(rows, (r) => r[5]), col(rows, (r) => r[6]),
-      col(rows, (r) => r[7]), col(rows, (r) => r[8]), col(rows, (r) => r[9]),
-      col(this.#results, (r) => r[0]), col(this.#results, (r) => r[1]), col(this.#results, (r) => r[2]), col(this.#results, (r) => partitionOf(r[0])),
+      col(rows, (r) => (r[7] === null ? null : toPgText(r[7]))), col(rows, (r) => r[8]), col(rows, (r) => r[9]),
+      col(this.#results, (r) => toPgText(r[0])), col(this.#results, (r) => r[1]), col(this.#results, (r) => r[2]), col(this.#results, (r) => partitionOf(r[0])),
       col(this.#results, (r) => blobs.pack(r[3])),
-      this.#dropSessions,
-      col(sessions, (s) => s.id), col(sessions, (s) => partitionOf(s.id)), col(sessions, (s) => s.createdAt), col(sessions, (s) => s.acked),
-      col(sessions, (s) => s.leaseMs), col(sessions, (s) => s.key),
-      this.owner, col(execs, (e) => e[0]), col(execs, (e) => blobs.pack(e[1].info)), col(execs, (e) => e[1].registeredAt),
-      [...this.#executors].filter(([, v]) => v === null).map(([id]) => id),
-      col(instances, (i) => i[0]), col(instances, (i) => i[1].record), col(instances, (i) => i[1].at),
-      [...this.#instances].filter(([, v]) => v === null).map(([id]) => id),
-      col(memo, (m) => m[0]), col(memo, (m) => blobs.pack(m[1].result)), col(memo, (m) => m[1].at), this.#dropMemoBefore,
+      this.#dropSessions.map(toPgText),
+      col(sessions, (s) => toPgText(s.id)), col(sessions, (s) => partitionOf(s.id)), col(sessions, (s) => s.createdAt), col(sessions, (s) => s.acked),
+      col(sessions, (s) => s.leaseMs), col(sessions, (s) => (s.key === null ? null : toPgText(s.key))),
+      this.owner, col(execs, (e) => toPgText(e[0])), col(execs, (e) => blobs.pack(e[1].info)), col(execs, (e) => e[1].registeredAt),
+      [...this.#executors].filter(([, v]) => v === null).map(([id]) => toPgText(id)),
+      col(instances, (i) => toPgText(i[0])), col(instances, (i) => i[1].record), col(instances, (i) => i[1].at),
+      [...this.#instances].filter(([, v]) => v === null).map(([id]) => toPgText(id)),
+      col(memo, (m) => toPgText(m[0])), col(memo, (m) => blobs.pack(m[1].result)), col(memo, (m) => m[1].at), this.#dropMemoBefore,
       col(this.#dropInbox, (d) => d[0]), col(this.#dropInbox, (d) => d[1]),
       this.#counters ? 'counters' : null, this.#counters ? JSON.stringify(this.#counters()) : null,
     ];
@@ -345,7 +345,7 @@ export class PgStore implements DurableStore {
     if (pending) return pending;
     if (this.#failure || !this.#open) return null;
     try {
-      const r = await this.#pool.query<{ result: Buffer }>('SELECT result FROM memo WHERE key = $1', [key]);
+      const r = await this.#pool.query<{ result: Buffer }>('SELECT result FROM memo WHERE key = $1', [toPgText(key)]);
       return r.rows[0] ? (blobs.unpack(r.rows[0].result) as TaskResult) : null;
     } catch {
       return null; // not found: the task runs instead
@@ -367,11 +367,11 @@ export class PgStore implements DurableStore {
     try {
       const r = await this.#pool.query<{ session: string; seq: number; result: Buffer }>(
         'SELECT r.session, r.seq, r.result FROM results r JOIN unnest($1::text[], $2::bigint[]) AS q(session, seq) ON r.session = q.session AND r.seq = q.seq',
-        [ask.map((i) => refs[i].session), ask.map((i) => refs[i].seq)],
+        [ask.map((i) => toPgText(refs[i].session)), ask.map((i) => refs[i].seq)],
       );
       const byKey = new Map(r.rows.map((row) => [`${row.seq}\u0000${row.session}`, row.result]));
       for (const i of ask) {
-        const blob = byKey.get(`${refs[i].seq}\u0000${refs[i].session}`);
+        const blob = byKey.get(`${refs[i].seq}\u0000${toPgText(refs[i].session)}`);
         if (blob) out[i] = blobs.unpack(blob) as TaskResult;
       }
     } catch {} // a query is not worth failing the store over

@@ -72,6 +72,12 @@ test('tasks through a dispatcher on PostgreSQL: every result once, and the rows 
   assert.equal(row.p, partitionOf('pg-a'));
   const [exec] = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM executors WHERE dispatcher IS NOT NULL');
   assert.equal(Number(exec.n), 1, 'the executor is recorded with its dispatcher');
+  // The longest client lease the protocol allows (30 days) is more than a 32-bit int of ms.
+  const client = await connect(d.url, { leaseMs: 30 * 24 * 3600 * 1000 });
+  t.after(() => client.close());
+  assert.equal((await client.submit({ builtin: 'noop' })).status, 'succeeded');
+  const [lease] = await sql<{ lease_ms: string }>(url, 'SELECT lease_ms FROM sessions WHERE id = $1', [client.session.id]);
+  assert.equal(Number(lease.lease_ms), 30 * 24 * 3600 * 1000);
 });
 
 test('kill -9 of a PostgreSQL-backed dispatcher mid-run, twice: every task finishes exactly once', { timeout: 300_000 }, async (t) => {
@@ -117,7 +123,7 @@ test('kill -9 of a PostgreSQL-backed dispatcher mid-run, twice: every task finis
   assert.equal(Number(row.n), n, 'one stored result per task');
 });
 
-test('after kill -9, a task query and a memo hit read what PostgreSQL stored', { timeout: 120_000 }, async (t) => {
+test('after kill -9, a task query and a memo hit read what PostgreSQL stored, for ids with NUL too', { timeout: 120_000 }, async (t) => {
   if (skip) return t.skip(skip);
   const procs = new Procs();
   t.after(() => procs.killAll());
@@ -130,8 +136,10 @@ test('after kill -9, a task query and a memo hit read what PostgreSQL stored', {
   const file = join(procs.tmpDir(), 'runs');
   // Appends a line per run: the file says how often the command really ran.
   const cmd = ['sh', '-c', `echo run >> '${file}'; echo ran`];
-  let client = await connect(d.url);
-  const first = await client.submit({ id: 'm1', cmd, cacheKey: 'key-m' });
+  // PostgreSQL text holds no NUL; the wire's ids may (the store escapes them).
+  const session = 'sess\u0000m';
+  let client = await connect(d.url, { session, sessionKey: 'k'.repeat(15) + '\u0000' });
+  const first = await client.submit({ id: 'm\u00001', cmd, cacheKey: 'key\u0000m' });
   assert.equal(first.status, 'succeeded');
   await client.close(); // its results acknowledged: from now on only the store holds m1's result
   const exit = exited(d.proc, 10_000, 'the dispatcher after kill -9');
@@ -139,12 +147,12 @@ test('after kill -9, a task query and a memo hit read what PostgreSQL stored', {
   await exit;
   d = await start();
   await waitExecutors(d.url, 1);
-  client = await connect(d.url);
+  client = await connect(d.url, { session, sessionKey: 'k'.repeat(15) + '\u0000' });
   t.after(() => client.close());
-  const info = await client.task('m1');
+  const info = await client.task('m\u00001');
   assert.equal(info.result?.status, 'succeeded', JSON.stringify(info));
   assert.equal(info.result?.stdout.trim(), 'ran');
-  const second = await client.submit({ id: 'm2', cmd, cacheKey: 'key-m' });
+  const second = await client.submit({ id: 'm\u00002', cmd, cacheKey: 'key\u0000m' });
   assert.equal(second.cached, true, 'the memoized result, read from the database');
   assert.equal(second.stdout.trim(), 'ran');
   assert.equal(readFileSync(file, 'utf8').trim().split('\n').length, 1, 'the command ran once');
