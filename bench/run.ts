@@ -30,6 +30,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
   defaults: { script: 'defaults.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--commands', '50'], writes: ['defaults-'] },
   cli: { script: 'cli.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['cli-'] },
+  scaleout: { script: 'scaleout.js', optional: false, full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['scaleout-'] },
   transport: {
     optional: true,
     script: 'transport.js',

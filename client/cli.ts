@@ -105,7 +105,7 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     tlsCert: v['tls-cert'] as string | undefined,
     tlsKey: v['tls-key'] as string | undefined,
     tlsCa: v['tls-ca'] as string | undefined,
-    store: v.store as string | undefined,
+    store: (v.store as string | undefined) ?? (process.env.FALCONET_STORE_URL || undefined),
     dataDir: v['data-dir'] as string | undefined,
     sync: v.sync as string | undefined,
   };

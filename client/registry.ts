@@ -69,7 +69,7 @@ export const DISPATCHER_FLAGS: Flag[] = [
   { name: 'host', type: 'string', arg: 'H', default: '127.0.0.1', help: 'the address to listen on (off loopback needs tokens, or --insecure)' },
   { name: 'port', type: 'string', arg: 'N', default: '7878', help: 'the port for ws://, http:// (/api/status, /metrics, the dashboard); 0 picks a free one' },
   { name: 'data-dir', type: 'string', arg: 'DIR', default: '~/.local/share/falconet', env: 'FALCONET_DATA_DIR', help: 'where the durable store (falconet.db) lives' },
-  { name: 'store', type: 'string', arg: 'sqlite|memory', default: 'sqlite', help: 'sqlite survives a restart; memory keeps nothing' },
+  { name: 'store', type: 'string', arg: 'sqlite|memory|URL', default: 'sqlite', env: 'FALCONET_STORE_URL', help: 'sqlite survives a restart (in --data-dir); memory keeps nothing; postgres://user:password@host:port/db (or postgresql://) keeps the state in PostgreSQL, where several dispatchers can share it (the tables are created or migrated at start)' },
   { name: 'sync', type: 'string', arg: 'full|normal', default: 'full', help: 'full: a submit is acknowledged once fsynced; normal: once it survives a process crash' },
   { name: 'retention', type: 'string', arg: 'S', default: '86400', unit: 'seconds', help: 'how long finished sessions and their results are kept' },
   { name: 'client-token', type: 'string', arg: 'T', env: 'FALCONET_CLIENT_TOKEN', help: 'the credential clients must present' },

@@ -13,7 +13,9 @@ import { compileDispatcherConfig, type DispatcherOptions, type TlsFiles } from '
 import { addProvisionerMetrics, addStoreMetrics } from './metrics.js';
 import { prettyStream, resolveLogFormat } from './log-format.js';
 import { DispatcherServer } from './server.js';
+import { randomUUID } from 'node:crypto';
 import { SqliteStore } from './store.js';
+import type { DurableStore } from './durable-store.js';
 import type { ProvisionerFlags } from './provisioner/setup.js';
 import type { Provisioner } from './provisioner/provisioner.js';
 
@@ -47,7 +49,7 @@ export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
 
 export interface RunningDispatcher {
   server: DispatcherServer;
-  store: SqliteStore | null;
+  store: DurableStore | null;
   provisioner: Provisioner | null;
   /** One line for people: where the state lives, or that none is kept. */
   storeSummary: string;
@@ -90,13 +92,19 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
   const config = compileDispatcherConfig(options);
   exitOnUnexpected(log);
   await checkPortFree(config.host, config.port);
-  const kind = options.store ?? 'sqlite';
-  if (kind !== 'sqlite' && kind !== 'memory') throw new FalconetError(ErrorCode.USAGE, `--store must be sqlite or memory (got ${JSON.stringify(kind)})`);
+  const choice = options.store ?? 'sqlite';
+  const postgres = /^postgres(ql)?:\/\//.test(choice);
+  const kind = postgres ? 'postgres' : choice;
+  if (kind !== 'sqlite' && kind !== 'memory' && kind !== 'postgres') throw new FalconetError(ErrorCode.USAGE, `--store must be sqlite, memory or a postgres:// URL (got ${JSON.stringify(choice)})`);
   const sync = options.sync ?? 'full';
   if (sync !== 'full' && sync !== 'normal') throw new FalconetError(ErrorCode.USAGE, `--sync must be full or normal (got ${JSON.stringify(sync)})`);
-  let store: SqliteStore | null = null;
+  let store: DurableStore | null = null;
   if (kind === 'sqlite') {
     store = SqliteStore.open({ dataDir: options.dataDir ?? defaultDataDir(), sync });
+  } else if (kind === 'postgres') {
+    // Loaded only when asked for: `npm start` and the SQLite default never touch the pg client.
+    const { PgStore } = await import('./pg-store.js');
+    store = await PgStore.open({ url: choice, owner: randomUUID() });
   } else {
     log.warn('STORE IS MEMORY: nothing is persisted; a restart loses every queued task, result and session');
   }
@@ -107,7 +115,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
       if (!store) return;
       const { instances: kept, ...found } = await store.recover(core);
       instances = kept;
-      log.info({ file: store.file, sync, ...found, instances: kept.length }, 'store opened');
+      log.info({ store: store.name, ...(kind === 'sqlite' ? { sync } : {}), ...found, instances: kept.length }, 'store opened');
     },
     onFatal: (err) => {
       process.stderr.write(`falconet: ${ErrorCode.STORE_FAILED}: ${err.message}\n`);
@@ -131,7 +139,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
     server,
     store,
     provisioner,
-    storeSummary: store ? `store: ${store.file} (sync ${sync})` : 'store: MEMORY, nothing is kept across restarts',
+    storeSummary: store ? `store: ${store.name}${kind === 'sqlite' ? ` (sync ${sync})` : ''}` : 'store: MEMORY, nothing is kept across restarts',
     async stop() {
       await provisioner?.stop();
       await server.close();

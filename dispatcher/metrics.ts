@@ -11,6 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import type { Buckets } from './histogram.js';
+import type { DurableStore } from './durable-store.js';
 import { executorState } from './status.js';
 import type { CoreView } from './view.js';
 
@@ -36,11 +37,8 @@ export interface ServerCounters {
   readonly authFailures: Readonly<{ client: number; executor: number; http: number }>;
 }
 
-/** What the durable store counts. */
-export interface StoreCounters {
-  readonly commitSeconds: Buckets;
-  readonly batchChanges: Buckets;
-}
+/** What the durable store counts (SQLite or PostgreSQL). */
+export type StoreCounters = Pick<DurableStore, 'commitSeconds' | 'batchChanges'>;
 
 /** What a provisioner shows. */
 export interface ProvisionerCounters {

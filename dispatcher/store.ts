@@ -14,7 +14,8 @@ import type Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 import type { DispatcherCore, RestoredTask } from './core.js';
-import type { ExecutorRecord, Journal, SessionRecord, TaskRecord } from './model.js';
+import type { ExecutorRecord, SessionRecord, TaskRecord } from './model.js';
+import type { DurableStore, Recovered } from './durable-store.js';
 import { TASK_STATE, TASK_STATE_NAME, blobs, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
 import type { LookupRequest, MemoRequest, WriterData, WriterReply } from './store-writer.js';
 import { Buckets } from './histogram.js';
@@ -26,18 +27,14 @@ export interface StoreOptions {
   sync: 'full' | 'normal';
 }
 
-/** What recovery found, for the log. */
-export interface Recovered {
-  sessions: number;
-  queued: number;
-  dispatched: number;
-  finished: number;
-  executors: number;
-  instances: Array<{ id: string; record: unknown }>;
-}
+export type { Recovered } from './durable-store.js';
 
-export class SqliteStore implements Journal {
+export class SqliteStore implements DurableStore {
   readonly file: string;
+  /** For people: the file (DurableStore). */
+  get name(): string {
+    return this.file;
+  }
   #db: Database.Database | null;
   #writer: Worker | null = null;
   /** Encodes a whole batch for the writer thread: one buffer, records for the repeated shapes. */

@@ -87,8 +87,13 @@ export const ErrorCode = {
   STORE_FAILED: 'STORE_FAILED',
   /** The store is corrupted or truncated; the dispatcher refuses to start on it. */
   STORE_CORRUPT: 'STORE_CORRUPT',
-  /** The data dir cannot be used: not writable, or held by another dispatcher. */
+  /** The store cannot be used: a data dir not writable or held by another dispatcher; a PostgreSQL server that refuses us or a newer schema. */
   STORE_UNAVAILABLE: 'STORE_UNAVAILABLE',
+  /**
+   * A commit was refused because this dispatcher no longer owns a partition it wrote to (another
+   * dispatcher took it over: PostgreSQL store, several dispatchers). Nothing of it was written.
+   */
+  STORE_FENCED: 'STORE_FENCED',
   /** Reserved: the peer is sending faster than it is allowed to (nothing produces it yet). */
   RATE_LIMITED: 'RATE_LIMITED',
   /** Staging: an input object or file does not exist. */
@@ -157,6 +162,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.SHUTTING_DOWN,
   ErrorCode.SLOW_CONSUMER,
   ErrorCode.STORE_FAILED,
+  ErrorCode.STORE_FENCED,
   ErrorCode.RATE_LIMITED,
   ErrorCode.TASK_EXECUTOR_LOST,
   ErrorCode.SPAWN_HELPER_LOST,

@@ -9,7 +9,7 @@ import { tlsFailure, trustedCas } from '../../protocol/tls.js';
 import type { Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../../protocol/index.js';
 import type { DispatcherServer } from '../server.js';
-import type { SqliteStore } from '../store.js';
+import type { DurableStore } from '../durable-store.js';
 import { systemClock } from '../model.js';
 import type { Backend } from './backend.js';
 import { Ec2Backend, type Ec2Options } from './ec2.js';
@@ -76,7 +76,7 @@ async function checkLocalTrust(url: string, caFile: string): Promise<void> {
 
 export async function startProvisioner(
   server: DispatcherServer,
-  store: SqliteStore | null,
+  store: DurableStore | null,
   recovered: Array<{ id: string; record: unknown }>,
   f: ProvisionerFlags,
   log: Logger,
