@@ -1,8 +1,17 @@
 /**
- * The dialing side of a connection, shared by executors and clients: dial with exponential
- * backoff and full jitter until the dispatcher is there (and again after any loss), say hello,
- * wait for welcome, batch outgoing messages into frames once per event-loop turn, send
- * heartbeats, and declare the dispatcher gone when it has been silent too long.
+ * The dialing side of a connection, shared by executors and clients: dial until a dispatcher is
+ * there (and again after any loss), say hello, wait for welcome, batch outgoing messages into
+ * frames once per event-loop turn, send heartbeats, and declare the dispatcher gone when it has
+ * been silent too long.
+ *
+ * Several dispatchers: the link is given one URL or several, and each dial round tries every
+ * candidate in turn (a DNS name resolved at the start of the round gives one candidate per
+ * address). A failed dial moves to the next candidate at once; only a full round of failures
+ * waits, with exponential backoff and full jitter. Once welcomed, the link stays on its
+ * dispatcher; after a loss it dials the next candidate at once. A dispatcher that answers the
+ * hello with MOVED (`to`: where the session lives) is left for `to` at once, up to
+ * {@link MAX_MOVES} times in a row without a welcome; after that a redirect waits like a failed
+ * round, so two dispatchers that point at each other cannot make a dial loop.
  *
  * What must survive a reconnect (a client's unacknowledged submits, an executor's undelivered
  * results) is the caller's to keep: the link drops what it could not send, and calls `onUp` after
@@ -17,12 +26,48 @@ import { Codec } from './codec.js';
 import { ErrorCode, FalconetError } from './errors.js';
 import type { InboundValidator } from './validate.js';
 import { tlsFailure, trustedCas } from './tls.js';
+import { candidateLookup, dispatcherUrl, expandCandidates, rank, type Candidate, type Resolver } from './dispatchers.js';
+
+/** Redirects (MOVED) followed at once in a row without a welcome; more wait like a failed round. */
+export const MAX_MOVES = 5;
+/** Redirect targets added to the configured list at most (a dispatcher cannot grow it without bound). */
+const MAX_ADDED_URLS = 16;
 
 /** Errors after which dialing again cannot help: stop and tell the user. */
 const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND, ErrorCode.SESSION_FORBIDDEN]);
 
+/** Where the link goes next, after a failed dial, a loss or a redirect ({@link LinkOptions.onRetry}). */
+export interface RetryInfo {
+  /** The candidate that failed, was lost or redirected (`ws://d.example:7878 (10.0.0.5)`). */
+  from: string;
+  /** The candidate dialed next (after a failed round: the first of the next round, as now resolved). */
+  next: string;
+  /** How long the link waits before that dial (0: at once). */
+  delayMs: number;
+  /** True when this wait is a backoff: a full round failed, or MOVED came too often in a row. */
+  backoff: boolean;
+  /** The close code and the last socket error, as {@link LinkOptions.onDown} gets them. */
+  reason: string;
+  /** With a redirect: the URL the dispatcher sent us to. */
+  moved?: string;
+}
+
 export interface LinkOptions<In extends { t: string }> {
-  url: string;
+  /**
+   * The dispatcher(s): one ws:// or wss:// URL or several, already checked (see
+   * dispatcherUrls in protocol/dispatchers.ts), tried in turn.
+   */
+  url: string | readonly string[];
+  /**
+   * The order of the candidates: `first` (the list's order, starting at its first; clients) or
+   * `random` (a per-link random order, so that a fleet of executors starts spread over the
+   * dispatchers and does not follow one lost dispatcher to the same next one).
+   */
+  order?: 'first' | 'random';
+  /** Resolves DNS names at each dial round (default: `dns.promises.lookup(host, {all: true})`). */
+  resolve?: Resolver;
+  /** How long one dial (TCP, TLS and the upgrade) may take before it counts as failed (default 15 s). */
+  dialTimeoutMs?: number;
   /** Built at each connect: it carries what the peer must know now (cursor, running attempts). */
   hello(): Record<string, unknown>;
   validate: InboundValidator<In>;
@@ -31,9 +76,12 @@ export interface LinkOptions<In extends { t: string }> {
   onMessage(msg: In): void;
   /**
    * The connection is gone; the link is already dialing again (unless closed). `reason` names the
-   * close code and, when there was one, the last socket error (ECONNRESET, a failed upgrade).
+   * close code and, when there was one, the last socket error (ECONNRESET, a failed upgrade);
+   * `where` the dispatcher lost and the one dialed next ('' when the link was closed).
    */
-  onDown?(reason: string): void;
+  onDown?(reason: string, where: { lost: string; next: string }): void;
+  /** Every time the link schedules its next dial (after a failed dial, a loss or a redirect): for logs. */
+  onRetry?(info: RetryInfo): void;
   /**
    * A message passed to {@link Link.send} that cannot be encoded within the negotiated frame limit
    * (FRAME_TOO_LARGE). It was not sent; the owner decides what to do (split it, fail its waiter).
@@ -60,7 +108,19 @@ export class Link<In extends { t: string }> {
   #ws: WebSocket | null = null;
   #up = false;
   #closed = false;
-  #attempt = 0;
+  /** The configured dispatchers, then redirect targets. */
+  readonly #urls: string[];
+  #added = 0;
+  /** This round's candidates, and the one dialed last. */
+  #cands: Candidate[] = [];
+  #cur: Candidate | null = null;
+  /** Dials failed in this round; full rounds failed in a row (the backoff's exponent). */
+  #failed = 0;
+  #rounds = 0;
+  /** Redirects in a row without a welcome, and where the current connection was sent. */
+  #moves = 0;
+  #movedTo: string | null = null;
+  readonly #seed = (Math.random() * 0x100000000) >>> 0;
   #out: unknown[] = [];
   #flushQueued = false;
   #heartbeat: NodeJS.Timeout | null = null;
@@ -73,6 +133,17 @@ export class Link<In extends { t: string }> {
 
   constructor(private readonly o: LinkOptions<In>) {
     this.#codec = new Codec({ maxFrameBytes: o.maxFrameBytes });
+    this.#urls = typeof o.url === 'string' ? [o.url] : [...o.url];
+  }
+
+  /** The URL of the dispatcher the link is connected to (null while not welcomed). */
+  get dispatcher(): string | null {
+    return this.#up ? (this.#cur?.url ?? null) : null;
+  }
+
+  /** The dispatchers this link knows: the configured ones, then those redirects named. */
+  get urls(): readonly string[] {
+    return this.#urls;
   }
 
   /** True between welcome and the next loss. */
@@ -99,7 +170,15 @@ export class Link<In extends { t: string }> {
   }
 
   start(): void {
-    this.#dial();
+    this.#round().catch((err: unknown) => this.#fail(err));
+  }
+
+  /** A bug in dialing must end the link loudly, not as an unhandled rejection in the host process. */
+  #fail(err: unknown): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopTimers();
+    this.o.onFatal(new FalconetError(ErrorCode.INTERNAL, `dialing failed: ${(err as Error)?.message ?? String(err)}`));
   }
 
   /** Queues a message for the next frame. Returns false (and drops it) when not connected. */
@@ -131,16 +210,60 @@ export class Link<In extends { t: string }> {
     });
   }
 
-  #dial(): void {
+  /** Starts a dial round: resolves every URL's host now, then dials the candidate after the last one dialed. */
+  async #round(): Promise<void> {
+    let cands = await expandCandidates(this.#urls, this.o.resolve);
     if (this.#closed) return;
+    if (cands.length === 0) cands = this.#urls.map((url) => ({ url, key: url, label: url }));
+    if (this.o.order === 'random') cands.sort((a, b) => rank(this.#seed, a.key) - rank(this.#seed, b.key));
+    this.#cands = cands;
+    this.#failed = 0;
+    this.#dial(this.#after(this.#cur));
+  }
+
+  /** The candidate after `c` in this round's order (the first when `c` is not in it). */
+  #after(c: Candidate | null): Candidate {
+    const at = c ? this.#cands.findIndex((x) => x.key === c.key) : -1;
+    return this.#cands[(at + 1) % this.#cands.length]!;
+  }
+
+  /** A redirect's target as a candidate: one of this round's when its URL is known, else dialed by name. */
+  #candidateFor(url: string): Candidate {
+    const known = this.#cands.find((c) => c.url === url);
+    if (known) return known;
+    if (!this.#urls.includes(url) && this.#added < MAX_ADDED_URLS) {
+      this.#urls.push(url);
+      this.#added++;
+    }
+    return { url, key: url, label: url };
+  }
+
+  /** The next backoff: full jitter over an exponential of the failed rounds in a row. */
+  #backoff(): number {
+    const base = this.o.initialBackoffMs ?? 100;
+    const cap = this.o.maxBackoffMs ?? 10_000;
+    return Math.random() * Math.min(cap, base * 2 ** Math.min(this.#rounds++, 30));
+  }
+
+  #dial(c: Candidate): void {
+    if (this.#closed) return;
+    this.#cur = c;
     let ws: WebSocket;
     try {
       const ca = trustedCas(this.o.ca);
-      ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2, ...(ca ? { ca } : {}) });
+      const lookup = candidateLookup(c);
+      ws = new WebSocket(c.url, {
+        perMessageDeflate: false,
+        maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2,
+        // A candidate that swallows packets must not hold the round for the OS's TCP timeout.
+        handshakeTimeout: this.o.dialTimeoutMs ?? 15_000,
+        ...(ca ? { ca } : {}),
+        ...(lookup ? { lookup } : {}),
+      });
     } catch (err) {
       // A URL the ws library refuses cannot get better by dialing again.
       this.#closed = true;
-      this.o.onFatal(new FalconetError(ErrorCode.USAGE, `cannot dial ${this.o.url}: ${(err as Error).message}`));
+      this.o.onFatal(new FalconetError(ErrorCode.USAGE, `cannot dial ${c.url}: ${(err as Error).message}`));
       return;
     }
     this.#ws = ws;
@@ -156,7 +279,7 @@ export class Link<In extends { t: string }> {
       this.#lastError = err.message || (err as NodeJS.ErrnoException).code || String(err);
       // A certificate that does not verify does not start to verify by dialing again: end now,
       // loudly (TLS_FAILED with the cause), instead of a redial loop that looks like "not there".
-      const tls = tlsFailure(err, this.o.url);
+      const tls = tlsFailure(err, c.url);
       if (tls && !this.#closed) {
         this.#closed = true;
         this.#stopTimers();
@@ -190,7 +313,19 @@ export class Link<In extends { t: string }> {
       }
       const msg = v.msg;
       if (msg.t === 'error') {
-        const e = msg as unknown as { code: string; message: string; retryable: boolean; ref?: number };
+        const e = msg as unknown as { code: string; message: string; retryable: boolean; ref?: number; to?: string };
+        // The session (or this executor's place) is on another dispatcher: leave for it. The
+        // dispatcher closes anyway; ending the socket here does not wait for its close.
+        if (e.code === ErrorCode.MOVED && e.ref === undefined) {
+          let to: string | null = null;
+          try {
+            to = e.to === undefined ? null : dispatcherUrl(e.to);
+          } catch {}
+          this.#movedTo = to;
+          this.#lastError = to ? `MOVED to ${to}: ${e.message}` : `MOVED to no usable address (${JSON.stringify(e.to ?? null)}): ${e.message}`;
+          ws.terminate();
+          return;
+        }
         // With a ref it answers one request (a `logs` of an unknown id), not the connection.
         if (FATAL.has(e.code) && e.ref === undefined) {
           this.#closed = true;
@@ -202,7 +337,7 @@ export class Link<In extends { t: string }> {
       if (msg.t === 'welcome' && !this.#up) {
         const w = msg as unknown as { heartbeatMs: number; leaseMs?: number; maxFrameBytes?: number };
         this.#up = true;
-        this.#attempt = 0;
+        this.#rounds = this.#failed = this.#moves = 0;
         this.#lastError = null;
         // The dispatcher's limit, both ways: it refuses larger frames and may send frames this large.
         // A fresh codec per connection is right anyway: msgpack records never span connections.
@@ -224,18 +359,44 @@ export class Link<In extends { t: string }> {
     this.#watchdog = setTimeout(() => this.#ws?.terminate(), ms);
   }
 
-  #onClose(ws: WebSocket, reason: string): void {
+  #onClose(ws: WebSocket, code: string): void {
     if (ws !== this.#ws) return;
     const wasUp = this.#up;
     this.#up = false;
     this.#out = [];
     this.#stopTimers();
-    if (wasUp) this.o.onDown?.(this.#lastError ? `${reason}: ${this.#lastError}` : reason);
-    if (this.#closed) return;
-    const base = this.o.initialBackoffMs ?? 100;
-    const cap = this.o.maxBackoffMs ?? 10_000;
-    const delay = Math.random() * Math.min(cap, base * 2 ** this.#attempt++);
-    this.#retry = setTimeout(() => this.#dial(), delay);
+    const reason = this.#lastError ? `${code}: ${this.#lastError}` : code;
+    const lost = this.#cur?.label ?? '';
+    if (this.#closed) {
+      if (wasUp) this.o.onDown?.(reason, { lost, next: '' });
+      return;
+    }
+    const moved = this.#movedTo;
+    this.#movedTo = null;
+    let next: Candidate;
+    let delay = 0;
+    let backoff = false;
+    let newRound = false;
+    if (moved !== null) {
+      // Followed at once a few times; a chain (or a loop) longer than that waits like a failure.
+      next = this.#candidateFor(moved);
+      if (++this.#moves > MAX_MOVES) ((delay = this.#backoff()), (backoff = true));
+    } else if (wasUp) {
+      // Lost after a welcome: another dispatcher at once. With only this one, a short jittered
+      // wait as before (a fleet must not come back in one instant) and its name resolved again.
+      next = this.#after(this.#cur);
+      if (next.key === this.#cur?.key) ((newRound = true), (delay = this.#backoff()));
+    } else if (++this.#failed >= this.#cands.length) {
+      // A full round failed: wait, then resolve the names again and start the next round.
+      next = this.#after(this.#cur);
+      newRound = backoff = true;
+      delay = this.#backoff();
+    } else {
+      next = this.#after(this.#cur);
+    }
+    if (wasUp) this.o.onDown?.(reason, { lost, next: next.label });
+    this.o.onRetry?.({ from: lost, next: next.label, delayMs: delay, backoff, reason, ...(moved !== null ? { moved } : {}) });
+    this.#retry = setTimeout(() => (newRound ? this.#round().catch((err: unknown) => this.#fail(err)) : this.#dial(next)), delay);
   }
 
   #stopTimers(): void {
