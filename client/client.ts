@@ -27,6 +27,7 @@ import {
   type TaskSpec,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
+import type { Resolver } from '../protocol/dispatchers.js';
 import { ResultStream } from './results.js';
 import { SubmitPipeline, type Rejection } from './submits.js';
 import { abortable, type TaskHandle } from './handles.js';
@@ -100,6 +101,11 @@ export interface ConnectOptions {
    * {@link connect} with TLS_FAILED at the first attempt, naming the cause.
    */
   ca?: string | Buffer;
+  /**
+   * How DNS names in `url` are resolved at each dial round, every address becoming a candidate
+   * (default: `dns.promises.lookup(host, {all: true})`): a hook for service discovery.
+   */
+  resolve?: Resolver;
 }
 
 /** Options of {@link Client.submitMany}. */
@@ -205,6 +211,7 @@ export class Client {
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
       ...(o.ca !== undefined ? { ca: o.ca } : {}),
+      ...(o.resolve ? { resolve: o.resolve } : {}),
     });
     this.#submits = new SubmitPipeline({
       send: (msg) => this.#link.send(msg),

@@ -4,14 +4,9 @@
  * frames once per event-loop turn, send heartbeats, and declare the dispatcher gone when it has
  * been silent too long.
  *
- * Several dispatchers: the link is given one URL or several, and each dial round tries every
- * candidate in turn (a DNS name resolved at the start of the round gives one candidate per
- * address). A failed dial moves to the next candidate at once; only a full round of failures
- * waits, with exponential backoff and full jitter. Once welcomed, the link stays on its
- * dispatcher; after a loss it dials the next candidate at once. A dispatcher that answers the
- * hello with MOVED (`to`: where the session lives) is left for `to` at once, up to
- * {@link MAX_MOVES} times in a row without a welcome; after that a redirect waits like a failed
- * round, so two dispatchers that point at each other cannot make a dial loop.
+ * Several dispatchers: the link is given one URL or several and moves between them as
+ * protocol/dial-plan.ts says (a failed dial goes to the next candidate at once, only a full round
+ * of failures backs off; once welcomed the link stays; MOVED sends it to `to`, boundedly).
  *
  * What must survive a reconnect (a client's unacknowledged submits, an executor's undelivered
  * results) is the caller's to keep: the link drops what it could not send, and calls `onUp` after
@@ -26,12 +21,8 @@ import { Codec } from './codec.js';
 import { ErrorCode, FalconetError } from './errors.js';
 import type { InboundValidator } from './validate.js';
 import { tlsFailure, trustedCas } from './tls.js';
-import { candidateLookup, dispatcherUrl, expandCandidates, rank, type Candidate, type Resolver } from './dispatchers.js';
-
-/** Redirects (MOVED) followed at once in a row without a welcome; more wait like a failed round. */
-export const MAX_MOVES = 5;
-/** Redirect targets added to the configured list at most (a dispatcher cannot grow it without bound). */
-const MAX_ADDED_URLS = 16;
+import { candidateLookup, dispatcherUrl, type Candidate, type Resolver } from './dispatchers.js';
+import { DialPlan } from './dial-plan.js';
 
 /** Errors after which dialing again cannot help: stop and tell the user. */
 const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND, ErrorCode.SESSION_FORBIDDEN]);
@@ -108,19 +99,9 @@ export class Link<In extends { t: string }> {
   #ws: WebSocket | null = null;
   #up = false;
   #closed = false;
-  /** The configured dispatchers, then redirect targets. */
-  readonly #urls: string[];
-  #added = 0;
-  /** This round's candidates, and the one dialed last. */
-  #cands: Candidate[] = [];
-  #cur: Candidate | null = null;
-  /** Dials failed in this round; full rounds failed in a row (the backoff's exponent). */
-  #failed = 0;
-  #rounds = 0;
-  /** Redirects in a row without a welcome, and where the current connection was sent. */
-  #moves = 0;
+  readonly #plan: DialPlan;
+  /** Where the current connection was sent by MOVED (checked), until it closes. */
   #movedTo: string | null = null;
-  readonly #seed = (Math.random() * 0x100000000) >>> 0;
   #out: unknown[] = [];
   #flushQueued = false;
   #heartbeat: NodeJS.Timeout | null = null;
@@ -133,17 +114,17 @@ export class Link<In extends { t: string }> {
 
   constructor(private readonly o: LinkOptions<In>) {
     this.#codec = new Codec({ maxFrameBytes: o.maxFrameBytes });
-    this.#urls = typeof o.url === 'string' ? [o.url] : [...o.url];
+    this.#plan = new DialPlan(typeof o.url === 'string' ? [o.url] : o.url, o);
   }
 
   /** The URL of the dispatcher the link is connected to (null while not welcomed). */
   get dispatcher(): string | null {
-    return this.#up ? (this.#cur?.url ?? null) : null;
+    return this.#up ? (this.#plan.current?.url ?? null) : null;
   }
 
   /** The dispatchers this link knows: the configured ones, then those redirects named. */
   get urls(): readonly string[] {
-    return this.#urls;
+    return this.#plan.urls;
   }
 
   /** True between welcome and the next loss. */
@@ -210,44 +191,15 @@ export class Link<In extends { t: string }> {
     });
   }
 
-  /** Starts a dial round: resolves every URL's host now, then dials the candidate after the last one dialed. */
+  /** Starts a dial round: resolves every name now, then dials. */
   async #round(): Promise<void> {
-    let cands = await expandCandidates(this.#urls, this.o.resolve);
-    if (this.#closed) return;
-    if (cands.length === 0) cands = this.#urls.map((url) => ({ url, key: url, label: url }));
-    if (this.o.order === 'random') cands.sort((a, b) => rank(this.#seed, a.key) - rank(this.#seed, b.key));
-    this.#cands = cands;
-    this.#failed = 0;
-    this.#dial(this.#after(this.#cur));
-  }
-
-  /** The candidate after `c` in this round's order (the first when `c` is not in it). */
-  #after(c: Candidate | null): Candidate {
-    const at = c ? this.#cands.findIndex((x) => x.key === c.key) : -1;
-    return this.#cands[(at + 1) % this.#cands.length]!;
-  }
-
-  /** A redirect's target as a candidate: one of this round's when its URL is known, else dialed by name. */
-  #candidateFor(url: string): Candidate {
-    const known = this.#cands.find((c) => c.url === url);
-    if (known) return known;
-    if (!this.#urls.includes(url) && this.#added < MAX_ADDED_URLS) {
-      this.#urls.push(url);
-      this.#added++;
-    }
-    return { url, key: url, label: url };
-  }
-
-  /** The next backoff: full jitter over an exponential of the failed rounds in a row. */
-  #backoff(): number {
-    const base = this.o.initialBackoffMs ?? 100;
-    const cap = this.o.maxBackoffMs ?? 10_000;
-    return Math.random() * Math.min(cap, base * 2 ** Math.min(this.#rounds++, 30));
+    const next = await this.#plan.round();
+    this.#dial(next);
   }
 
   #dial(c: Candidate): void {
     if (this.#closed) return;
-    this.#cur = c;
+    this.#plan.dialing(c);
     let ws: WebSocket;
     try {
       const ca = trustedCas(this.o.ca);
@@ -276,7 +228,9 @@ export class Link<In extends { t: string }> {
     // 'close' follows and redials; the error is kept so that onDown and a caller giving up on the
     // dispatcher (UNREACHABLE) can say why: refused, not resolved, refused at upgrade.
     ws.on('error', (err) => {
-      this.#lastError = err.message || (err as NodeJS.ErrnoException).code || String(err);
+      const why = err.message || (err as NodeJS.ErrnoException).code || String(err);
+      // With several candidates, say which one failed.
+      this.#lastError = this.#plan.size > 1 ? `${c.label}: ${why}` : why;
       // A certificate that does not verify does not start to verify by dialing again: end now,
       // loudly (TLS_FAILED with the cause), instead of a redial loop that looks like "not there".
       const tls = tlsFailure(err, c.url);
@@ -337,7 +291,7 @@ export class Link<In extends { t: string }> {
       if (msg.t === 'welcome' && !this.#up) {
         const w = msg as unknown as { heartbeatMs: number; leaseMs?: number; maxFrameBytes?: number };
         this.#up = true;
-        this.#rounds = this.#failed = this.#moves = 0;
+        this.#plan.welcomed();
         this.#lastError = null;
         // The dispatcher's limit, both ways: it refuses larger frames and may send frames this large.
         // A fresh codec per connection is right anyway: msgpack records never span connections.
@@ -366,37 +320,17 @@ export class Link<In extends { t: string }> {
     this.#out = [];
     this.#stopTimers();
     const reason = this.#lastError ? `${code}: ${this.#lastError}` : code;
-    const lost = this.#cur?.label ?? '';
+    const lost = this.#plan.current?.label ?? '';
     if (this.#closed) {
       if (wasUp) this.o.onDown?.(reason, { lost, next: '' });
       return;
     }
     const moved = this.#movedTo;
     this.#movedTo = null;
-    let next: Candidate;
-    let delay = 0;
-    let backoff = false;
-    let newRound = false;
-    if (moved !== null) {
-      // Followed at once a few times; a chain (or a loop) longer than that waits like a failure.
-      next = this.#candidateFor(moved);
-      if (++this.#moves > MAX_MOVES) ((delay = this.#backoff()), (backoff = true));
-    } else if (wasUp) {
-      // Lost after a welcome: another dispatcher at once. With only this one, a short jittered
-      // wait as before (a fleet must not come back in one instant) and its name resolved again.
-      next = this.#after(this.#cur);
-      if (next.key === this.#cur?.key) ((newRound = true), (delay = this.#backoff()));
-    } else if (++this.#failed >= this.#cands.length) {
-      // A full round failed: wait, then resolve the names again and start the next round.
-      next = this.#after(this.#cur);
-      newRound = backoff = true;
-      delay = this.#backoff();
-    } else {
-      next = this.#after(this.#cur);
-    }
+    const { next, delayMs, backoff, newRound } = this.#plan.closed(wasUp, moved);
     if (wasUp) this.o.onDown?.(reason, { lost, next: next.label });
-    this.o.onRetry?.({ from: lost, next: next.label, delayMs: delay, backoff, reason, ...(moved !== null ? { moved } : {}) });
-    this.#retry = setTimeout(() => (newRound ? this.#round().catch((err: unknown) => this.#fail(err)) : this.#dial(next)), delay);
+    this.o.onRetry?.({ from: lost, next: next.label, delayMs, backoff, reason, ...(moved !== null ? { moved } : {}) });
+    this.#retry = setTimeout(() => (newRound ? this.#round().catch((err: unknown) => this.#fail(err)) : this.#dial(next)), delayMs);
   }
 
   #stopTimers(): void {

@@ -42,14 +42,14 @@ export interface Ec2Options {
 export interface ExecutorUserDataInput {
   /** The dispatchers the executor dials (at least one; several when dispatchers share a store). */
   urls: string[];
-    token?: string;
-    labels?: Record<string, string>;
-    slots?: number;
-    idleExitS?: number;
-    dispatcherTimeoutS?: number;
-    retireExitCode?: number;
-    /** PEM CA certificate(s) the executor trusts the dispatcher's wss:// with. */
-    ca?: string;
+  token?: string;
+  labels?: Record<string, string>;
+  slots?: number;
+  idleExitS?: number;
+  dispatcherTimeoutS?: number;
+  retireExitCode?: number;
+  /** PEM CA certificate(s) the executor trusts the dispatcher's wss:// with. */
+  ca?: string;
 }
 
 /**
