@@ -296,8 +296,8 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     sources.url = 'user-data';
     urlWhere = '"urls" in the EC2 user-data';
   }
-  if (rawUrl && (typeof rawUrl.value === 'string' ? rawUrl.value === '' : !Array.isArray(rawUrl.value))) {
-    usage(`${urlWhere} must be a ws:// or wss:// URL, several separated by commas${Array.isArray(userData?.urls) || urlWhere.includes('urls') ? ', or an array of them' : ''} (got ${JSON.stringify(rawUrl.value)})`);
+  if (rawUrl && (typeof rawUrl.value === 'string' ? rawUrl.value === '' : !Array.isArray(rawUrl.value) || !urlWhere.includes('urls'))) {
+    usage(urlWhere.includes('urls') ? `${urlWhere} must be an array of ws:// or wss:// URLs (got ${JSON.stringify(rawUrl.value)})` : `${urlWhere} must be a non-empty string (got ${JSON.stringify(rawUrl.value)})`);
   }
   const url = rawUrl?.value as string | string[] | undefined;
   if (!url) {

@@ -160,7 +160,8 @@ test('executor config: --dispatcher and FALCONET_URL take lists; user-data `urls
   assert.equal(flagWins.options.url, 'ws://f:1');
   await assert.rejects(resolveExecutorConfig({ dispatcher: 'ws://a:1,nope' }, {}, deps(undefined)), usage(/--dispatcher must be a ws:\/\/ or wss:\/\/ URL.*entry 2 of 2: "nope"/));
   await assert.rejects(resolveExecutorConfig({}, { FALCONET_IMDS: '1' }, deps({ urls: ['ws://a:1', 7] })), usage(/"urls" in the EC2 user-data must be .*entry 2 of 2/));
-  await assert.rejects(resolveExecutorConfig({}, { FALCONET_IMDS: '1' }, deps({ urls: { a: 1 } })), usage(/"urls" in the EC2 user-data must be/));
+  await assert.rejects(resolveExecutorConfig({}, { FALCONET_IMDS: '1' }, deps({ urls: { a: 1 } })), usage(/"urls" in the EC2 user-data must be an array of ws:\/\/ or wss:\/\/ URLs/));
+  await assert.rejects(resolveExecutorConfig({}, { FALCONET_IMDS: '1' }, deps({ url: ['ws://a:1'] })), usage(/"url" in the EC2 user-data must be a non-empty string/));
 });
 
 test('EC2 user-data: `url` always (older AMIs read it), `urls` when there are several', { timeout: 5000 }, () => {
