@@ -8,12 +8,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { connect, ErrorCode, FalconetError, type StateChange } from '../client/index.js';
 import { Codec, compileInbound, DispatcherToClientSchemas, PROTOCOL_VERSION, type DispatcherToClient } from '../protocol/index.js';
 import { Link, type RetryInfo } from '../protocol/link.js';
 import { MAX_MOVES } from '../protocol/dial-plan.js';
-import { Procs, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, within } from './helpers.js';
+import { requestAny } from '../client/http-get.js';
+import { FAST, Procs, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, waitForLine, within } from './helpers.js';
 
 const deadUrl = async () => `ws://127.0.0.1:${await freePort()}`;
 
@@ -211,4 +215,27 @@ test('a DNS name with several addresses: each is a candidate, dialed by address 
     connect(`ws://dispatchers.test:${b.port}`, { connectTimeoutMs: 1500, resolve: async () => [{ address: '127.0.0.2', family: 4 }] }),
     (e: unknown) => e instanceof FalconetError && e.code === ErrorCode.UNREACHABLE && /ECONNREFUSED 127\.0\.0\.2/.test(e.message),
   );
+});
+
+test('wss:// to a name dialed by address: the certificate is verified for the name (it holds no IP), over ws and https', { timeout: 120_000 }, async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const dir = procs.tmpDir();
+  const openssl = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=failover test CA']);
+  writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=DNS:dispatchers.test\nbasicConstraints=CA:FALSE\n');
+  openssl(['req', ...ec, '-keyout', 'd.key', '-out', 'd.csr', '-subj', '/CN=dispatchers.test']);
+  openssl(['x509', '-req', '-in', 'd.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'd.pem', '-days', '2', '-extfile', 'ext.cnf']);
+  const ca = readFileSync(join(dir, 'ca.pem'), 'utf8');
+  const proc = procs.spawn(['dispatcher', '--port', '0', ...FAST, '--data-dir', procs.tmpDir(), '--tls-cert', join(dir, 'd.pem'), '--tls-key', join(dir, 'd.key')]);
+  const [, port] = await waitForLine(proc, /listening on wss:\/\/127\.0\.0\.1:(\d+)/, 60_000);
+  const url = `wss://dispatchers.test:${port}`;
+  const resolve = async () => [{ address: '127.0.0.1', family: 4 }];
+  const client = await connect(url, { ca, resolve, connectTimeoutMs: 30_000 });
+  t.after(() => client.close());
+  assert.equal(client.dispatcher, url);
+  const res = await requestAny([url], '/api/status', { ca, resolve, timeoutMs: 30_000 });
+  assert.equal(res.status, 200);
+  assert.equal(res.url, `https://dispatchers.test:${port}/api/status`);
 });
