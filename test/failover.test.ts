@@ -11,9 +11,9 @@ import { connect as netConnect } from 'node:net';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { WebSocketServer, type WebSocket } from 'ws';
 import { connect, ErrorCode, FalconetError, type StateChange } from '../client/index.js';
-import { Codec, compileInbound, DispatcherToClientSchemas, PROTOCOL_VERSION, type DispatcherToClient } from '../protocol/index.js';
+import { compileInbound, DispatcherToClientSchemas, PROTOCOL_VERSION, type DispatcherToClient } from '../protocol/index.js';
+import { movedPeer } from './moved-peer.js';
 import { Link, type RetryInfo } from '../protocol/link.js';
 import { MAX_MOVES } from '../protocol/dial-plan.js';
 import { requestAny } from '../client/http-get.js';
@@ -31,38 +31,6 @@ function stateWhere(client: { onState(l: (c: StateChange) => void): () => void }
       }
     });
   });
-}
-
-/**
- * A peer that answers every hello with MOVED to `to()` and closes: what a dispatcher sharing a
- * store does when the session lives on another one. Counts the connections it was offered.
- */
-async function movedPeer(to: (self: string) => string): Promise<{ url: string; connections: () => number; onConnection(f: () => void): void; close(): Promise<void> }> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
-  await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
-  const url = `ws://127.0.0.1:${(wss.address() as { port: number }).port}`;
-  const codec = new Codec();
-  let count = 0;
-  const listeners: Array<() => void> = [];
-  wss.on('connection', (ws: WebSocket) => {
-    count++;
-    for (const f of listeners) f();
-    ws.on('message', (data: Buffer) => {
-      const [hello] = codec.decode(data) as Array<{ t: string }>;
-      if (hello?.t !== 'hello') return void ws.terminate();
-      for (const frame of codec.encode([{ t: 'error', code: ErrorCode.MOVED, message: 'the session lives on another dispatcher', retryable: true, to: to(url) }])) ws.send(frame);
-      ws.close(1008, ErrorCode.MOVED);
-    });
-  });
-  return {
-    url,
-    connections: () => count,
-    onConnection: (f) => void listeners.push(f),
-    close: () => new Promise<void>((resolve) => {
-      for (const c of wss.clients) c.terminate();
-      wss.close(() => resolve());
-    }),
-  };
 }
 
 test('an executor given A,B registers with B when A is killed (SIGKILL) and runs B’s tasks', { timeout: 180_000 }, async (t) => {
