@@ -264,7 +264,7 @@ export async function topCommand(target: Target, o: { intervalMs: number; wide: 
       } catch (err) {
         if (err instanceof FalconetError && err.code !== ErrorCode.UNREACHABLE) throw err; // refused: say so and stop
         lastError = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-        lines = [`falconet top: ${httpBase(target.url)} does not answer (${lastError}); retrying every ${o.intervalMs / 1000} s`];
+        lines = [`falconet top: ${target.urls.map(httpBase).join(',')} does not answer (${lastError}); retrying every ${o.intervalMs / 1000} s`];
       }
       const stamp = `${new Date().toLocaleTimeString('en-GB')} · every ${o.intervalMs / 1000} s · q quits`;
       const screen = [...lines, '', stamp].map((l) => l + '\x1b[K').join('\n');
