@@ -12,7 +12,7 @@ import { makeLogger, onShutdownSignal, startDispatcher } from '../dispatcher/mai
 import { startExecutor } from '../executor/main.js';
 import type { ProvisionerFlags } from '../dispatcher/provisioner/setup.js';
 import { parseInstanceTypes } from '../dispatcher/provisioner/instance-types.js';
-import { dispatcherUrl } from './url.js';
+import { dispatcherUrls } from './url.js';
 import { readCa } from '../protocol/tls.js';
 import { cancelCommand, drainCommand, runCommand, submitCommand, watchCommand, dial, type SubmitArgs, type Target } from './commands.js';
 import { statusCommand, topCommand } from './status-view.js';
@@ -51,9 +51,12 @@ function parse(args: string[]): { values: Record<string, any>; positionals: stri
   return p;
 }
 
-/** The dispatcher a client command dials: --dispatcher, else FALCONET_URL, else the local default; `host:port` is understood. */
-export function clientUrl(flag: string | undefined): string {
-  return dispatcherUrl(flag ?? process.env.FALCONET_URL ?? `ws://127.0.0.1:${DEFAULT_PORT}`);
+/**
+ * The dispatchers a client command dials: --dispatcher, else FALCONET_URL, else the local default;
+ * a comma-separated list, each `ws://`, `wss://` or `host:port` (USAGE naming a bad entry).
+ */
+export function clientUrls(flag: string | undefined): string[] {
+  return dispatcherUrls(flag ?? process.env.FALCONET_URL ?? `ws://127.0.0.1:${DEFAULT_PORT}`);
 }
 
 /**
@@ -65,8 +68,10 @@ function target(values: { dispatcher?: string; token?: string; 'connect-timeout'
   const ca = readCa(values.ca ?? process.env.FALCONET_CA, values.ca !== undefined ? '--ca' : 'FALCONET_CA');
   const sessionKey = values['session-key'] ?? (process.env.FALCONET_SESSION_KEY || undefined);
   if (sessionKey !== undefined && (sessionKey.length < 16 || sessionKey.length > 256)) usage('--session-key must be 16 to 256 characters (the key a session was opened with)');
+  const urls = clientUrls(values.dispatcher);
   return {
-    url: clientUrl(values.dispatcher),
+    url: urls.join(','),
+    urls,
     token: values.token ?? process.env.FALCONET_TOKEN,
     connectTimeoutMs: Math.round(timeout * 1000),
     ...(ca ? { ca } : {}),

@@ -27,10 +27,11 @@ import {
   type TaskSpec,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
+import type { Resolver } from '../protocol/dispatchers.js';
 import { ResultStream } from './results.js';
 import { SubmitPipeline, type Rejection } from './submits.js';
 import { abortable, type TaskHandle } from './handles.js';
-import { dispatcherUrl } from './url.js';
+import { dispatcherUrls } from './url.js';
 import { LogReader, type LogStream } from './logs.js';
 
 export type { TaskResult, TaskSpec } from '../protocol/index.js';
@@ -47,6 +48,10 @@ export interface StateChange {
   resumed?: boolean;
   /** With `reconnecting` (why the connection was lost) and `closed` (why the client ended). */
   reason?: string;
+  /** With `connected`: the dispatcher's URL; with `reconnecting`: the one lost. */
+  dispatcher?: string;
+  /** With `reconnecting`: the dispatcher dialed next (another one of the list, when there is one). */
+  next?: string;
   /** With `closed`: the error that ended the client (UNREACHABLE, AUTH_FAILED, CLIENT_CLOSED). */
   error?: FalconetError;
 }
@@ -96,6 +101,11 @@ export interface ConnectOptions {
    * {@link connect} with TLS_FAILED at the first attempt, naming the cause.
    */
   ca?: string | Buffer;
+  /**
+   * How DNS names in `url` are resolved at each dial round, every address becoming a candidate
+   * (default: `dns.promises.lookup(host, {all: true})`): a hook for service discovery.
+   */
+  resolve?: Resolver;
 }
 
 /** Options of {@link Client.submitMany}. */
@@ -111,12 +121,15 @@ export interface SubmitManyOptions {
 
 /**
  * Connects to a dispatcher and resolves once the session is open. `url` is `ws://HOST:PORT`,
- * `wss://HOST:PORT` or `HOST:PORT`. Rejects once: USAGE for an address that is none of these,
- * UNREACHABLE when no dispatcher answered within `connectTimeoutMs`, or the dispatcher's refusal
- * (AUTH_FAILED, VERSION_MISMATCH, NOT_FOUND). After a rejection nothing is left running.
+ * `wss://HOST:PORT` or `HOST:PORT`, or several of them (an array, or one string separated by
+ * commas): they are dialed in turn from the first, a DNS name with several addresses giving one
+ * candidate per address, and after a loss the client moves to the next (see protocol/link.ts).
+ * Rejects once: USAGE for an address that is none of these (naming the entry), UNREACHABLE when
+ * no dispatcher answered within `connectTimeoutMs`, or the dispatcher's refusal (AUTH_FAILED,
+ * VERSION_MISMATCH, NOT_FOUND). After a rejection nothing is left running.
  */
-export async function connect(url: string, options: ConnectOptions = {}): Promise<Client> {
-  const client = new Client(dispatcherUrl(url), options);
+export async function connect(url: string | readonly string[], options: ConnectOptions = {}): Promise<Client> {
+  const client = new Client(dispatcherUrls(url), options);
   await abortable(client.ready, options.signal, () => void client.close().catch(() => {}));
   return client;
 }
@@ -150,8 +163,9 @@ export class Client {
   /** Live output streams ({@link logs}), by the ref of their request. */
   readonly #logs = new Map<number, LogReader>();
 
-  /** Prefer {@link connect}, which checks `url` and waits for {@link ready}. */
-  constructor(url: string, private readonly o: ConnectOptions = {}) {
+  /** Prefer {@link connect}, which checks `url` (one URL or several, see there) and waits for {@link ready}. */
+  constructor(url: string | readonly string[], private readonly o: ConnectOptions = {}) {
+    const urls = typeof url === 'string' ? [url] : [...url];
     this.#sessionId = o.session;
     this.#sessionKey = o.sessionKey;
     this.#ackedSent = o.cursor ?? 0;
@@ -165,7 +179,8 @@ export class Client {
     const timeoutMs = o.connectTimeoutMs ?? 10_000;
     const token = o.token;
     this.#link = new Link<DispatcherToClient>({
-      url,
+      url: urls,
+      order: 'first',
       validate: compileInbound<DispatcherToClient>(DispatcherToClientSchemas),
       hello: () => ({
         t: 'hello',
@@ -184,11 +199,11 @@ export class Client {
         this.#onUp(w as Msg<DispatcherToClient, 'welcome'>);
         resolveReady();
       },
-      onDown: (reason) => {
+      onDown: (reason, where) => {
         // Output written while we are away is not seen: each stream ends, saying so.
         for (const r of this.#logs.values()) r.finish({ status: 'disconnected' });
         this.#logs.clear();
-        this.#setState({ state: 'reconnecting', reason });
+        this.#setState({ state: 'reconnecting', reason, dispatcher: where.lost, next: where.next });
       },
       onMessage: (m) => this.#onMessage(m),
       onUnsendable: (msg, err) => this.#onUnsendable(msg as { t: string; ref?: number }, err),
@@ -196,6 +211,7 @@ export class Client {
       initialBackoffMs: o.initialBackoffMs,
       maxBackoffMs: o.maxBackoffMs,
       ...(o.ca !== undefined ? { ca: o.ca } : {}),
+      ...(o.resolve ? { resolve: o.resolve } : {}),
     });
     this.#submits = new SubmitPipeline({
       send: (msg) => this.#link.send(msg),
@@ -205,7 +221,7 @@ export class Client {
     });
     this.#connectTimer = setTimeout(() => {
       const why = this.#link.lastError;
-      this.#end(new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${url} within ${timeoutMs} ms${why ? ` (last error: ${why})` : ''}`));
+      this.#end(new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${urls.join(',')} within ${timeoutMs} ms${why ? ` (last error: ${why})` : ''}`));
     }, timeoutMs);
     this.#emit({ state: 'connecting' });
     this.#link.start();
@@ -223,6 +239,11 @@ export class Client {
   onState(listener: (change: StateChange) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /** The URL of the dispatcher the client is connected to (null while it is not). */
+  get dispatcher(): string | null {
+    return this.#link.dispatcher;
   }
 
   /** True when the dispatcher knew the session this client asked to resume. */
@@ -452,7 +473,7 @@ export class Client {
     this.#remaining = w.unfinished + w.unacked;
     this.#results.rebase(w.cursor, forgotten);
     this.#ackedSent = forgotten ? 0 : Math.max(this.#ackedSent, w.cursor);
-    this.#setState({ state: 'connected', resumed: w.resumed });
+    this.#setState({ state: 'connected', resumed: w.resumed, ...(this.#link.dispatcher ? { dispatcher: this.#link.dispatcher } : {}) });
     // The dispatcher lost our session (an in-memory dispatcher restarted): submit again
     // everything we still wait for. Ids make this idempotent.
     this.#submits.resend(forgotten);

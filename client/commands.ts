@@ -19,7 +19,10 @@ const CANCEL_WAIT_MS = 2000;
 
 /** Where a client command dials, as its flags (or the environment) said. */
 export interface Target {
+  /** The dispatchers, as one comma-separated string for messages. */
   url: string;
+  /** The dispatchers, checked (ws:// or wss://), in the order they are tried. */
+  urls: string[];
   token: string | undefined;
   /** How long to keep dialing a dispatcher that does not answer (one that restarts, say). */
   connectTimeoutMs: number;
@@ -48,11 +51,11 @@ export function dial(t: Target, extra: ConnectOptions = {}): Promise<Client> {
     if (timer) clearTimeout(timer);
     timer = null;
     if (c.state === 'connecting') later(`dialing ${t.url}: is a dispatcher running? (start one with: falconet up)`);
-    else if (c.state === 'reconnecting') later(`dispatcher gone, reconnecting to ${t.url} (${c.reason})`);
-    else if (c.state === 'connected' && told) notice(`connected to ${t.url}${c.resumed ? '; session resumed' : ''}`);
+    else if (c.state === 'reconnecting') later(`dispatcher ${c.dispatcher ?? ''} gone, reconnecting to ${c.next || t.url} (${c.reason})`.replace('  ', ' '));
+    else if (c.state === 'connected' && told) notice(`connected to ${c.dispatcher ?? t.url}${c.resumed ? '; session resumed' : ''}`);
     if (c.state !== 'reconnecting' && c.state !== 'connecting') told = false;
   };
-  return connect(t.url, { token: t.token, connectTimeoutMs: t.connectTimeoutMs, onState, ...(t.ca ? { ca: t.ca } : {}), ...extra });
+  return connect(t.urls, { token: t.token, connectTimeoutMs: t.connectTimeoutMs, onState, ...(t.ca ? { ca: t.ca } : {}), ...extra });
 }
 
 /** One line on what tasks wait for, from the dispatcher's status; never throws. */

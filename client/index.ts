@@ -11,5 +11,5 @@
  */
 export { connect, Client, type ConnectOptions, type ConnectionState, type StateChange, type SubmitManyOptions, type Rejection, type LogEnd, type LogPiece, type LogStream } from './client.js';
 export type { TaskHandle } from './handles.js';
-export { dispatcherUrl } from './url.js';
+export { dispatcherUrl, dispatcherUrls } from './url.js';
 export { ErrorCode, FalconetError, PROTOCOL_VERSION, type TaskSpec, type TaskResult, type TaskStatus, type TaskState, type TaskInfo, type SessionInfo, type WireError } from '../protocol/index.js';

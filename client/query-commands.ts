@@ -8,6 +8,7 @@ import { ErrorCode, FalconetError, type SessionInfo, type TaskInfo } from '../pr
 import type { Target } from './commands.js';
 import { keyFor } from './session-keys.js';
 import { httpBase } from './url.js';
+import { requestAny, type JsonResponse } from './http-get.js';
 
 const NOTICE_MS = 2000;
 
@@ -16,42 +17,37 @@ function notice(text: string): void {
 }
 
 /**
- * One HTTP request to the dispatcher, with the token as Bearer. Like the other client commands it
- * keeps trying a dispatcher that does not answer (one that is starting) for --connect-timeout,
- * saying after ~2 s what it waits for; an answer that is an error is thrown as the dispatcher's
- * FalconetError.
+ * One HTTP request to the dispatcher, with the token as Bearer: to the first of the target's
+ * dispatchers that can be reached (a connection failure moves to the next; an answer, even an
+ * error, is the answer). Like the other client commands it keeps trying when none answers (one
+ * that is starting) for --connect-timeout, saying after ~2 s what it waits for; an answer that is
+ * an error is thrown as the dispatcher's FalconetError.
  */
 export async function api<T>(target: Target, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  const url = httpBase(target.url) + path;
+  const where = target.urls.map(httpBase).join(',');
   const deadline = Date.now() + target.connectTimeoutMs;
-  const told = setTimeout(() => notice(`dialing ${httpBase(target.url)}: is a dispatcher running? (start one with: falconet up)`), NOTICE_MS).unref();
+  const told = setTimeout(() => notice(`dialing ${where}: is a dispatcher running? (start one with: falconet up)`), NOTICE_MS).unref();
   const headers: Record<string, string> = {};
   if (target.token) headers.authorization = `Bearer ${target.token}`;
-  if (body !== undefined) headers['content-type'] = 'application/json';
   try {
     for (;;) {
-      let res: Response;
+      let res: JsonResponse;
       try {
-        res = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(Math.max(1, deadline - Date.now())) });
+        res = await requestAny(target.urls, path, { method, headers, ...(body !== undefined ? { body } : {}), timeoutMs: Math.max(1, deadline - Date.now()), ...(target.ca ? { ca: target.ca } : {}) });
       } catch (err) {
-        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-        const why = cause?.code ?? cause?.message ?? (err as Error).message;
-        if (Date.now() + 200 >= deadline) throw new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${url} within ${target.connectTimeoutMs} ms (last error: ${why})`);
+        if (err instanceof FalconetError) throw err; // TLS_FAILED: dialing again will not mend it
+        const e = err as { code?: string; cause?: { code?: string; message?: string }; message?: string };
+        const why = e.code ?? e.cause?.code ?? e.cause?.message ?? e.message;
+        if (Date.now() + 200 >= deadline) throw new FalconetError(ErrorCode.UNREACHABLE, `no dispatcher answered at ${where}${path} within ${target.connectTimeoutMs} ms (last error: ${why})`);
         await sleep(200);
         continue;
       }
-      const text = await res.text();
-      let parsed: any;
-      try {
-        parsed = JSON.parse(text);
-      } catch {
-        parsed = undefined;
-      }
+      const parsed = res.body as any;
       if (!res.ok) {
-        const wire = parsed?.error ?? { code: res.status === 404 ? ErrorCode.NOT_FOUND : ErrorCode.INTERNAL, message: `HTTP ${res.status} from ${url}` };
+        const wire = parsed?.error ?? { code: res.status === 404 ? ErrorCode.NOT_FOUND : ErrorCode.INTERNAL, message: `HTTP ${res.status} from ${res.url}` };
         throw FalconetError.fromWire(wire);
       }
-      if (parsed === undefined) throw new FalconetError(ErrorCode.INTERNAL, `HTTP ${res.status} from ${url}: not JSON`);
+      if (parsed === undefined) throw new FalconetError(ErrorCode.INTERNAL, `HTTP ${res.status} from ${res.url}: not JSON`);
       return parsed as T;
     }
   } finally {

@@ -56,7 +56,7 @@ export const RUN_EXIT_NOTE = '`run` exits with its task\'s own code instead: 124
 const HELP: Flag = { name: 'help', type: 'boolean', short: 'h', help: 'print this help and exit' };
 
 export const CLIENT_FLAGS: Flag[] = [
-  { name: 'dispatcher', type: 'string', arg: 'URL', default: 'ws://127.0.0.1:7878', env: 'FALCONET_URL', help: 'the dispatcher to talk to: ws://HOST:PORT, wss://HOST:PORT or HOST:PORT' },
+  { name: 'dispatcher', type: 'string', arg: 'URL', default: 'ws://127.0.0.1:7878', env: 'FALCONET_URL', help: 'the dispatcher to talk to: ws://HOST:PORT, wss://HOST:PORT or HOST:PORT; several separated by commas are tried in turn (a DNS name: each of its addresses)' },
   { name: 'token', type: 'string', arg: 'T', env: 'FALCONET_TOKEN', help: 'the client credential, when the dispatcher has one (--client-token, or --admin-token to act on every session)' },
   { name: 'ca', type: 'string', arg: 'FILE', env: 'FALCONET_CA', help: 'PEM CA certificate(s) to trust for wss:// besides the system CAs' },
   { name: 'session-key', type: 'string', arg: 'K', env: 'FALCONET_SESSION_KEY', default: 'the key saved when this account opened the session', help: 'the key of the session a command names (a session opened elsewhere)' },
@@ -139,7 +139,7 @@ const UP_FLAGS: Flag[] = [
 ];
 
 const EXECUTOR_FLAGS: Flag[] = [
-  { name: 'dispatcher', type: 'string', arg: 'URL', env: 'FALCONET_URL', help: 'the dispatcher to serve (ws:// or wss://)' },
+  { name: 'dispatcher', type: 'string', arg: 'URL', env: 'FALCONET_URL', help: 'the dispatcher to serve (ws:// or wss://); several separated by commas: the executor starts at a random one and moves to another when it is lost' },
   { name: 'token', type: 'string', arg: 'T', env: 'FALCONET_TOKEN', help: 'the executor credential (--executor-token)' },
   { name: 'slots', type: 'string', arg: 'N', default: 'the number of cores', unit: 'slots', env: 'FALCONET_SLOTS', help: 'tasks run at once' },
   { name: 'labels', type: 'string', arg: 'k=v,...', env: 'FALCONET_LABELS', help: 'labels tasks may require' },

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import type { Target } from './commands.js';
 import { httpBase } from './url.js';
-import { getJson } from './http-get.js';
+import { notJson, requestAny } from './http-get.js';
 
 const NOTICE_MS = 2000;
 /** Ended instances listed at most (the rest are counted). */
@@ -18,10 +18,13 @@ const ENDED_SHOWN = 3;
 
 export type Status = Record<string, any>;
 
-/** The dispatcher's /api/status (with the token as Bearer when one is set). */
+/**
+ * The dispatcher's /api/status (with the token as Bearer when one is set): from the first of the
+ * target's dispatchers that can be reached.
+ */
 export async function fetchStatus(target: Target, timeoutMs: number): Promise<Status> {
-  const url = httpBase(target.url) + '/api/status';
-  const res = await getJson(url, { headers: target.token ? { authorization: `Bearer ${target.token}` } : {}, timeoutMs, ...(target.ca ? { ca: target.ca } : {}) });
+  const res = await requestAny(target.urls, '/api/status', { headers: target.token ? { authorization: `Bearer ${target.token}` } : {}, timeoutMs, ...(target.ca ? { ca: target.ca } : {}) });
+  if (res.body === undefined) throw notJson(res);
   const body = res.body as Status;
   if (!res.ok) throw FalconetError.fromWire(body.error ?? { code: ErrorCode.INTERNAL, message: `HTTP ${res.status}` });
   return body;
@@ -29,7 +32,7 @@ export async function fetchStatus(target: Target, timeoutMs: number): Promise<St
 
 /** /api/status, retried for --connect-timeout while nobody answers (a dispatcher that is starting). */
 export async function fetchStatusPatiently(target: Target): Promise<Status> {
-  const url = httpBase(target.url) + '/api/status';
+  const url = target.urls.map((u) => httpBase(u) + '/api/status').join(',');
   const deadline = Date.now() + target.connectTimeoutMs;
   const told = setTimeout(() => process.stderr.write(`falconet: dialing ${url}: is a dispatcher running? (start one with: falconet up)\n`), NOTICE_MS).unref();
   try {
@@ -261,7 +264,7 @@ export async function topCommand(target: Target, o: { intervalMs: number; wide: 
       } catch (err) {
         if (err instanceof FalconetError && err.code !== ErrorCode.UNREACHABLE) throw err; // refused: say so and stop
         lastError = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
-        lines = [`falconet top: ${httpBase(target.url)} does not answer (${lastError}); retrying every ${o.intervalMs / 1000} s`];
+        lines = [`falconet top: ${target.urls.map(httpBase).join(',')} does not answer (${lastError}); retrying every ${o.intervalMs / 1000} s`];
       }
       const stamp = `${new Date().toLocaleTimeString('en-GB')} · every ${o.intervalMs / 1000} s · q quits`;
       const screen = [...lines, '', stamp].map((l) => l + '\x1b[K').join('\n');

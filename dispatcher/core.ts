@@ -69,8 +69,11 @@ export interface Outbox {
    * that it can forget the result (it sends it again after a reconnect until then).
    */
   resultReceived(conn: ConnId, uid: number, attempt: number): void;
-  /** Ends a connection with an error code (lease expired, superseded by a newer one). */
-  close(conn: ConnId, code: ErrorCode, message: string): void;
+  /**
+   * Ends a connection with an error code (lease expired, superseded by a newer one). `to` goes
+   * with MOVED: the dispatcher the peer should dial instead (a ws:// or wss:// URL).
+   */
+  close(conn: ConnId, code: ErrorCode, message: string, to?: string): void;
 }
 
 export interface CoreOptions extends SchedulerOptions {

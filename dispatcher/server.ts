@@ -110,9 +110,9 @@ export class DispatcherServer {
         const c = this.#conns.get(conn);
         if (c) this.#out.ackResult(c, uid, attempt);
       },
-      close: (conn, code, message) => {
+      close: (conn, code, message, to) => {
         const c = this.#conns.get(conn);
-        if (c) this.#out.fail(c, wireError(code, message));
+        if (c) this.#out.fail(c, wireError(code, message, to));
       },
     };
     this.core = new DispatcherCore(config, outbox, clock, journal);

@@ -37,6 +37,7 @@ import {
   type ExecutorInfo,
 } from '../protocol/index.js';
 import { Link } from '../protocol/link.js';
+import { dispatcherUrls } from '../protocol/dispatchers.js';
 import { helperPlacement, outcome, setHelperLimit, taskBaseEnv, type Outcome, type RunnerOptions, type RunningAttempt } from './runner.js';
 import { AttemptContext, defaultDataOptions, startAttempt } from './attempt.js';
 import { ResultOutbox } from './delivery.js';
@@ -51,7 +52,12 @@ export { hostAddresses, runShutdownCommand };
 export const EXECUTOR_VERSION = '0.1.0';
 
 export interface ExecutorOptions {
-  url: string;
+  /**
+   * The dispatcher(s): one ws(s):// URL, a comma-separated list, or an array. An executor dials
+   * them in a random order of its own (a fleet spreads over them) and moves to the next when its
+   * dispatcher is lost.
+   */
+  url: string | readonly string[];
   token?: string;
   /** Stable id; generated once per process when absent. */
   id?: string;
@@ -205,7 +211,8 @@ export class ExecutorAgent {
     const now = Date.now();
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
-      url: o.url,
+      url: dispatcherUrls(o.url),
+      order: 'random',
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
       onUp: (welcome) => {
@@ -214,15 +221,22 @@ export class ExecutorAgent {
       },
       heartbeatExtra: () => this.#heartbeatExtra(),
       onMessage: (msg) => this.#onMessage(msg),
-      onDown: (reason) => {
+      onDown: (reason, where) => {
         this.#unwelcomedSince = Date.now();
         this.#live.reset();
         this.#probe = null;
         // Our own close on the way out (drain, idle, stop): the exit line says what happened.
         if (this.#exited) return;
         // A dispatcher that shuts down cleanly (restart, upgrade) closes with 1001: expected, so info.
-        if (reason.startsWith('1001')) log.info({ reason }, 'dispatcher shut down; redialing');
-        else log.warn({ reason }, 'dispatcher connection lost; redialing');
+        const fields = { reason, lost: where.lost, next: where.next };
+        if (reason.startsWith('1001')) log.info(fields, `dispatcher ${where.lost} shut down; dialing ${where.next}`);
+        else log.warn(fields, `dispatcher ${where.lost} lost; dialing ${where.next}`);
+      },
+      // Each failed dial, for whoever debugs a fleet that does not come back; redirects at info.
+      onRetry: (r) => {
+        if (this.#exited) return;
+        if (r.moved) log.info({ from: r.from, to: r.moved, delayMs: Math.round(r.delayMs) }, `dispatcher ${r.from} moved us to ${r.moved}`);
+        else log.debug({ failed: r.from, next: r.next, delayMs: Math.round(r.delayMs), reason: r.reason }, `dial ${r.from} failed; dialing ${r.next}`);
       },
       onFatal: (err: FalconetError) => {
         log.error({ code: err.code }, err.message);
@@ -342,7 +356,7 @@ export class ExecutorAgent {
     if (this.#window.extra > 0) this.#announce();
     this.#unwelcomedSince = null;
     if (!this.#boot.some((b) => b.phase === 'registered')) this.#boot.push({ phase: 'registered', at: Date.now() });
-    this.log.info({ id: this.id, slots: this.slots, url: this.o.url }, 'registered');
+    this.log.info({ id: this.id, slots: this.slots, url: this.#link.dispatcher }, 'registered');
     // Everything not acknowledged, whether or not it was sent before: a frame sent just before
     // the last loss may never have arrived, and the dispatcher drops (and acks) duplicates.
     for (const result of this.#outbox.pending()) this.#link.send({ t: 'done', result });

@@ -22,6 +22,7 @@ import { ErrorCode, FalconetError, LIMITS } from '../protocol/index.js';
 import type { ExecutorOptions } from './agent.js';
 import { Imds, type ImdsReader, type InstanceIdentity } from './imds.js';
 import { isPem } from '../protocol/tls.js';
+import { dispatcherUrls } from '../protocol/dispatchers.js';
 import { parseResources } from './resources.js';
 
 export const DEFAULT_ENV_FILE = '/etc/falconet/executor.env';
@@ -91,8 +92,12 @@ const SETTINGS = {
 } as const satisfies Record<string, SettingSpec>;
 export type Setting = keyof typeof SETTINGS;
 
-/** The keys a falconet user-data document may hold. */
-export const USER_DATA_KEYS: readonly string[] = Object.values(SETTINGS).flatMap((s: SettingSpec) => (s.ud ? [s.ud] : []));
+/**
+ * The keys a falconet user-data document may hold. `urls` (the dispatchers, an array) goes with
+ * `url`: a dispatcher writes both when it has several, so that an older executor, which knows
+ * only `url`, still finds one; a newer one takes `urls`.
+ */
+export const USER_DATA_KEYS: readonly string[] = [...Object.values(SETTINGS).flatMap((s: SettingSpec) => (s.ud ? [s.ud] : [])), 'urls'];
 
 export interface ImdsOutcome {
   consulted: boolean;
@@ -283,7 +288,18 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     return n;
   };
 
-  const url = str('url');
+  // user-data `urls` (the list) wins over its `url` (the first of it, for older executors).
+  let rawUrl = raw('url');
+  let urlWhere = rawUrl ? where('url', rawUrl.source, file) : '';
+  if ((!rawUrl || rawUrl.source === 'user-data') && userData && userData.urls !== undefined && userData.urls !== null) {
+    rawUrl = { value: userData.urls, source: 'user-data' };
+    sources.url = 'user-data';
+    urlWhere = '"urls" in the EC2 user-data';
+  }
+  if (rawUrl && (typeof rawUrl.value === 'string' ? rawUrl.value === '' : !Array.isArray(rawUrl.value) || !urlWhere.includes('urls'))) {
+    usage(urlWhere.includes('urls') ? `${urlWhere} must be an array of ws:// or wss:// URLs (got ${JSON.stringify(rawUrl.value)})` : `${urlWhere} must be a non-empty string (got ${JSON.stringify(rawUrl.value)})`);
+  }
+  const url = rawUrl?.value as string | string[] | undefined;
   if (!url) {
     const why = !imds.consulted
       ? `IMDS was not consulted (${imds.reason})`
@@ -296,12 +312,13 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
             : 'the instance has no user-data';
     usage(`no dispatcher URL: give --dispatcher URL, FALCONET_URL (environment or ${file ?? DEFAULT_ENV_FILE}), or EC2 user-data {"url": "ws://…"}; ${why}`);
   }
-  let parsedUrl: URL | undefined;
+  let urls: string[];
   try {
-    parsedUrl = new URL(url);
-  } catch {}
-  if (!parsedUrl || !['ws:', 'wss:', 'http:', 'https:'].includes(parsedUrl.protocol)) {
-    usage(`${where('url', sources.url!, file)} must be a ws:// or wss:// URL (got ${JSON.stringify(url)})`);
+    // http(s):// was taken before lists existed (ws dials it as ws(s)://): old configs keep working.
+    const entries = (typeof url === 'string' ? url.split(',') : url).map((e) => (typeof e === 'string' ? e.trim().replace(/^http(s?):\/\//i, 'ws$1://') : e));
+    urls = dispatcherUrls(entries);
+  } catch (err) {
+    usage(`${urlWhere} must be a ws:// or wss:// URL, or several separated by commas (got ${JSON.stringify(url)}): ${(err as Error).message}`);
   }
 
   const labels: Record<string, string> = {};
@@ -370,7 +387,8 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
   const identity = imds.identity;
   const addresses = identity ? [identity.localIpv4, identity.publicIpv4].filter((a): a is string => !!a) : [];
   const options: ExecutorOptions = {
-    url,
+    // One URL as it was given; several as one comma-separated string of checked URLs.
+    url: urls.join(','),
     ...(token !== undefined ? { token } : {}),
     ...(id !== undefined ? { id } : identity ? { id: identity.instanceId } : {}),
     ...(slots !== undefined ? { slots } : {}),

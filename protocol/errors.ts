@@ -120,6 +120,13 @@ export const ErrorCode = {
   SANDBOX_FAILED: 'SANDBOX_FAILED',
   /** The dispatcher could not be reached within the connect timeout. */
   UNREACHABLE: 'UNREACHABLE',
+  /**
+   * Connection-level, from a dispatcher that shares a store with others: what this connection
+   * asks for (its session) lives on another dispatcher, named in the error's `to` (a ws:// or
+   * wss:// URL). The dispatcher closes the connection; the SDK and executors dial `to` at once
+   * (a few times in a row at most, then with backoff).
+   */
+  MOVED: 'MOVED',
   /** A bug on our side; the message says what. */
   INTERNAL: 'INTERNAL',
   /** A command line argument or config value is wrong (CLI and startup only). */
@@ -169,6 +176,7 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.INTERNAL,
   ErrorCode.EXECUTOR_ID_IN_USE,
   ErrorCode.SESSION_BUSY,
+  ErrorCode.MOVED,
 ]);
 
 /** True when `code` is retryable (see RETRYABLE); unknown codes are not. */
@@ -176,9 +184,9 @@ export function isRetryable(code: string): boolean {
   return RETRYABLE.has(code as ErrorCode);
 }
 
-/** The wire form of an error, its retryability taken from the one table. */
-export function wireError(code: ErrorCode, message: string): WireError {
-  return { code, message, retryable: RETRYABLE.has(code) };
+/** The wire form of an error, its retryability taken from the one table (`to`: where MOVED sends the peer). */
+export function wireError(code: ErrorCode, message: string, to?: string): WireError {
+  return { code, message, retryable: RETRYABLE.has(code), ...(to !== undefined ? { to } : {}) };
 }
 
 /** The wire form of an error. */
@@ -186,6 +194,8 @@ export interface WireError {
   code: ErrorCode;
   message: string;
   retryable: boolean;
+  /** With MOVED: the dispatcher to dial instead (a ws:// or wss:// URL). */
+  to?: string;
 }
 
 /** An error with a stable code; what every falconet API throws or rejects with. */

@@ -1,8 +1,12 @@
 /**
- * The dialing side of a connection, shared by executors and clients: dial with exponential
- * backoff and full jitter until the dispatcher is there (and again after any loss), say hello,
- * wait for welcome, batch outgoing messages into frames once per event-loop turn, send
- * heartbeats, and declare the dispatcher gone when it has been silent too long.
+ * The dialing side of a connection, shared by executors and clients: dial until a dispatcher is
+ * there (and again after any loss), say hello, wait for welcome, batch outgoing messages into
+ * frames once per event-loop turn, send heartbeats, and declare the dispatcher gone when it has
+ * been silent too long.
+ *
+ * Several dispatchers: the link is given one URL or several and moves between them as
+ * protocol/dial-plan.ts says (a failed dial goes to the next candidate at once, only a full round
+ * of failures backs off; once welcomed the link stays; MOVED sends it to `to`, boundedly).
  *
  * What must survive a reconnect (a client's unacknowledged submits, an executor's undelivered
  * results) is the caller's to keep: the link drops what it could not send, and calls `onUp` after
@@ -17,12 +21,44 @@ import { Codec } from './codec.js';
 import { ErrorCode, FalconetError } from './errors.js';
 import type { InboundValidator } from './validate.js';
 import { tlsFailure, trustedCas } from './tls.js';
+import { candidateLookup, dispatcherUrl, type Candidate, type Resolver } from './dispatchers.js';
+import { DialPlan } from './dial-plan.js';
 
 /** Errors after which dialing again cannot help: stop and tell the user. */
 const FATAL: ReadonlySet<string> = new Set([ErrorCode.AUTH_FAILED, ErrorCode.AUTH_WRONG_ROLE, ErrorCode.VERSION_MISMATCH, ErrorCode.NOT_FOUND, ErrorCode.SESSION_FORBIDDEN]);
 
+/** Where the link goes next, after a failed dial, a loss or a redirect ({@link LinkOptions.onRetry}). */
+export interface RetryInfo {
+  /** The candidate that failed, was lost or redirected (`ws://d.example:7878 (10.0.0.5)`). */
+  from: string;
+  /** The candidate dialed next (after a failed round: the first of the next round, as now resolved). */
+  next: string;
+  /** How long the link waits before that dial (0: at once). */
+  delayMs: number;
+  /** True when this wait is a backoff: a full round failed, or MOVED came too often in a row. */
+  backoff: boolean;
+  /** The close code and the last socket error, as {@link LinkOptions.onDown} gets them. */
+  reason: string;
+  /** With a redirect: the URL the dispatcher sent us to. */
+  moved?: string;
+}
+
 export interface LinkOptions<In extends { t: string }> {
-  url: string;
+  /**
+   * The dispatcher(s): one ws:// or wss:// URL or several, already checked (see
+   * dispatcherUrls in protocol/dispatchers.ts), tried in turn.
+   */
+  url: string | readonly string[];
+  /**
+   * The order of the candidates: `first` (the list's order, starting at its first; clients) or
+   * `random` (a per-link random order, so that a fleet of executors starts spread over the
+   * dispatchers and does not follow one lost dispatcher to the same next one).
+   */
+  order?: 'first' | 'random';
+  /** Resolves DNS names at each dial round (default: `dns.promises.lookup(host, {all: true})`). */
+  resolve?: Resolver;
+  /** How long one dial (TCP, TLS and the upgrade) may take before it counts as failed (default 15 s). */
+  dialTimeoutMs?: number;
   /** Built at each connect: it carries what the peer must know now (cursor, running attempts). */
   hello(): Record<string, unknown>;
   validate: InboundValidator<In>;
@@ -31,9 +67,12 @@ export interface LinkOptions<In extends { t: string }> {
   onMessage(msg: In): void;
   /**
    * The connection is gone; the link is already dialing again (unless closed). `reason` names the
-   * close code and, when there was one, the last socket error (ECONNRESET, a failed upgrade).
+   * close code and, when there was one, the last socket error (ECONNRESET, a failed upgrade);
+   * `where` the dispatcher lost and the one dialed next ('' when the link was closed).
    */
-  onDown?(reason: string): void;
+  onDown?(reason: string, where: { lost: string; next: string }): void;
+  /** Every time the link schedules its next dial (after a failed dial, a loss or a redirect): for logs. */
+  onRetry?(info: RetryInfo): void;
   /**
    * A message passed to {@link Link.send} that cannot be encoded within the negotiated frame limit
    * (FRAME_TOO_LARGE). It was not sent; the owner decides what to do (split it, fail its waiter).
@@ -60,7 +99,9 @@ export class Link<In extends { t: string }> {
   #ws: WebSocket | null = null;
   #up = false;
   #closed = false;
-  #attempt = 0;
+  readonly #plan: DialPlan;
+  /** Where the current connection was sent by MOVED (checked), until it closes. */
+  #movedTo: string | null = null;
   #out: unknown[] = [];
   #flushQueued = false;
   #heartbeat: NodeJS.Timeout | null = null;
@@ -73,6 +114,17 @@ export class Link<In extends { t: string }> {
 
   constructor(private readonly o: LinkOptions<In>) {
     this.#codec = new Codec({ maxFrameBytes: o.maxFrameBytes });
+    this.#plan = new DialPlan(typeof o.url === 'string' ? [o.url] : o.url, o);
+  }
+
+  /** The URL of the dispatcher the link is connected to (null while not welcomed). */
+  get dispatcher(): string | null {
+    return this.#up ? (this.#plan.current?.url ?? null) : null;
+  }
+
+  /** The dispatchers this link knows: the configured ones, then those redirects named. */
+  get urls(): readonly string[] {
+    return this.#plan.urls;
   }
 
   /** True between welcome and the next loss. */
@@ -99,7 +151,15 @@ export class Link<In extends { t: string }> {
   }
 
   start(): void {
-    this.#dial();
+    this.#round().catch((err: unknown) => this.#fail(err));
+  }
+
+  /** A bug in dialing must end the link loudly, not as an unhandled rejection in the host process. */
+  #fail(err: unknown): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopTimers();
+    this.o.onFatal(new FalconetError(ErrorCode.INTERNAL, `dialing failed: ${(err as Error)?.message ?? String(err)}`));
   }
 
   /** Queues a message for the next frame. Returns false (and drops it) when not connected. */
@@ -131,16 +191,31 @@ export class Link<In extends { t: string }> {
     });
   }
 
-  #dial(): void {
+  /** Starts a dial round: resolves every name now, then dials. */
+  async #round(): Promise<void> {
+    const next = await this.#plan.round();
+    this.#dial(next);
+  }
+
+  #dial(c: Candidate): void {
     if (this.#closed) return;
+    this.#plan.dialing(c);
     let ws: WebSocket;
     try {
       const ca = trustedCas(this.o.ca);
-      ws = new WebSocket(this.o.url, { perMessageDeflate: false, maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2, ...(ca ? { ca } : {}) });
+      const lookup = candidateLookup(c);
+      ws = new WebSocket(c.url, {
+        perMessageDeflate: false,
+        maxPayload: (this.o.maxFrameBytes ?? 16 << 20) * 2,
+        // A candidate that swallows packets must not hold the round for the OS's TCP timeout.
+        handshakeTimeout: this.o.dialTimeoutMs ?? 15_000,
+        ...(ca ? { ca } : {}),
+        ...(lookup ? { lookup } : {}),
+      });
     } catch (err) {
       // A URL the ws library refuses cannot get better by dialing again.
       this.#closed = true;
-      this.o.onFatal(new FalconetError(ErrorCode.USAGE, `cannot dial ${this.o.url}: ${(err as Error).message}`));
+      this.o.onFatal(new FalconetError(ErrorCode.USAGE, `cannot dial ${c.url}: ${(err as Error).message}`));
       return;
     }
     this.#ws = ws;
@@ -153,10 +228,12 @@ export class Link<In extends { t: string }> {
     // 'close' follows and redials; the error is kept so that onDown and a caller giving up on the
     // dispatcher (UNREACHABLE) can say why: refused, not resolved, refused at upgrade.
     ws.on('error', (err) => {
-      this.#lastError = err.message || (err as NodeJS.ErrnoException).code || String(err);
+      const why = err.message || (err as NodeJS.ErrnoException).code || String(err);
+      // With several candidates, say which one failed.
+      this.#lastError = this.#plan.size > 1 ? `${c.label}: ${why}` : why;
       // A certificate that does not verify does not start to verify by dialing again: end now,
       // loudly (TLS_FAILED with the cause), instead of a redial loop that looks like "not there".
-      const tls = tlsFailure(err, this.o.url);
+      const tls = tlsFailure(err, c.url);
       if (tls && !this.#closed) {
         this.#closed = true;
         this.#stopTimers();
@@ -190,7 +267,19 @@ export class Link<In extends { t: string }> {
       }
       const msg = v.msg;
       if (msg.t === 'error') {
-        const e = msg as unknown as { code: string; message: string; retryable: boolean; ref?: number };
+        const e = msg as unknown as { code: string; message: string; retryable: boolean; ref?: number; to?: string };
+        // The session (or this executor's place) is on another dispatcher: leave for it. The
+        // dispatcher closes anyway; ending the socket here does not wait for its close.
+        if (e.code === ErrorCode.MOVED && e.ref === undefined) {
+          let to: string | null = null;
+          try {
+            to = e.to === undefined ? null : dispatcherUrl(e.to);
+          } catch {}
+          this.#movedTo = to;
+          this.#lastError = to ? `MOVED to ${to}: ${e.message}` : `MOVED to no usable address (${JSON.stringify(e.to ?? null)}): ${e.message}`;
+          ws.terminate();
+          return;
+        }
         // With a ref it answers one request (a `logs` of an unknown id), not the connection.
         if (FATAL.has(e.code) && e.ref === undefined) {
           this.#closed = true;
@@ -202,7 +291,7 @@ export class Link<In extends { t: string }> {
       if (msg.t === 'welcome' && !this.#up) {
         const w = msg as unknown as { heartbeatMs: number; leaseMs?: number; maxFrameBytes?: number };
         this.#up = true;
-        this.#attempt = 0;
+        this.#plan.welcomed();
         this.#lastError = null;
         // The dispatcher's limit, both ways: it refuses larger frames and may send frames this large.
         // A fresh codec per connection is right anyway: msgpack records never span connections.
@@ -224,18 +313,24 @@ export class Link<In extends { t: string }> {
     this.#watchdog = setTimeout(() => this.#ws?.terminate(), ms);
   }
 
-  #onClose(ws: WebSocket, reason: string): void {
+  #onClose(ws: WebSocket, code: string): void {
     if (ws !== this.#ws) return;
     const wasUp = this.#up;
     this.#up = false;
     this.#out = [];
     this.#stopTimers();
-    if (wasUp) this.o.onDown?.(this.#lastError ? `${reason}: ${this.#lastError}` : reason);
-    if (this.#closed) return;
-    const base = this.o.initialBackoffMs ?? 100;
-    const cap = this.o.maxBackoffMs ?? 10_000;
-    const delay = Math.random() * Math.min(cap, base * 2 ** this.#attempt++);
-    this.#retry = setTimeout(() => this.#dial(), delay);
+    const reason = this.#lastError ? `${code}: ${this.#lastError}` : code;
+    const lost = this.#plan.current?.label ?? '';
+    if (this.#closed) {
+      if (wasUp) this.o.onDown?.(reason, { lost, next: '' });
+      return;
+    }
+    const moved = this.#movedTo;
+    this.#movedTo = null;
+    const { next, delayMs, backoff, newRound } = this.#plan.closed(wasUp, moved);
+    if (wasUp) this.o.onDown?.(reason, { lost, next: next.label });
+    this.o.onRetry?.({ from: lost, next: next.label, delayMs, backoff, reason, ...(moved !== null ? { moved } : {}) });
+    this.#retry = setTimeout(() => (newRound ? this.#round().catch((err: unknown) => this.#fail(err)) : this.#dial(next)), delayMs);
   }
 
   #stopTimers(): void {

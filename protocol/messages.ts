@@ -31,6 +31,8 @@ export const LIMITS = {
   arrayElements: 1_000_000,
   /** Ids one task may name in `after`. */
   afterItems: 10_000,
+  /** A dispatcher URL on the wire (an error's MOVED `to`), in characters. */
+  urlChars: 2048,
 } as const;
 
 /**
@@ -279,6 +281,8 @@ const ErrorMsg = Type.Object({
   code: Type.String({ maxLength: 64 }),
   message: Type.String({ maxLength: 64 * KiB }),
   retryable: Type.Boolean(),
+  /** With MOVED: the dispatcher to dial instead. */
+  to: Type.Optional(Type.String({ minLength: 6, maxLength: LIMITS.urlChars, pattern: '^wss?://' })),
 });
 /** Data an executor moved, carried on its heartbeats (for status: cache hit ratio, bytes moved). */
 export const DataCountersSchema = Type.Object({ cacheHits: Uint, cacheMisses: Uint, bytesIn: Uint, bytesOut: Uint });

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from '../client/index.js';
+import { movedPeer } from './moved-peer.js';
 import { Procs, ensureDebianPackages, freePort, startDispatcher, startExecutor, waitExecutors, type Dispatcher } from './helpers.js';
 
 const run = promisify(execFile);
@@ -207,4 +208,15 @@ test('throughput: 20,000 noop tasks through the Python client and through the Ty
   const py = { seconds: pySeconds, rate: Math.round(n / pySeconds) };
   t.diagnostic(`TypeScript SDK: ${n} noop tasks in ${tsSeconds.toFixed(2)} s = ${Math.round(n / tsSeconds)} tasks/s`);
   t.diagnostic(`Python client:  ${n} noop tasks in ${py.seconds.toFixed(2)} s = ${py.rate} tasks/s`);
+});
+
+test('python client: a comma list dials past a dead dispatcher; MOVED is followed to where the session lives', { timeout: 120_000 }, async (t) => {
+  const why = await pythonReady();
+  if (why) return t.skip(why);
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const d = await cluster(procs, 1, 2);
+  const peer = await movedPeer(() => d.url);
+  t.after(() => peer.close());
+  passed(await scenario(procs, 'failover', [d.url, peer.url]), 'failover');
 });

@@ -14,6 +14,7 @@ import {
   type RunInstancesCommandInput,
 } from '@aws-sdk/client-ec2';
 import { randomUUID } from 'node:crypto';
+import { ErrorCode, FalconetError } from '../../protocol/errors.js';
 import type { Backend, CloudState } from './backend.js';
 import type { InstanceType } from './instance-types.js';
 
@@ -31,33 +32,61 @@ export interface Ec2Options {
   keyName?: string;
   spot?: boolean;
   /** What the executor on the instance reads from its user-data (ami/README.md). */
-  userData: {
-    url: string;
-    token?: string;
-    labels?: Record<string, string>;
-    slots?: number;
-    idleExitS?: number;
-    dispatcherTimeoutS?: number;
-    retireExitCode?: number;
-    /** PEM CA certificate(s) the executor trusts the dispatcher's wss:// with. */
-    ca?: string;
-  };
+  userData: ExecutorUserDataInput;
   /** Attempts per API call, throttling and capacity errors included (the SDK backs off between). */
   maxAttempts?: number;
   region?: string;
+}
+
+/** What the provisioner puts in an instance's user-data; see {@link executorUserData}. */
+export interface ExecutorUserDataInput {
+  /** The dispatchers the executor dials (at least one; several when dispatchers share a store). */
+  urls: string[];
+  token?: string;
+  labels?: Record<string, string>;
+  slots?: number;
+  idleExitS?: number;
+  dispatcherTimeoutS?: number;
+  retireExitCode?: number;
+  /** PEM CA certificate(s) the executor trusts the dispatcher's wss:// with. */
+  ca?: string;
+}
+
+/**
+ * The user-data document of one launch: `url` always (the first dispatcher: what an executor
+ * from an older AMI reads), and `urls` too when there are several (a newer executor takes the
+ * list and fails over along it); a type's resources when launching a type.
+ */
+export function executorUserData(input: ExecutorUserDataInput, type?: InstanceType): Record<string, unknown> {
+  const { urls, ...rest } = input;
+  if (urls.length === 0) throw new FalconetError(ErrorCode.INTERNAL, 'EC2 user-data without a dispatcher URL');
+  return { url: urls[0], ...(urls.length > 1 ? { urls: [...urls] } : {}), ...rest, ...(type ? { resources: { ...type.resources } } : {}) };
 }
 
 export class Ec2Backend implements Backend {
   readonly kind = 'ec2';
   readonly #ec2: EC2Client;
 
+  /** The dispatchers written into the next launches' user-data ({@link setUrls}). */
+  #urls: string[];
+
   constructor(private readonly o: Ec2Options) {
+    this.#urls = [...o.userData.urls];
     this.#ec2 = new EC2Client({ maxAttempts: o.maxAttempts ?? 5, ...(o.region ? { region: o.region } : {}) });
+  }
+
+  /**
+   * The dispatchers that instances launched from now on are given (the live list, when several
+   * dispatchers share a store); instances already running keep theirs and fail over along it.
+   */
+  setUrls(urls: string[]): void {
+    if (urls.length === 0) throw new FalconetError(ErrorCode.INTERNAL, 'setUrls needs at least one dispatcher URL');
+    this.#urls = [...urls];
   }
 
   async launch(count: number, type?: InstanceType): Promise<string[]> {
     // A type's executors advertise its resources (user-data `resources`), whatever they detect.
-    const userData = type ? { ...this.o.userData, resources: { ...type.resources } } : this.o.userData;
+    const userData = executorUserData({ ...this.o.userData, urls: this.#urls }, type);
     const instanceType = type?.name ?? this.o.instanceType;
     const input: RunInstancesCommandInput = {
       MinCount: 1,

@@ -104,7 +104,7 @@ export async function startProvisioner(
       ...e,
       cluster: e.cluster ?? 'falconet',
       userData: {
-        url,
+        urls: [url],
         ...(token ? { token } : {}),
         ...(e.labels ? { labels: e.labels } : {}),
         slots: f.slots,

@@ -402,8 +402,28 @@ async def bench(url: str, n: str = "20000") -> None:
     await c.close()
 
 
-SCENARIOS = {"basic": basic, "many": many, "resume": resume, "executor": executor_adapter, "wire": wire, "records": records, "bench": bench}
-DEADLINES = {"basic": 60, "many": 60, "resume": 90, "executor": 60, "wire": 30, "records": 30, "bench": 120}
+async def failover(url: str, peer: str) -> None:
+    """``url``: a dispatcher with an executor; ``peer``: a peer that answers MOVED to ``url``."""
+    dead = f"ws://127.0.0.1:{closed_port()}"
+    c = await falconet.connect(f"{dead},{url}", connect_timeout=20)  # the dead one first
+    assert c.dispatcher == url, c.dispatcher
+    r = await c.submit({"cmd": ["echo", "past the dead one"]})
+    assert r.ok and r.stdout == "past the dead one\n", r
+    await c.close()
+
+    moved = await falconet.connect([peer], connect_timeout=20)
+    assert moved.dispatcher == url, moved.dispatcher
+    assert url in moved.urls, moved.urls  # the redirect target joined the list
+    r = await moved.submit({"cmd": ["echo", "redirected"]})
+    assert r.ok and r.stdout == "redirected\n", r
+    await moved.close()
+
+    e = await expect_error("USAGE", falconet.connect(f"{url},,{dead}", connect_timeout=1))
+    assert "entry 2 of 3" in e.message, e.message
+
+
+SCENARIOS = {"failover": failover, "basic": basic, "many": many, "resume": resume, "executor": executor_adapter, "wire": wire, "records": records, "bench": bench}
+DEADLINES = {"failover": 60, "basic": 60, "many": 60, "resume": 90, "executor": 60, "wire": 30, "records": 30, "bench": 120}
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping, NamedTuple, Optional, Union
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import websockets
 
@@ -35,6 +35,8 @@ log = logging.getLogger("falconet")
 TaskLike = Union[Task, Mapping[str, Any]]
 
 #: Errors after which dialing again cannot help (the dispatcher refused us for good).
+#: Redirects (MOVED) followed at once in a row without a welcome; more wait like a failed round.
+MAX_MOVES = 5
 _FATAL = frozenset({"AUTH_FAILED", "AUTH_WRONG_ROLE", "VERSION_MISMATCH", "NOT_FOUND", "SESSION_FORBIDDEN"})
 
 
@@ -59,7 +61,7 @@ class SubmitSummary:
 
 
 async def connect(
-    url: str,
+    url: "str | Sequence[str]",
     *,
     token: Optional[str] = None,
     session: Optional[str] = None,
@@ -73,7 +75,10 @@ async def connect(
     """Connects to a dispatcher and returns once the session is open.
 
     ``url`` is ``ws://HOST:PORT``, ``wss://HOST:PORT`` or ``HOST:PORT`` (anything else raises
-    ``FalconetError('USAGE')``). ``session``/``cursor`` resume a session (see
+    ``FalconetError('USAGE')``), or several of them (a comma-separated string or a list): they are
+    dialed in turn from the first, a failed dial moving to the next at once and a full round of
+    failures backing off; a lost dispatcher is left for the next one, and a dispatcher's ``MOVED``
+    is followed (five times in a row at most without a welcome, then with backoff). ``session``/``cursor`` resume a session (see
     :attr:`Client.session`; resuming needs ``session_key``, the key the session was opened with,
     unless ``token`` is the administrator's: ``SESSION_FORBIDDEN`` otherwise; another live
     reader of the session gets ``SESSION_BUSY``); ``lease_ms`` makes the dispatcher cancel the session's tasks when no
@@ -83,7 +88,7 @@ async def connect(
     ``VERSION_MISMATCH``, ``NOT_FOUND``). After a failure nothing is left running.
     """
     client = Client(
-        wire.dispatcher_url(url),
+        wire.dispatcher_urls(url),
         token=token,
         session=session,
         session_key=session_key,
@@ -138,7 +143,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: "str | Sequence[str]",
         *,
         token: Optional[str] = None,
         session: Optional[str] = None,
@@ -150,7 +155,12 @@ class Client:
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
     ) -> None:
-        self.url = url
+        #: The dispatchers, in the order they are dialed (redirect targets join at the end).
+        self.urls: list[str] = [url] if isinstance(url, str) else list(url)
+        #: The same, as one string for messages.
+        self.url = ",".join(self.urls)
+        self._dispatcher: Optional[str] = None
+        self._moved_to: Optional[str] = None
         self._token = token
         self._session_id: Optional[str] = session
         self._session_key: Optional[str] = session_key
@@ -215,6 +225,11 @@ class Client:
     def session(self) -> SessionRef:
         """The session id, cursor and key: what a later process needs to resume this result stream."""
         return SessionRef(self._session_id or "", self._cursor, self._session_key or "")
+
+    @property
+    def dispatcher(self) -> Optional[str]:
+        """The URL of the dispatcher the client is connected to (None while it is not)."""
+        return self._dispatcher if self._up else None
 
     @property
     def connected(self) -> bool:
@@ -482,12 +497,32 @@ class Client:
         return hello
 
     async def _run(self) -> None:
-        attempt = 0
+        # Failover as protocol/dial-plan.ts does it: a failed dial moves to the next URL at once,
+        # only a full round of failures backs off; a loss moves on at once; MOVED is followed at
+        # once MAX_MOVES times in a row without a welcome, then with backoff.
+        rounds = 0  # full rounds failed in a row: the backoff's exponent
+        failed = 0  # failed dials in this round
+        moves = 0  # redirects in a row without a welcome
+        added = 0
+        pos = -1  # index in self.urls of the URL dialed last
+        target: Optional[str] = None  # where MOVED sent us
+
+        def backoff() -> float:
+            nonlocal rounds
+            delay = random.random() * min(self._max_backoff, self._initial_backoff * 2 ** min(rounds, 30))
+            rounds += 1
+            return delay
+
         while self._ended is None:
+            url = target if target is not None else self.urls[(pos + 1) % len(self.urls)]
+            target = None
+            if url in self.urls:
+                pos = self.urls.index(url)
+            self._moved_to = None
             ws = None
             try:
                 ws = await websockets.connect(
-                    self.url,
+                    url,
                     max_size=None,
                     ping_interval=None,
                     compression=None,
@@ -498,6 +533,7 @@ class Client:
                 if self._ended is not None:
                     break
                 self._ws = ws
+                self._dispatcher = url
                 self._last_error = None
                 await self._serve(ws)
                 if self._last_error is None:
@@ -506,8 +542,9 @@ class Client:
                 raise
             except FalconetError as e:
                 self._end(e)
-            except Exception as e:  # a socket error, a refused upgrade: dial again
-                self._last_error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # a socket error, a refused upgrade: dial the next one
+                why = f"{type(e).__name__}: {e}"
+                self._last_error = f"{url}: {why}" if len(self.urls) > 1 else why
             finally:
                 was_up = self._up
                 self._up = False
@@ -519,15 +556,33 @@ class Client:
                         await asyncio.wait_for(ws.close(), 1)
                     except BaseException:
                         pass
-                if was_up:
-                    attempt = 0
-                    if self._ended is None:
-                        log.info("falconet: connection lost (%s); reconnecting", self._last_error)
             if self._ended is not None:
                 break
-            delay = random.random() * min(self._max_backoff, self._initial_backoff * 2**attempt)
-            attempt = min(attempt + 1, 30)
-            await asyncio.sleep(delay)
+            delay = 0.0
+            if was_up:
+                rounds = failed = moves = 0
+            if self._moved_to is not None:
+                target = self._moved_to
+                if target not in self.urls and added < 16:
+                    self.urls.append(target)
+                    added += 1
+                moves += 1
+                if moves > MAX_MOVES:
+                    delay = backoff()
+                log.info("falconet: %s moved us to %s", url, target)
+            elif was_up:
+                nxt = self.urls[(pos + 1) % len(self.urls)]
+                if nxt == url:
+                    delay = backoff()  # only this one: a short jittered wait, as before lists
+                if self._ended is None:
+                    log.info("falconet: connection to %s lost (%s); dialing %s", url, self._last_error, nxt)
+            else:
+                failed += 1
+                if failed >= len(self.urls):
+                    failed = 0
+                    delay = backoff()
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def _serve(self, ws: Any) -> None:
         await ws.send(wire.frames([wire.pack(self._hello())], self._max_frame).__next__())
@@ -557,6 +612,15 @@ class Client:
                     t = m.get("t")
                     if t == "error" and m.get("ref") is None:
                         err = FalconetError.from_wire(m)
+                        if err.code == "MOVED":
+                            # The session lives on another dispatcher: `to` says which.
+                            to = m.get("to")
+                            try:
+                                self._moved_to = wire.dispatcher_url(to) if isinstance(to, str) else None
+                            except FalconetError:
+                                self._moved_to = None
+                            self._last_error = f"MOVED to {to!r}: {err.message}"
+                            return
                         # Another connection reads the session: a mistake at the first hello (a
                         # second reader); after a loss it is our own old connection, which the
                         # dispatcher drops after three silent heartbeats, so dial again.

@@ -17,6 +17,7 @@ RETRYABLE = frozenset(
         "UNREACHABLE",
         "RATE_LIMITED",
         "INTERNAL",
+        "MOVED",
     }
 )
 

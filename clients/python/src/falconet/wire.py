@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import msgpack
@@ -99,3 +99,31 @@ def dispatcher_url(value: str) -> str:
     if port is not None and port > 65535:
         raise FalconetError("USAGE", f"{value!r}: port out of range")
     return url
+
+
+#: Dispatcher URLs in one list at most (the same bound as the TypeScript clients).
+MAX_DISPATCHER_URLS = 64
+
+
+def dispatcher_urls(value: "str | Sequence[str]") -> list[str]:
+    """A list of dispatchers: a comma-separated string or a sequence, each entry as
+    :func:`dispatcher_url` takes it. Duplicates are dropped, order is kept (the client dials the
+    first first). An empty list, an empty entry or a bad one raises ``FalconetError('USAGE')``
+    naming the entry and its place."""
+    entries = value.split(",") if isinstance(value, str) else list(value)
+    if not entries or (len(entries) == 1 and str(entries[0]).strip() == ""):
+        raise FalconetError("USAGE", "no dispatcher address given: give ws://HOST:PORT, wss://HOST:PORT or HOST:PORT (several separated by commas)")
+    if len(entries) > MAX_DISPATCHER_URLS:
+        raise FalconetError("USAGE", f"{len(entries)} dispatcher addresses: at most {MAX_DISPATCHER_URLS} in one list")
+    out: list[str] = []
+    for i, entry in enumerate(entries):
+        where = f"dispatcher list entry {i + 1} of {len(entries)}: " if len(entries) > 1 else ""
+        if not isinstance(entry, str) or entry.strip() == "":
+            raise FalconetError("USAGE", f"{where}empty address ({value!r}): give ws://HOST:PORT, wss://HOST:PORT or HOST:PORT separated by commas")
+        try:
+            url = dispatcher_url(entry)
+        except FalconetError as e:
+            raise FalconetError("USAGE", where + e.message) from None
+        if url not in out:
+            out.append(url)
+    return out
