@@ -113,6 +113,9 @@ function dispatcherOptions(v: Record<string, string | boolean | undefined>) {
     store: (v.store as string | undefined) ?? (process.env.FALCONET_STORE_URL || undefined),
     dataDir: v['data-dir'] as string | undefined,
     sync: v.sync as string | undefined,
+    advertise: v.advertise as string | undefined,
+    partitionLeaseMs: num('partition-lease-ms', v['partition-lease-ms'] as string | undefined, { min: 100, integer: true }),
+    inboxPollMs: num('inbox-poll-ms', v['inbox-poll-ms'] as string | undefined, { min: 5, integer: true }),
   };
 }
 

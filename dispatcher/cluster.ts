@@ -12,12 +12,16 @@
  * them within a lease period, stops (STORE_FENCED) instead of serving stale state; its executors
  * and clients move to the others, and whatever it had not committed was never acknowledged.
  */
+import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { ErrorCode, FalconetError, type AttemptResult } from '../protocol/index.js';
+import { ErrorCode, FalconetError, type AttemptResult, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
+import { fromPgText, toPgText } from './pg-schema.js';
+import { TASK_STATE, TASK_STATE_NAME, blobs } from './sqlite.js';
 import type { DispatcherCore } from './core.js';
 import { planLeases, type PartitionRow } from './lease-plan.js';
 import type { ClusterMembership } from './partition-host.js';
+import type { SessionRouter } from './http-api.js';
 
 /** Uids each dispatcher incarnation draws from its own range: 2^26 tasks before it takes another. */
 export const UID_BLOCK = 2 ** 26;
@@ -28,13 +32,10 @@ const LEADER_LOCK = 0x66616c63; // 'falc'
 export interface ClusterStore {
   /** The partitions (and epochs) every commit must still hold; checked in the commit's transaction. */
   setFence(fence: () => { ids: number[]; epochs: number[] } | null): void;
-  /** Loads the sessions, tasks and results of `partitions` (and the executors their attempts are on) into the core. */
-  recoverPartitions(core: DispatcherCore, partitions: number[]): Promise<{ sessions: number; tasks: number }>;
   /** A result for another dispatcher's task, written to the inbox in the next commit. */
   forwardResult(partition: number, executor: string, result: AttemptResult): void;
   /** An inbox row applied here, deleted in the next commit (with the result it brought). */
   dropInbox(uid: number, attempt: number): void;
-  decodeResult(bytes: Uint8Array): AttemptResult;
   commit(): Promise<void> | null;
 }
 
@@ -68,7 +69,7 @@ export interface DispatcherEntry {
   self: boolean;
 }
 
-export class Cluster implements ClusterMembership {
+export class Cluster implements ClusterMembership, SessionRouter {
   readonly partitions: number;
   /** Held partitions and their epochs (the fence). */
   readonly #held = new Map<number, number>();
@@ -95,6 +96,23 @@ export class Cluster implements ClusterMembership {
 
   partitionOf(sessionId: string): number {
     return this.o.partitionOf(sessionId);
+  }
+
+  newSessionId(): string {
+    const held = [...this.#held.keys()];
+    // A random id lands in a held partition with probability held/256: a few tries at most.
+    for (let i = 0; i < 100_000 && held.length > 0; i++) {
+      const id = randomUUID();
+      if (this.#held.has(this.o.partitionOf(id))) return id;
+    }
+    throw new FalconetError(ErrorCode.MOVED, 'this dispatcher holds no partition: no new session can be opened here');
+  }
+
+  /** See {@link SessionRouter.route}. */
+  route(session: string | undefined): string | null {
+    if (session === undefined) return this.holdsAny ? null : (this.anyOther() ?? '');
+    if (this.owns(this.o.partitionOf(session))) return null;
+    return this.ownerOf(session) ?? '';
   }
 
   owns(partition: number): boolean {
@@ -141,6 +159,12 @@ export class Cluster implements ClusterMembership {
     const counts = new Map<string, number>();
     for (const r of this.#rows) if (r.owner !== null) counts.set(r.owner, (counts.get(r.owner) ?? 0) + 1);
     return [...this.#live].map(([id, url]) => ({ id, url, partitions: counts.get(id) ?? 0, leader: id === this.#leaderId, self: id === this.o.id }));
+  }
+
+  /** The provisioner's instance records (for a new leader's provisioner). */
+  async instances(): Promise<Array<{ id: string; record: unknown }>> {
+    const r = await this.#pool.query<{ id: string; record: string }>('SELECT id, record FROM instances');
+    return r.rows.map((i) => ({ id: fromPgText(i.id), record: JSON.parse(i.record) as unknown }));
   }
 
   get leader(): boolean {
@@ -219,7 +243,7 @@ export class Cluster implements ClusterMembership {
       );
       if (got.rows.length) {
         const ids = got.rows.map((r) => r.id);
-        const loaded = await this.o.store.recoverPartitions(core, ids);
+        const loaded = await this.#load(core, ids);
         // Held (fenced, and open to new sessions) only once loaded.
         for (const r of got.rows) this.#held.set(r.id, Number(r.epoch));
         const from = plan.claim.filter((r) => r.owner !== null && ids.includes(r.id)).map((r) => r.owner);
@@ -231,15 +255,73 @@ export class Cluster implements ClusterMembership {
     await this.#lead();
   }
 
+  /**
+   * Loads partitions just taken into the core, from one snapshot: the executors their running
+   * attempts are on (adopted: they come back here, or report through the inbox from wherever they
+   * went), sessions, tasks in uid order, results. Like PgStore.recover, on a connection of its own
+   * (the store's is busy committing).
+   */
+  async #load(core: DispatcherCore, ids: number[]): Promise<{ sessions: number; tasks: number; results: number }> {
+    const c = await this.#pool.connect();
+    const sessionIds: string[] = [];
+    let tasks = 0;
+    let finished = 0;
+    try {
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const q = <T extends unknown[]>(text: string) => c.query<T>({ text, values: [ids], rowMode: 'array' }).then((r) => r.rows);
+      for (const [info, at] of await q<[Buffer, string]>(
+        `SELECT info, registered_at FROM executors WHERE id IN (SELECT DISTINCT executor FROM tasks WHERE partition = ANY($1::int[]) AND state = ${TASK_STATE.dispatched} AND executor IS NOT NULL)`,
+      )) {
+        core.restoreExecutor(blobs.unpack(info) as ExecutorInfo, Number(at));
+      }
+      for (const s of await q<[string, string, string, string | null, string | null]>(`SELECT id, created_at, acked, lease_ms, key FROM sessions WHERE partition = ANY($1::int[])`)) {
+        const id = fromPgText(s[0]);
+        core.restoreSession(id, Number(s[1]), Number(s[2]), s[3] === null ? null : Number(s[3]), s[4] === null ? null : fromPgText(s[4]));
+        sessionIds.push(id);
+      }
+      const results = new Map<number, [seq: number, result: Buffer, session: string]>();
+      for (const [session, seq, uid, result] of await q<[string, string, string, Buffer]>(`SELECT session, seq, uid, result FROM results WHERE partition = ANY($1::int[])`)) {
+        results.set(Number(uid), [Number(seq), result, fromPgText(session)]);
+      }
+      const rows = await q<[string, string, string, Buffer | null, number, number, number, string | null, string, string | null]>(
+        `SELECT session, uid, id, spec, state, attempt, lost, executor, submitted_at, dispatched_at FROM tasks WHERE partition = ANY($1::int[]) ORDER BY uid`,
+      );
+      await c.query('COMMIT');
+      for (const r of rows) {
+        const uid = Number(r[1]);
+        const done = results.get(uid);
+        core.restoreTask({
+          session: fromPgText(r[0]), uid, id: fromPgText(r[2]), spec: !done && r[3] ? (blobs.unpack(r[3]) as TaskSpec) : null, state: done ? 'finished' : TASK_STATE_NAME[r[4]],
+          attempt: r[5], lost: r[6], executor: r[7] === null ? null : fromPgText(r[7]), submittedAt: Number(r[8]), dispatchedAt: r[9] === null ? null : Number(r[9]),
+          seq: done ? done[0] : null, result: done ? (blobs.unpack(done[1]) as TaskResult) : null,
+        });
+        if (done) results.delete(uid);
+        else tasks++;
+      }
+      for (const [uid, [seq, blob, session]] of results) {
+        const result = blobs.unpack(blob) as TaskResult;
+        core.restoreTask({ session, uid, id: result.id, spec: null, state: 'finished', attempt: result.attempts, lost: 0, executor: null, submittedAt: result.timings.submitted, dispatchedAt: null, seq, result });
+        finished++;
+      }
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+    core.finishRestore(sessionIds);
+    return { sessions: sessionIds.length, tasks, results: finished };
+  }
+
   /** Executors our adopted attempts run on, alive at another dispatcher: their records here do not expire. */
   async #keepAlive(core: DispatcherCore): Promise<void> {
     const waiting = core.partitions.awaited();
     if (waiting.length === 0) return;
     const alive = await this.#pool.query<{ id: string }>(
       `SELECT id FROM executors WHERE id = ANY($1::text[]) AND dispatcher <> $2 AND seen_at > clock_timestamp() - $3::interval`,
-      [waiting, this.o.id, `${this.o.leaseMs} milliseconds`],
+      [waiting.map(toPgText), this.o.id, `${this.o.leaseMs} milliseconds`],
     );
-    core.partitions.aliveElsewhere(alive.rows.map((r) => r.id));
+    core.partitions.aliveElsewhere(alive.rows.map((r) => fromPgText(r.id)));
   }
 
   /** The provisioner's leader: whoever holds the advisory lock, on a connection of its own. */
@@ -287,7 +369,7 @@ export class Cluster implements ClusterMembership {
         present.add(key);
         if (this.#applied.has(key) || !this.#held.has(Number(r.uid) % this.partitions)) continue;
         this.#applied.add(key);
-        this.#core.partitions.remoteResult(r.executor, this.o.store.decodeResult(r.result));
+        this.#core.partitions.remoteResult(fromPgText(r.executor), blobs.unpack(r.result) as AttemptResult);
         this.o.store.dropInbox(Number(r.uid), r.attempt);
         took++;
       }

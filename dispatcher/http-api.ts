@@ -39,6 +39,20 @@ export interface HttpApiDeps {
   authFailed?(): void;
   /** Extra fields for /api/status (the provisioner's). */
   statusExtra(): Record<string, unknown> | undefined;
+  /** Several dispatchers (cluster.ts): where a session is served, and who is live. */
+  router?: SessionRouter | null;
+}
+
+/** Where a session is served when several dispatchers share one database (docs/scale-out.md). */
+export interface SessionRouter {
+  /**
+   * null: here. A URL: the dispatcher that holds the session's partition (a client is sent there
+   * with MOVED, an HTTP request with 307). '': its partition is between owners (retry shortly).
+   * `session` undefined asks where a new session can be opened.
+   */
+  route(session: string | undefined): string | null;
+  /** Live dispatchers, their partitions and the provisioner's leader (GET /api/dispatchers). */
+  dispatchers(): unknown[];
 }
 
 export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<HttpReply> {
@@ -59,6 +73,7 @@ export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<Http
   const query = new URLSearchParams(req.query);
   if (method === 'GET' && path === '/api/status') return json(200, { ...d.core.status(), ...d.statusExtra() });
   if (method === 'GET' && path === '/metrics') return { status: 200, headers: { 'content-type': d.metrics.contentType }, body: await d.metrics.metrics() };
+  if (method === 'GET' && path === '/api/dispatchers') return json(200, { dispatchers: d.router?.dispatchers() ?? [{ url: null, partitions: null, leader: true, self: true }] });
   if (method === 'GET' && path === '/api/sessions') return json(200, { sessions: d.core.sessionInfos() });
   if (method === 'GET' && path === '/api/tasks') {
     const state = query.get('state') ?? undefined;
@@ -83,6 +98,8 @@ export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<Http
     } catch (err) {
       return bad(ErrorCode.INVALID_MESSAGE, `the body is not JSON: ${(err as Error).message}`);
     }
+    const elsewhere = d.router ? moved(d.router, (body as { session?: unknown } | null)?.session, path === '/api/tasks', req.path + (req.query ? `?${req.query}` : '')) : null;
+    if (elsewhere) return elsewhere;
     return path === '/api/tasks' ? submit(body, d, admin) : cancel(body, d, admin);
   }
   return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no route ${method} ${path}`) });
@@ -143,6 +160,20 @@ const DASHBOARD_HEADERS = {
 
 function bad(code: ErrorCode, message: string): HttpReply {
   return json(400, { error: wireError(code, message) });
+}
+
+/**
+ * A submit or cancel for a session another dispatcher serves: 307 to it (the method and body are
+ * kept; `curl -L` follows), or 503 MOVED while its partition is between owners. A submit without
+ * a session goes elsewhere only when this dispatcher holds no partition at all.
+ */
+function moved(router: SessionRouter, session: unknown, submitting: boolean, pathAndQuery: string): HttpReply | null {
+  if (typeof session !== 'string' && !(submitting && session === undefined)) return null;
+  const to = router.route(typeof session === 'string' ? session : undefined);
+  if (to === null) return null;
+  if (to === '') return json(503, { error: wireError(ErrorCode.MOVED, 'this session\'s partition is moving between dispatchers; try again in a moment') });
+  const location = to.replace(/^ws/, 'http') + pathAndQuery;
+  return { status: 307, headers: { location, 'content-type': 'application/json', 'cache-control': 'no-store' }, body: JSON.stringify({ error: wireError(ErrorCode.MOVED, `session served by ${to}`, to) }) };
 }
 
 function json(status: number, body: unknown): HttpReply {

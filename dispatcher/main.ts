@@ -18,6 +18,9 @@ import { SqliteStore } from './store.js';
 import type { DurableStore } from './durable-store.js';
 import type { ProvisionerFlags } from './provisioner/setup.js';
 import type { Provisioner } from './provisioner/provisioner.js';
+import type { PgStore } from './pg-store.js';
+import type { Cluster } from './cluster.js';
+import { PARTITIONS, partitionOf } from './pg-schema.js';
 
 /** The logger of this process, once made: shutdown says what happened through it. */
 let processLog: Logger | null = null;
@@ -40,6 +43,10 @@ export interface StoreChoice {
   store?: string;
   dataDir?: string;
   sync?: string;
+  /** Several dispatchers on one postgres:// store (docs/scale-out.md). */
+  advertise?: string;
+  partitionLeaseMs?: number;
+  inboxPollMs?: number;
 }
 
 /** The per-user default: $FALCONET_DATA_DIR, else $XDG_DATA_HOME/falconet, else ~/.local/share/falconet. */
@@ -99,12 +106,14 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
   const sync = options.sync ?? 'full';
   if (sync !== 'full' && sync !== 'normal') throw new FalconetError(ErrorCode.USAGE, `--sync must be full or normal (got ${JSON.stringify(sync)})`);
   let store: DurableStore | null = null;
+  /** Written on its executors' rows and checked by its commits' fences (PostgreSQL). */
+  const dispatcherId = randomUUID();
   if (kind === 'sqlite') {
     store = SqliteStore.open({ dataDir: options.dataDir ?? defaultDataDir(), sync });
   } else if (kind === 'postgres') {
     // Loaded only when asked for: `npm start` and the SQLite default never touch the pg client.
     const { PgStore } = await import('./pg-store.js');
-    store = await PgStore.open({ url: choice, owner: randomUUID() });
+    store = await PgStore.open({ url: choice, owner: dispatcherId });
   } else {
     log.warn('STORE IS MEMORY: nothing is persisted; a restart loses every queued task, result and session');
   }
@@ -112,7 +121,8 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
   const server = await DispatcherServer.start(config, log, {
     ...(store ? { journal: store, lookupResults: (refs) => store!.lookupResults(refs), lookupMemo: (key) => store!.lookupMemo(key) } : {}),
     recover: async (core) => {
-      if (!store) return;
+      // On PostgreSQL, partitions are loaded as the cluster takes them (below), not all at once.
+      if (!store || kind === 'postgres') return;
       const { instances: kept, ...found } = await store.recover(core);
       instances = kept;
       log.info({ store: store.name, ...(kind === 'sqlite' ? { sync } : {}), ...found, instances: kept.length }, 'store opened');
@@ -126,26 +136,71 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
     throw err?.code === 'EADDRINUSE' ? addressInUse(config.host, config.port) : err;
   });
   if (store) addStoreMetrics(server.metrics, store);
+  let provisioner: Provisioner | null = null;
+  const cluster = kind === 'postgres' ? await joinCluster(server, store as PgStore, dispatcherId, choice, options, log, (leader) => {
+    if (!options.provisioner) return;
+    // The lead moves with the advisory lock: start the provisioner on the new leader, stop it on a
+    // dispatcher that lost the lock (its instances are in the database for the next leader).
+    if (leader) {
+      void (async () => {
+        const kept = await cluster!.instances();
+        provisioner = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, options.provisioner!, log);
+        addProvisionerMetrics(server.metrics, provisioner);
+      })().catch((err: Error) => log.error({ err: err.message }, 'the provisioner did not start'));
+    } else void provisioner?.stop().then(() => (provisioner = null));
+  }) : null;
   log.info({ url: server.url, transport: config.transport, tls: config.tls !== null, leaseMs: config.leaseMs, heartbeatMs: config.heartbeatMs, prefetch: config.prefetch, store: kind }, 'listening');
   const { tlsWarning } = server.tlsStatus();
   if (tlsWarning) log.warn(tlsWarning);
   if (config.tls) reloadTlsOnSighup(server, config.tls, log);
   // Loaded only when asked for: the AWS SDK costs every other command (executors!) startup time.
-  const provisioner = options.provisioner
-    ? await (await import('./provisioner/setup.js')).startProvisioner(server, store, instances, options.provisioner, log)
-    : null;
-  if (provisioner) addProvisionerMetrics(server.metrics, provisioner);
+  if (options.provisioner && !cluster) {
+    provisioner = await (await import('./provisioner/setup.js')).startProvisioner(server, store, instances, options.provisioner, log);
+    addProvisionerMetrics(server.metrics, provisioner);
+  }
   return {
     server,
     store,
-    provisioner,
     storeSummary: store ? `store: ${store.name}${kind === 'sqlite' ? ` (sync ${sync})` : ''}` : 'store: MEMORY, nothing is kept across restarts',
+    get provisioner() {
+      return provisioner;
+    },
     async stop() {
       await provisioner?.stop();
       await server.close();
       await store?.close();
+      // After the last commit: the partitions go to the others at once, not after a lease.
+      await cluster?.stop();
     },
   };
+}
+
+/**
+ * Joins the dispatchers sharing a PostgreSQL store: the cluster takes this dispatcher's share of
+ * the partitions (loading them) before it returns; clients that arrive meanwhile are told MOVED.
+ */
+async function joinCluster(server: DispatcherServer, store: PgStore, id: string, url: string, options: StoreChoice, log: Logger, onLeader: (leader: boolean) => void): Promise<Cluster> {
+  const { Cluster } = await import('./cluster.js');
+  const cluster = new Cluster({
+    url,
+    id,
+    advertise: options.advertise ?? server.url,
+    partitions: PARTITIONS,
+    partitionOf,
+    leaseMs: options.partitionLeaseMs ?? 10_000,
+    inboxPollMs: options.inboxPollMs ?? 100,
+    store,
+    log,
+    wake: () => server.wake(),
+    onLeader,
+    onFatal: (err) => {
+      process.stderr.write(`falconet: ${(err as FalconetError).code ?? ErrorCode.STORE_FENCED}: ${err.message}\n`);
+      process.exit(1);
+    },
+  });
+  server.router = cluster;
+  await cluster.start(server.core);
+  return cluster;
 }
 
 /** One line on a certificate file for the log: subject, expiry, fingerprint; never throws. */

@@ -9,7 +9,7 @@
  * inert: every uid is this dispatcher's and nothing is foreign.
  */
 import type { AttemptResult } from '../protocol/index.js';
-import { unfinishedOf, type Clock, type SessionRecord } from './model.js';
+import { unfinishedOf, type Clock, type IdSource, type SessionRecord } from './model.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { SessionTable } from './sessions.js';
 import type { TaskLifecycle } from './lifecycle.js';
@@ -20,6 +20,8 @@ export interface ClusterMembership {
   partitions: number;
   /** The partition a session's tasks live in. */
   partitionOf(sessionId: string): number;
+  /** A new session id in one of the partitions this dispatcher holds (it holds one: see SessionRouter). */
+  newSessionId(): string;
   /** True while this dispatcher leases the partition. */
   owns(partition: number): boolean;
   /**
@@ -38,6 +40,7 @@ export class PartitionHost {
     private readonly registry: ExecutorRegistry,
     private readonly tasks: TaskLifecycle,
     private readonly clock: Clock,
+    private readonly ids: IdSource,
   ) {}
 
   /**
@@ -46,6 +49,7 @@ export class PartitionHost {
    */
   join(member: ClusterMembership, firstCounter: number): void {
     this.#member = member;
+    this.sessions.useIds({ session: () => member.newSessionId(), sessionKey: this.ids.sessionKey });
     this.tasks.partitionUids(firstCounter, member.partitions, (s) => member.partitionOf(s.id));
   }
 

@@ -68,6 +68,7 @@ CREATE OR REPLACE FUNCTION falconet_commit(
   i_id text[], i_record text[], i_at bigint[], di_id text[],
   m_key text[], m_result bytea[], m_at bigint[], dm_before bigint,
   ib_uid bigint[], ib_attempt int[],
+  in_uid bigint[], in_attempt int[], in_partition int[], in_executor text[], in_result bytea[],
   c_key text, c_value text
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -99,7 +100,11 @@ BEGIN
   INSERT INTO sessions (id, partition, created_at, acked, lease_ms, key)
     SELECT * FROM unnest(s_id, s_partition, s_created, s_acked, s_lease, s_key)
     ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms;
-  DELETE FROM executors WHERE id = ANY(de_id);
+  -- An executor record is dropped by the dispatcher that wrote it, or by anyone once that one is
+  -- gone: a dispatcher that adopted attempts from a dead one must not delete the record of an
+  -- executor now registered with a third.
+  DELETE FROM executors WHERE id = ANY(de_id) AND (dispatcher IS NULL OR dispatcher = e_owner
+    OR dispatcher NOT IN (SELECT id FROM dispatchers WHERE seen_at > now() - interval '1 minute'));
   INSERT INTO executors (id, dispatcher, info, registered_at, seen_at)
     SELECT u.id, e_owner, u.info, u.at, now() FROM unnest(e_id, e_info, e_registered) AS u(id, info, at)
     ON CONFLICT (id) DO UPDATE SET dispatcher = excluded.dispatcher, info = excluded.info,
@@ -110,6 +115,9 @@ BEGIN
   INSERT INTO memo (key, result, at) SELECT * FROM unnest(m_key, m_result, m_at)
     ON CONFLICT (key) DO UPDATE SET result = excluded.result, at = excluded.at;
   IF dm_before IS NOT NULL THEN DELETE FROM memo WHERE at < dm_before; END IF;
+  -- Results for another dispatcher's partitions (its executor moved here): the owner applies them.
+  INSERT INTO inbox (uid, attempt, partition, executor, result)
+    SELECT * FROM unnest(in_uid, in_attempt, in_partition, in_executor, in_result) ON CONFLICT DO NOTHING;
   IF cardinality(ib_uid) > 0 THEN
     DELETE FROM inbox i USING unnest(ib_uid, ib_attempt) AS d(uid, attempt) WHERE i.uid = d.uid AND i.attempt = d.attempt;
   END IF;

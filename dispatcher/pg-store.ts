@@ -13,7 +13,7 @@
  * a commit on the commit connection.
  */
 import pg from 'pg';
-import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
+import { ErrorCode, FalconetError, type AttemptResult, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 import type { DispatcherCore } from './core.js';
 import type { DurableStore, Recovered } from './durable-store.js';
 import { Buckets } from './histogram.js';
@@ -50,6 +50,7 @@ const COMMIT_SQL = `SELECT falconet_commit(${[
   'text[]', 'text[]', 'bigint[]', 'text[]',
   'text[]', 'bytea[]', 'bigint[]', 'bigint',
   'bigint[]', 'int[]',
+  'bigint[]', 'int[]', 'int[]', 'text[]', 'bytea[]',
   'text', 'text',
 ].map((t, i) => `$${i + 1}::${t}`).join(', ')})`;
 
@@ -75,6 +76,7 @@ export class PgStore implements DurableStore {
   #memo = new Map<string, { result: TaskResult; at: number }>();
   #dropMemoBefore: number | null = null;
   #dropInbox: Array<[uid: number, attempt: number]> = [];
+  #forward: Array<[uid: number, attempt: number, partition: number, executor: string, result: AttemptResult]> = [];
   #inFlight: InFlight[] = [];
   #last: Promise<void> = Promise.resolve();
   #failure: FalconetError | null = null;
@@ -260,6 +262,11 @@ export class PgStore implements DurableStore {
     this.#dropInbox.push([uid, attempt]);
   }
 
+  /** A result for a task of another dispatcher's partition: into the inbox with this batch (cluster.ts). */
+  forwardResult(partition: number, executor: string, result: AttemptResult): void {
+    this.#forward.push([result.uid, result.attempt, partition, executor, result]);
+  }
+
   /**
    * Sends everything recorded since the last commit in one call of falconet_commit. Returns null
    * when there was nothing to write, else a promise that resolves once committed (rejects
@@ -268,7 +275,7 @@ export class PgStore implements DurableStore {
   commit(): Promise<void> | null {
     if (this.#failure) return Promise.reject(this.#failure);
     if (!this.#open) return null;
-    const changes = this.#rows.size + this.#results.length + this.#sessions.size + this.#dropSessions.length + this.#executors.size + this.#instances.size + this.#memo.size + this.#dropInbox.length + (this.#dropMemoBefore === null ? 0 : 1);
+    const changes = this.#rows.size + this.#results.length + this.#sessions.size + this.#dropSessions.length + this.#executors.size + this.#instances.size + this.#memo.size + this.#dropInbox.length + this.#forward.length + (this.#dropMemoBefore === null ? 0 : 1);
     if (changes === 0) return null;
     this.batchChanges.observe(changes);
     const started = performance.now();
@@ -322,6 +329,7 @@ export class PgStore implements DurableStore {
       [...this.#instances].filter(([, v]) => v === null).map(([id]) => toPgText(id)),
       col(memo, (m) => toPgText(m[0])), col(memo, (m) => blobs.pack(m[1].result)), col(memo, (m) => m[1].at), this.#dropMemoBefore,
       col(this.#dropInbox, (d) => d[0]), col(this.#dropInbox, (d) => d[1]),
+      col(this.#forward, (f) => f[0]), col(this.#forward, (f) => f[1]), col(this.#forward, (f) => f[2]), col(this.#forward, (f) => toPgText(f[3])), col(this.#forward, (f) => blobs.pack(f[4])),
       this.#counters ? 'counters' : null, this.#counters ? JSON.stringify(this.#counters()) : null,
     ];
   }
@@ -336,6 +344,7 @@ export class PgStore implements DurableStore {
     this.#memo = new Map();
     this.#dropMemoBefore = null;
     this.#dropInbox = [];
+    this.#forward = [];
   }
 
   /** The memoized result under `key`: recorded or in flight first, then the database. */

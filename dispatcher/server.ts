@@ -29,7 +29,7 @@ import { Outbound, type CommittingJournal, type Conn } from './outbound.js';
 import { cleartextWarning, isLoopback, type DispatcherConfig } from './config.js';
 import { metricsFor, type ServerCounters } from './metrics.js';
 import { createTransport, type PeerHandlers, type PeerSocket, type Transport } from './transport.js';
-import { handleHttp, withStoredResults } from './http-api.js';
+import { handleHttp, withStoredResults, type SessionRouter } from './http-api.js';
 import { sameSecret } from './sessions.js';
 import { PendingHellos } from './pending-hellos.js';
 import type { Found } from './queries.js';
@@ -55,6 +55,8 @@ export class DispatcherServer {
   readonly core: DispatcherCore;
   /** Set by a provisioner: its status joins /api/status, and clients can reset it. */
   extension: ServerExtension | null = null;
+  /** Several dispatchers over one database: where each session is served (cluster.ts); null alone. */
+  router: SessionRouter | null = null;
   readonly #transport: Transport;
   /** Decodes every peer's frames (records or not); encodes for peers that announced records. */
   readonly #codec: Codec;
@@ -161,7 +163,10 @@ export class DispatcherServer {
           isAdmin: (bearer) => config.clientToken === undefined || (bearer !== undefined && config.adminToken !== undefined && sameSecret(bearer, config.adminToken)),
           stopping: () => server.#stopping,
           authFailed: () => server.#authFailures.http++,
-          statusExtra: () => ({ ...server.tlsStatus(), logs: server.core.logStats(), ...server.extension?.status() }),
+          statusExtra: () => ({ ...server.tlsStatus(), logs: server.core.logStats(), ...server.extension?.status(), ...(server.router ? { dispatchers: server.router.dispatchers() } : {}) }),
+          get router() {
+            return server.router;
+          },
         }),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));
@@ -180,6 +185,11 @@ export class DispatcherServer {
   get url(): string {
     const host = this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
     return `${this.#transport.tls ? 'wss' : 'ws'}://${host}:${this.port}`;
+  }
+
+  /** Runs the scheduler and commits soon (results or partitions arrived from the store, not a peer). */
+  wake(): void {
+    this.#out.queueFlush();
   }
 
   /** Reads the TLS certificate and key again (SIGHUP); rejects, keeping the old pair, if they do not load. */
@@ -347,6 +357,12 @@ export class DispatcherServer {
     if (msg.role === 'client') {
       if (msg.attachOnly && msg.session !== undefined && !this.core.view.hasSession(msg.session)) {
         return this.#out.fail(c, wireError(ErrorCode.NOT_FOUND, `no session ${msg.session} (finished sessions are kept for --retention)`));
+      }
+      // Several dispatchers: a session is served by the holder of its partition.
+      const to = this.router && !(msg.session !== undefined && this.core.view.hasSession(msg.session)) ? this.router.route(msg.session) : null;
+      if (to !== null) {
+        const why = to === '' ? 'its partition is moving between dispatchers' : `it is served by ${to}`;
+        return this.#out.fail(c, wireError(ErrorCode.MOVED, msg.session === undefined ? `no new session here now: ${why}` : `session ${msg.session}: ${why}`, to || undefined));
       }
       const refused = this.core.openSession(c.id, { id: msg.session, cursor: msg.cursor, leaseMs: msg.leaseMs, key: msg.key }, c.admin, (holder) => this.#silent(holder));
       if (refused) return this.#out.fail(c, refused);

@@ -57,8 +57,13 @@ export class SessionTable {
 
   constructor(
     private readonly journal: Journal,
-    private readonly ids: IdSource,
+    private ids: IdSource,
   ) {}
+
+  /** Where new session ids come from from now on (several dispatchers: ids of this one's partitions). */
+  useIds(ids: IdSource): void {
+    this.ids = ids;
+  }
 
   get size(): number {
     return this.#byId.size;

@@ -58,6 +58,8 @@ export interface ExecutorOptions {
    * dispatcher is lost.
    */
   url: string | readonly string[];
+  /** The order in which several URLs are tried: `random` (default: a fleet spreads) or `first` (the list's). */
+  dispatcherOrder?: 'random' | 'first';
   token?: string;
   /** Stable id; generated once per process when absent. */
   id?: string;
@@ -212,7 +214,7 @@ export class ExecutorAgent {
     this.#boot = o.boot?.length ? o.boot.map((b) => ({ ...b })) : [{ phase: 'started', at: now }, { phase: 'config-loaded', at: now }];
     this.#link = new Link<DispatcherToExecutor>({
       url: dispatcherUrls(o.url),
-      order: 'random',
+      order: o.dispatcherOrder ?? 'random',
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
       hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
       onUp: (welcome) => {

@@ -36,6 +36,7 @@ export interface ExecutorFlags {
   labels?: string;
   resources?: string;
   mode?: string;
+  'dispatcher-order'?: string;
   'idle-exit'?: string;
   'output-limit'?: string;
   spawner?: string;
@@ -76,6 +77,8 @@ const SETTINGS = {
   /** Resources offered to tasks' requests besides (or instead of) the detected ones. */
   resources: { flag: 'resources', env: 'FALCONET_RESOURCES', ud: 'resources' },
   mode: { flag: 'mode', env: 'FALCONET_MODE', ud: 'mode' },
+  /** With several dispatcher URLs: `random` spreads a fleet given one list; `first` prefers the list's order. */
+  dispatcherOrder: { flag: 'dispatcher-order', env: 'FALCONET_DISPATCHER_ORDER', ud: 'dispatcherOrder' },
   idleExit: { flag: 'idle-exit', env: 'FALCONET_IDLE_EXIT', ud: 'idleExitS' },
   dispatcherTimeout: { flag: 'dispatcher-timeout', env: 'FALCONET_DISPATCHER_TIMEOUT', ud: 'dispatcherTimeoutS' },
   retireExitCode: { flag: 'retire-exit-code', env: 'FALCONET_RETIRE_EXIT_CODE', ud: 'retireExitCode' },
@@ -346,6 +349,8 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
 
   const mode = str('mode') ?? 'push';
   if (mode !== 'push' && mode !== 'pull') usage(`${where('mode', sources.mode!, file)} must be push or pull (got ${JSON.stringify(mode)})`);
+  const dispatcherOrder = str('dispatcherOrder') ?? 'random';
+  if (dispatcherOrder !== 'random' && dispatcherOrder !== 'first') usage(`${where('dispatcherOrder', sources.dispatcherOrder!, file)} must be random or first (got ${JSON.stringify(dispatcherOrder)})`);
 
   const spawner = str('spawner');
   if (spawner !== undefined && spawner !== 'helper' && spawner !== 'node') usage(`${where('spawner', sources.spawner!, file)} must be helper or node (got ${JSON.stringify(spawner)})`);
@@ -395,6 +400,7 @@ export async function resolveExecutorConfig(flags: ExecutorFlags, env: NodeJS.Pr
     labels,
     ...(resources !== undefined ? { resources } : {}),
     mode,
+    dispatcherOrder,
     idleExitMs: (idleExit ?? 0) * 1000,
     dispatcherTimeoutMs: (dispatcherTimeout ?? 0) * 1000,
     retireExitCode: retireExitCode ?? 0,

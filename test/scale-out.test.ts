@@ -80,7 +80,7 @@ test('three dispatchers on one database: 20,000 tasks exactly once while one is 
   const ds = await cluster(procs, db, 3);
   const list = (first: number): string => [0, 1, 2].map((i) => ds[(first + i) % 3].url).join(',');
   // Two executors per dispatcher, each given every URL with its own first.
-  for (let i = 0; i < 6; i++) startExecutor(procs, list(i % 3), ['--slots', '16']);
+  for (let i = 0; i < 6; i++) startExecutor(procs, list(i % 3), ['--slots', '16', '--dispatcher-order', 'first']);
   await waitFor('six executors', async () => {
     const n = await Promise.all(ds.map(async (d) => (await (await fetch(d.url.replace(/^ws/, 'http') + '/api/status')).json()) as { executors: unknown[] }));
     return n.reduce((a, s) => a + s.executors.length, 0) >= 6;
@@ -123,8 +123,8 @@ test('a client whose dispatcher dies resumes its session on another, with no res
   });
   const db = await server!.newDatabase(`s${++dbs}`);
   const [a, b] = await cluster(procs, db, 2);
-  startExecutor(procs, `${a.url},${b.url}`, ['--slots', '8']);
-  startExecutor(procs, `${b.url},${a.url}`, ['--slots', '8']);
+  startExecutor(procs, `${a.url},${b.url}`, ['--slots', '8', '--dispatcher-order', 'first']);
+  startExecutor(procs, `${b.url},${a.url}`, ['--slots', '8', '--dispatcher-order', 'first']);
   client = await connect(`${a.url},${b.url}`, { connectTimeoutMs: 120_000 });
   const session = client.session.id;
   const ids = Array.from({ length: 3000 }, (_, i) => `r${i}`);
@@ -151,7 +151,7 @@ test("a partition's old owner that comes back late has its writes refused (STORE
   });
   const db = await server!.newDatabase(`s${++dbs}`);
   const [a, b] = await cluster(procs, db, 2);
-  startExecutor(procs, `${b.url},${a.url}`, ['--slots', '4']);
+  startExecutor(procs, `${b.url},${a.url}`, ['--slots', '4', '--dispatcher-order', 'first']);
   client = await connect(`${a.url},${b.url}`, { connectTimeoutMs: 120_000 });
   await client.submit({ id: 'before', builtin: 'noop' });
   const fenced = waitForLine(a.proc, /STORE_FENCED/, 120_000, 'stderr');
