@@ -230,9 +230,10 @@ export class ExecutorAgent {
         // Our own close on the way out (drain, idle, stop): the exit line says what happened.
         if (this.#exited) return;
         // A dispatcher that shuts down cleanly (restart, upgrade) closes with 1001: expected, so info.
+        // The messages stay as they were (operators grep them); the fields name both dispatchers.
         const fields = { reason, lost: where.lost, next: where.next };
-        if (reason.startsWith('1001')) log.info(fields, `dispatcher ${where.lost} shut down; dialing ${where.next}`);
-        else log.warn(fields, `dispatcher ${where.lost} lost; dialing ${where.next}`);
+        if (reason.startsWith('1001')) log.info(fields, 'dispatcher shut down; redialing');
+        else log.warn(fields, 'dispatcher connection lost; redialing');
       },
       // Each failed dial, for whoever debugs a fleet that does not come back; redirects at info.
       onRetry: (r) => {
