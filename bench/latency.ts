@@ -75,7 +75,7 @@ async function floor(n: number): Promise<Figures> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' }, transport: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' }, transport: { type: 'string' }, variants: { type: 'string' } } });
   const transport = values.transport ?? 'ws';
   const n = Number(values.tasks ?? 10_000);
   if (values.role === 'echo') return roleEcho();
@@ -84,7 +84,7 @@ async function main(): Promise<void> {
     process.exit(0);
   }
   const runs = Number(values.runs ?? 3);
-  const variants = ['ws-floor', 'memory', 'sqlite-full'];
+  const variants = values.variants ? values.variants.split(',') : ['ws-floor', 'memory', 'sqlite-full'];
   const samples: Record<string, Figures[]> = Object.fromEntries(variants.map((v) => [v, []]));
   for (let r = 0; r < runs; r++) {
     for (const v of variants) {
@@ -101,7 +101,7 @@ async function main(): Promise<void> {
   const rows = variants.map((v) => {
     const s = samples[v];
     const pick = (k: keyof Figures) => spread(s.map((f) => f[k]));
-    return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), p50ToFloor: spread(s.map((f, i) => f.p50us / samples['ws-floor'][i].p50us), 2) };
+    return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), p50ToFloor: spread(s.map((f, i) => f.p50us / (samples['ws-floor']?.[i]?.p50us ?? NaN)), 2) };
   });
   const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n} --transport ${transport}`, transport, tasks: n, rows };
   mkdirSync(resultsFile(), { recursive: true });
