@@ -179,8 +179,12 @@ export class Outbound {
     this.#stopped = true;
   }
 
-  /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */
-  #commit(): void {
+  /**
+   * Group commit: one batch in flight; what accumulates meanwhile goes in the next one.
+   * `durable`: groups of the commit that just ended, released here after this batch is handed
+   * to the writer (and before anything of this batch), so that in-order delivery holds.
+   */
+  #commit(durable: Outgoing[][] = []): void {
     if (this.#deferTimer !== null) {
       clearTimeout(this.#deferTimer);
       this.#deferTimer = null;
@@ -191,8 +195,10 @@ export class Outbound {
     try {
       pending = this.journal.commit?.();
     } catch (err) {
+      for (const g of durable) this.#release(g);
       return this.#storeFailed(err as Error);
     }
+    for (const g of durable) this.#release(g);
     if (!pending) {
       for (const g of groups) this.#release(g);
       return;
@@ -200,8 +206,10 @@ export class Outbound {
     this.#committing = pending.then(
       () => {
         this.#committing = null;
-        for (const g of groups) this.#release(g);
-        if (this.#held.length > 0 && !this.#failed) this.#commit();
+        // The next batch goes to the writer first: its transaction and fsync then overlap the
+        // encoding and sending of what this one released, instead of waiting for them.
+        if (this.#held.length > 0 && !this.#failed) this.#commit(groups);
+        else for (const g of groups) this.#release(g);
       },
       (err: Error) => this.#storeFailed(err),
     );
