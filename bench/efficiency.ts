@@ -22,7 +22,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { median, resultsFile, withCluster } from './harness.js';
+import { cpuProfFlags, median, resultsFile, withCluster } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const SELF = here('./efficiency.js');
@@ -35,20 +35,31 @@ interface LoadFigures {
   failed: number;
   /** Client-side: from the first submit to the first result (the first wave plus dispatch). */
   firstResultS: number;
+  /**
+   * Where the time went, in ms from the first submit (wall clock, the executors' timestamps at
+   * 1 ms resolution): when the first and the last task of each wave started (tasks sorted by
+   * start), when the last task finished, and when its result reached the client.
+   */
+  timeline: { waveStarts: Array<[number, number]>; lastFinished: number; lastResult: number };
 }
 
 /** The load process: `tasks` sleep tasks of `ms`, all submitted at once; first submit to last result. */
-async function roleLoad(url: string, tasks: number, ms: number): Promise<LoadFigures> {
+async function roleLoad(url: string, tasks: number, ms: number, slots: number): Promise<LoadFigures> {
   const { connect } = await import('../client/index.js');
   const client = await connect(url);
   let received = 0;
   let failed = 0;
   let first = 0n;
+  const started = new Float64Array(tasks);
+  let lastFinished = 0;
+  const wallStart = Date.now();
   const start = process.hrtime.bigint();
   const reading = (async () => {
     for await (const r of client.results()) {
       if (received === 0) first = process.hrtime.bigint();
       if (r.status !== 'succeeded') failed++;
+      started[received] = (r.timings.started ?? r.timings.finished) - wallStart;
+      lastFinished = Math.max(lastFinished, r.timings.finished - wallStart);
       if (++received === tasks) break;
     }
   })();
@@ -61,7 +72,10 @@ async function roleLoad(url: string, tasks: number, ms: number): Promise<LoadFig
   await reading;
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   await client.close();
-  return { tasks, ms, seconds, failed, firstResultS: Number(first - start) / 1e9 };
+  started.sort();
+  const waveStarts: Array<[number, number]> = [];
+  for (let w = 0; w * slots < tasks; w++) waveStarts.push([started[w * slots], started[Math.min(tasks, (w + 1) * slots) - 1]]);
+  return { tasks, ms, seconds, failed, firstResultS: Number(first - start) / 1e9, timeline: { waveStarts, lastFinished, lastResult: Date.now() - wallStart } };
 }
 
 
@@ -144,10 +158,11 @@ async function main(): Promise<void> {
       prefetch: { type: 'string' },
       store: { type: 'string' },
       lengths: { type: 'string' },
+      'wave-slots': { type: 'string' },
     },
   });
   if (values.role === 'load') {
-    process.stdout.write(JSON.stringify(await roleLoad(values.url!, Number(values.tasks), Number(values.ms))) + '\n');
+    process.stdout.write(JSON.stringify(await roleLoad(values.url!, Number(values.tasks), Number(values.ms), Number(values['wave-slots'] ?? values.tasks))) + '\n');
     return;
   }
   const quick = values.quick ?? false;
@@ -159,23 +174,26 @@ async function main(): Promise<void> {
     : quick
       ? [[10, 4], [100, 4], [1000, 4]]
       : [[10, 4], [100, 4], [1000, 4], [4000, 2]];
-  const prefetch = Number(values.prefetch ?? 0);
+  // The dispatcher's default (`auto`: each executor's adaptive window) unless a fixed window is asked for.
+  const prefetchArgs = values.prefetch !== undefined ? ['--prefetch', values.prefetch] : [];
   const cells: Cell[] = [];
   for (const slots of slotCounts) {
     const mine = lengths.map(([ms, waves]): Cell => ({ slots, ms, waves, tasks: waves * slots, idealS: (waves * ms) / 1000, measuredS: [], firstResultS: [], efficiency: { median: 0, min: 0, max: 0 }, failed: 0 }));
-    await withCluster({ dispatcherArgs: ['--prefetch', String(prefetch), '--store', values.store ?? 'sqlite'], executors: EXECUTORS, slots: Math.ceil(slots / EXECUTORS) }, async (url) => {
+    await withCluster({ dispatcherArgs: [...prefetchArgs, '--store', values.store ?? 'sqlite'], executors: EXECUTORS, slots: Math.ceil(slots / EXECUTORS) }, async (url) => {
       // Warm-up, not measured: one wave of 10 ms tasks, so the first measurement does not pay for
       // the dispatcher's and executors' cold JIT and first store pages.
       execFileSync(process.execPath, [SELF, '--role', 'load', '--url', url, '--tasks', String(slots), '--ms', '10'], { stdio: ['ignore', 'ignore', 'inherit'] });
       for (let r = 0; r < runs; r++) {
         for (const c of mine) {
           const f = JSON.parse(
-            execFileSync(process.execPath, [SELF, '--role', 'load', '--url', url, '--tasks', String(c.tasks), '--ms', String(c.ms)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }),
+            execFileSync(process.execPath, [...cpuProfFlags('client'), SELF, '--role', 'load', '--url', url, '--tasks', String(c.tasks), '--ms', String(c.ms), '--wave-slots', String(slots)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }),
           ) as LoadFigures;
           c.measuredS.push(f.seconds);
           c.firstResultS.push(f.firstResultS);
           c.failed += f.failed;
           process.stderr.write(`${slots} slots, ${c.ms} ms × ${c.tasks}: ${f.seconds.toFixed(3)} s, efficiency ${((100 * c.idealS) / f.seconds).toFixed(1)}% (run ${r + 1}/${runs})\n`);
+          const tl = f.timeline;
+          process.stderr.write(`  started (first–last of each wave, ms): ${tl.waveStarts.map(([a, b]) => `${a}–${b}`).join(', ')}; last finished ${tl.lastFinished}, its result at the client ${tl.lastResult}\n`);
         }
       }
     });

@@ -53,6 +53,16 @@ export const STORE_VARIANTS: Record<string, string[]> = {
 const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
 
 /**
+ * `$FALCONET_BENCH_CPU_PROF=DIR`: every process of {@link withCluster} runs under `node --cpu-prof`
+ * (profiles in DIR/dispatcher, DIR/executor-N) and is stopped with SIGTERM so that it writes its
+ * profile; `node dist/bench/profile.js DIR` sums them up.
+ */
+export function cpuProfFlags(role: string): string[] {
+  const dir = process.env.FALCONET_BENCH_CPU_PROF;
+  return dir ? ['--cpu-prof', '--cpu-prof-dir', join(dir, role)] : [];
+}
+
+/**
  * A fresh dispatcher process (its own temp data dir) with `executors` executor processes of
  * `slots` each, registered; `fn` gets its URL; every process is killed afterwards.
  */
@@ -61,11 +71,11 @@ export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: n
   const procs: ChildProcess[] = [];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
   try {
-    const d = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...o.dispatcherArgs], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    const d = spawn(process.execPath, [...cpuProfFlags('dispatcher'), CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--data-dir', dir, ...o.dispatcherArgs], { stdio: ['ignore', 'pipe', 'ignore'], env });
     procs.push(d);
     const [, url] = await waitLine(d, /listening on (\S+)/);
     for (let i = 0; i < o.executors; i++) {
-      procs.push(spawn(process.execPath, [CLI, 'executor', '--dispatcher', url, '--slots', String(o.slots)], { stdio: 'ignore', env }));
+      procs.push(spawn(process.execPath, [...cpuProfFlags(`executor-${i}`), CLI, 'executor', '--dispatcher', url, '--slots', String(o.slots)], { stdio: 'ignore', env }));
     }
     for (const deadline = Date.now() + 15_000; ; ) {
       const s = (await (await fetch(url.replace('ws', 'http') + '/api/status')).json()) as { executors: unknown[] };
@@ -75,6 +85,13 @@ export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: n
     }
     return await fn(url);
   } finally {
+    if (process.env.FALCONET_BENCH_CPU_PROF) {
+      // Executors first (their bye would otherwise meet a dispatcher gone), each a clean exit that writes its profile.
+      for (const p of [...procs.slice(1), procs[0]]) {
+        p.kill('SIGTERM');
+        await Promise.race([exited(p), new Promise((r) => setTimeout(r, 10_000))]);
+      }
+    }
     for (const p of procs) p.kill('SIGKILL');
     await Promise.all(procs.map(exited));
     rmSync(dir, { recursive: true, force: true });

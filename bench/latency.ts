@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import WebSocket, { WebSocketServer } from 'ws';
 import { pack, unpack } from 'msgpackr';
-import { STORE_VARIANTS, cell, exited, percentile, resultsFile, spread, waitLine, withCluster } from './harness.js';
+import { STORE_VARIANTS, cell, cpuProfFlags, exited, percentile, resultsFile, spread, waitLine, withCluster } from './harness.js';
 
 const SELF = fileURLToPath(new URL('./latency.js', import.meta.url));
 const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
@@ -26,6 +26,19 @@ interface Figures {
   p90us: number;
   p99us: number;
   maxus: number;
+  /** Durable store: commits per task (warm-up included) and their mean duration, from /metrics. */
+  commitsPerTask?: number;
+  commitUs?: number;
+}
+
+/** Commits and their mean duration so far, from the dispatcher's /metrics (none on the memory store). */
+async function commitFigures(url: string, tasks: number): Promise<Pick<Figures, 'commitsPerTask' | 'commitUs'>> {
+  const text = await (await fetch(url.replace('ws', 'http') + '/metrics')).text();
+  const num = (name: string) => Number(text.match(new RegExp(`^${name} (\\S+)$`, 'm'))?.[1] ?? NaN);
+  const count = num('falconet_store_commit_duration_seconds_count');
+  const sum = num('falconet_store_commit_duration_seconds_sum');
+  if (!(count > 0)) return {};
+  return { commitsPerTask: +(count / tasks).toFixed(2), commitUs: Math.round((sum / count) * 1e6) };
 }
 
 /** The floor's server: echoes every frame back. */
@@ -75,7 +88,7 @@ async function floor(n: number): Promise<Figures> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' }, transport: { type: 'string' } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string' }, tasks: { type: 'string' }, role: { type: 'string' }, url: { type: 'string' }, transport: { type: 'string' }, variants: { type: 'string' } } });
   const transport = values.transport ?? 'ws';
   const n = Number(values.tasks ?? 10_000);
   if (values.role === 'echo') return roleEcho();
@@ -84,32 +97,34 @@ async function main(): Promise<void> {
     process.exit(0);
   }
   const runs = Number(values.runs ?? 3);
-  const variants = ['ws-floor', 'memory', 'sqlite-full'];
+  const variants = values.variants ? values.variants.split(',') : ['ws-floor', 'memory', 'sqlite-full'];
   const samples: Record<string, Figures[]> = Object.fromEntries(variants.map((v) => [v, []]));
   for (let r = 0; r < runs; r++) {
     for (const v of variants) {
       const f =
         v === 'ws-floor'
           ? await floor(n)
-          : await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 4 }, async (url) =>
-              JSON.parse(execFileSync(process.execPath, [LOAD, 'latency', url, String(n)], { encoding: 'utf8' })) as Figures,
-            );
+          : await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 4 }, async (url) => {
+              const f = JSON.parse(execFileSync(process.execPath, [...cpuProfFlags('client'), LOAD, 'latency', url, String(n)], { encoding: 'utf8' })) as Figures;
+              return { ...f, ...(await commitFigures(url, n + Math.min(1000, n))) };
+            });
       samples[v].push(f);
-      process.stderr.write(`run ${r + 1}/${runs} ${v}: p50 ${f.p50us} µs, p99 ${f.p99us} µs\n`);
+      process.stderr.write(`run ${r + 1}/${runs} ${v}: p50 ${f.p50us} µs, p99 ${f.p99us} µs${f.commitUs !== undefined ? `; ${f.commitsPerTask} commits per task, ${f.commitUs} µs each` : ''}\n`);
     }
   }
   const rows = variants.map((v) => {
     const s = samples[v];
-    const pick = (k: keyof Figures) => spread(s.map((f) => f[k]));
-    return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), p50ToFloor: spread(s.map((f, i) => f.p50us / samples['ws-floor'][i].p50us), 2) };
+    const pick = (k: keyof Figures) => spread(s.map((f) => f[k] ?? NaN));
+    const commits = s.every((f) => f.commitUs !== undefined) ? { commitsPerTask: spread(s.map((f) => f.commitsPerTask!), 2), commitUs: pick('commitUs') } : {};
+    return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), ...commits, p50ToFloor: spread(s.map((f, i) => f.p50us / (samples['ws-floor']?.[i]?.p50us ?? NaN)), 2) };
   });
   const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n} --transport ${transport}`, transport, tasks: n, rows };
   mkdirSync(resultsFile(), { recursive: true });
   writeFileSync(resultsFile(`latency-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   console.log(`${n.toLocaleString('en')} sequential round trips at the client; median of ${runs} runs (min–max), µs\n`);
-  console.log('| variant | p50 | p90 | p99 | max | p50 / ws floor |');
-  console.log('|---|---|---|---|---|---|');
-  for (const r of rows) console.log(`| ${r.variant} | ${cell(r.p50us)} | ${r.p90us.median} | ${cell(r.p99us)} | ${r.maxus.median} | ${r.p50ToFloor.median} |`);
+  console.log('| variant | p50 | p90 | p99 | max | p50 / ws floor | commits per task | µs per commit |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const r of rows) console.log(`| ${r.variant} | ${cell(r.p50us)} | ${r.p90us.median} | ${cell(r.p99us)} | ${r.maxus.median} | ${r.p50ToFloor.median} | ${'commitsPerTask' in r ? r.commitsPerTask!.median : '–'} | ${'commitUs' in r ? r.commitUs!.median : '–'} |`);
   for (const r of rows.filter((x) => x.variant !== 'ws-floor')) {
     console.log(`- ${r.variant}: target p50 ≤ 400 µs ${r.p50us.median <= 400 ? 'met' : 'not met'}, p99 ≤ 2,000 µs ${r.p99us.median <= 2000 ? 'met' : 'not met'}`);
   }

@@ -14,7 +14,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { STORE_VARIANTS, cell, resultsFile, spread, withCluster } from './harness.js';
+import { STORE_VARIANTS, cell, cpuProfFlags, resultsFile, spread, withCluster } from './harness.js';
 
 const LOAD = fileURLToPath(new URL('./load.js', import.meta.url));
 
@@ -29,7 +29,7 @@ async function main(): Promise<void> {
   for (let r = 0; r < runs; r++) {
     for (const v of variants) {
       const figures = await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 1000 }, async (url) =>
-        JSON.parse(execFileSync(process.execPath, [LOAD, 'throughput', url, String(tasks)], { encoding: 'utf8' })) as { tasksPerSecond: number },
+        JSON.parse(execFileSync(process.execPath, [...cpuProfFlags('client'), LOAD, 'throughput', url, String(tasks)], { encoding: 'utf8' })) as { tasksPerSecond: number },
       );
       samples[v].push(figures.tasksPerSecond);
       process.stderr.write(`run ${r + 1}/${runs} ${v}: ${Math.round(figures.tasksPerSecond)} tasks/s\n`);

@@ -41,6 +41,24 @@ const CLOSE_FOR: Partial<Record<string, number>> = {
   [ErrorCode.INTERNAL]: 1011,
 };
 
+/** The longest a commit waits for the next turn (#deferCommit); setTimeout's floor is 1 ms anyway. */
+const DEFER_MS = 1;
+
+/** Whether every message held in a turn is a submission's acknowledgement (no result, no executor ack, no close). */
+function onlyAccepted(held: Outgoing[]): boolean {
+  for (const { c, msgs, close } of held) {
+    if (close !== null || c.role !== 'client') return false;
+    for (const m of msgs) if ((m as { t?: string }).t !== 'accepted') return false;
+  }
+  return true;
+}
+
+/** Whether a turn sent a task to an executor. */
+function assigns(now: Outgoing[]): boolean {
+  for (const { c, msgs } of now) if (c.role === 'executor') for (const m of msgs) if ((m as { t?: string }).t === 'task') return true;
+  return false;
+}
+
 /** What one connection was sent in one turn, held until that turn's changes are committed. */
 interface Outgoing {
   c: Conn;
@@ -54,6 +72,8 @@ export class Outbound {
   /** Turns whose client messages wait for a commit, oldest first. */
   #held: Outgoing[][] = [];
   #committing: Promise<void> | null = null;
+  /** A commit waiting for the next turn (see #deferCommit). */
+  #deferTimer: NodeJS.Timeout | null = null;
   #failed = false;
   #stopped = false;
   /** Peers dropped as slow consumers, by role (metrics). */
@@ -124,8 +144,29 @@ export class Outbound {
     }
     this.#dirty.clear();
     if (held.length > 0) this.#held.push(held);
-    if (!this.#committing) this.#commit();
+    if (!this.#committing) {
+      // A turn that holds nothing new (a heartbeat, a window) does not end a deferral early.
+      if (held.length > 0 ? onlyAccepted(held) && assigns(now) : this.#deferTimer !== null) this.#deferCommit();
+      else this.#commit();
+    }
     this.#release(now);
+  }
+
+  /**
+   * Coalescing with an idle writer: a turn whose only held messages are `accepted` acks, and that
+   * sent assignments, waits for the next turn (at most DEFER_MS) before its commit starts. The
+   * executor's answer to a short task usually is that next turn, and then one commit (one fsync)
+   * carries the task's acceptance and its result instead of two in a row: the durable round trip
+   * of a short task loses a commit. Nothing is released before its commit, so a crash meanwhile
+   * only loses submissions that were never acknowledged (the client sends them again). A busy
+   * writer (a commit in flight) already groups everything that arrives meanwhile: no delay then.
+   */
+  #deferCommit(): void {
+    if (this.#deferTimer !== null) return;
+    this.#deferTimer = setTimeout(() => {
+      this.#deferTimer = null;
+      if (!this.#committing && this.#held.length > 0 && !this.#failed && !this.#stopped) this.#commit();
+    }, DEFER_MS);
   }
 
   /**
@@ -133,20 +174,31 @@ export class Outbound {
    * closing) changes nothing durable that matters and must not reach a store being closed.
    */
   async stop(): Promise<void> {
+    if (this.#deferTimer !== null && !this.#committing && this.#held.length > 0) this.#commit();
     while (this.#committing) await this.#committing.catch(() => {});
     this.#stopped = true;
   }
 
-  /** Group commit: one batch in flight; what accumulates meanwhile goes in the next one. */
-  #commit(): void {
+  /**
+   * Group commit: one batch in flight; what accumulates meanwhile goes in the next one.
+   * `durable`: groups of the commit that just ended, released here after this batch is handed
+   * to the writer (and before anything of this batch), so that in-order delivery holds.
+   */
+  #commit(durable: Outgoing[][] = []): void {
+    if (this.#deferTimer !== null) {
+      clearTimeout(this.#deferTimer);
+      this.#deferTimer = null;
+    }
     const groups = this.#held;
     this.#held = [];
     let pending: Promise<void> | null | void;
     try {
       pending = this.journal.commit?.();
     } catch (err) {
+      for (const g of durable) this.#release(g);
       return this.#storeFailed(err as Error);
     }
+    for (const g of durable) this.#release(g);
     if (!pending) {
       for (const g of groups) this.#release(g);
       return;
@@ -154,8 +206,10 @@ export class Outbound {
     this.#committing = pending.then(
       () => {
         this.#committing = null;
-        for (const g of groups) this.#release(g);
-        if (this.#held.length > 0 && !this.#failed) this.#commit();
+        // The next batch goes to the writer first: its transaction and fsync then overlap the
+        // encoding and sending of what this one released, instead of waiting for them.
+        if (this.#held.length > 0 && !this.#failed) this.#commit(groups);
+        else for (const g of groups) this.#release(g);
       },
       (err: Error) => this.#storeFailed(err),
     );

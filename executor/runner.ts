@@ -72,11 +72,23 @@ export function taskBaseEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.Proces
 }
 
 /**
+ * The helper of `options`, remembered per options object: the agent asks for it at every task's
+ * start and end (the limit moves with each builtin), and building the lookup key each time was
+ * the executor's largest single cost per no-op task.
+ */
+const helpers = new WeakMap<RunnerOptions, SpawnHelper>();
+function helperOf(options: RunnerOptions): SpawnHelper {
+  let h = helpers.get(options);
+  if (h === undefined) helpers.set(options, (h = SpawnHelper.for(options.helperPath, options.helperScope)));
+  return h;
+}
+
+/**
  * Sets how many `helperQueue` commands may run at once in the helper of `options` (its path and
  * scope); the others wait there, oldest first. No effect with `spawner: 'node'`.
  */
 export function setHelperLimit(options: RunnerOptions, n: number): void {
-  if (options.spawner !== 'node') SpawnHelper.for(options.helperPath, options.helperScope).setLimit(n);
+  if (options.spawner !== 'node') helperOf(options).setLimit(n);
 }
 
 /**
@@ -89,7 +101,7 @@ export function helperPlacement(spec: TaskSpec, options: RunnerOptions): { helpe
   if (options.spawner === 'node' || spec.builtin !== undefined || spec.inputs?.length || spec.outputs?.length || spec.environment) return { helper: false, ready: false };
   const cmd = spec.cmd ?? [];
   if (!helperCanRun(spec, spec.shell ? ['/bin/sh', '-c', cmd.join(' ')] : cmd)) return { helper: false, ready: false };
-  const h = SpawnHelper.for(options.helperPath, options.helperScope);
+  const h = helperOf(options);
   return { helper: h.usable, ready: h.ready };
 }
 
@@ -185,7 +197,7 @@ function runCommand(spec: TaskSpec, options: RunnerOptions): RunningAttempt {
   const cmd = spec.cmd ?? [];
   const argv = spec.shell ? ['/bin/sh', '-c', cmd.join(' ')] : cmd;
   if (options.spawner !== 'node' && helperCanRun(spec, argv)) {
-    const helper = SpawnHelper.for(options.helperPath, options.helperScope);
+    const helper = helperOf(options);
     if (helper.usable) return runWithHelper(helper, spec, argv, options);
   }
   return runWithNode(spec, argv, options);
