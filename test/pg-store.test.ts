@@ -174,6 +174,32 @@ test('a server that does not answer, or a database that does not exist: STORE_UN
   assert.match(r.stderr, /STORE_UNAVAILABLE.*database does not exist/);
 });
 
+test('the server goes away mid-run: the dispatcher acknowledges nothing more and exits with STORE_FAILED', { timeout: 120_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  // A server of its own: this test stops it.
+  const own = await startPostgres();
+  assert.ok(!('skip' in own));
+  t.after(() => own.stop());
+  const d = await startDispatcher(procs, ['--store', own.url]);
+  let stderr = '';
+  d.proc.stderr!.on('data', (b: Buffer) => (stderr += b));
+  startExecutor(procs, d.url, ['--slots', '2']);
+  await waitExecutors(d.url, 1);
+  const client = await connect(d.url);
+  assert.equal((await client.submit({ builtin: 'noop' })).status, 'succeeded');
+  const exit = exited(d.proc, 60_000, 'the dispatcher after its store went away');
+  await own.stop();
+  // The next change needs a commit, which cannot happen: it is never acknowledged.
+  const late = client.submitMany([{ id: 'late', builtin: 'noop' }], { until: 'accepted' });
+  late.catch(() => {});
+  const { code } = await exit;
+  assert.equal(code, 1);
+  assert.match(stderr, /STORE_FAILED/);
+  await client.close().catch(() => {});
+});
+
 test('schema: a newer version is refused; dispatchers starting together on a fresh database all migrate', { timeout: 120_000 }, async (t) => {
   if (skip) return t.skip(skip);
   const procs = new Procs();
