@@ -188,6 +188,7 @@ test('the server goes away mid-run: the dispatcher acknowledges nothing more and
   startExecutor(procs, d.url, ['--slots', '2']);
   await waitExecutors(d.url, 1);
   const client = await connect(d.url);
+  t.after(() => client.close().catch(() => {}));
   assert.equal((await client.submit({ builtin: 'noop' })).status, 'succeeded');
   const exit = exited(d.proc, 60_000, 'the dispatcher after its store went away');
   await own.stop();
@@ -197,7 +198,6 @@ test('the server goes away mid-run: the dispatcher acknowledges nothing more and
   const { code } = await exit;
   assert.equal(code, 1);
   assert.match(stderr, /STORE_FAILED/);
-  await client.close().catch(() => {});
 });
 
 test('schema: a newer version is refused; dispatchers starting together on a fresh database all migrate', { timeout: 120_000 }, async (t) => {
