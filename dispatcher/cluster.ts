@@ -19,12 +19,14 @@ import { ErrorCode, FalconetError, type AttemptResult, type ExecutorInfo, type T
 import { fromPgText, toPgText } from './pg-schema.js';
 import { TASK_STATE, TASK_STATE_NAME, blobs } from './sqlite.js';
 import type { DispatcherCore } from './core.js';
-import { planLeases, type PartitionRow } from './lease-plan.js';
+import { planLeases, planMoves, type PartitionRow } from './lease-plan.js';
 import type { ClusterMembership } from './partition-host.js';
 import type { SessionRouter } from './http-api.js';
 
 /** Uids each dispatcher incarnation draws from its own range: 2^26 tasks before it takes another. */
 export const UID_BLOCK = 2 ** 26;
+/** An executor idle this long may be sent to a dispatcher whose tasks wait. */
+const IDLE_BEFORE_MOVE_MS = 1000;
 /** The advisory lock whose holder runs the provisioner. */
 const LEADER_LOCK = 0x66616c63; // 'falc'
 
@@ -86,6 +88,8 @@ export class Cluster implements ClusterMembership, SessionRouter {
   #stopped = false;
   /** Inbox rows applied here whose deletion is not yet committed: not applied twice. */
   #applied = new Set<string>();
+  /** The newest memo entry read (ms): later rounds read only what is newer. */
+  #memoAt = 0;
 
   constructor(readonly o: ClusterOptions) {
     this.partitions = o.partitions;
@@ -112,7 +116,9 @@ export class Cluster implements ClusterMembership, SessionRouter {
   route(session: string | undefined): string | null {
     if (session === undefined) return this.holdsAny ? null : (this.anyOther() ?? '');
     if (this.owns(this.o.partitionOf(session))) return null;
-    return this.ownerOf(session) ?? '';
+    const to = this.ownerOf(session);
+    // Never to itself: its own earlier incarnation's leases, not yet taken.
+    return to === null || to === this.o.advertise ? '' : to;
   }
 
   owns(partition: number): boolean {
@@ -134,6 +140,13 @@ export class Cluster implements ClusterMembership, SessionRouter {
    */
   async start(core: DispatcherCore): Promise<void> {
     this.#core = core;
+    // This process's earlier incarnation at the same address (killed, restarted in place) is dead:
+    // the port is ours now. Its leases end at once rather than after --partition-lease-ms.
+    await this.#pool.query(
+      `WITH gone AS (DELETE FROM dispatchers WHERE url = $1 AND id <> $2 RETURNING id)
+       UPDATE partitions SET lease_until = NULL WHERE owner IN (SELECT id FROM gone)`,
+      [this.o.advertise, this.o.id],
+    );
     const block = await this.#pool.query<{ n: string }>(`SELECT nextval('uid_blocks') AS n`);
     core.partitions.join(this, Number(block.rows[0].n) * UID_BLOCK);
     await this.#runRound();
@@ -192,17 +205,28 @@ export class Cluster implements ClusterMembership, SessionRouter {
     const ttl = `${leaseMs} milliseconds`;
     const began = Date.now();
     // Presence, and the heartbeats of our executors (others' records of them read these).
+    const idleSince = Date.now() - IDLE_BEFORE_MOVE_MS;
     await this.#pool.query(
-      `WITH d AS (INSERT INTO dispatchers (id, url, started_at, seen_at) VALUES ($1, $2, clock_timestamp(), clock_timestamp())
-         ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url RETURNING 1)
+      `WITH d AS (INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url, queued = excluded.queued,
+           executors = excluded.executors, idle = excluded.idle RETURNING 1)
        UPDATE executors SET seen_at = clock_timestamp() WHERE dispatcher = $1`,
-      [id, advertise],
+      [id, advertise, core.view.queued, core.partitions.connected(), core.partitions.idleCount(idleSince)],
     );
     const read = await this.#pool.query<{ id: number; owner: string | null; epoch: string; until: number | null; now: number }>(
       `SELECT id, owner, epoch, extract(epoch FROM lease_until) * 1000 AS until, extract(epoch FROM clock_timestamp()) * 1000 AS now FROM partitions ORDER BY id`,
     );
-    const live = await this.#pool.query<{ id: string; url: string }>(`SELECT id, url FROM dispatchers WHERE seen_at > clock_timestamp() - $1::interval`, [ttl]);
+    const live = await this.#pool.query<{ id: string; url: string; queued: string; executors: number; idle: number }>(
+      `SELECT id, url, queued, executors, idle FROM dispatchers WHERE seen_at > clock_timestamp() - $1::interval`,
+      [ttl],
+    );
     this.#live = new Map(live.rows.map((r) => [r.id, r.url]));
+    // Idle executors go where tasks wait (executors run only their dispatcher's partitions).
+    const move = planMoves(id, live.rows.map((r) => ({ id: r.id, url: r.url, queued: Number(r.queued), executors: r.executors, idle: r.id === id ? core.partitions.idleCount(idleSince) : r.idle })));
+    if (move) {
+      const sent = core.partitions.sendAway(move.n, idleSince, move.to);
+      if (sent) this.o.log.info({ executors: sent, to: move.to }, 'cluster: idle executors sent where tasks wait');
+    }
     this.#rows = read.rows.map((r) => ({ id: r.id, owner: r.owner, epoch: Number(r.epoch), leaseUntil: r.until === null ? null : Number(r.until) }));
     const now = read.rows.length ? Number(read.rows[0].now) : Date.now();
     const plan = planLeases({ me: id, now, rows: this.#rows, live: [...this.#live.keys()], busy: core.partitions.busyPartitions() });
@@ -252,7 +276,20 @@ export class Cluster implements ClusterMembership, SessionRouter {
       }
     }
     await this.#keepAlive(core);
+    await this.#syncMemo(core);
     await this.#lead();
+  }
+
+  /**
+   * Memo keys recorded by any dispatcher (results stay in the database and are read on a hit):
+   * keys newer than the last read, with a minute of overlap for commits that landed late.
+   */
+  async #syncMemo(core: DispatcherCore): Promise<void> {
+    const rows = await this.#pool.query<{ key: string; at: string }>('SELECT key, at FROM memo WHERE at > $1 ORDER BY at LIMIT 100000', [this.#memoAt - 60_000]);
+    for (const r of rows.rows) {
+      core.restoreMemo(fromPgText(r.key), Number(r.at));
+      this.#memoAt = Math.max(this.#memoAt, Number(r.at));
+    }
   }
 
   /**

@@ -138,7 +138,7 @@ export class DispatcherCore {
     this.#tasks.extras = this.#extras;
     this.#tasks.observer = this.#logs;
     this.view = new CoreView(this, this.#sessions, this.#registry, this.#scheduler, this.#tasks);
-    this.partitions = new PartitionHost(this.#sessions, this.#registry, this.#tasks, clock, ids);
+    this.partitions = new PartitionHost(this.#sessions, this.#registry, this.#tasks, clock, ids, out);
   }
 
   // ---- clients ----------------------------------------------------------------------------------

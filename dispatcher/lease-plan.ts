@@ -92,3 +92,33 @@ export function hashOf(s: string): number {
   }
   return h >>> 0;
 }
+
+/** What a live dispatcher last reported of its work (the `dispatchers` table). */
+export interface DispatcherLoad {
+  id: string;
+  url: string;
+  /** Tasks waiting for a slot. */
+  queued: number;
+  executors: number;
+  /** Executors connected and idle for a while. */
+  idle: number;
+}
+
+/**
+ * Executors register with any dispatcher but run only its partitions' tasks, so idle executors
+ * follow the work: a dispatcher with nothing queued sends up to half of its idle executors
+ * (MOVED) to the live dispatcher with the most queued tasks per executor. Half, so that a
+ * dispatcher whose queue refills keeps some; the rest follow at the next round if still idle.
+ */
+export function planMoves(me: string, loads: readonly DispatcherLoad[]): { to: string; n: number } | null {
+  const mine = loads.find((l) => l.id === me);
+  if (!mine || mine.queued > 0 || mine.idle === 0) return null;
+  let best: DispatcherLoad | null = null;
+  let bestNeed = 0;
+  for (const l of loads) {
+    if (l.id === me || l.queued === 0) continue;
+    const need = l.queued / (l.executors + 1);
+    if (need > bestNeed) [best, bestNeed] = [l, need];
+  }
+  return best ? { to: best.url, n: Math.max(1, Math.floor(mine.idle / 2)) } : null;
+}

@@ -8,8 +8,9 @@
  * Pure like the rest of the core: no I/O, time from the injected clock. Alone (no cluster), it is
  * inert: every uid is this dispatcher's and nothing is foreign.
  */
-import type { AttemptResult } from '../protocol/index.js';
-import { unfinishedOf, type Clock, type IdSource, type SessionRecord } from './model.js';
+import { ErrorCode, type AttemptResult } from '../protocol/index.js';
+import type { Outbox } from './core.js';
+import { unfinishedOf, type Clock, type ExecutorRecord, type IdSource, type SessionRecord } from './model.js';
 import type { ExecutorRegistry } from './registry.js';
 import type { SessionTable } from './sessions.js';
 import type { TaskLifecycle } from './lifecycle.js';
@@ -41,6 +42,7 @@ export class PartitionHost {
     private readonly tasks: TaskLifecycle,
     private readonly clock: Clock,
     private readonly ids: IdSource,
+    private readonly out: Outbox,
   ) {}
 
   /**
@@ -91,6 +93,35 @@ export class PartitionHost {
       const exec = this.registry.get(id);
       if (exec && exec.conn === null && exec.lastSeen < now) exec.lastSeen = now;
     }
+  }
+
+  /** Connected executors that hold nothing, have not since `since`, and are not draining: free to move. */
+  #idle(since: number): ExecutorRecord[] {
+    const out: ExecutorRecord[] = [];
+    for (const e of this.registry.values()) if (e.conn !== null && e.running.size === 0 && !e.draining && !e.leaving && e.idleSince !== null && e.idleSince <= since) out.push(e);
+    return out;
+  }
+
+  /** Executors connected here now. */
+  connected(): number {
+    let n = 0;
+    for (const e of this.registry.values()) if (e.conn !== null) n++;
+    return n;
+  }
+
+  /** How many executors have been idle here since `since` (what the cluster reports of this dispatcher). */
+  idleCount(since: number): number {
+    return this.#idle(since).length;
+  }
+
+  /**
+   * Sends up to `n` executors idle since `since` to the dispatcher at `to` (MOVED): they hold no
+   * attempt, so nothing is handed back; they register there and run its partitions' tasks.
+   */
+  sendAway(n: number, since: number, to: string): number {
+    const moving = this.#idle(since).slice(0, n);
+    for (const e of moving) this.out.close(e.conn!, ErrorCode.MOVED, `idle here; ${to} has tasks waiting`, to);
+    return moving.length;
   }
 
   /** Executors we keep records of that are not connected here but hold attempts: who to ask the store about. */

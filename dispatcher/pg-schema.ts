@@ -130,7 +130,9 @@ END $$`;
 const SCHEMA = `
 CREATE TABLE partitions (id int PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0, lease_until timestamptz);
 INSERT INTO partitions (id) SELECT generate_series(0, ${PARTITIONS - 1});
-CREATE TABLE dispatchers (id text PRIMARY KEY, url text NOT NULL, started_at timestamptz NOT NULL, seen_at timestamptz NOT NULL);
+-- queued, executors, idle: what each dispatcher last reported, for moving idle executors to work (cluster.ts).
+CREATE TABLE dispatchers (id text PRIMARY KEY, url text NOT NULL, started_at timestamptz NOT NULL, seen_at timestamptz NOT NULL,
+  queued bigint NOT NULL DEFAULT 0, executors int NOT NULL DEFAULT 0, idle int NOT NULL DEFAULT 0);
 -- lease_ms is bigint: the protocol allows client leases up to 30 days, more than an int of ms.
 CREATE TABLE sessions (id text PRIMARY KEY, partition int NOT NULL, created_at bigint, acked bigint, lease_ms bigint, key text);
 -- A task row is updated in place as it is dispatched, requeued, re-dispatched. fillfactor leaves

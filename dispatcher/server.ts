@@ -355,14 +355,14 @@ export class DispatcherServer {
     if (msg.t === 'hello' && msg.caps.includes(RECORDS_CAP)) c.codec = this.#codec;
     if (msg.t !== 'hello') return;
     if (msg.role === 'client') {
-      if (msg.attachOnly && msg.session !== undefined && !this.core.view.hasSession(msg.session)) {
-        return this.#out.fail(c, wireError(ErrorCode.NOT_FOUND, `no session ${msg.session} (finished sessions are kept for --retention)`));
-      }
       // Several dispatchers: a session is served by the holder of its partition.
       const to = this.router && !(msg.session !== undefined && this.core.view.hasSession(msg.session)) ? this.router.route(msg.session) : null;
       if (to !== null) {
         const why = to === '' ? 'its partition is moving between dispatchers' : `it is served by ${to}`;
         return this.#out.fail(c, wireError(ErrorCode.MOVED, msg.session === undefined ? `no new session here now: ${why}` : `session ${msg.session}: ${why}`, to || undefined));
+      }
+      if (msg.attachOnly && msg.session !== undefined && !this.core.view.hasSession(msg.session)) {
+        return this.#out.fail(c, wireError(ErrorCode.NOT_FOUND, `no session ${msg.session} (finished sessions are kept for --retention)`));
       }
       const refused = this.core.openSession(c.id, { id: msg.session, cursor: msg.cursor, leaseMs: msg.leaseMs, key: msg.key }, c.admin, (holder) => this.#silent(holder));
       if (refused) return this.#out.fail(c, refused);
