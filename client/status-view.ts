@@ -118,6 +118,12 @@ export function summary(s: Status, url?: string): string[] {
     if (r.reason !== null) lines.push(`waits      ${fmt(r.tasks)} ${r.tasks === 1 ? 'task' : 'tasks'}${r.labels ? ` with labels ${r.labels}` : ''}: ${r.reason}`);
   }
   if (s.reservation) lines.push(`reserved   ${s.reservation.executor} for a waiting ${s.reservation.request} request`);
+  // Several dispatchers over PostgreSQL (docs/scale-out.md): each, its partitions, the provisioner's leader.
+  const ds = (s.dispatchers as Array<{ url: string; partitions: number; leader: boolean; self: boolean }> | undefined) ?? [];
+  if (ds.length > 0) {
+    const one = (d: (typeof ds)[number]) => `${d.url} ${fmt(d.partitions)} partitions${d.self ? ' (this one)' : ''}${d.leader ? ' (provisioner)' : ''}`;
+    lines.push(`cluster    ${fmt(ds.length)} dispatchers: ${one(ds[0])}`, ...ds.slice(1).map((d) => `           ${one(d)}`));
+  }
   const p = s.provisioner;
   if (p) {
     const inst = (p.instances as Array<{ state: string }>) ?? [];

@@ -144,8 +144,11 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
     if (leader) {
       void (async () => {
         const kept = await cluster!.instances();
-        provisioner = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, options.provisioner!, log);
-        addProvisionerMetrics(server.metrics, provisioner);
+        const started = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, options.provisioner!, log);
+        provisioner = started;
+        // Its executors stay with it (it watches them boot and idle), never moved to other dispatchers.
+        server.core.partitions.pinned = (info) => started.manages(info);
+        addProvisionerMetrics(server.metrics, started);
       })().catch((err: Error) => log.error({ err: err.message }, 'the provisioner did not start'));
     } else void provisioner?.stop().then(() => (provisioner = null));
   }) : null;

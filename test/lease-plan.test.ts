@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planLeases, shareOf, type PartitionRow } from '../dispatcher/lease-plan.js';
+import { planLeases, planMoves, shareOf, type PartitionRow } from '../dispatcher/lease-plan.js';
 
 const P = 256;
 const LEASE = 1000;
@@ -72,4 +72,12 @@ test("lease plan: a dead dispatcher's partitions move once its leases run out, w
     assert.equal(rows[r.id].epoch, r.epoch + 1, 'the epoch that fences c moved on');
   }
   assert.equal(counts(rows).a + counts(rows).b, P);
+});
+
+test('idle executors go where tasks wait: only from a dispatcher with nothing queued, half at a time, to the neediest', { timeout: 5000 }, () => {
+  const load = (id: string, queued: number, executors: number, idle: number) => ({ id, url: `ws://${id}`, queued, executors, idle });
+  assert.equal(planMoves('a', [load('a', 5, 4, 2), load('b', 100, 0, 0)]), null, 'a has work of its own');
+  assert.equal(planMoves('a', [load('a', 0, 4, 4), load('b', 0, 1, 0)]), null, 'nobody waits');
+  assert.deepEqual(planMoves('a', [load('a', 0, 4, 4), load('b', 10, 4, 0), load('c', 10, 0, 0)]), { to: 'ws://c', n: 2 });
+  assert.deepEqual(planMoves('a', [load('a', 0, 1, 1), load('b', 1, 0, 0)]), { to: 'ws://b', n: 1 }, 'a lone idle executor moves');
 });

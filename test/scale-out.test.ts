@@ -10,7 +10,7 @@ import pg from 'pg';
 import { connect, type Client, type TaskResult } from '../client/index.js';
 import { PARTITIONS } from '../dispatcher/pg-schema.js';
 import type { DispatcherEntry } from '../dispatcher/cluster.js';
-import { Procs, exited, startDispatcher, startExecutor, waitFor, waitForLine, type Dispatcher } from './helpers.js';
+import { Procs, exited, runCli, startDispatcher, startExecutor, waitFor, waitForLine, type Dispatcher } from './helpers.js';
 import { startPostgres, type PgServer } from './postgres.js';
 
 let server: PgServer | null = null;
@@ -183,6 +183,12 @@ test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000
   await kill9(leader);
   const next = await waitFor('a new leader', async () => (await dispatchers(others[0]).catch(() => [])).find((d) => d.leader && d.url !== lead.url), 60_000);
   assert.ok(others.some((d) => d.url === next.url));
+  // `falconet status` shows every live dispatcher, its partitions and the leader.
+  const shown = await waitFor('status listing the two live dispatchers', async () => {
+    const r = await runCli(procs, ['status', '--dispatcher', others[0].url]);
+    return r.code === 0 && /cluster +2 dispatchers/.test(r.stdout) ? r.stdout : undefined;
+  });
+  assert.match(shown, new RegExp(`${next.url} \\d+ partitions.*\\(provisioner\\)`));
 });
 
 async function query<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {

@@ -111,6 +111,13 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
       </table>
     </details>
   </section>
+  <section id="cluster" hidden>
+    <h2>Dispatchers</h2>
+    <table>
+      <thead><tr><th>url</th><th class="num">partitions</th><th>role</th></tr></thead>
+      <tbody id="dispatcher-rows"></tbody>
+    </table>
+  </section>
   <section id="provisioner" hidden>
     <h2>Provisioner</h2>
     <dl class="kv" id="provisioner-kv"></dl>
@@ -343,6 +350,14 @@ export const DASHBOARD_HTML = String.raw`<!doctype html>
       return tr;
     });
     fill($('executor-rows'), rows, 10, 'no executor has registered');
+
+    var ds = s.dispatchers || [];
+    $('cluster').hidden = ds.length === 0;
+    fill($('dispatcher-rows'), ds.map(function (d) {
+      var tr = row([d.url, String(d.partitions), [d.self ? 'this one' : '', d.leader ? 'provisioner' : ''].filter(Boolean).join(', ') || '–']);
+      tr.setAttribute('data-dispatcher', d.url);
+      return tr;
+    }), 3, 'no dispatcher');
 
     var p = s.provisioner;
     $('provisioner').hidden = !p;

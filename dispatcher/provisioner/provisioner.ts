@@ -203,6 +203,11 @@ export class Provisioner {
     }
   }
 
+  /** True when the executor runs on an instance this provisioner started (it watches it: it stays here). */
+  manages(info: { id: string; instanceId?: string }): boolean {
+    return this.#records.has(info.instanceId ?? '') || this.#records.has(info.id);
+  }
+
   #recordOf(e: ExecutorView): InstanceRecord | undefined {
     return this.#records.get(e.info.instanceId ?? '') ?? this.#records.get(e.info.id);
   }
