@@ -58,8 +58,8 @@ export interface ClusterOptions {
   onFatal(err: Error): void;
   /** Runs after results were taken from the inbox or partitions were loaded: schedule and commit. */
   wake(): void;
-  /** Leadership of the provisioner was won (true) or lost (false). */
-  onLeader?(leader: boolean): void;
+  /** Leadership of the provisioner was won (true) or lost (false); may come during {@link Cluster.start}. */
+  onLeader?(leader: boolean, cluster: Cluster): void;
 }
 
 /** One live dispatcher, as GET /api/dispatchers and `falconet status` show it. */
@@ -371,7 +371,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
         this.#leader = true;
         client.on('error', () => this.#loseLead());
         this.o.log.info('cluster: leading the provisioner');
-        this.o.onLeader?.(true);
+        this.o.onLeader?.(true, this);
       } else client.release();
     }
     const who = await this.#pool.query<{ app: string }>(
@@ -388,7 +388,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
     this.#leaderClient?.release(true);
     this.#leaderClient = null;
     this.o.log.warn('cluster: lost the provisioner lead (its database connection closed)');
-    this.o.onLeader?.(false);
+    this.o.onLeader?.(false, this);
   }
 
   /** Results other dispatchers received for our partitions' tasks. */

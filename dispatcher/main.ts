@@ -128,7 +128,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
       log.info({ store: store.name, ...(kind === 'sqlite' ? { sync } : {}), ...found, instances: kept.length }, 'store opened');
     },
     onFatal: (err) => {
-      process.stderr.write(`falconet: ${ErrorCode.STORE_FAILED}: ${err.message}\n`);
+      process.stderr.write(`falconet: ${(err as FalconetError).code ?? ErrorCode.STORE_FAILED}: ${err.message}\n`);
       process.exit(1);
     },
   }).catch(async (err: NodeJS.ErrnoException) => {
@@ -137,14 +137,15 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
   });
   if (store) addStoreMetrics(server.metrics, store);
   let provisioner: Provisioner | null = null;
-  const cluster = kind === 'postgres' ? await joinCluster(server, store as PgStore, dispatcherId, choice, options, log, (leader) => {
+  const cluster = kind === 'postgres' ? await joinCluster(server, store as PgStore, dispatcherId, choice, options, log, (leader, cluster) => {
     if (!options.provisioner) return;
     // The lead moves with the advisory lock: start the provisioner on the new leader, stop it on a
     // dispatcher that lost the lock (its instances are in the database for the next leader).
     if (leader) {
       void (async () => {
-        const kept = await cluster!.instances();
-        const started = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, options.provisioner!, log);
+        const kept = await cluster.instances();
+        const others = cluster.dispatchers().filter((d) => !d.self).map((d) => d.url);
+        const started = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, { ...options.provisioner!, otherDispatchers: others }, log);
         provisioner = started;
         // Its executors stay with it (it watches them boot and idle), never moved to other dispatchers.
         server.core.partitions.pinned = (info) => started.manages(info);
@@ -182,7 +183,7 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
  * Joins the dispatchers sharing a PostgreSQL store: the cluster takes this dispatcher's share of
  * the partitions (loading them) before it returns; clients that arrive meanwhile are told MOVED.
  */
-async function joinCluster(server: DispatcherServer, store: PgStore, id: string, url: string, options: StoreChoice, log: Logger, onLeader: (leader: boolean) => void): Promise<Cluster> {
+async function joinCluster(server: DispatcherServer, store: PgStore, id: string, url: string, options: StoreChoice, log: Logger, onLeader: (leader: boolean, cluster: Cluster) => void): Promise<Cluster> {
   const { Cluster } = await import('./cluster.js');
   const cluster = new Cluster({
     url,

@@ -113,13 +113,15 @@ test('F5: 80 pre-hello peers each trying to send 32 MiB: RSS stays bounded and c
   // Memory comes back once the peers are gone: waited for (the collector runs when it will on a
   // loaded machine), not assumed after a fixed sleep.
   let after = rssOf(pid)!;
-  for (const deadline = Date.now() + 30_000; after - before >= 60 * MiB && Date.now() < deadline; after = rssOf(pid)!) await sleep(250);
+  for (const deadline = Date.now() + 30_000; after - before >= 90 * MiB && Date.now() < deadline; after = rssOf(pid)!) await sleep(250);
   const line = `F5: RSS before ${mb(before)}, max during ${mb(during)}, after ${mb(after)} (${attempts} connections, ${mb(bytes)} written by the attackers)`;
   t.diagnostic(line);
   console.log(line);
   // The fixed budget: 80 × 64 KiB of frames plus sockets; far from 80 × 32 MiB = 2.5 GiB.
   assert.ok(during - before < 150 * MiB, line);
-  assert.ok(after - before < 60 * MiB, line);
+  // What comes back is up to V8 and the allocator (42 MB of growth left alone, 65 MB once under a
+  // load of 12): the bound is what no retained attack data could meet (over 1 GB is written).
+  assert.ok(after - before < 90 * MiB, line);
 });
 
 test('fuzz: seeded, structure-aware, both roles, with an honest client and executor beside it', { timeout: 240_000 }, async (t) => {

@@ -6,6 +6,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
 import pg from 'pg';
 import { connect, type Client, type TaskResult } from '../client/index.js';
 import { PARTITIONS } from '../dispatcher/pg-schema.js';
@@ -41,6 +42,10 @@ async function cluster(procs: Procs, url: string, n: number, extra: string[] = [
 async function dispatchers(d: Dispatcher): Promise<DispatcherEntry[]> {
   const res = await fetch(d.url.replace(/^ws/, 'http') + '/api/dispatchers');
   return ((await res.json()) as { dispatchers: DispatcherEntry[] }).dispatchers;
+}
+
+async function statusOf(d: Dispatcher): Promise<{ executors: unknown[]; provisioner?: unknown }> {
+  return (await (await fetch(d.url.replace(/^ws/, 'http') + '/api/status')).json()) as { executors: unknown[]; provisioner?: unknown };
 }
 
 async function kill9(d: Dispatcher): Promise<void> {
@@ -174,15 +179,30 @@ test("a partition's old owner that comes back late has its writes refused (STORE
 test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000 }, async (t) => {
   if (skip) return t.skip(skip);
   const procs = new Procs();
-  t.after(() => procs.killAll());
+  let leaderPid = 0;
+  t.after(async () => {
+    await procs.killAll();
+    // The killed leader's local executor outlives it (on purpose): stop it here.
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      try {
+        if (leaderPid && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(`local-${leaderPid}-`)) process.kill(Number(pid), 'SIGKILL');
+      } catch {}
+    }
+  });
   const db = await server!.newDatabase(`s${++dbs}`);
-  const ds = await cluster(procs, db, 3);
+  const ds = await cluster(procs, db, 3, ['--provisioner', 'local', '--min', '1', '--max', '1', '--executor-slots', '1']);
   const lead = await waitFor('a leader', async () => (await dispatchers(ds[0])).find((d) => d.leader));
   const leader = ds.find((d) => d.url === lead.url)!;
+  leaderPid = leader.proc.pid!;
   const others = ds.filter((d) => d !== leader);
+  // Only the leader runs the provisioner, and it starts its executor.
+  await waitFor("the leader's executor", async () => (await statusOf(leader)).executors.length >= 1);
+  for (const d of others) assert.equal((await statusOf(d)).provisioner, undefined, 'no provisioner on a follower');
   await kill9(leader);
   const next = await waitFor('a new leader', async () => (await dispatchers(others[0]).catch(() => [])).find((d) => d.leader && d.url !== lead.url), 60_000);
   assert.ok(others.some((d) => d.url === next.url));
+  const successor = others.find((d) => d.url === next.url)!;
+  await waitFor('the provisioner running on the new leader', async () => (await statusOf(successor)).provisioner !== undefined);
   // `falconet status` shows every live dispatcher, its partitions and the leader.
   const shown = await waitFor('status listing the two live dispatchers', async () => {
     const r = await runCli(procs, ['status', '--dispatcher', others[0].url]);

@@ -50,6 +50,8 @@ export interface ExecutorUserDataInput {
   retireExitCode?: number;
   /** PEM CA certificate(s) the executor trusts the dispatcher's wss:// with. */
   ca?: string;
+  /** `first`: dial `urls` in order (stay with the provisioner's dispatcher while it lives). */
+  dispatcherOrder?: 'first' | 'random';
 }
 
 /**

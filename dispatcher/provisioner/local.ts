@@ -46,7 +46,7 @@ export class LocalBackend implements Backend {
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {
       const id = `local-${process.pid}-${++this.#n}`;
-      const args = [CLI_PATH, 'executor', '--dispatcher', this.o.url, '--id', id, '--slots', String(this.o.slots), '--dispatcher-timeout', String(this.o.dispatcherTimeoutS ?? 300)];
+      const args = [CLI_PATH, 'executor', '--dispatcher', this.o.url, ...(this.o.url.includes(',') ? ['--dispatcher-order', 'first'] : []), '--id', id, '--slots', String(this.o.slots), '--dispatcher-timeout', String(this.o.dispatcherTimeoutS ?? 300)];
       const child = spawn(process.execPath, [...args, ...(this.o.args ?? []), ...typed], { stdio: ['ignore', 'pipe', 'pipe'], env: this.o.env ?? process.env });
       const entry: LocalProc = { child, pid: child.pid ?? -1, console: '' };
       const keep = (d: Buffer) => {

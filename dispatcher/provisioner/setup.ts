@@ -35,6 +35,8 @@ export interface ProvisionerFlags {
   localArgs?: string[];
   /** The URL executors dial (default: the dispatcher's own). */
   executorUrl?: string;
+  /** The other live dispatchers (several over PostgreSQL): where its executors go if this one dies. */
+  otherDispatchers?: string[];
   ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number; labels?: Record<string, string> };
   /**
    * Instance types launched for resource requests no executor can run (`--ec2-instance-types`,
@@ -86,7 +88,11 @@ export async function startProvisioner(
   if (!Number.isInteger(f.min) || !Number.isInteger(f.max) || f.min < 0 || f.max < f.min || f.max < 1) {
     throw new FalconetError(ErrorCode.USAGE, `--min and --max must be integers with 0 ≤ min ≤ max and max ≥ 1 (got ${f.min}, ${f.max})`);
   }
-  const url = f.executorUrl ?? server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
+  const own = f.executorUrl ?? server.url.replace('://0.0.0.0:', '://127.0.0.1:').replace('://[::]:', '://[::1]:');
+  // Several dispatchers: the executors it starts dial this one first and the others if it dies
+  // (order `first`: they stay with the provisioner that watches them).
+  const others = (f.otherDispatchers ?? []).filter((u) => u !== own);
+  const url = [own, ...others].join(',');
   const token = server.config.executorToken;
   // With TLS, the executors it starts trust the dispatcher with --tls-ca (default: its own
   // certificate file, right for a self-signed one): local ones get the file's name (read at each
@@ -104,7 +110,8 @@ export async function startProvisioner(
       ...e,
       cluster: e.cluster ?? 'falconet',
       userData: {
-        urls: [url],
+        urls: [own, ...others],
+        ...(others.length ? { dispatcherOrder: 'first' } : {}),
         ...(token ? { token } : {}),
         ...(e.labels ? { labels: e.labels } : {}),
         slots: f.slots,
