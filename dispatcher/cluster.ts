@@ -93,7 +93,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
 
   constructor(readonly o: ClusterOptions) {
     this.partitions = o.partitions;
-    this.#pool = new pg.Pool({ connectionString: o.url, max: 3, application_name: `falconet-${o.id}` });
+    this.#pool = new pg.Pool({ connectionString: o.url, max: 4, application_name: `falconet-${o.id}` });
     this.#pool.on('error', (err) => o.log.warn({ err: err.message }, 'cluster: database connection lost'));
     o.store.setFence(() => (this.#held.size === 0 ? null : { ids: [...this.#held.keys()], epochs: [...this.#held.values()] }));
   }
@@ -206,11 +206,11 @@ export class Cluster implements ClusterMembership, SessionRouter {
     const began = Date.now();
     // Presence, and the heartbeats of our executors (others' records of them read these).
     const idleSince = Date.now() - IDLE_BEFORE_MOVE_MS;
+    // Presence. An executor is alive while the dispatcher its row names is (no per-executor write).
     await this.#pool.query(
-      `WITH d AS (INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url, queued = excluded.queued,
-           executors = excluded.executors, idle = excluded.idle RETURNING 1)
-       UPDATE executors SET seen_at = clock_timestamp() WHERE dispatcher = $1`,
+      `INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5)
+       ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url, queued = excluded.queued,
+         executors = excluded.executors, idle = excluded.idle`,
       [id, advertise, core.view.queued, core.partitions.connected(), core.partitions.idleCount(idleSince)],
     );
     const read = await this.#pool.query<{ id: number; owner: string | null; epoch: string; until: number | null; now: number }>(
@@ -233,7 +233,8 @@ export class Cluster implements ClusterMembership, SessionRouter {
 
     // Renew first: a lease found taken means this dispatcher was presumed dead. Stop.
     if (plan.renew.length) {
-      const ok = await this.#pool.query<{ id: number }>(
+      const ok = await this.#locked<{ id: number }>(
+        plan.renew.map((r) => r.id),
         `UPDATE partitions p SET lease_until = clock_timestamp() + $2::interval FROM unnest($3::int[], $4::bigint[]) AS f(id, epoch)
          WHERE p.id = f.id AND p.epoch = f.epoch AND p.owner = $1 RETURNING p.id`,
         [id, ttl, plan.renew.map((r) => r.id), plan.renew.map((r) => r.epoch)],
@@ -255,12 +256,13 @@ export class Cluster implements ClusterMembership, SessionRouter {
         core.partitions.release(p);
       }
       await this.o.store.commit();
-      await this.#pool.query(`UPDATE partitions SET owner = NULL, lease_until = NULL WHERE id = ANY($1::int[]) AND owner = $2`, [ids, id]);
+      await this.#locked(ids, `UPDATE partitions SET owner = NULL, lease_until = NULL WHERE id = ANY($1::int[]) AND owner = $2`, [ids, id]);
       this.o.log.info({ partitions: ids.length }, 'cluster: gave back partitions');
     }
 
     if (plan.claim.length) {
-      const got = await this.#pool.query<{ id: number; epoch: string }>(
+      const got = await this.#locked<{ id: number; epoch: string }>(
+        plan.claim.map((r) => r.id),
         `UPDATE partitions SET owner = $1, epoch = epoch + 1, lease_until = clock_timestamp() + $2::interval
          WHERE id = ANY($3::int[]) AND (owner IS NULL OR lease_until IS NULL OR lease_until < clock_timestamp()) RETURNING id, epoch`,
         [id, ttl, plan.claim.map((r) => r.id)],
@@ -350,12 +352,33 @@ export class Cluster implements ClusterMembership, SessionRouter {
     return { sessions: sessionIds.length, tasks, results: finished };
   }
 
+  /**
+   * Runs `sql` in a transaction that first locks the partition rows `ids` in id order: commits
+   * lock them (FOR SHARE) in that order too, so a lease update and a commit never deadlock.
+   */
+  async #locked<T extends pg.QueryResultRow>(ids: number[], sql: string, values: unknown[]): Promise<pg.QueryResult<T>> {
+    const c = await this.#pool.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query('SELECT id FROM partitions WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE', [ids]);
+      const r = await c.query<T>(sql, values);
+      await c.query('COMMIT');
+      return r;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    } finally {
+      c.release();
+    }
+  }
+
   /** Executors our adopted attempts run on, alive at another dispatcher: their records here do not expire. */
   async #keepAlive(core: DispatcherCore): Promise<void> {
     const waiting = core.partitions.awaited();
     if (waiting.length === 0) return;
     const alive = await this.#pool.query<{ id: string }>(
-      `SELECT id FROM executors WHERE id = ANY($1::text[]) AND dispatcher <> $2 AND seen_at > clock_timestamp() - $3::interval`,
+      `SELECT e.id FROM executors e JOIN dispatchers d ON d.id = e.dispatcher
+       WHERE e.id = ANY($1::text[]) AND e.dispatcher <> $2 AND d.seen_at > clock_timestamp() - $3::interval`,
       [waiting.map(toPgText), this.o.id, `${this.o.leaseMs} milliseconds`],
     );
     core.partitions.aliveElsewhere(alive.rows.map((r) => fromPgText(r.id)));

@@ -310,9 +310,12 @@ export class PgStore implements DurableStore {
     const rows = [...this.#rows.values()];
     const col = <T>(src: T[], f: (x: T) => unknown) => src.map(f);
     const sessions = [...this.#sessions];
-    const execs = [...this.#executors].filter(([, v]) => v !== null) as Array<[string, { info: ExecutorInfo; registeredAt: number }]>;
+    // Rows other dispatchers may write too (executors that moved, shared memo keys) go in key
+    // order: two commits locking the same rows always take them in the same order (no deadlock).
+    const byKey = (a: [string, unknown], b: [string, unknown]) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+    const execs = ([...this.#executors].filter(([, v]) => v !== null) as Array<[string, { info: ExecutorInfo; registeredAt: number }]>).sort(byKey);
     const instances = [...this.#instances].filter(([, v]) => v !== null) as Array<[string, { record: string; at: number }]>;
-    const memo = [...this.#memo];
+    const memo = [...this.#memo].sort(byKey);
     return [
       this.owner, fence?.ids ?? [], fence?.epochs ?? [],
       col(rows, (r) => toPgText(r[0])), col(rows, (r) => r[1]), col(rows, (r) => partitionOf(r[0])), col(rows, (r) => toPgText(r[2])),
@@ -324,7 +327,7 @@ export class PgStore implements DurableStore {
       col(sessions, (s) => toPgText(s.id)), col(sessions, (s) => partitionOf(s.id)), col(sessions, (s) => s.createdAt), col(sessions, (s) => s.acked),
       col(sessions, (s) => s.leaseMs), col(sessions, (s) => (s.key === null ? null : toPgText(s.key))),
       this.owner, col(execs, (e) => toPgText(e[0])), col(execs, (e) => blobs.pack(e[1].info)), col(execs, (e) => e[1].registeredAt),
-      [...this.#executors].filter(([, v]) => v === null).map(([id]) => toPgText(id)),
+      [...this.#executors].filter(([, v]) => v === null).sort(byKey).map(([id]) => toPgText(id)),
       col(instances, (i) => toPgText(i[0])), col(instances, (i) => i[1].record), col(instances, (i) => i[1].at),
       [...this.#instances].filter(([, v]) => v === null).map(([id]) => toPgText(id)),
       col(memo, (m) => toPgText(m[0])), col(memo, (m) => blobs.pack(m[1].result)), col(memo, (m) => m[1].at), this.#dropMemoBefore,
