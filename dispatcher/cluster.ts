@@ -85,6 +85,9 @@ export class Cluster implements ClusterMembership, SessionRouter {
   #timers: NodeJS.Timeout[] = [];
   #round: Promise<void> | null = null;
   #lastRenew = Date.now();
+  #renewing: Promise<void> | null = null;
+  /** The database's clock minus ours at the last read (ms): lease ends are in its time. */
+  #clockSkew = 0;
   #stopped = false;
   /** Inbox rows applied here whose deletion is not yet committed: not applied twice. */
   #applied = new Set<string>();
@@ -93,7 +96,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
 
   constructor(readonly o: ClusterOptions) {
     this.partitions = o.partitions;
-    this.#pool = new pg.Pool({ connectionString: o.url, max: 4, application_name: `falconet-${o.id}` });
+    this.#pool = new pg.Pool({ connectionString: o.url, max: 6, application_name: `falconet-${o.id}` });
     this.#pool.on('error', (err) => o.log.warn({ err: err.message }, 'cluster: database connection lost'));
     o.store.setFence(() => (this.#held.size === 0 ? null : { ids: [...this.#held.keys()], epochs: [...this.#held.values()] }));
   }
@@ -149,8 +152,12 @@ export class Cluster implements ClusterMembership, SessionRouter {
     );
     const block = await this.#pool.query<{ n: string }>(`SELECT nextval('uid_blocks') AS n`);
     core.partitions.join(this, Number(block.rows[0].n) * UID_BLOCK);
+    this.#renew();
+    await this.#renewing;
     await this.#runRound();
-    this.#timers.push(setInterval(() => void this.#runRound(), Math.max(50, Math.floor(this.o.leaseMs / 3))));
+    const every = Math.max(50, Math.floor(this.o.leaseMs / 3));
+    this.#timers.push(setInterval(() => this.#renew(), every));
+    this.#timers.push(setInterval(() => void this.#runRound(), every));
     this.#timers.push(setInterval(() => void this.#pollInbox(), this.o.inboxPollMs));
   }
 
@@ -158,6 +165,8 @@ export class Cluster implements ClusterMembership, SessionRouter {
   ownerOf(sessionId: string): string | null {
     const row = this.#rows[this.o.partitionOf(sessionId)];
     if (!row?.owner || row.owner === this.o.id) return null;
+    // A lease run out: its owner is most likely dead; the client should wait, not dial it.
+    if (row.leaseUntil === null || row.leaseUntil < Date.now() + this.#clockSkew) return null;
     return this.#live.get(row.owner) ?? null;
   }
 
@@ -191,28 +200,62 @@ export class Cluster implements ClusterMembership, SessionRouter {
         const e = err as Error;
         if (e instanceof FalconetError && e.code === ErrorCode.STORE_FENCED) return this.#fail(e);
         this.o.log.warn({ err: e.message }, 'cluster: lease round failed');
-        if (Date.now() - this.#lastRenew > this.o.leaseMs) {
-          this.#fail(new FalconetError(ErrorCode.STORE_FENCED, `could not renew partition leases for ${Date.now() - this.#lastRenew} ms (lease ${this.o.leaseMs} ms): stopping rather than serving partitions another dispatcher may hold now (${e.message})`));
-        }
       })
       .finally(() => (this.#round = null));
     return this.#round;
   }
 
-  async #roundOnce(): Promise<void> {
+  /**
+   * Presence and renewal, on a timer of their own so that nothing else a round does (loading
+   * partitions, moving executors, memo keys) delays them. A lease found taken means this
+   * dispatcher was presumed dead: it stops. Partitions given back or taken meanwhile are not
+   * counted as lost (they left or joined `#held` around the query).
+   */
+  #renew(): void {
+    if (this.#renewing || this.#stopped || !this.#core) return;
+    const core = this.#core;
     const { id, advertise, leaseMs } = this.o;
-    const core = this.#core!;
     const ttl = `${leaseMs} milliseconds`;
     const began = Date.now();
-    // Presence, and the heartbeats of our executors (others' records of them read these).
+    const held = [...this.#held];
+    this.#renewing = (async () => {
+      // An executor is alive while the dispatcher its row names is (no per-executor write).
+      const idleSince = Date.now() - IDLE_BEFORE_MOVE_MS;
+      await this.#pool.query(
+        `INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url, queued = excluded.queued,
+           executors = excluded.executors, idle = excluded.idle`,
+        [id, advertise, core.view.queued, core.partitions.connected(), core.partitions.idleCount(idleSince)],
+      );
+      if (held.length) {
+        const ok = await this.#locked<{ id: number }>(
+          held.map(([p]) => p),
+          `UPDATE partitions p SET lease_until = clock_timestamp() + $2::interval FROM unnest($3::int[], $4::bigint[]) AS f(id, epoch)
+           WHERE p.id = f.id AND p.epoch = f.epoch AND p.owner = $1 RETURNING p.id`,
+          [id, ttl, held.map(([p]) => p), held.map(([, e]) => e)],
+        );
+        const kept = new Set(ok.rows.map((r) => r.id));
+        const lost = held.filter(([p, e]) => !kept.has(p) && this.#held.get(p) === e).map(([p]) => p);
+        if (lost.length) throw new FalconetError(ErrorCode.STORE_FENCED, `partitions ${lost.slice(0, 8).join(', ')}${lost.length > 8 ? '…' : ''} were taken over by another dispatcher (this one was presumed dead)`);
+      }
+      this.#lastRenew = began;
+    })()
+      .catch((err: unknown) => {
+        const e = err as Error;
+        if (e instanceof FalconetError && e.code === ErrorCode.STORE_FENCED) return this.#fail(e);
+        this.o.log.warn({ err: e.message }, 'cluster: renewing leases failed');
+        if (Date.now() - this.#lastRenew > leaseMs) {
+          this.#fail(new FalconetError(ErrorCode.STORE_FENCED, `could not renew partition leases for ${Date.now() - this.#lastRenew} ms (lease ${leaseMs} ms): stopping rather than serving partitions another dispatcher may hold now (${e.message})`));
+        }
+      })
+      .finally(() => (this.#renewing = null));
+  }
+
+  async #roundOnce(): Promise<void> {
+    const { id, leaseMs } = this.o;
+    const core = this.#core!;
+    const ttl = `${leaseMs} milliseconds`;
     const idleSince = Date.now() - IDLE_BEFORE_MOVE_MS;
-    // Presence. An executor is alive while the dispatcher its row names is (no per-executor write).
-    await this.#pool.query(
-      `INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5)
-       ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url, queued = excluded.queued,
-         executors = excluded.executors, idle = excluded.idle`,
-      [id, advertise, core.view.queued, core.partitions.connected(), core.partitions.idleCount(idleSince)],
-    );
     const read = await this.#pool.query<{ id: number; owner: string | null; epoch: string; until: number | null; now: number }>(
       `SELECT id, owner, epoch, extract(epoch FROM lease_until) * 1000 AS until, extract(epoch FROM clock_timestamp()) * 1000 AS now FROM partitions ORDER BY id`,
     );
@@ -222,31 +265,17 @@ export class Cluster implements ClusterMembership, SessionRouter {
     );
     this.#live = new Map(live.rows.map((r) => [r.id, r.url]));
     // Idle executors go where tasks wait (executors run only their dispatcher's partitions).
-    const move = planMoves(id, live.rows.map((r) => ({ id: r.id, url: r.url, queued: Number(r.queued), executors: r.executors, idle: r.id === id ? core.partitions.idleCount(idleSince) : r.idle })));
+    const loads = live.rows.map((r) => ({ id: r.id, url: r.url, queued: Number(r.queued), executors: r.executors, idle: r.id === id ? core.partitions.idleCount(idleSince) : r.idle }));
+    const move = planMoves(id, loads);
     if (move) {
       const sent = core.partitions.sendAway(move.n, idleSince, move.to);
       if (sent) this.o.log.info({ executors: sent, to: move.to }, 'cluster: idle executors sent where tasks wait');
     }
     this.#rows = read.rows.map((r) => ({ id: r.id, owner: r.owner, epoch: Number(r.epoch), leaseUntil: r.until === null ? null : Number(r.until) }));
     const now = read.rows.length ? Number(read.rows[0].now) : Date.now();
+    this.#clockSkew = now - Date.now();
+    // Renewal has its own timer (#renewOnce): rows of ours here are only for the share count.
     const plan = planLeases({ me: id, now, rows: this.#rows, live: [...this.#live.keys()], busy: core.partitions.busyPartitions() });
-
-    // Renew first: a lease found taken means this dispatcher was presumed dead. Stop.
-    if (plan.renew.length) {
-      const ok = await this.#locked<{ id: number }>(
-        plan.renew.map((r) => r.id),
-        `UPDATE partitions p SET lease_until = clock_timestamp() + $2::interval FROM unnest($3::int[], $4::bigint[]) AS f(id, epoch)
-         WHERE p.id = f.id AND p.epoch = f.epoch AND p.owner = $1 RETURNING p.id`,
-        [id, ttl, plan.renew.map((r) => r.id), plan.renew.map((r) => r.epoch)],
-      );
-      if (ok.rows.length !== plan.renew.length) {
-        const kept = new Set(ok.rows.map((r) => r.id));
-        const lost = plan.renew.filter((r) => !kept.has(r.id)).map((r) => r.id);
-        throw new FalconetError(ErrorCode.STORE_FENCED, `partitions ${lost.slice(0, 8).join(', ')}${lost.length > 8 ? '…' : ''} were taken over by another dispatcher (this one was presumed dead)`);
-      }
-    }
-    this.#lastRenew = began;
-    for (const r of plan.renew) this.#held.set(r.id, r.epoch);
 
     // Give back idle partitions beyond our share: forget their sessions, then free the rows.
     if (plan.release.length) {
@@ -456,6 +485,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
     this.#stopped = true;
     for (const t of this.#timers) clearInterval(t);
     await this.#round?.catch(() => {});
+    await this.#renewing?.catch(() => {});
     try {
       if (release) {
         await this.#pool.query(`UPDATE partitions SET owner = NULL, lease_until = NULL WHERE owner = $1`, [this.o.id]);

@@ -109,6 +109,8 @@ export interface DispatcherLoad {
  * follow the work: a dispatcher with nothing queued sends up to half of its idle executors
  * (MOVED) to the live dispatcher with the most queued tasks per executor. Half, so that a
  * dispatcher whose queue refills keeps some; the rest follow at the next round if still idle.
+ * Never past an even split of the two dispatchers' executors: a dispatcher holds as many
+ * connections as its process may open (about 19,000 here), and a full one must not be sent more.
  */
 export function planMoves(me: string, loads: readonly DispatcherLoad[]): { to: string; n: number } | null {
   const mine = loads.find((l) => l.id === me);
@@ -120,5 +122,7 @@ export function planMoves(me: string, loads: readonly DispatcherLoad[]): { to: s
     const need = l.queued / (l.executors + 1);
     if (need > bestNeed) [best, bestNeed] = [l, need];
   }
-  return best ? { to: best.url, n: Math.max(1, Math.floor(mine.idle / 2)) } : null;
+  if (!best) return null;
+  const n = Math.min(Math.max(1, Math.floor(mine.idle / 2)), Math.ceil((mine.executors - best.executors) / 2));
+  return n > 0 ? { to: best.url, n } : null;
 }

@@ -13,6 +13,8 @@
  */
 import { expandCandidates, rank, type Candidate, type Resolver } from './dispatchers.js';
 
+/** Around this long (jittered) between asks while a session's partition is between dispatchers. */
+const MOVING_RETRY_MS = 300;
 /** Redirects (MOVED) followed at once in a row without a welcome; more wait like a failed round. */
 export const MAX_MOVES = 5;
 /** Redirect targets added to the configured list at most (a dispatcher cannot grow it without bound). */
@@ -97,6 +99,9 @@ export class DialPlan {
    * URL a MOVED sent it to (checked). Says what to dial next and after how long.
    */
   closed(wasUp: boolean, moved: string | null): NextDial {
+    // MOVED with no target: the session's partition is between dispatchers (its owner died and
+    // the others have not taken it yet). Not a failure to back off from: ask again shortly.
+    if (moved === '') return { next: this.#after(this.#cur), delayMs: MOVING_RETRY_MS / 2 + Math.random() * MOVING_RETRY_MS, backoff: false, newRound: false };
     if (moved !== null) {
       const next = this.#candidateFor(moved);
       if (++this.#moves > MAX_MOVES) return { next, delayMs: this.#backoff(), backoff: true, newRound: false };

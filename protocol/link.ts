@@ -275,8 +275,9 @@ export class Link<In extends { t: string }> {
           try {
             to = e.to === undefined ? null : dispatcherUrl(e.to);
           } catch {}
-          this.#movedTo = to;
-          this.#lastError = to ? `MOVED to ${to}: ${e.message}` : `MOVED to no usable address (${JSON.stringify(e.to ?? null)}): ${e.message}`;
+          // No target at all: the dispatcher says "ask again shortly" ('' to the dial plan).
+          this.#movedTo = e.to === undefined ? '' : to;
+          this.#lastError = to ? `MOVED to ${to}: ${e.message}` : e.to === undefined ? `MOVED: ${e.message}` : `MOVED to no usable address (${JSON.stringify(e.to)}): ${e.message}`;
           ws.terminate();
           return;
         }

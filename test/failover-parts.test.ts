@@ -169,3 +169,14 @@ test('EC2 user-data: `url` always (older AMIs read it), `urls` when there are se
   assert.deepEqual(executorUserData({ urls: ['ws://a:1', 'ws://b:2'], token: 't' }), { url: 'ws://a:1', urls: ['ws://a:1', 'ws://b:2'], token: 't' });
   assert.throws(() => executorUserData({ urls: [] }));
 });
+
+test('dial plan: MOVED with no target (a partition between dispatchers) asks again shortly, without growing backoff', { timeout: 5000 }, async () => {
+  const plan = new DialPlan(['ws://127.0.0.1:1', 'ws://127.0.0.1:2'], { order: 'first', initialBackoffMs: 100, maxBackoffMs: 10_000 });
+  plan.dialing(await plan.round());
+  for (let i = 0; i < 20; i++) {
+    const n = plan.closed(false, '');
+    assert.equal(n.backoff, false, 'not a failure');
+    assert.ok(n.delayMs >= 150 && n.delayMs <= 450, `a short wait (${n.delayMs} ms), not an exponential one`);
+    plan.dialing(n.next);
+  }
+});

@@ -80,4 +80,7 @@ test('idle executors go where tasks wait: only from a dispatcher with nothing qu
   assert.equal(planMoves('a', [load('a', 0, 4, 4), load('b', 0, 1, 0)]), null, 'nobody waits');
   assert.deepEqual(planMoves('a', [load('a', 0, 4, 4), load('b', 10, 4, 0), load('c', 10, 0, 0)]), { to: 'ws://c', n: 2 });
   assert.deepEqual(planMoves('a', [load('a', 0, 1, 1), load('b', 1, 0, 0)]), { to: 'ws://b', n: 1 }, 'a lone idle executor moves');
+  // Never past an even split: 18,000 idle here do not go to a dispatcher that holds 18,000 already.
+  assert.equal(planMoves('a', [load('a', 0, 18_000, 18_000), load('b', 1000, 18_000, 0)]), null);
+  assert.deepEqual(planMoves('a', [load('a', 0, 18_000, 18_000), load('b', 1000, 12_000, 0)]), { to: 'ws://b', n: 3000 });
 });
