@@ -258,7 +258,7 @@ export async function measureFailover(pg: PgServer, o: FailoverOptions): Promise
       process.stderr.write(`failover --partition-lease-ms ${lease}, run ${r + 1}/${o.runs}: ${JSON.stringify(s)}\n`);
     }
     const num = (k: string) => samples.map((x) => Number(x[k]));
-    out.push({ partitionLeaseMs: lease, resultsAgainMs: spread(num('resultsAgainMs')), resumedMs: spread(num('resumedMs')), runs: samples });
+    out.push({ partitionLeaseMs: lease, resultsAgainMs: spread(num('resultsAgainMs')), resumedMs: spread(num('resumedMs')), partitionsTakenMs: spread(num('partitionsTakenMs')), runs: samples });
   }
   return out;
 }
@@ -305,6 +305,18 @@ async function failoverOnce(db: string, lease: number): Promise<Record<string, n
     const killedAt = performance.now();
     nodes[0].proc.kill('SIGKILL');
     await exited(nodes[0].proc);
+    // Where the time goes: the survivors hold every partition (A's lease ran out and the next
+    // lease round of another took them), then the client's redial (its backoff) and resume.
+    let takenMs = NaN;
+    void (async () => {
+      for (const deadline = Date.now() + lease * 3 + 120_000; Date.now() < deadline; await sleep(25)) {
+        const list = (await getJson<{ dispatchers: Array<{ url: string; partitions: number }> }>(http(nodes[1].url) + '/api/dispatchers').catch(() => ({ dispatchers: [] }))).dispatchers;
+        if (list.filter((d) => d.url !== nodes[0].url).reduce((a, d) => a + d.partitions, 0) === PARTITIONS) {
+          takenMs = Math.round(performance.now() - killedAt);
+          return;
+        }
+      }
+    })();
     // Results after the client resumed elsewhere (results A had sent before dying may still be
     // arriving in the first milliseconds; they do not count as "flowing again").
     let resumed: { at: number; dispatcher?: string } | undefined;
@@ -314,9 +326,11 @@ async function failoverOnce(db: string, lease: number): Promise<Record<string, n
       if (Date.now() > deadline) throw new Error(`results did not flow again within ${lease * 3 + 120} s of the kill; states ${JSON.stringify(states)}`);
     }
     const first = arrivals.find((t) => t > resumed!.at)!;
+    for (const deadline = Date.now() + 10_000; Number.isNaN(takenMs) && Date.now() < deadline; ) await sleep(25);
     stopping = true;
     return {
       partitionLeaseMs: lease,
+      partitionsTakenMs: takenMs,
       resumedMs: Math.round(resumed.at - killedAt),
       resultsAgainMs: Math.round(first - killedAt),
       resumedOn: resumed.dispatcher ?? '',
