@@ -103,8 +103,8 @@ async function getJson<T>(url: string): Promise<T> {
 interface Node {
   url: string;
   proc: ChildProcess;
-  /** The last few KB of its stderr, for the error when something goes wrong. */
-  log(): string;
+  /** Rejects, with the tail of its log, if the dispatcher exits before the bench kills it. */
+  died: Promise<never>;
 }
 
 /**
@@ -117,9 +117,17 @@ async function startDispatchers(db: string, n: number, extra: string[], procs: C
     const p = spawn(process.execPath, [CLI, 'dispatcher', '--port', '0', '--host', '127.0.0.1', '--store', db, ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env });
     procs.push(p);
     let log = '';
-    p.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-4000)));
+    p.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-16_000)));
+    const died = new Promise<never>((_, reject) =>
+      p.once('exit', (code, sig) => {
+        if (sig === 'SIGKILL') return; // ours
+        process.stderr.write(`dispatcher ${i} exited ${code ?? sig}; its log's tail:\n${log.slice(-6000)}\n`);
+        reject(new Error(`dispatcher ${i} exited ${code ?? sig}: ${log.slice(-1000)}`));
+      }),
+    );
+    died.catch(() => {}); // raced where it matters
     const [, url] = await waitLine(p, /listening on (\S+)/, 60_000);
-    nodes.push({ url, proc: p, log: () => log });
+    nodes.push({ url, proc: p, died });
   }
   for (const deadline = Date.now() + 120_000; ; await sleep(100)) {
     const list = (await getJson<{ dispatchers: Array<{ partitions: number }> }>(http(nodes[0].url) + '/api/dispatchers').catch(() => ({ dispatchers: [] }))).dispatchers;
@@ -141,6 +149,8 @@ export interface ClusterOptions {
   /** No-op tasks per round, over all load processes. */
   tasks: number;
   rounds: number;
+  /** `--partition-lease-ms` of the dispatchers. */
+  leaseMs: number;
 }
 
 /** Part 1: dispatchers sharing one database, many simulated executors, no-op tasks/s. */
@@ -150,7 +160,7 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
   try {
     // As bench/scale.ts: slow heartbeats and leases (the load is the connections, not their chatter);
     // every simulated executor dials from loopback, hundreds at once: no pending-hello caps.
-    const nodes = await startDispatchers(db, o.dispatchers, ['--heartbeat-ms', '10000', '--lease-ms', '60000', '--max-pending-hellos', '1000000', '--max-pending-hellos-per-address', '1000000'], procs);
+    const nodes = await startDispatchers(db, o.dispatchers, ['--partition-lease-ms', String(o.leaseMs), '--heartbeat-ms', '10000', '--lease-ms', '60000', '--max-pending-hellos', '1000000', '--max-pending-hellos-per-address', '1000000'], procs);
     await sleep(2000);
     const rssBefore = nodes.map((n) => rss(n.proc.pid!));
 
@@ -168,7 +178,7 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
         ready.push(waitLine(s, /^ready (\d+) (\d+)/, 900_000));
       }
     }
-    const welcomed = (await Promise.all(ready)).reduce((a, m) => a + Number(m[1]), 0);
+    const welcomed = (await Promise.race([Promise.all(ready), ...nodes.map((n) => n.died)])).reduce((a, m) => a + Number(m[1]), 0);
     const welcomeMs = performance.now() - t0;
     let visible: number[] = [];
     for (const deadline = welcomeMs + 120_000; ; await sleep(250)) {
@@ -187,7 +197,7 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
       const before = await Promise.all(nodes.map((n) => connected(n.url)));
       const cpu0 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
       const share = Math.floor(o.tasks / nodes.length);
-      const outs = await Promise.all(nodes.map((n) => runLoad(['throughput', n.url, String(share)])));
+      const outs = await Promise.race([Promise.all(nodes.map((n) => runLoad(['throughput', n.url, String(share)], procs))), ...nodes.map((n) => n.died)]);
       const cpu1 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
       const total = share * nodes.length;
       const seconds = (Math.max(...outs.map((x) => x.endedAt)) - Math.min(...outs.map((x) => x.startedAt))) / 1000;
@@ -208,6 +218,7 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
     const num = (k: string) => rounds.map((x) => Number(x[k]));
     return {
       dispatchers: o.dispatchers,
+      partitionLeaseMs: o.leaseMs,
       executors: per * o.dispatchers,
       executorsPerDispatcher: per,
       loadProcesses: sims,
@@ -231,9 +242,10 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
   }
 }
 
-function runLoad(args: string[]): Promise<{ tasksPerSecond: number; startedAt: number; endedAt: number }> {
+function runLoad(args: string[], procs: ChildProcess[]): Promise<{ tasksPerSecond: number; startedAt: number; endedAt: number }> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, [LOAD, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    procs.push(p);
     let out = '';
     p.stdout.on('data', (d: Buffer) => (out += d));
     p.once('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`load exited ${code}: ${out}`))));

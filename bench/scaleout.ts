@@ -83,8 +83,12 @@ async function main(): Promise<void> {
       'cluster-rounds': { type: 'string' },
       'failover-lease-ms': { type: 'string' },
       'failover-runs': { type: 'string' },
+      'cluster-lease-ms': { type: 'string' },
+      parts: { type: 'string' },
     },
   });
+  // Which parts run (all by default): to repeat one part alone while looking into it.
+  const parts = new Set((values.parts ?? 'single,cluster,failover').split(','));
   const runs = Number(values.runs ?? 3);
   const tasks = Number(values.tasks ?? 200_000);
   const clusterOpts = {
@@ -94,13 +98,14 @@ async function main(): Promise<void> {
     perProcess: Number(values['per-process'] ?? 9_000),
     tasks: Number(values['cluster-tasks'] ?? 150_000),
     rounds: Number(values['cluster-rounds'] ?? 3),
+    leaseMs: Number(values['cluster-lease-ms'] ?? 10_000),
   };
   const failoverOpts = { leases: (values['failover-lease-ms'] ?? '10000,2000').split(',').map(Number), runs: Number(values['failover-runs'] ?? 3) };
   const started = await startPostgres({ fsync: true }).catch((err: Error) => ({ skip: `PostgreSQL did not start: ${err.message.slice(0, 500)}` }));
   const pg = 'skip' in started ? null : started;
   const skipped = 'skip' in started ? started.skip : null;
   if (skipped) process.stderr.write(`scaleout: the PostgreSQL parts (one dispatcher on PostgreSQL, the cluster, the failover) are skipped: ${skipped}\n`);
-  const variants = pg ? ['sqlite-full', 'postgres'] : ['sqlite-full'];
+  const variants = !parts.has('single') ? [] : pg ? ['sqlite-full', 'postgres'] : ['sqlite-full'];
   const samples: Record<string, Sample[]> = Object.fromEntries(variants.map((v) => [v, []]));
   let cluster: Record<string, unknown> | null = null;
   let failover: Array<Record<string, unknown>> | null = null;
@@ -114,10 +119,8 @@ async function main(): Promise<void> {
         process.stderr.write(`run ${r + 1}/${runs} ${v}: ${Math.round(s.tasksPerSecond)} tasks/s, dispatcher ${s.dispatcherCpuUsPerTask.toFixed(1)} µs/task${v === 'postgres' ? `, postgres ${s.postgresCpuUsPerTask.toFixed(1)} µs/task` : ''}\n`);
       }
     }
-    if (pg) {
-      cluster = await measureCluster(pg, clusterOpts);
-      failover = await measureFailover(pg, failoverOpts);
-    }
+    if (pg && parts.has('cluster')) cluster = await measureCluster(pg, clusterOpts);
+    if (pg && parts.has('failover')) failover = await measureFailover(pg, failoverOpts);
   } finally {
     await pg?.stop();
   }
@@ -128,6 +131,7 @@ async function main(): Promise<void> {
     ...(v === 'postgres' ? { postgresCpuUsPerTask: spread(samples[v].map((s) => s.postgresCpuUsPerTask), 1) } : {}),
     ratioToSqlite: spread(samples[v].map((s, i) => s.tasksPerSecond / samples['sqlite-full'][i].tasksPerSecond), 2),
   }));
+  const notRun = { skipped: 'not in --parts' };
   const pgRow = rows.find((r) => r.store === 'postgres');
   const paper = pgRow && 'postgresCpuUsPerTask' in pgRow && pgRow.postgresCpuUsPerTask
     ? estimate(pgRow.dispatcherCpuUsPerTask.median, pgRow.postgresCpuUsPerTask.median, cluster ? (cluster.postgresCpuUsPerTask as { median: number }).median : null)
@@ -136,12 +140,12 @@ async function main(): Promise<void> {
   const out = {
     date,
     machine: { cores: cpus().length, node: process.version, load: uptime() },
-    command: `node dist/bench/scaleout.js --runs ${runs} --tasks ${tasks} --dispatchers ${clusterOpts.dispatchers} --executors ${clusterOpts.executors} --per-process ${clusterOpts.perProcess} --cluster-tasks ${clusterOpts.tasks} --cluster-rounds ${clusterOpts.rounds} --failover-lease-ms ${failoverOpts.leases.join(',')} --failover-runs ${failoverOpts.runs}`,
+    command: `node dist/bench/scaleout.js --runs ${runs} --tasks ${tasks} --dispatchers ${clusterOpts.dispatchers} --executors ${clusterOpts.executors} --per-process ${clusterOpts.perProcess} --cluster-tasks ${clusterOpts.tasks} --cluster-rounds ${clusterOpts.rounds} --cluster-lease-ms ${clusterOpts.leaseMs} --failover-lease-ms ${failoverOpts.leases.join(',')} --failover-runs ${failoverOpts.runs}${values.parts ? ` --parts ${values.parts}` : ''}`,
     tasks,
     postgres: skipped ? { skipped } : { fsync: true, server: 'Debian postgresql package, test/postgres.ts' },
     rows,
-    cluster: cluster ?? { skipped },
-    failover: failover ?? { skipped },
+    cluster: cluster ?? (skipped ? { skipped } : notRun),
+    failover: failover ?? (skipped ? { skipped } : notRun),
     estimate: paper ?? { skipped },
   };
   mkdirSync(resultsFile(), { recursive: true });
@@ -154,8 +158,13 @@ async function main(): Promise<void> {
     console.log(`\nPostgreSQL skipped (and with it the cluster and failover parts): ${skipped}`);
     return;
   }
-  const c = cluster as Record<string, never>;
-  console.log(`\n${c.dispatchers} dispatchers on one PostgreSQL database, ${c.executors} simulated executors (${c.executorsPerDispatcher} per dispatcher, ${c.loadProcesses} load processes); ${c.tasksPerRound} noop tasks per round from one SDK load process per dispatcher; median of ${clusterOpts.rounds} rounds (min–max)\n`);
+  if (cluster) printCluster(cluster as Record<string, never>, clusterOpts.rounds);
+  if (failover) printFailover(failover as Array<Record<string, never>>, failoverOpts.runs);
+  if (paper) printEstimate(paper as Record<string, never>);
+}
+
+function printCluster(c: Record<string, never>, rounds: number): void {
+  console.log(`\n${c.dispatchers} dispatchers on one PostgreSQL database, ${c.executors} simulated executors (${c.executorsPerDispatcher} per dispatcher, ${c.loadProcesses} load processes); ${c.tasksPerRound} noop tasks per round from one SDK load process per dispatcher; --partition-lease-ms ${c.partitionLeaseMs}; median of ${rounds} rounds (min–max)\n`);
   console.log('| metric | measured |');
   console.log('|---|---|');
   console.log(`| executors welcomed / in /api/status (per dispatcher) / after the rounds | ${c.welcomed} / ${(c.visibleInStatus as number[]).join(' + ')} / ${(c.connectedAfterRounds as number[]).join(' + ')} |`);
@@ -163,17 +172,20 @@ async function main(): Promise<void> {
   console.log(`| noop tasks/s, all connected | ${cell(c.tasksPerSecond)} |`);
   console.log(`| dispatcher memory per executor (ΔRSS / executors, over the dispatchers), KB | ${cell(c.kbPerExecutor)} |`);
   console.log(`| CPU µs/task: dispatchers together / postgres | ${cell(c.dispatcherCpuUsPerTask)} / ${cell(c.postgresCpuUsPerTask)} |`);
-  console.log(`\nkill -9 of the dispatcher holding a streaming client's session (sleep 5 ms tasks, 16 in flight); median of ${failoverOpts.runs} runs (min–max)\n`);
+}
+
+function printFailover(failover: Array<Record<string, never>>, runs: number): void {
+  console.log(`\nkill -9 of the dispatcher holding a streaming client's session (sleep 5 ms tasks, 16 in flight); median of ${runs} runs (min–max)\n`);
   console.log('| --partition-lease-ms | kill to every partition held by the survivors, ms | to client resumed elsewhere, ms | to first result again, ms |');
   console.log('|---|---|---|---|');
-  for (const f of failover as Array<Record<string, never>>) console.log(`| ${f.partitionLeaseMs} | ${cell(f.partitionsTakenMs)} | ${cell(f.resumedMs)} | ${cell(f.resultsAgainMs)} |`);
-  if (paper) {
-    const e = paper as Record<string, never>;
-    console.log(`\nPaper estimate: a dispatcher ${e.dispatcherCpuUsPerTask} µs/task → ${e.perDispatcherTasksPerSecond} tasks/s per dispatcher core; PostgreSQL ${e.postgresCpuUsPerTask} µs/task → ${e.perPostgresCoreTasksPerSecond} tasks/s per server core; one PostgreSQL core keeps up with ${e.dispatchersPerPostgresCore} dispatchers\n`);
-    console.log('| dispatchers (one machine each) | dispatchers alone | with PostgreSQL on 1 core | on 4 cores |');
-    console.log('|---|---|---|---|');
-    for (const r of e.rows as Array<Record<string, number>>) console.log(`| ${r.dispatchers} | ${r.dispatcherBound} | ${r.pgOneCore} | ${r.pgFourCores} |`);
-  }
+  for (const f of failover) console.log(`| ${f.partitionLeaseMs} | ${cell(f.partitionsTakenMs)} | ${cell(f.resumedMs)} | ${cell(f.resultsAgainMs)} |`);
+}
+
+function printEstimate(e: Record<string, never>): void {
+  console.log(`\nPaper estimate: a dispatcher ${e.dispatcherCpuUsPerTask} µs/task → ${e.perDispatcherTasksPerSecond} tasks/s per dispatcher core; PostgreSQL ${e.postgresCpuUsPerTask} µs/task → ${e.perPostgresCoreTasksPerSecond} tasks/s per server core; one PostgreSQL core keeps up with ${e.dispatchersPerPostgresCore} dispatchers\n`);
+  console.log('| dispatchers (one machine each) | dispatchers alone | with PostgreSQL on 1 core | on 4 cores |');
+  console.log('|---|---|---|---|');
+  for (const r of e.rows as Array<Record<string, number>>) console.log(`| ${r.dispatchers} | ${r.dispatcherBound} | ${r.pgOneCore} | ${r.pgFourCores} |`);
 }
 
 /** The load average when the run ended (`uptime`), for the result file. */
