@@ -194,7 +194,14 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
     // ---- no-op rounds: one load process per dispatcher, all at once -------------------------
     const rounds: Array<Record<string, number | number[]>> = [];
     for (let r = 0; r < o.rounds; r++) {
-      const before = await Promise.all(nodes.map((n) => connected(n.url)));
+      // Executors a dispatcher sent away (MOVED) at the end of the last round redial their own
+      // (--on-moved redial): every round starts with all of them connected where they began.
+      let before: number[] = [];
+      for (const deadline = Date.now() + 180_000; ; await sleep(500)) {
+        before = await Promise.all(nodes.map((n) => connected(n.url)));
+        if (before.every((v) => v >= per)) break;
+        if (Date.now() > deadline) throw new Error(`executors did not come back before round ${r + 1}: ${before.join(' + ')}`);
+      }
       const cpu0 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
       const share = Math.floor(o.tasks / nodes.length);
       const outs = await Promise.race([Promise.all(nodes.map((n) => runLoad(['throughput', n.url, String(share)], procs))), ...nodes.map((n) => n.died)]);
@@ -212,7 +219,6 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
       };
       rounds.push(round);
       process.stderr.write(`cluster round ${r + 1}/${o.rounds}: ${JSON.stringify(round)}\n`);
-      await sleep(3000); // executors sent away (MOVED) at the end of a round redial their own dispatcher
     }
     const after = await Promise.all(nodes.map((n) => connected(n.url)));
     const num = (k: string) => rounds.map((x) => Number(x[k]));
