@@ -14,6 +14,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { connect, type Client, type TaskSpec } from '../client/index.js';
 import type { PgServer } from '../test/postgres.js';
 import { exited, spread } from './harness.js';
@@ -193,34 +194,45 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
 
     // ---- no-op rounds: one load process per dispatcher, all at once -------------------------
     const rounds: Array<Record<string, number | number[]>> = [];
-    for (let r = 0; r < o.rounds; r++) {
-      // Executors a dispatcher sent away (MOVED) at the end of the last round redial their own
-      // (--on-moved redial): every round starts with all of them connected where they began.
-      let before: number[] = [];
-      for (const deadline = Date.now() + 180_000; ; await sleep(500)) {
-        before = await Promise.all(nodes.map((n) => connected(n.url)));
-        if (before.every((v) => v >= per)) break;
-        if (Date.now() > deadline) throw new Error(`executors did not come back before round ${r + 1}: ${before.join(' + ')}`);
+    // A dispatcher that stops during the rounds (STORE_FENCED, STORE_FAILED) ends them: what was
+    // measured until then is kept, with the failure and PostgreSQL's log around it.
+    let failure: string | null = null;
+    for (let r = 0; r < o.rounds && failure === null; r++) {
+      try {
+        // Executors a dispatcher sent away (MOVED) at the end of the last round redial their own
+        // (--on-moved redial): every round starts with all of them connected where they began.
+        let before: number[] = [];
+        for (const deadline = Date.now() + 180_000; ; await sleep(500)) {
+          before = await Promise.all(nodes.map((n) => connected(n.url)));
+          if (before.every((v) => v >= per)) break;
+          if (Date.now() > deadline) throw new Error(`executors did not come back before round ${r + 1}: ${before.join(' + ')}`);
+        }
+        const cpu0 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
+        const share = Math.floor(o.tasks / nodes.length);
+        const loads = Promise.all(nodes.map((n) => runLoad(['throughput', n.url, String(share)], procs)));
+        loads.catch(() => {}); // a dispatcher's death is reported by `died`; its load process is killed with the rest
+        const outs = await Promise.race([loads, ...nodes.map((n) => n.died)]);
+        const cpu1 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
+        const total = share * nodes.length;
+        const seconds = (Math.max(...outs.map((x) => x.endedAt)) - Math.min(...outs.map((x) => x.startedAt))) / 1000;
+        const round = {
+          connectedBefore: before,
+          tasks: total,
+          seconds: +seconds.toFixed(2),
+          tasksPerSecond: Math.round(total / seconds),
+          perDispatcherTasksPerSecond: outs.map((x) => Math.round(x.tasksPerSecond)),
+          dispatcherCpuUsPerTask: +(((cpu1.d.reduce((a, b) => a + b) - cpu0.d.reduce((a, b) => a + b)) * 1e6) / total).toFixed(1),
+          postgresCpuUsPerTask: +(((cpu1.pg - cpu0.pg) * 1e6) / total).toFixed(1),
+        };
+        rounds.push(round);
+        process.stderr.write(`cluster round ${r + 1}/${o.rounds}: ${JSON.stringify(round)}\n`);
+      } catch (err) {
+        failure = `round ${r + 1}: ${(err as Error).message.slice(0, 1500)}`;
+        process.stderr.write(`cluster: ${failure}\nPostgreSQL's log: ${pg.log().slice(-4000)}\n`);
       }
-      const cpu0 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
-      const share = Math.floor(o.tasks / nodes.length);
-      const outs = await Promise.race([Promise.all(nodes.map((n) => runLoad(['throughput', n.url, String(share)], procs))), ...nodes.map((n) => n.died)]);
-      const cpu1 = { d: nodes.map((n) => cpuSeconds(n.proc.pid!)), pg: pgCpu(pg) };
-      const total = share * nodes.length;
-      const seconds = (Math.max(...outs.map((x) => x.endedAt)) - Math.min(...outs.map((x) => x.startedAt))) / 1000;
-      const round = {
-        connectedBefore: before,
-        tasks: total,
-        seconds: +seconds.toFixed(2),
-        tasksPerSecond: Math.round(total / seconds),
-        perDispatcherTasksPerSecond: outs.map((x) => Math.round(x.tasksPerSecond)),
-        dispatcherCpuUsPerTask: +(((cpu1.d.reduce((a, b) => a + b) - cpu0.d.reduce((a, b) => a + b)) * 1e6) / total).toFixed(1),
-        postgresCpuUsPerTask: +(((cpu1.pg - cpu0.pg) * 1e6) / total).toFixed(1),
-      };
-      rounds.push(round);
-      process.stderr.write(`cluster round ${r + 1}/${o.rounds}: ${JSON.stringify(round)}\n`);
     }
-    const after = await Promise.all(nodes.map((n) => connected(n.url)));
+    const after = await Promise.all(nodes.map((n) => connected(n.url).catch(() => 0)));
+    const deadlocks = await pgQuery(db, 'SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()');
     const num = (k: string) => rounds.map((x) => Number(x[k]));
     return {
       dispatchers: o.dispatchers,
@@ -237,14 +249,27 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
       dispatcherRssBeforeMB: rssBefore.map((b) => +(b / 2 ** 20).toFixed(1)),
       dispatcherRssWithExecutorsMB: rssWith.map((b) => +(b / 2 ** 20).toFixed(1)),
       kbPerExecutor: spread(kbPerExecutor, 1),
+      failure,
+      postgresDeadlocks: Number(deadlocks[0]?.deadlocks ?? 0),
+      roundsCompleted: rounds.length,
       tasksPerRound: Math.floor(o.tasks / o.dispatchers) * o.dispatchers,
-      tasksPerSecond: spread(num('tasksPerSecond')),
-      dispatcherCpuUsPerTask: spread(num('dispatcherCpuUsPerTask'), 1),
-      postgresCpuUsPerTask: spread(num('postgresCpuUsPerTask'), 1),
+      tasksPerSecond: rounds.length ? spread(num('tasksPerSecond')) : null,
+      dispatcherCpuUsPerTask: rounds.length ? spread(num('dispatcherCpuUsPerTask'), 1) : null,
+      postgresCpuUsPerTask: rounds.length ? spread(num('postgresCpuUsPerTask'), 1) : null,
       rounds,
     };
   } finally {
     await stopAll(procs);
+  }
+}
+
+async function pgQuery(url: string, text: string): Promise<Array<Record<string, unknown>>> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query(text)).rows as Array<Record<string, unknown>>;
+  } finally {
+    await c.end();
   }
 }
 

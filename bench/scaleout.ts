@@ -134,7 +134,7 @@ async function main(): Promise<void> {
   const notRun = { skipped: 'not in --parts' };
   const pgRow = rows.find((r) => r.store === 'postgres');
   const paper = pgRow && 'postgresCpuUsPerTask' in pgRow && pgRow.postgresCpuUsPerTask
-    ? estimate(pgRow.dispatcherCpuUsPerTask.median, pgRow.postgresCpuUsPerTask.median, cluster ? (cluster.postgresCpuUsPerTask as { median: number }).median : null)
+    ? estimate(pgRow.dispatcherCpuUsPerTask.median, pgRow.postgresCpuUsPerTask.median, (cluster?.postgresCpuUsPerTask as { median: number } | null | undefined)?.median ?? null)
     : null;
   const date = new Date().toISOString();
   const out = {
@@ -169,9 +169,12 @@ function printCluster(c: Record<string, never>, rounds: number): void {
   console.log('|---|---|');
   console.log(`| executors welcomed / in /api/status (per dispatcher) / after the rounds | ${c.welcomed} / ${(c.visibleInStatus as number[]).join(' + ')} / ${(c.connectedAfterRounds as number[]).join(' + ')} |`);
   console.log(`| registration, first dial to all welcomed / all in status, s | ${c.registrationSeconds} / ${c.visibleInStatusSeconds} |`);
-  console.log(`| noop tasks/s, all connected | ${cell(c.tasksPerSecond)} |`);
+  const or = (x: never) => (x ? cell(x) : '–');
+  console.log(`| noop tasks/s, all connected | ${or(c.tasksPerSecond)} |`);
   console.log(`| dispatcher memory per executor (ΔRSS / executors, over the dispatchers), KB | ${cell(c.kbPerExecutor)} |`);
-  console.log(`| CPU µs/task: dispatchers together / postgres | ${cell(c.dispatcherCpuUsPerTask)} / ${cell(c.postgresCpuUsPerTask)} |`);
+  console.log(`| CPU µs/task: dispatchers together / postgres | ${or(c.dispatcherCpuUsPerTask)} / ${or(c.postgresCpuUsPerTask)} |`);
+  console.log(`| rounds completed; PostgreSQL deadlocks (pg_stat_database) | ${c.roundsCompleted} of ${rounds}; ${c.postgresDeadlocks} |`);
+  if (c.failure) console.log(`\nThe rounds ended early: ${c.failure}`);
 }
 
 function printFailover(failover: Array<Record<string, never>>, runs: number): void {
