@@ -3,6 +3,8 @@
  * with the SDK, runs one workload, prints one JSON line with what it measured.
  *
  *   node dist/bench/load.js throughput URL N      N noop tasks through submitMany, first submit to last result
+ *                                                 (with `startedAt`/`endedAt`, wall-clock ms, so that
+ *                                                 several load processes' runs can be added up)
  *   node dist/bench/load.js latency URL N         N sequential single noop tasks, round trip at the client
  */
 import { connect, type TaskSpec } from '../client/index.js';
@@ -21,6 +23,7 @@ async function main(): Promise<void> {
   const client = await connect(url);
   if (kind === 'throughput') {
     let received = 0;
+    const startedAt = Date.now();
     const start = process.hrtime.bigint();
     const reading = (async () => {
       for await (const _ of client.results()) if (++received === n) break;
@@ -28,7 +31,7 @@ async function main(): Promise<void> {
     await client.submitMany(noops(n), { maxInFlight: Number(windowText ?? 50_000) });
     await reading;
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-    process.stdout.write(JSON.stringify({ kind, tasks: n, seconds, tasksPerSecond: n / seconds }) + '\n');
+    process.stdout.write(JSON.stringify({ kind, tasks: n, seconds, tasksPerSecond: n / seconds, startedAt, endedAt: Date.now() }) + '\n');
   } else if (kind === 'latency') {
     const times: number[] = [];
     const warm = Math.min(1000, n);

@@ -30,7 +30,14 @@ export const SCENARIOS: Record<string, Scenario> = {
   staging: { script: 'staging.js', full: ['--runs', '3'], smoke: ['--tasks', '10', '--runs', '1'], writes: ['staging-'] },
   defaults: { script: 'defaults.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000', '--commands', '50'], writes: ['defaults-'] },
   cli: { script: 'cli.js', full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['cli-'] },
-  scaleout: { script: 'scaleout.js', optional: false, full: ['--runs', '3'], smoke: ['--runs', '1', '--tasks', '2000'], writes: ['scaleout-'] },
+  scaleout: {
+    script: 'scaleout.js',
+    optional: false,
+    full: ['--runs', '3'],
+    // 3 dispatchers × 200 simulated executors, one failover with short leases.
+    smoke: ['--runs', '1', '--tasks', '2000', '--executors', '600', '--per-process', '100', '--cluster-tasks', '2000', '--cluster-rounds', '1', '--failover-lease-ms', '1000', '--failover-runs', '1'],
+    writes: ['scaleout-'],
+  },
   transport: {
     optional: true,
     script: 'transport.js',

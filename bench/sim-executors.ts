@@ -6,12 +6,16 @@
  * the dispatcher is what is measured.
  *
  *   node dist/bench/sim-executors.js --url ws://127.0.0.1:PORT --count 9500 [--prefix sim0-]
- *        [--batch 250] [--heartbeat-ms 10000]
+ *        [--batch 250] [--heartbeat-ms 10000] [--on-moved follow|redial]
  *
  * Connections are opened `--batch` at a time, each batch only after the previous one is welcomed,
  * so the dispatcher's accept backlog never overflows. Progress goes to stdout as lines:
  * `welcomed N` after each batch, `ready N MS` once all are welcomed (MS from the first dial),
- * then `stats done=N` every second while tasks flow. SIGTERM closes everything and exits.
+ * then `stats done=N moved=M` every second while tasks flow. SIGTERM closes everything and exits.
+ *
+ * A dispatcher of a cluster sends idle executors elsewhere (`error` MOVED with `to`, then close):
+ * `--on-moved follow` (default, what a real executor does) dials `to`; `redial` dials its own
+ * `--url` again after a second, so that a benchmark keeps exactly `--count` on each dispatcher.
  */
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -25,8 +29,11 @@ const { values } = parseArgs({
     prefix: { type: 'string' },
     batch: { type: 'string' },
     'heartbeat-ms': { type: 'string' },
+    'on-moved': { type: 'string' },
   },
 });
+const onMoved = values['on-moved'] ?? 'follow';
+if (onMoved !== 'follow' && onMoved !== 'redial') throw new Error(`--on-moved must be follow or redial, not ${onMoved}`);
 const url = values.url ?? '';
 const count = Number(values.count ?? 1000);
 const prefix = values.prefix ?? `sim-${process.pid}-`;
@@ -42,6 +49,8 @@ let welcomed = 0;
 let failed = 0;
 let done = 0;
 let lastDone = 0;
+/** MOVED received (each one a re-dial). */
+let moved = 0;
 
 function send(ws: WebSocket, msgs: unknown[]): void {
   if (ws.readyState !== WebSocket.OPEN) return;
@@ -64,17 +73,18 @@ function info(i: number): ExecutorInfo {
   };
 }
 
-/** Opens one connection; resolves once it is welcomed (true) or refused/closed (false). */
-function open(i: number): Promise<boolean> {
+/** Opens one connection to `to`; resolves once it is welcomed (true) or refused/closed (false). */
+function open(i: number, to = url): Promise<boolean> {
   return new Promise((resolve) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false });
+    let movedTo: string | null = null;
+    const ws = new WebSocket(to, { perMessageDeflate: false });
     ws.binaryType = 'nodebuffer';
     let up = false;
     ws.on('open', () => send(ws, [{ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: info(i) }]));
     ws.on('message', (data: Buffer) => {
       const out: unknown[] = [];
       for (const raw of codec.decode(data)) {
-        const m = raw as { t: string; uid?: number; attempt?: number; code?: string; message?: string };
+        const m = raw as { t: string; uid?: number; attempt?: number; code?: string; message?: string; to?: string };
         if (m.t === 'task') {
           const now = Date.now();
           out.push({
@@ -87,6 +97,9 @@ function open(i: number): Promise<boolean> {
           conns.push(ws);
           welcomed++;
           resolve(true);
+        } else if (m.t === 'error' && m.code === 'MOVED' && m.to) {
+          moved++;
+          movedTo = onMoved === 'follow' ? m.to : url;
         } else if (m.t === 'error') {
           process.stderr.write(`sim ${i}: ${m.code} ${m.message}\n`);
         }
@@ -98,6 +111,11 @@ function open(i: number): Promise<boolean> {
       if (!up) {
         failed++;
         resolve(false);
+      } else if (movedTo !== null && !stopping) {
+        // Its old socket stays in `conns` (closed sockets are skipped); the new one is added on welcome.
+        const next = movedTo;
+        welcomed--;
+        setTimeout(() => void open(i, next), onMoved === 'redial' ? 1000 : 0);
       }
     });
   });
@@ -122,7 +140,7 @@ async function main(): Promise<void> {
     slice = (slice + 1) % slices;
   }, 100);
   setInterval(() => {
-    if (done !== lastDone) process.stdout.write(`stats done=${done}\n`);
+    if (done !== lastDone) process.stdout.write(`stats done=${done} moved=${moved}\n`);
     lastDone = done;
   }, 1000);
 }

@@ -23,6 +23,8 @@ export interface PgServer {
   newDatabase(name: string): Promise<string>;
   /** SIGINT (fast shutdown), waits for the exit, removes the data dir. */
   stop(): Promise<void>;
+  /** The last few KB of the server's log (its stderr): deadlock reports name the statements. */
+  log(): string;
 }
 
 /** How long the server may take to accept connections (initdb is separate). */
@@ -148,6 +150,6 @@ export async function startPostgres(options: { fsync?: boolean } = {}): Promise<
       return `postgres://falconet@127.0.0.1:${port}/${name}`;
     };
     const url = await newDatabase('falconet');
-    return { url, pid: child.pid!, newDatabase, stop };
+    return { url, pid: child.pid!, newDatabase, stop, log: () => log };
   }
 }
