@@ -101,7 +101,11 @@ export class DialPlan {
   closed(wasUp: boolean, moved: string | null): NextDial {
     // MOVED with no target: the session's partition is between dispatchers (its owner died and
     // the others have not taken it yet). Not a failure to back off from: ask again shortly.
-    if (moved === '') return { next: this.#after(this.#cur), delayMs: MOVING_RETRY_MS / 2 + Math.random() * MOVING_RETRY_MS, backoff: false, newRound: false };
+    // A dispatcher answered: the failures counted so far (a dead one's refusals) start afresh.
+    if (moved === '') {
+      this.#rounds = this.#failed = 0;
+      return { next: this.#after(this.#cur), delayMs: MOVING_RETRY_MS / 2 + Math.random() * MOVING_RETRY_MS, backoff: false, newRound: false };
+    }
     if (moved !== null) {
       const next = this.#candidateFor(moved);
       if (++this.#moves > MAX_MOVES) return { next, delayMs: this.#backoff(), backoff: true, newRound: false };

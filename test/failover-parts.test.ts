@@ -178,5 +178,9 @@ test('dial plan: MOVED with no target (a partition between dispatchers) asks aga
     assert.equal(n.backoff, false, 'not a failure');
     assert.ok(n.delayMs >= 150 && n.delayMs <= 450, `a short wait (${n.delayMs} ms), not an exponential one`);
     plan.dialing(n.next);
+    // The other dispatcher (dead) refuses: one failure, not a round's worth of backoff.
+    const refused = plan.closed(false, null);
+    assert.equal(refused.backoff, false, 'a dead dispatcher between two MOVED answers does not grow the backoff');
+    plan.dialing(refused.next);
   }
 });
