@@ -15,6 +15,8 @@ import { expandCandidates, rank, type Candidate, type Resolver } from './dispatc
 
 /** Around this long (jittered) between asks while a session's partition is between dispatchers. */
 const MOVING_RETRY_MS = 300;
+/** How long a dispatcher that refused a dial counts as dead for redirects to it. */
+const DEAD_FOR_MS = 2000;
 /** Redirects (MOVED) followed at once in a row without a welcome; more wait like a failed round. */
 export const MAX_MOVES = 5;
 /** Redirect targets added to the configured list at most (a dispatcher cannot grow it without bound). */
@@ -50,6 +52,8 @@ export class DialPlan {
   #rounds = 0;
   /** Redirects in a row without a welcome. */
   #moves = 0;
+  /** The URL whose dial failed last, and when: a redirect to it is not followed for a moment. */
+  #lastDead: { url: string; at: number } | null = null;
   readonly #seed = (Math.random() * 0x100000000) >>> 0;
 
   constructor(
@@ -101,6 +105,9 @@ export class DialPlan {
   closed(wasUp: boolean, moved: string | null): NextDial {
     // MOVED with no target: the session's partition is between dispatchers (its owner died and
     // the others have not taken it yet). Not a failure to back off from: ask again shortly.
+    // A redirect to the dispatcher that just refused us (a dead owner whose lease has not run
+    // out yet: the others cannot know it is dead) is a "not yet" too.
+    if (moved && this.#lastDead?.url === moved && Date.now() - this.#lastDead.at < DEAD_FOR_MS) moved = '';
     // A dispatcher answered: the failures counted so far (a dead one's refusals) start afresh.
     if (moved === '') {
       this.#rounds = this.#failed = 0;
@@ -112,6 +119,7 @@ export class DialPlan {
       return { next, delayMs: 0, backoff: false, newRound: false };
     }
     const next = this.#after(this.#cur);
+    if (!wasUp && this.#cur) this.#lastDead = { url: this.#cur.url, at: Date.now() };
     if (wasUp) {
       if (next.key !== this.#cur?.key) return { next, delayMs: 0, backoff: false, newRound: false };
       return { next, delayMs: this.#backoff(), backoff: false, newRound: true };

@@ -184,3 +184,18 @@ test('dial plan: MOVED with no target (a partition between dispatchers) asks aga
     plan.dialing(refused.next);
   }
 });
+
+test('dial plan: a redirect to the dispatcher that just refused the dial is a "not yet", not a redirect loop', { timeout: 5000 }, async () => {
+  const plan = new DialPlan(['ws://127.0.0.1:1', 'ws://127.0.0.1:2'], { order: 'first', initialBackoffMs: 100, maxBackoffMs: 10_000 });
+  plan.dialing(await plan.round());
+  for (let i = 0; i < 20; i++) {
+    // The dead owner (…:1) refuses; the survivor (…:2) still names it as the owner.
+    const refused = plan.closed(false, null);
+    assert.equal(refused.next.url, 'ws://127.0.0.1:2');
+    plan.dialing(refused.next);
+    const n = plan.closed(false, 'ws://127.0.0.1:1');
+    assert.equal(n.backoff, false, `round ${i}: no growing backoff`);
+    assert.ok(n.delayMs <= 450, `round ${i}: asks again shortly (${n.delayMs} ms)`);
+    plan.dialing(n.next);
+  }
+});
