@@ -54,11 +54,15 @@ async function kill9(d: Dispatcher): Promise<void> {
   await exit;
 }
 
+/** Every result received, by id: what a failure shows of a task delivered twice. */
+const received = new Map<string, TaskResult[]>();
+
 /** Reads `n` results from a client; counts each id. */
 async function collect(client: Client, n: number, seen: Map<string, number>, progress: () => void): Promise<void> {
   let got = 0;
   for await (const r of client.results()) {
     seen.set(r.id, (seen.get(r.id) ?? 0) + 1);
+    received.set(r.id, [...(received.get(r.id) ?? []), r]);
     assert.equal(r.status, 'succeeded', `${r.id}: ${JSON.stringify(r.error)}`);
     progress();
     if (++got === n) return;
@@ -67,7 +71,7 @@ async function collect(client: Client, n: number, seen: Map<string, number>, pro
 
 function exactlyOnce(seen: Map<string, number>, ids: string[]): void {
   const twice = [...seen].filter(([, n]) => n > 1).slice(0, 5);
-  assert.deepEqual(twice, [], 'no result delivered twice');
+  assert.deepEqual(twice, [], `no result delivered twice: ${JSON.stringify(twice.map(([id]) => received.get(id)?.map((r) => ({ attempts: r.attempts, executor: r.executor, timings: r.timings, cached: r.cached }))))}`);
   const missing = ids.filter((id) => !seen.has(id)).slice(0, 5);
   assert.deepEqual(missing, [], 'every task finished');
   assert.equal(seen.size, ids.length);
