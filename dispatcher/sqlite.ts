@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, result BLOB NOT NULL, at 
  * remainder (fewer rows) goes out in one statement of its exact size, prepared once and kept,
  * rather than row by row: a commit of n rows costs about n / BATCH + 1 executions.
  */
-const BATCH = Number(process.env.FALCONET_STORE_BATCH ?? 256);
+const BATCH = 64;
 /** Inserts new tasks and updates changed ones in one statement; the spec is written once. */
 const UPSERT = (rows: number) => `INSERT INTO tasks VALUES ${Array(rows).fill('(?,?,?,?,?,?,?,?,?,?)').join(',')}
   ON CONFLICT (session, uid) DO UPDATE SET state = excluded.state, attempt = excluded.attempt,
@@ -199,8 +199,8 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     dropMemo: db.prepare('DELETE FROM memo WHERE at < ?'),
   };
   return db.transaction((b: CommitBatch) => {
-    for (const row of b.rows) if (row[3] !== null && !(row[3] instanceof Uint8Array)) row[3] = blobs.pack(row[3]);
-    for (const row of b.results) if (!(row[3] instanceof Uint8Array)) row[3] = blobs.pack(row[3]);
+    for (const row of b.rows) if (row[3] !== null) row[3] = blobs.pack(row[3]);
+    for (const row of b.results) row[3] = blobs.pack(row[3]);
     st.upsert.run(b.rows);
     st.append.run(b.results);
     // After the task rows: a collected session's delete must see its final rows.
