@@ -177,11 +177,13 @@ export class SqliteStore implements DurableStore {
   }
 
   taskFinished(t: TaskRecord, seq: number, result: TaskResult): void {
-    // The result row says "finished" and carries the id (kept for idempotent resubmits). A task
-    // whose row was never written (accepted and finished between two commits: the common case
-    // under load) needs no task row at all; one written before keeps its row as it is.
-    const pending = this.#rows.get(t.uid);
-    if (pending && pending[3] !== null) this.#rows.delete(t.uid);
+    // The result row says "finished" and carries the id (kept for idempotent resubmits); recovery
+    // reads nothing else of a finished task (its row, if any, only gives way to the result). So
+    // no change of its row made since the last commit is written: a task accepted and finished
+    // between two commits needs no row at all, and one written before keeps its row as it is on
+    // disk (a dispatch and its result in one commit: the common case under load, one row update
+    // fewer per task).
+    this.#rows.delete(t.uid);
     this.#results.push([t.session.id, seq, t.uid, result]);
   }
 

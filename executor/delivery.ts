@@ -38,7 +38,12 @@ export function fitResult(result: AttemptResult): AttemptResult {
   };
 }
 
-const keyOf = (r: AttemptRef): string => `${r.uid}:${r.attempt}`;
+/**
+ * An attempt's key in the outbox: one number while it fits exactly (uid below 2^42, attempt below
+ * 1024: every attempt in practice), which spares building and hashing a string per add and per
+ * ack; the string form otherwise. The two forms never collide (a number is not a string key).
+ */
+const keyOf = (r: AttemptRef): number | string => (r.uid < 2 ** 42 && r.attempt < 1024 ? r.uid * 1024 + r.attempt : `${r.uid}:${r.attempt}`);
 
 /**
  * Results kept until the dispatcher acknowledges them, in the order they were added. Pure
@@ -46,7 +51,7 @@ const keyOf = (r: AttemptRef): string => `${r.uid}:${r.attempt}`;
  * is up) and {@link ResultOutbox.pending} again after every welcome.
  */
 export class ResultOutbox {
-  readonly #held = new Map<string, AttemptResult>();
+  readonly #held = new Map<number | string, AttemptResult>();
 
   /** How many results wait for their ack. */
   get size(): number {
