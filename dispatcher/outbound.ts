@@ -66,29 +66,6 @@ interface Outgoing {
   close: WireError | null;
 }
 
-/**
- * The turns one commit releases, as one group: each peer's messages of all of them in order, so
- * that they go out in as few frames as fit (one encode and one socket write per peer, not one per
- * turn; a commit under load holds many turns).
- */
-function merged(groups: Outgoing[][]): Outgoing[] {
-  if (groups.length === 1) return groups[0];
-  const byConn = new Map<Conn, { parts: unknown[][]; close: WireError | null }>();
-  for (const group of groups) {
-    for (const o of group) {
-      const m = byConn.get(o.c);
-      if (m === undefined) byConn.set(o.c, { parts: [o.msgs], close: o.close });
-      else {
-        m.parts.push(o.msgs);
-        m.close ??= o.close;
-      }
-    }
-  }
-  const out: Outgoing[] = [];
-  for (const [c, m] of byConn) out.push({ c, msgs: m.parts.length === 1 ? m.parts[0] : m.parts.flat(), close: m.close });
-  return out;
-}
-
 export class Outbound {
   readonly #dirty = new Set<Conn>();
   #queued = false;
@@ -218,12 +195,12 @@ export class Outbound {
     try {
       pending = this.journal.commit?.();
     } catch (err) {
-      if (durable.length > 0) this.#release(merged(durable));
+      for (const g of durable) this.#release(g);
       return this.#storeFailed(err as Error);
     }
-    if (durable.length > 0) this.#release(merged(durable));
+    for (const g of durable) this.#release(g);
     if (!pending) {
-      if (groups.length > 0) this.#release(merged(groups));
+      for (const g of groups) this.#release(g);
       return;
     }
     this.#committing = pending.then(
@@ -232,7 +209,7 @@ export class Outbound {
         // The next batch goes to the writer first: its transaction and fsync then overlap the
         // encoding and sending of what this one released, instead of waiting for them.
         if (this.#held.length > 0 && !this.#failed) this.#commit(groups);
-        else if (groups.length > 0) this.#release(merged(groups));
+        else for (const g of groups) this.#release(g);
       },
       (err: Error) => this.#storeFailed(err),
     );
