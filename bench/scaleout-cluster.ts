@@ -14,9 +14,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { connect, type Client, type TaskSpec } from '../client/index.js';
-import type { PgServer } from '../test/postgres.js';
+import { query, type PgServer } from '../test/postgres.js';
 import { exited, spread } from './harness.js';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
@@ -232,7 +231,7 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
       }
     }
     const after = await Promise.all(nodes.map((n) => connected(n.url).catch(() => 0)));
-    const deadlocks = await pgQuery(db, 'SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()');
+    const deadlocks = await query(db, 'SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()');
     const num = (k: string) => rounds.map((x) => Number(x[k]));
     return {
       dispatchers: o.dispatchers,
@@ -263,15 +262,6 @@ export async function measureCluster(pg: PgServer, o: ClusterOptions): Promise<R
   }
 }
 
-async function pgQuery(url: string, text: string): Promise<Array<Record<string, unknown>>> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query(text)).rows as Array<Record<string, unknown>>;
-  } finally {
-    await c.end();
-  }
-}
 
 function runLoad(args: string[], procs: ChildProcess[]): Promise<{ tasksPerSecond: number; startedAt: number; endedAt: number }> {
   return new Promise((resolve, reject) => {

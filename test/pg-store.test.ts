@@ -7,13 +7,12 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import pg from 'pg';
 import { connect, type TaskResult } from '../client/index.js';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { PgStore } from '../dispatcher/pg-store.js';
 import { PARTITIONS, SCHEMA_VERSION, partitionOf } from '../dispatcher/pg-schema.js';
 import { Procs, exited, freePort, runCli, startDispatcher, startExecutor, status, waitExecutors, waitFor, type Dispatcher } from './helpers.js';
-import { startPostgres, type PgServer } from './postgres.js';
+import { query, startPostgres, type PgServer } from './postgres.js';
 
 let server: PgServer | null = null;
 let skip: string | false = false;
@@ -29,15 +28,6 @@ after(() => server?.stop());
 /** A fresh database on the shared server, for one test. */
 const freshDb = () => server!.newDatabase(`t${++dbs}`);
 
-async function sql<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query<T>(text, values)).rows;
-  } finally {
-    await c.end();
-  }
-}
 
 function jsonLines(text: string): TaskResult[] {
   return text.trim() === '' ? [] : text.trim().split('\n').map((l) => JSON.parse(l) as TaskResult);
@@ -67,16 +57,16 @@ test('tasks through a dispatcher on PostgreSQL: every result once, and the rows 
   assert.equal(r.code, 0, r.stderr);
   exactlyOnce(jsonLines(r.stdout), ids);
   // Acknowledged means committed: the results are rows of the session's partition already.
-  const [row] = await sql<{ n: string; p: number }>(url, 'SELECT count(*) AS n, min(partition) AS p FROM results WHERE session = $1', ['pg-a']);
+  const [row] = await query<{ n: string; p: number }>(url, 'SELECT count(*) AS n, min(partition) AS p FROM results WHERE session = $1', ['pg-a']);
   assert.equal(Number(row.n), 1000);
   assert.equal(row.p, partitionOf('pg-a'));
-  const [exec] = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM executors WHERE dispatcher IS NOT NULL');
+  const [exec] = await query<{ n: string }>(url, 'SELECT count(*) AS n FROM executors WHERE dispatcher IS NOT NULL');
   assert.equal(Number(exec.n), 1, 'the executor is recorded with its dispatcher');
   // The longest client lease the protocol allows (30 days) is more than a 32-bit int of ms.
   const client = await connect(d.url, { leaseMs: 30 * 24 * 3600 * 1000 });
   t.after(() => client.close());
   assert.equal((await client.submit({ builtin: 'noop' })).status, 'succeeded');
-  const [lease] = await sql<{ lease_ms: string }>(url, 'SELECT lease_ms FROM sessions WHERE id = $1', [client.session.id]);
+  const [lease] = await query<{ lease_ms: string }>(url, 'SELECT lease_ms FROM sessions WHERE id = $1', [client.session.id]);
   assert.equal(Number(lease.lease_ms), 30 * 24 * 3600 * 1000);
 });
 
@@ -108,7 +98,7 @@ test('kill -9 of a PostgreSQL-backed dispatcher mid-run, twice: every task finis
   for (const share of [0.2, 0.5]) {
     // Crash points: once a share of the run has finished (counted in the database), mid-stream.
     await waitFor(`${share * 100}% of the tasks finished`, async () => {
-      const [row] = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM results');
+      const [row] = await query<{ n: string }>(url, 'SELECT count(*) AS n FROM results');
       return Number(row.n) >= share * n;
     }, 120_000);
     const exit = exited(d.proc, 10_000, 'the dispatcher after kill -9');
@@ -119,7 +109,7 @@ test('kill -9 of a PostgreSQL-backed dispatcher mid-run, twice: every task finis
   const w = await watchDone;
   assert.equal(w.code, 0, `watch exited ${w.code}: ${watchErr.slice(-2000)}`);
   exactlyOnce(jsonLines(watched), ids);
-  const [row] = await sql<{ n: string }>(url, 'SELECT count(*) AS n FROM results WHERE session = $1', [session]);
+  const [row] = await query<{ n: string }>(url, 'SELECT count(*) AS n FROM results WHERE session = $1', [session]);
   assert.equal(Number(row.n), n, 'one stored result per task');
 });
 
@@ -206,7 +196,7 @@ test('schema: a newer version is refused; dispatchers starting together on a fre
   t.after(() => procs.killAll());
   const newer = await freshDb();
   await (await PgStore.open({ url: newer, owner: 'setup' })).close();
-  await sql(newer, `UPDATE falconet_meta SET value = $1 WHERE key = 'schema'`, [String(SCHEMA_VERSION + 1)]);
+  await query(newer, `UPDATE falconet_meta SET value = $1 WHERE key = 'schema'`, [String(SCHEMA_VERSION + 1)]);
   const r = await runCli(procs, ['dispatcher', '--port', '0', '--store', newer], { timeoutMs: 60_000 });
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, new RegExp(`STORE_UNAVAILABLE.*schema ${SCHEMA_VERSION + 1}`));
@@ -219,9 +209,9 @@ test('schema: a newer version is refused; dispatchers starting together on a fre
     startDispatcher(procs, ['--store', fresh]),
   ]);
   await Promise.all(stores.map((s) => s.close()));
-  const [meta] = await sql<{ value: string }>(fresh, `SELECT value FROM falconet_meta WHERE key = 'schema'`);
+  const [meta] = await query<{ value: string }>(fresh, `SELECT value FROM falconet_meta WHERE key = 'schema'`);
   assert.equal(meta.value, String(SCHEMA_VERSION));
-  const [parts] = await sql<{ n: string }>(fresh, 'SELECT count(*) AS n FROM partitions');
+  const [parts] = await query<{ n: string }>(fresh, 'SELECT count(*) AS n FROM partitions');
   assert.equal(Number(parts.n), PARTITIONS, 'the partitions were filled once');
 });
 
@@ -230,18 +220,18 @@ test('a commit whose fence no longer holds is refused with STORE_FENCED and writ
   const url = await freshDb();
   const store = await PgStore.open({ url, owner: 'me' });
   t.after(() => store.close().catch(() => {}));
-  await sql(url, `UPDATE partitions SET owner = 'me', epoch = 3 WHERE id IN (1, 2)`);
+  await query(url, `UPDATE partitions SET owner = 'me', epoch = 3 WHERE id IN (1, 2)`);
   let fence = { ids: [1, 2], epochs: [3, 2] }; // partition 2 moved on to epoch 3: ours is stale
   store.setFence(() => fence);
   store.putInstance('i-stale', { state: 'running' });
   await assert.rejects(store.commit()!, (err: unknown) => err instanceof FalconetError && err.code === ErrorCode.STORE_FENCED && /no longer owns 1 of the 2/.test(err.message));
-  assert.deepEqual(await sql(url, 'SELECT id FROM instances'), [], 'nothing of the fenced batch is written');
-  await sql(url, `UPDATE partitions SET owner = 'other' WHERE id = 1`);
+  assert.deepEqual(await query(url, 'SELECT id FROM instances'), [], 'nothing of the fenced batch is written');
+  await query(url, `UPDATE partitions SET owner = 'other' WHERE id = 1`);
   fence = { ids: [1], epochs: [3] }; // right epoch, another owner
   store.putInstance('i-owner', {});
   await assert.rejects(store.commit()!, (err: unknown) => err instanceof FalconetError && err.code === ErrorCode.STORE_FENCED);
   fence = { ids: [2], epochs: [3] }; // held: the commit goes through, on the same connection
   store.putInstance('i-held', {});
   await store.commit();
-  assert.deepEqual(await sql(url, 'SELECT id FROM instances'), [{ id: 'i-held' }]);
+  assert.deepEqual(await query(url, 'SELECT id FROM instances'), [{ id: 'i-held' }]);
 });

@@ -153,3 +153,14 @@ export async function startPostgres(options: { fsync?: boolean } = {}): Promise<
     return { url, pid: child.pid!, newDatabase, stop, log: () => log };
   }
 }
+
+/** One query on a connection of its own (tests and benches reading what the dispatchers wrote). */
+export async function query<T extends pg.QueryResultRow = Record<string, unknown>>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query<T>(text, values)).rows;
+  } finally {
+    await c.end();
+  }
+}

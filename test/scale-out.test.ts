@@ -7,12 +7,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
-import pg from 'pg';
 import { connect, type Client, type TaskResult } from '../client/index.js';
 import { PARTITIONS } from '../dispatcher/pg-schema.js';
 import type { DispatcherEntry } from '../dispatcher/cluster.js';
 import { Procs, exited, runCli, startDispatcher, startExecutor, waitFor, waitForLine, type Dispatcher } from './helpers.js';
-import { startPostgres, type PgServer } from './postgres.js';
+import { query, startPostgres, type PgServer } from './postgres.js';
 
 let server: PgServer | null = null;
 let skip: string | false = false;
@@ -215,12 +214,3 @@ test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000
   assert.match(shown, new RegExp(`${next.url} \\d+ partitions.*\\(provisioner\\)`));
 });
 
-async function query<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query<T>(text, values)).rows;
-  } finally {
-    await c.end();
-  }
-}
