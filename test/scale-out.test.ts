@@ -214,3 +214,50 @@ test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000
   assert.match(shown, new RegExp(`${next.url} \\d+ partitions.*\\(provisioner\\)`));
 });
 
+
+/** Local executors a provisioner in the dispatcher `pid` started (`local-<pid>-<n>`), alive now. */
+function executorsOf(pid: number): number[] {
+  const found: number[] = [];
+  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`local-${pid}-`)) found.push(Number(p));
+    } catch {}
+  }
+  return found;
+}
+
+test('the provisioner sees the whole cluster: it launches for a follower\'s queue, its executors follow the work there, and it drains them there when idle', { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  let leaderPid = 0;
+  t.after(async () => {
+    await procs.killAll();
+    for (const pid of leaderPid ? executorsOf(leaderPid) : []) process.kill(pid, 'SIGKILL');
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const ds = await cluster(procs, db, 2, ['--provisioner', 'local', '--min', '0', '--max', '2', '--executor-slots', '1', '--idle-timeout', '2', '--cooldown', '0', '--poll-ms', '200']);
+  const lead = await waitFor('a leader', async () => (await dispatchers(ds[0])).find((d) => d.leader));
+  const leader = ds.find((d) => d.url === lead.url)!;
+  const follower = ds.find((d) => d !== leader)!;
+  leaderPid = leader.proc.pid!;
+  // Work only on the follower: a new session opens in the partitions of the dispatcher it dials.
+  const client = await connect(follower.url);
+  t.after(() => client.close());
+  const ids = Array.from({ length: 6 }, (_, i) => `w${i}`);
+  const results = await Promise.all(ids.map((id) => client.submit({ id, builtin: 'sleep', ms: 300 })));
+  for (const r of results) {
+    assert.equal(r.status, 'succeeded', `${r.id}: ${JSON.stringify(r.error)}`);
+    // Run by the leader's instances (they registered with it, then moved to the follower's queue).
+    assert.match(r.executor ?? '', new RegExp(`^local-${leaderPid}-`), `${r.id} ran on a provisioned executor`);
+  }
+  // Idle at the follower, they are drained there on the leader's order; each instance ends once its executor left.
+  type Instance = { id: string; state: string; reason?: string };
+  const ended = await waitFor('every instance ended after its executor was drained at the follower', async () => {
+    const p = (await statusOf(leader)).provisioner as { instances: Instance[] } | undefined;
+    const all = p?.instances ?? [];
+    return all.length > 0 && all.every((i) => i.state === 'terminated') ? all : undefined;
+  }, 120_000);
+  assert.ok(ended.length <= 2, 'never more than --max instances');
+  for (const i of ended) assert.equal(i.reason, 'its executor left', `${i.id}: ${i.reason}`);
+  await waitFor('the drained executor processes exited', () => executorsOf(leaderPid).length === 0);
+});
