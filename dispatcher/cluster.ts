@@ -60,6 +60,8 @@ export interface ClusterOptions {
   onFatal(err: Error): void;
   /** Runs after results were taken from the inbox or partitions were loaded: schedule and commit. */
   wake(): void;
+  /** The live dispatchers' URLs, after each round that read them (executors are told: `peers`). */
+  onPeers?(urls: string[]): void;
   /** Leadership of the provisioner was won (true) or lost (false); may come during {@link Cluster.start}. */
   onLeader?(leader: boolean, cluster: Cluster): void;
 }
@@ -280,6 +282,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
       [ttl],
     );
     this.#live = new Map(live.rows.map((r) => [r.id, r.url]));
+    this.o.onPeers?.([...this.#live.values()]);
     // Idle executors go where tasks wait (executors run only their dispatcher's partitions).
     const loads = live.rows.map((r) => ({ id: r.id, url: r.url, queued: Number(r.queued), executors: r.executors, idle: r.id === id ? core.partitions.idleCount(idleSince) : r.idle }));
     const move = planMoves(id, loads);

@@ -196,6 +196,7 @@ async function joinCluster(server: DispatcherServer, store: PgStore, id: string,
     store,
     log,
     wake: () => server.wake(),
+    onPeers: (urls) => server.setPeers(urls),
     onLeader,
     onFatal: (err) => {
       process.stderr.write(`falconet: ${(err as FalconetError).code ?? ErrorCode.STORE_FENCED}: ${err.message}\n`);

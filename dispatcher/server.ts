@@ -9,6 +9,7 @@ import {
   Codec,
   ErrorCode,
   RECORDS_CAP,
+  PEERS_CAP,
   assertStandardMsgpack,
   isStandardMsgpack,
   FalconetError,
@@ -63,6 +64,8 @@ export class DispatcherServer {
   /** Standard msgpack, for every other peer (and for anything sent before a hello). */
   readonly #plain: Codec;
   readonly #conns = new Map<ConnId, Conn>();
+  /** The live dispatchers' URLs, sorted (see setPeers). */
+  #peers: readonly string[] = [];
   readonly #out: Outbound;
   #nextConn = 1;
   #timers: NodeJS.Timeout[] = [];
@@ -368,6 +371,8 @@ export class DispatcherServer {
       if (refused) return this.#out.fail(c, refused);
     } else {
       this.core.registerExecutor(c.id, msg.executor);
+      c.wantsPeers = msg.caps.includes(PEERS_CAP);
+      if (c.wantsPeers && this.#peers.length > 0) this.#send(c.id, { t: 'peers', urls: this.#peers });
       this.log.info({ executor: msg.executor.id, slots: msg.executor.slots, addresses: msg.executor.addresses }, 'executor registered');
     }
   }
@@ -524,6 +529,18 @@ export class DispatcherServer {
   #reject(c: Conn, error: WireError, raw: unknown): void {
     const ref = (raw as { ref?: unknown } | null)?.ref;
     this.#send(c.id, { t: 'error', ...(typeof ref === 'number' && ref >= 0 ? { ref } : {}), ...error });
+  }
+
+  /**
+   * The live dispatchers (several over PostgreSQL; cluster.ts calls this when the set changes):
+   * told to every executor that asked (`peers`), now and after each one's welcome.
+   */
+  setPeers(urls: readonly string[]): void {
+    const next = [...urls].sort();
+    if (next.join('\n') === this.#peers.join('\n')) return;
+    this.#peers = next;
+    const msg = { t: 'peers', urls: next };
+    for (const c of this.#conns.values()) if (c.role === 'executor' && c.wantsPeers) this.#send(c.id, msg);
   }
 
   #send(conn: ConnId, msg: unknown): void {

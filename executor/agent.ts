@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
   RECORDS_CAP,
+  PEERS_CAP,
   WINDOW_CAP,
   ErrorCode,
   FalconetError,
@@ -216,7 +217,7 @@ export class ExecutorAgent {
       url: dispatcherUrls(o.url),
       order: o.dispatcherOrder ?? 'random',
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
-      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
+      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP, PEERS_CAP], executor: this.#info() }),
       onUp: (welcome) => {
         this.#lifetimeCap = welcome.t === 'welcome' && welcome.caps.includes('lifetime');
         this.#onUp(welcome.t === 'welcome' ? welcome.caps : []);
@@ -402,6 +403,10 @@ export class ExecutorAgent {
         const held = run !== undefined || this.#queued.get(msg.uid)?.attempt === msg.attempt;
         return this.#live.order(msg.uid, msg.attempt, msg.on, run, held);
       }
+      case 'peers':
+        this.#link.learn(msg.urls);
+        this.log.info({ dispatchers: msg.urls }, 'live dispatchers');
+        return;
       case 'drain':
         this.#draining = true;
         this.log.info({ running: this.#running.size }, 'draining');

@@ -581,7 +581,19 @@ export const ResultsAck = Type.Object({
  * or the attempt ends.
  */
 export const TailOrder = Type.Object({ t: Type.Literal('tail'), uid: Uint, attempt: Uint, on: Type.Boolean() });
-export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, error: ErrorMsg, hb: Heartbeat } as const;
+/** The hello capability by which an executor asks to be told where the other dispatchers are. */
+export const PEERS_CAP = 'peers';
+/**
+ * The live dispatchers' URLs, this one's included (several dispatchers over PostgreSQL), sent to
+ * an executor whose hello lists `peers` right after its welcome and again whenever the set
+ * changes: after losing its dispatcher it dials them too, not only the URLs it was started with
+ * (nats' `connect_urls`). An executor started before the others joined still finds them.
+ */
+export const PeersMsg = Type.Object({
+  t: Type.Literal('peers'),
+  urls: Type.Array(Type.String({ minLength: 1, maxLength: 2048 }), { maxItems: 64 }),
+});
+export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToExecutor =
   | Static<typeof TailOrder>
   | Static<typeof ExecutorWelcome>
@@ -589,6 +601,7 @@ export type DispatcherToExecutor =
   | Static<typeof CancelAttempt>
   | Static<typeof DrainOrder>
   | Static<typeof ResultsAck>
+  | Static<typeof PeersMsg>
   | Static<typeof ErrorMsg>
   | Static<typeof Heartbeat>;
 

@@ -206,6 +206,17 @@ test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000
   assert.ok(others.some((d) => d.url === next.url));
   const successor = others.find((d) => d.url === next.url)!;
   await waitFor('the provisioner running on the new leader', async () => (await statusOf(successor)).provisioner !== undefined);
+  // It adopts the dead leader's instance: its executor reconnected to one of the survivors (whichever
+  // it is, the new leader sees it) and no second instance is launched for --min 1.
+  type Instance = { id: string; state: string; adopted?: boolean };
+  const adopted = await waitFor("the dead leader's instance adopted, its executor seen again", async () => {
+    const list = ((await statusOf(successor)).provisioner as { instances: Instance[] } | undefined)?.instances ?? [];
+    return list.some((i) => i.adopted && ['idle', 'registered', 'busy'].includes(i.state)) ? list : undefined;
+  }).catch(async (err: Error) => {
+    const seen = await Promise.all(others.map(async (d) => ({ url: d.url, status: await statusOf(d) })));
+    throw new Error(`${err.message}; survivors: ${JSON.stringify(seen)}`);
+  });
+  assert.equal(adopted.length, 1, JSON.stringify(adopted));
   // `falconet status` shows every live dispatcher, its partitions and the leader.
   const shown = await waitFor('status listing the two live dispatchers', async () => {
     const r = await runCli(procs, ['status', '--dispatcher', others[0].url]);
@@ -260,4 +271,22 @@ test('the provisioner sees the whole cluster: it launches for a follower\'s queu
   assert.ok(ended.length <= 2, 'never more than --max instances');
   for (const i of ended) assert.equal(i.reason, 'its executor left', `${i.id}: ${i.reason}`);
   await waitFor('the drained executor processes exited', () => executorsOf(leaderPid).length === 0);
+});
+
+test('an executor given one dispatcher is told of the others (peers) and goes to one of them when its own dies', { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const a = await startDispatcher(procs, ['--store', db, ...CLUSTER]);
+  const exec = startExecutor(procs, a.url, ['--id', 'told', '--dispatcher-timeout', '120'], { FALCONET_LOG: 'info' });
+  await waitFor('the executor registered with its dispatcher', async () => (await statusOf(a)).executors.length === 1);
+  const b = await startDispatcher(procs, ['--store', db, ...CLUSTER]);
+  // The dispatcher tells it once its round sees the newcomer.
+  await waitForLine(exec, new RegExp(`^(?=.*live dispatchers).*${b.url.replace(/[/.]/g, '\\$&')}`, 'm'), 30_000, 'stderr');
+  await kill9(a);
+  await waitFor('the executor registered with the dispatcher it was told of', async () => {
+    const s = (await statusOf(b)) as { executors: Array<{ id: string; state: string }> };
+    return s.executors.some((e) => e.id === 'told' && e.state !== 'disconnected');
+  });
 });
