@@ -29,7 +29,7 @@ export interface Conn {
   admin: boolean;
   /** When a frame last came from this peer (clients silent too long are dropped). */
   heardAt: number;
-  /** An executor whose hello listed `peers`: it is told where the other dispatchers are. */
+  /** A peer whose hello listed `peers`: it is told where the other dispatchers are. */
   wantsPeers?: boolean;
 }
 

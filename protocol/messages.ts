@@ -482,7 +482,19 @@ export const LogMsg = Type.Object({
   note: Type.Optional(Type.String({ maxLength: 4096 })),
   end: Type.Optional(Type.Object({ status: Type.Union([TaskStateSchema, Type.Literal('stopped')]), attempt: Type.Optional(Uint) })),
 });
-export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, log: LogMsg, error: ErrorMsg, hb: Heartbeat } as const;
+/** The hello capability by which a peer (executor or client) asks to be told where the other dispatchers are. */
+export const PEERS_CAP = 'peers';
+/**
+ * The live dispatchers' URLs, this one's included (several dispatchers over PostgreSQL), sent to
+ * a peer whose hello lists `peers` right after its welcome and again whenever the set changes:
+ * after losing its dispatcher it dials them too, not only the URLs it was given (nats'
+ * `connect_urls`). An executor started before the others joined still finds them.
+ */
+export const PeersMsg = Type.Object({
+  t: Type.Literal('peers'),
+  urls: Type.Array(Type.String({ minLength: 1, maxLength: 2048 }), { maxItems: 64 }),
+});
+export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, log: LogMsg, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToClient =
   | Static<typeof LogMsg>
   | Static<typeof TasksMsg>
@@ -491,6 +503,7 @@ export type DispatcherToClient =
   | Static<typeof Accepted>
   | Static<typeof ResultMsg>
   | Static<typeof Reply>
+  | Static<typeof PeersMsg>
   | Static<typeof ErrorMsg>
   | Static<typeof Heartbeat>;
 
@@ -581,18 +594,6 @@ export const ResultsAck = Type.Object({
  * or the attempt ends.
  */
 export const TailOrder = Type.Object({ t: Type.Literal('tail'), uid: Uint, attempt: Uint, on: Type.Boolean() });
-/** The hello capability by which an executor asks to be told where the other dispatchers are. */
-export const PEERS_CAP = 'peers';
-/**
- * The live dispatchers' URLs, this one's included (several dispatchers over PostgreSQL), sent to
- * an executor whose hello lists `peers` right after its welcome and again whenever the set
- * changes: after losing its dispatcher it dials them too, not only the URLs it was started with
- * (nats' `connect_urls`). An executor started before the others joined still finds them.
- */
-export const PeersMsg = Type.Object({
-  t: Type.Literal('peers'),
-  urls: Type.Array(Type.String({ minLength: 1, maxLength: 2048 }), { maxItems: 64 }),
-});
 export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToExecutor =
   | Static<typeof TailOrder>

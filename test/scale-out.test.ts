@@ -273,20 +273,31 @@ test('the provisioner sees the whole cluster: it launches for a follower\'s queu
   await waitFor('the drained executor processes exited', () => executorsOf(leaderPid).length === 0);
 });
 
-test('an executor given one dispatcher is told of the others (peers) and goes to one of them when its own dies', { timeout: 300_000 }, async (t) => {
+test('an executor and a client given one dispatcher are told of the others (peers) and go to one of them when theirs dies', { timeout: 300_000 }, async (t) => {
   if (skip) return t.skip(skip);
   const procs = new Procs();
-  t.after(() => procs.killAll());
+  let client: Client | null = null;
+  t.after(async () => {
+    await client?.close().catch(() => {});
+    await procs.killAll();
+  });
   const db = await server!.newDatabase(`s${++dbs}`);
   const a = await startDispatcher(procs, ['--store', db, ...CLUSTER]);
   const exec = startExecutor(procs, a.url, ['--id', 'told', '--dispatcher-timeout', '120'], { FALCONET_LOG: 'info' });
-  await waitFor('the executor registered with its dispatcher', async () => (await statusOf(a)).executors.length === 1);
+  client = await connect(a.url, { connectTimeoutMs: 120_000 });
+  assert.equal((await client.submit({ id: 'before', builtin: 'noop' })).status, 'succeeded');
   const b = await startDispatcher(procs, ['--store', db, ...CLUSTER]);
-  // The dispatcher tells it once its round sees the newcomer.
+  // The dispatcher tells them once its round sees the newcomer.
   await waitForLine(exec, new RegExp(`^(?=.*live dispatchers).*${b.url.replace(/[/.]/g, '\\$&')}`, 'm'), 30_000, 'stderr');
+  await waitFor('the client told of the newcomer', () => client!.dispatchers.includes(b.url));
   await kill9(a);
   await waitFor('the executor registered with the dispatcher it was told of', async () => {
     const s = (await statusOf(b)) as { executors: Array<{ id: string; state: string }> };
     return s.executors.some((e) => e.id === 'told' && e.state !== 'disconnected');
   });
+  // The client resumes its session there (its partition moved with a's leases) and goes on.
+  const session = client.session.id;
+  assert.equal((await client.submit({ id: 'after', builtin: 'noop' })).status, 'succeeded');
+  assert.equal(client.session.id, session);
+  assert.equal(client.dispatcher, b.url);
 });
