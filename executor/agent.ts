@@ -51,6 +51,14 @@ export { hostAddresses, runShutdownCommand };
 
 export const EXECUTOR_VERSION = '0.1.0';
 
+/**
+ * How long the spawn helper may hold the results of commands while more wait in it, to send them
+ * together (ms), and the work the window keeps waiting for short tasks so that it can: one result
+ * at a time cost ~1 ms of CPU per command across the executor, the dispatcher, its store and the
+ * client (bench/RESULTS.md, "Spawn").
+ */
+const RESULT_BATCH_MS = 10;
+
 export interface ExecutorOptions {
   /**
    * The dispatcher(s): one ws(s):// URL, a comma-separated list, or an array. An executor dials
@@ -188,11 +196,11 @@ export class ExecutorAgent {
       // A result carrying more would break the protocol's limit on stdout/stderr.
       throw new FalconetError(ErrorCode.USAGE, `the output limit is at most ${LIMITS.outputBytes} bytes (got ${o.outputLimit})`);
     }
-    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), helperScope: this.id, ...(o.spawner ? { spawner: o.spawner } : {}) };
+    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), helperScope: this.id, resultHoldMs: RESULT_BATCH_MS, ...(o.spawner ? { spawner: o.spawner } : {}) };
     this.#queuedRunner = { ...this.#runner, helperQueue: true };
     setHelperLimit(this.#runner, this.slots);
     this.#ctx = new AttemptContext(defaultDataOptions(this.id), this.#runner, log);
-    this.#window = new AdaptiveWindow({ slots: this.slots });
+    this.#window = new AdaptiveWindow({ slots: this.slots, batchMs: RESULT_BATCH_MS });
     if (o.lifetimeMs !== undefined || o.noticeEndpoint !== undefined) {
       this.#life = new LifetimeWatch(
         {
