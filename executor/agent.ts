@@ -53,11 +53,13 @@ export const EXECUTOR_VERSION = '0.1.0';
 
 /**
  * How long the spawn helper may hold the results of commands while more wait in it, to send them
- * together (ms), and the work the window keeps waiting for short tasks so that it can: one result
- * at a time cost ~1 ms of CPU per command across the executor, the dispatcher, its store and the
- * client (bench/RESULTS.md, "Spawn").
+ * together (ms), and the work the window keeps waiting for short tasks so that it can. One result
+ * at a time cost ~1 ms of CPU per `/bin/true` across the executor, the dispatcher, its store and
+ * the client; batches of this length cut that to ~0.5 ms (10 ms: ~0.7), for a result up to 20 ms
+ * late while more of the queue's tasks run, and ~40 ms of short tasks waiting per executor
+ * (bench/RESULTS.md, "Spawn"). Results come at once when nothing waits behind them.
  */
-const RESULT_BATCH_MS = 10;
+const RESULT_BATCH_MS = 20;
 
 export interface ExecutorOptions {
   /**
