@@ -9,7 +9,9 @@
  * freed slot's request travels: that many waiting locally keep the slots busy. So
  *
  *     extra = 0                                  when d > longRoundTrips × R
- *     extra = min(maxExtra, ⌈gain × slots × R / d⌉)  otherwise
+ *     extra = min(maxExtra, ⌈gain × slots × max(R, batchMs) / d⌉)  otherwise
+ *
+ * (`batchMs`, 0 unless set: a floor that leaves room for results to travel in batches.)
  *
  * A task waiting locally then waits about `extra × d / slots ≈ gain × R` for a slot: no longer
  * than the round trip it saves (times the gain). For tasks of ten round trips or more (the
@@ -37,6 +39,13 @@ export interface WindowOptions {
   longRoundTrips?: number;
   /** The round trip assumed before the first sample, in ms (default 1). */
   initialRoundTripMs?: number;
+  /**
+   * Keep at least this much work (ms of slot time, times the gain) waiting for short tasks, even
+   * when the round trip is shorter (default 0): so that results can travel in batches (the spawn
+   * helper holds results while tasks wait in it) without the slots running dry meanwhile. Does
+   * not move the long-task guard, which uses the round trip alone.
+   */
+  batchMs?: number;
 }
 
 /** Round trip samples are kept within these bounds (ms): a clock jump or a stall is one sample, not the estimate. */
@@ -54,6 +63,7 @@ export class AdaptiveWindow {
   readonly maxExtra: number;
   readonly gain: number;
   readonly longRoundTrips: number;
+  readonly batchMs: number;
   /** Typical run time of a task, ms; null until the first task ends (no window before it). */
   #duration: number | null = null;
   #rtt: number;
@@ -65,6 +75,7 @@ export class AdaptiveWindow {
     this.gain = o.gain ?? 2;
     this.longRoundTrips = o.longRoundTrips ?? 10;
     this.#rtt = o.initialRoundTripMs ?? 1;
+    this.batchMs = Math.max(0, o.batchMs ?? 0);
   }
 
   /** Tasks to keep beyond the slots, as of what was observed so far. */
@@ -95,7 +106,7 @@ export class AdaptiveWindow {
   #update(): number {
     const d = this.#duration;
     if (d === null || d > this.longRoundTrips * this.#rtt) this.#extra = 0;
-    else this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * this.#rtt) / d));
+    else this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * Math.max(this.#rtt, this.batchMs)) / d));
     return this.#extra;
   }
 }
