@@ -61,10 +61,19 @@ export type StoreOp =
   | { op: 'memo'; key: string; result: TaskResult | Uint8Array; at: number }
   | { op: 'dropMemo'; before: number };
 
+/**
+ * A row as a batch carries it to the writer: its session as an index into {@link CommitBatch.ids}
+ * (a batch names few sessions and many rows: one 36-character string per session rather than per
+ * row to encode, decode and collect), resolved to the id again on the writer thread.
+ */
+export type InBatch<R> = R extends [string, ...infer Rest] ? [number | string, ...Rest] : never;
+
 /** Everything one commit writes. */
 export interface CommitBatch {
-  rows: TaskRow[];
-  results: ResultRow[];
+  /** The sessions of `rows` and `results`, by their index there. */
+  ids: string[];
+  rows: Array<InBatch<TaskRow>>;
+  results: Array<InBatch<ResultRow>>;
   ops: StoreOp[];
   sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null]>;
   /** The core's task counters as JSON (StoredCounters), kept in `meta` with the changes they count. */
@@ -245,8 +254,14 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
     dropMemo: db.prepare('DELETE FROM memo WHERE at < ?'),
   };
   return db.transaction((b: CommitBatch) => {
-    for (const row of b.rows) if (row[3] !== null) row[3] = blobs.pack(row[3]);
-    for (const row of b.results) if (!(row[3] instanceof Uint8Array)) row[3] = encodeResult(row[3]);
+    for (const row of b.rows) {
+      row[0] = b.ids[row[0] as number];
+      if (row[3] !== null) row[3] = blobs.pack(row[3]);
+    }
+    for (const row of b.results) {
+      row[0] = b.ids[row[0] as number];
+      if (!(row[3] instanceof Uint8Array)) row[3] = encodeResult(row[3]);
+    }
     st.upsert.run(b.rows);
     st.append.run(b.results);
     // After the task rows: a collected session's delete must see its final rows.

@@ -16,7 +16,7 @@ import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type Task
 import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, SessionRecord, TaskRecord } from './model.js';
 import type { DurableStore, Recovered } from './durable-store.js';
-import { TASK_STATE, TASK_STATE_NAME, blobs, decodeResult, encodeResult, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
+import { TASK_STATE, TASK_STATE_NAME, blobs, decodeResult, encodeResult, openDatabase, storeError, type CommitBatch, type InBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
 import type { LookupRequest, MemoRequest, WriterData, WriterReply } from './store-writer.js';
 import { Buckets } from './histogram.js';
 import type { StoredCounters } from './status.js';
@@ -267,9 +267,27 @@ export class SqliteStore implements DurableStore {
     if (this.#failure) return Promise.reject(this.#failure);
     if (!this.#writer) return null; // closed: shutdown is over
     if (this.#rows.size === 0 && this.#results.length === 0 && this.#ops.length === 0 && this.#sessions.size === 0) return null;
+    // Each row's session goes as an index into `ids` (rows are this commit's own: changed in place).
+    const ids: string[] = [];
+    const index = new Map<string, number>();
+    let last = '';
+    let at = -1;
+    const indexOf = (id: string): number => {
+      if (id !== last) {
+        last = id;
+        at = index.get(id) ?? -1;
+        if (at < 0) index.set(id, (at = ids.push(id) - 1));
+      }
+      return at;
+    };
+    const rows: Array<InBatch<TaskRow>> = [...this.#rows.values()];
+    for (const r of rows) r[0] = indexOf(r[0] as string);
+    const results: Array<InBatch<ResultRow>> = this.#results;
+    for (const r of results) r[0] = indexOf(r[0] as string);
     const batch: CommitBatch = {
-      rows: [...this.#rows.values()],
-      results: this.#results,
+      ids,
+      rows,
+      results,
       ops: this.#ops,
       sessions: [...this.#sessions].map((s) => [s.id, s.createdAt, s.acked, s.leaseMs, s.key]),
       ...(this.#counters ? { counters: JSON.stringify(this.#counters()) } : {}),
