@@ -357,16 +357,10 @@ export class Cluster implements ClusterMembership, SessionRouter {
     try {
       await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       const q = <T extends unknown[]>(text: string) => c.query<T>({ text, values: [ids], rowMode: 'array' }).then((r) => r.rows);
-      for (const [info, at] of await q<[Buffer, string]>(
+      const executors = await q<[Buffer, string]>(
         `SELECT info, registered_at FROM executors WHERE id IN (SELECT DISTINCT executor FROM tasks WHERE partition = ANY($1::int[]) AND state = ${TASK_STATE.dispatched} AND executor IS NOT NULL)`,
-      )) {
-        core.restoreExecutor(blobs.unpack(info) as ExecutorInfo, Number(at));
-      }
-      for (const s of await q<[string, string, string, string | null, string | null]>(`SELECT id, created_at, acked, lease_ms, key FROM sessions WHERE partition = ANY($1::int[])`)) {
-        const id = fromPgText(s[0]);
-        core.restoreSession(id, Number(s[1]), Number(s[2]), s[3] === null ? null : Number(s[3]), s[4] === null ? null : fromPgText(s[4]));
-        sessionIds.push(id);
-      }
+      );
+      const sessions = await q<[string, string, string, string | null, string | null]>(`SELECT id, created_at, acked, lease_ms, key FROM sessions WHERE partition = ANY($1::int[])`);
       const results = new Map<number, [seq: number, result: Buffer, session: string]>();
       for (const [session, seq, uid, result] of await q<[string, string, string, Buffer]>(`SELECT session, seq, uid, result FROM results WHERE partition = ANY($1::int[])`)) {
         results.set(Number(uid), [Number(seq), result, fromPgText(session)]);
@@ -375,6 +369,15 @@ export class Cluster implements ClusterMembership, SessionRouter {
         `SELECT session, uid, id, spec, state, attempt, lost, executor, submitted_at, dispatched_at FROM tasks WHERE partition = ANY($1::int[]) ORDER BY uid`,
       );
       await c.query('COMMIT');
+      // Into the core only now, all at once (no await from here on): a session in the core is
+      // served without asking the router (server.ts), so one restored before its tasks and results
+      // would be resumed empty by a client that arrives meanwhile.
+      for (const [info, at] of executors) core.restoreExecutor(blobs.unpack(info) as ExecutorInfo, Number(at));
+      for (const s of sessions) {
+        const id = fromPgText(s[0]);
+        core.restoreSession(id, Number(s[1]), Number(s[2]), s[3] === null ? null : Number(s[3]), s[4] === null ? null : fromPgText(s[4]));
+        sessionIds.push(id);
+      }
       for (const r of rows) {
         const uid = Number(r[1]);
         const done = results.get(uid);

@@ -10,7 +10,8 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { connect, type Client, type TaskResult } from '../client/index.js';
 import { PARTITIONS } from '../dispatcher/pg-schema.js';
 import type { DispatcherEntry } from '../dispatcher/cluster.js';
-import { Procs, exited, runCli, startDispatcher, startExecutor, waitFor, waitForLine, type Dispatcher } from './helpers.js';
+import { Procs, exited, runCli, startDispatcher, startExecutor, waitFor, waitForLine, within, type Dispatcher } from './helpers.js';
+import pg from 'pg';
 import { query, startPostgres, type PgServer } from './postgres.js';
 
 let server: PgServer | null = null;
@@ -318,4 +319,48 @@ test('an executor and a client given one dispatcher are told of the others (peer
   assert.equal((await client.submit({ id: 'after', builtin: 'noop' })).status, 'succeeded');
   assert.equal(client.session.id, session);
   assert.equal(client.dispatcher, b.url);
+});
+
+test('a client that comes back while its partition is being loaded waits for the load: its results are replayed, none lost', { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  const clients: Client[] = [];
+  t.after(async () => {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
+    await procs.killAll();
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const [a, b] = await cluster(procs, db, 2);
+  startExecutor(procs, a.url, ['--slots', '8']);
+  // A client submits and goes away: the results are committed at a and wait, unread, in the store.
+  const first = await connect(a.url, { connectTimeoutMs: 120_000 });
+  clients.push(first);
+  const ids = Array.from({ length: 200 }, (_, i) => `p${i}`);
+  await first.submitMany(ids.map((id) => ({ id, builtin: 'noop' as const })), { until: 'accepted' });
+  const { id: session, key } = first.session;
+  await first.close();
+  await waitFor('every result stored', async () => Number((await query<{ n: string }>(db, 'SELECT count(*) AS n FROM results WHERE session = $1', [session]))[0].n) === ids.length);
+  // Hold the results table while b takes a's partitions: b's load stops at its results query.
+  const locker = new pg.Client({ connectionString: db });
+  await locker.connect();
+  t.after(() => locker.end().catch(() => {}));
+  await locker.query('BEGIN');
+  await locker.query('LOCK TABLE results IN ACCESS EXCLUSIVE MODE');
+  await kill9(a);
+  await waitFor("b's load waiting on the results table", async () => {
+    const r = await query<{ n: string }>(db, `SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FROM results WHERE partition%'`);
+    return Number(r[0].n) > 0;
+  });
+  // The session's owner comes back for it at b in the middle of the load.
+  const resuming = connect(b.url, { session, sessionKey: key, connectTimeoutMs: 120_000 });
+  // Not a timing assertion: a window in which its dials (every ~0.3 s while a partition moves)
+  // reach b during the load; the outcome below must not depend on how many did.
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  await locker.query('COMMIT');
+  const again = await resuming;
+  clients.push(again);
+  const seen = new Map<string, number>();
+  await within(collect(again, ids.length, seen, () => {}), 60_000, 'every result replayed to the resumed session');
+  exactlyOnce(seen, ids);
+  assert.equal(again.session.id, session);
 });
