@@ -25,8 +25,8 @@ before(async () => {
 });
 after(() => server?.stop());
 
-/** Short leases so that a dead dispatcher's partitions move within seconds. */
-const CLUSTER = ['--partition-lease-ms', '1500', '--inbox-poll-ms', '50'];
+/** Short leases so that a dead dispatcher's partitions move within seconds (not shorter: on a loaded CI machine a live dispatcher that misses renewals is fenced). */
+const CLUSTER = ['--partition-lease-ms', '3000', '--inbox-poll-ms', '50'];
 
 async function cluster(procs: Procs, url: string, n: number, extra: string[] = []): Promise<Dispatcher[]> {
   const ds: Dispatcher[] = [];
