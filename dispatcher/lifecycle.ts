@@ -203,6 +203,28 @@ export class TaskLifecycle {
     this.#ended(task, { kind });
   }
 
+  /**
+   * Work stealing (steal.ts): `exec` gave back an attempt that never started. It is no retry and
+   * no hand-back: the attempt number is undone (the next assignment reuses it, and only the
+   * executor holding an attempt may report it, so the giver cannot speak for it) and no counter
+   * moves. Returns true when the task is to be queued again (false: it was cancelled meanwhile
+   * and ends here).
+   */
+  givenBack(task: TaskRecord, exec: ExecutorRecord): boolean {
+    this.registry.unhold(exec, task.uid, this.clock.now());
+    this.registry.returnCredit(exec);
+    task.attempt--;
+    task.executor = null;
+    if (task.cancelRequested) {
+      this.finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' });
+      return false;
+    }
+    task.state = 'queued';
+    this.journal.taskRequeued(task);
+    this.observer?.requeued(task, 'given back before it started (work stealing)');
+    return true;
+  }
+
   #ended(task: TaskRecord, end: AttemptEnd): void {
     const verdict = judgeAttempt(task, end, this.limits);
     if (verdict.retry) {

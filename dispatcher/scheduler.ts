@@ -69,12 +69,12 @@ export class Scheduler {
     return this.queue.size + this.requests.size;
   }
 
-  /** Queues a task (its state is already `queued`), indexing it by the data it needs. */
-  enqueue(task: TaskRecord): void {
+  /** Queues a task (its state is already `queued`), indexing it by the data it needs; `front`: at the head of its lane. */
+  enqueue(task: TaskRecord, front = false): void {
     if (task.labelKey !== '' && !this.#labelsByKey.has(task.labelKey)) this.#labelsByKey.set(task.labelKey, task.spec.labels!);
     // Tasks with requests are packed, never sent by the cache-hit pass: they are not indexed by data.
     if (task.request !== null) return this.requests.push(task);
-    this.queue.push(task);
+    this.queue.push(task, front);
     for (const key of task.locality ?? []) {
       let set = this.#byLocality.get(key);
       if (!set) this.#byLocality.set(key, (set = new Set()));
@@ -126,6 +126,36 @@ export class Scheduler {
       if (exec.credit <= 0) hungry.delete(exec);
       if (this.queue.size === 0 && this.requests.size === 0) break;
     }
+  }
+
+  /**
+   * Tasks given back by work stealing (steal.ts): each goes straight to an executor with a free
+   * slot that fits it (a slot that would otherwise idle: the reason it was stolen), else to the
+   * head of the queue. Returns how many found no free slot.
+   */
+  placeReturned(tasks: readonly TaskRecord[], now: number): number {
+    const free: ExecutorRecord[] = [];
+    for (const exec of this.registry.hungry) {
+      if (exec.conn !== null && !exec.draining && exec.reservedFor === null && exec.credit > 0 && exec.running.size < exec.info.slots) free.push(exec);
+    }
+    let unplaced = 0;
+    for (const task of tasks) {
+      let to: ExecutorRecord | undefined;
+      for (let i = 0; i < free.length && to === undefined; i++) {
+        const exec = free[i];
+        if (exec.credit <= 0 || exec.running.size >= exec.info.slots) {
+          free.splice(i--, 1);
+          continue;
+        }
+        if (this.fits(task, exec) && !tooLongFor(exec, task, now)) to = exec;
+      }
+      if (to !== undefined) this.dispatch(task, to, now);
+      else {
+        this.enqueue(task, true);
+        unplaced++;
+      }
+    }
+    return unplaced;
   }
 
   /**

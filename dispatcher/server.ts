@@ -367,7 +367,7 @@ export class DispatcherServer {
       const refused = this.core.openSession(c.id, { id: msg.session, cursor: msg.cursor, leaseMs: msg.leaseMs, key: msg.key }, c.admin, (holder) => this.#silent(holder));
       if (refused) return this.#out.fail(c, refused);
     } else {
-      this.core.registerExecutor(c.id, msg.executor);
+      this.core.registerExecutor(c.id, msg.executor, msg.caps);
       this.log.info({ executor: msg.executor.id, slots: msg.executor.slots, addresses: msg.executor.addresses }, 'executor registered');
     }
   }
@@ -463,6 +463,8 @@ export class DispatcherServer {
         return this.core.attemptOutput(c.id, msg);
       case 'window':
         return this.core.window(c.id, msg.extra);
+      case 'returned':
+        return this.core.returned(c.id, msg.tasks);
       case 'hb':
         return this.core.executorSeen(c.id, msg.data, msg.holds);
       case 'bye':

@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
   RECORDS_CAP,
+  STEAL_CAP,
   WINDOW_CAP,
   ErrorCode,
   FalconetError,
@@ -216,7 +217,7 @@ export class ExecutorAgent {
       url: dispatcherUrls(o.url),
       order: o.dispatcherOrder ?? 'random',
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
-      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP], executor: this.#info() }),
+      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP, STEAL_CAP], executor: this.#info() }),
       onUp: (welcome) => {
         this.#lifetimeCap = welcome.t === 'welcome' && welcome.caps.includes('lifetime');
         this.#onUp(welcome.t === 'welcome' ? welcome.caps : []);
@@ -402,6 +403,8 @@ export class ExecutorAgent {
         const held = run !== undefined || this.#queued.get(msg.uid)?.attempt === msg.attempt;
         return this.#live.order(msg.uid, msg.attempt, msg.on, run, held);
       }
+      case 'steal':
+        return this.#giveBack(msg.n);
       case 'drain':
         this.#draining = true;
         this.log.info({ running: this.#running.size }, 'draining');
@@ -411,6 +414,25 @@ export class ExecutorAgent {
         this.log.warn({ code: msg.code }, msg.message);
         return;
     }
+  }
+
+  /**
+   * Work stealing: gives back up to `n` tasks of the local queue, newest first (they would start
+   * last), and names them. Only tasks that have not started are in that queue (a command handed to
+   * the spawn helper's queue counts as started), so nothing given back has run or will run here.
+   */
+  #giveBack(n: number): void {
+    const tasks: Array<{ uid: number; attempt: number }> = [];
+    if (this.#queued.size > 0) {
+      const uids = [...this.#queued.keys()];
+      for (let i = uids.length - 1; i >= 0 && tasks.length < n; i--) {
+        const q = this.#queued.get(uids[i])!;
+        this.#queued.delete(uids[i]);
+        this.#live.ended(uids[i], q.attempt);
+        tasks.push({ uid: uids[i], attempt: q.attempt });
+      }
+    }
+    this.#link.send({ t: 'returned', tasks });
   }
 
   #start(uid: number, attempt: number, msg: TaskMsg): void {
