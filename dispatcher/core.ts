@@ -332,7 +332,8 @@ export class DispatcherCore {
       heartbeatMs: this.options.heartbeatMs,
       leaseMs: this.options.leaseMs,
       maxFrameBytes: this.options.maxFrameBytes,
-      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', 'lifetime', ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
+      // `steal`: this dispatcher takes back tasks that have not started (steal.ts), so a window may hold long tasks too.
+      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', 'lifetime', STEAL_CAP, ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
     });
     // Attempts it runs that are no longer its own (re-queued after its lease, or finished). Those
     // of another dispatcher's partitions (it moved here when its own died) run on: their results

@@ -100,6 +100,20 @@ export class Scheduler {
     const packing = this.requests.size > 0;
     if (packing || this.#reserved !== null) this.#reserve(now);
     const waits = this.options.dataPolicy === 'max-cache-hit' && this.#byLocality.size > 0;
+    // Free slots before windows: with several executors, each first takes what its idle slots can
+    // start now, and only then fills its window (the tasks that wait on it). Otherwise the first
+    // executor visited would take its whole window (up to a wave of long tasks) while another's
+    // slots idle, doubling a burst's ramp.
+    if (!packing && this.#reserved === null && hungry.size > 1 && this.queue.size > 0) {
+      for (const exec of hungry) {
+        const free = Math.min(exec.credit, exec.info.slots - exec.running.size);
+        if (free <= 0 || exec.conn === null || exec.draining || exec.reservedFor !== null) continue;
+        const holder = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+        const skip = exec.info.endsAt === undefined ? holder : outlasting(exec.info.endsAt - now, holder);
+        for (const task of this.queue.take(free, this.#fitsFor(exec), skip)) this.dispatch(task, exec, now);
+        if (this.queue.size === 0) return;
+      }
+    }
     for (const exec of hungry) {
       if (exec.credit <= 0 || exec.conn === null || exec.draining) {
         hungry.delete(exec); // lazy pruning: see the credit invariant in registry.ts

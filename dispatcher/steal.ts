@@ -17,9 +17,9 @@
  *   counter moves (`TaskLifecycle.givenBack`).
  *
  * The backlog the dispatcher sees includes results on their way, so it asks for at most what it
- * thinks waits and the executor answers with what really does. An executor whose tasks found no
- * free slot (labels, resources, lifetime) is not asked again for `pauseMs`, so a task nobody else
- * can run does not circle. Older executors, which do not announce `steal`, are never asked.
+ * thinks waits and the executor answers with what really does; one that gave back less than asked
+ * is not asked again for `retryMs`. One whose tasks found no free slot (labels, resources,
+ * lifetime) is not asked again for `pauseMs`, so a task nobody else can run does not circle. Older executors, which do not announce `steal`, are never asked.
  *
  * Pure: no I/O but the outbox, time as an argument.
  */
@@ -31,6 +31,12 @@ import type { Outbox } from './core.js';
 
 /** How long an executor is not asked again after what it gave back found no free slot. */
 export const STEAL_PAUSE_MS = 1000;
+/**
+ * How long an executor is not asked again after it gave back less than asked: what the dispatcher
+ * counted as waiting there had started, was a result on its way, or waits in the spawn helper's
+ * queue (which is not given back); asking again at once would only repeat the answer.
+ */
+export const STEAL_RETRY_MS = 50;
 
 export class Stealer {
   /** Executors with a steal in flight. */
@@ -44,6 +50,7 @@ export class Stealer {
     private readonly tasks: TaskLifecycle,
     private readonly out: Outbox,
     private readonly pauseMs = STEAL_PAUSE_MS,
+    private readonly retryMs = STEAL_RETRY_MS,
   ) {}
 
   /** After a scheduling pass: asks backlogged executors for tasks that free slots elsewhere could run now. */
@@ -87,6 +94,7 @@ export class Stealer {
    * is not its to give, and a started one it did not name runs on there).
    */
   returned(exec: ExecutorRecord, given: ReadonlyArray<{ uid: number; attempt: number }>, now: number): void {
+    const asked = exec.stealAsked;
     exec.stealAsked = 0;
     this.#asked.delete(exec);
     const back: TaskRecord[] = [];
@@ -96,6 +104,7 @@ export class Stealer {
       if (this.tasks.givenBack(task, exec)) back.push(task);
     }
     this.stats.returned += back.length;
+    if (back.length < asked) exec.stealPausedUntil = now + this.retryMs;
     if (back.length > 0 && this.scheduler.placeReturned(back, now) > 0) exec.stealPausedUntil = now + this.pauseMs;
   }
 

@@ -17,6 +17,17 @@
  * task wait behind a long one (all slots of one executor busy with long tasks while another's are
  * free, the end of a wave of equal tasks): there the window is exactly the slots.
  *
+ * With a dispatcher that steals (its welcome lists `steal`: dispatcher/steal.ts), the guard goes:
+ * tasks that wait here while another executor's slots are free are taken back, so long tasks
+ * keep a local queue too, of `longShare × slots` (default one task per slot, what the wave
+ * turnaround needs: every freed slot starts its next task at once, while the dispatcher, which
+ * turns results into assignments slower than a burst of results arrives, refills the queue):
+ *
+ *     extra = min(maxLongExtra, max(⌈gain × slots × R / d⌉, ⌈longShare × slots⌉))   when d > longRoundTrips × R
+ *
+ * and that much before the first task ended (the length is not known yet; a wrong guess costs a
+ * steal, not an idle slot).
+ *
  * `d` moves up fast (a long task shrinks the window at once) and down slowly (many short tasks
  * must confirm that tasks are short again); `R` is an average of samples the agent measures as the
  * time from sending a result to its acknowledgement (a bound on the round trip a freed slot's
@@ -37,6 +48,12 @@ export interface WindowOptions {
   longRoundTrips?: number;
   /** The round trip assumed before the first sample, in ms (default 1). */
   initialRoundTripMs?: number;
+  /** The dispatcher takes back tasks that have not started (work stealing): long tasks keep a window too. Default false. */
+  stealing?: boolean;
+  /** With stealing: tasks per slot kept for long tasks (default 1). */
+  longShare?: number;
+  /** With stealing: most tasks kept for long tasks (default 100,000, the protocol's limit for `window`). */
+  maxLongExtra?: number;
 }
 
 /** Round trip samples are kept within these bounds (ms): a clock jump or a stall is one sample, not the estimate. */
@@ -54,6 +71,9 @@ export class AdaptiveWindow {
   readonly maxExtra: number;
   readonly gain: number;
   readonly longRoundTrips: number;
+  readonly longShare: number;
+  readonly maxLongExtra: number;
+  #stealing: boolean;
   /** Typical run time of a task, ms; null until the first task ends (no window before it). */
   #duration: number | null = null;
   #rtt: number;
@@ -65,6 +85,16 @@ export class AdaptiveWindow {
     this.gain = o.gain ?? 2;
     this.longRoundTrips = o.longRoundTrips ?? 10;
     this.#rtt = o.initialRoundTripMs ?? 1;
+    this.#stealing = o.stealing ?? false;
+    this.longShare = Math.max(0, o.longShare ?? 1);
+    this.maxLongExtra = Math.max(0, Math.floor(o.maxLongExtra ?? 100_000));
+    this.#update();
+  }
+
+  /** Whether the dispatcher of this connection steals (each welcome says). Returns the new {@link extra}. */
+  setStealing(on: boolean): number {
+    this.#stealing = on;
+    return this.#update();
   }
 
   /** Tasks to keep beyond the slots, as of what was observed so far. */
@@ -94,8 +124,12 @@ export class AdaptiveWindow {
 
   #update(): number {
     const d = this.#duration;
-    if (d === null || d > this.longRoundTrips * this.#rtt) this.#extra = 0;
-    else this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * this.#rtt) / d));
+    // Before the first task ends nothing is known of its length; with stealing a wrong guess costs
+    // a steal, not an idle slot, so the first burst already finds its second wave waiting.
+    if (d === null) this.#extra = this.#stealing ? Math.min(this.maxLongExtra, Math.ceil(this.longShare * this.slots)) : 0;
+    else if (d <= this.longRoundTrips * this.#rtt) this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * this.#rtt) / d));
+    else if (!this.#stealing) this.#extra = 0;
+    else this.#extra = Math.min(this.maxLongExtra, Math.max(Math.ceil((this.gain * this.slots * this.#rtt) / d), Math.ceil(this.longShare * this.slots)));
     return this.#extra;
   }
 }
