@@ -215,6 +215,9 @@ export class TaskLifecycle {
     this.registry.returnCredit(exec);
     task.attempt--;
     task.executor = null;
+    // An array element back before its first start waits for its first dispatch again: its
+    // array's window counts it (arrays.ts counts a dispatch at attempt 1, a finish at attempt 0).
+    if (task.element !== null && task.attempt === 0) task.element.window++;
     if (task.cancelRequested) {
       this.finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' });
       return false;

@@ -25,8 +25,6 @@
  *
  *     extra = min(maxLongExtra, max(⌈gain × slots × R / d⌉, ⌈longShare × slots⌉))   when d > longRoundTrips × R
  *
- * and that much before the first task ended (the length is not known yet; a wrong guess costs a
- * steal, not an idle slot).
  *
  * `d` moves up fast (a long task shrinks the window at once) and down slowly (many short tasks
  * must confirm that tasks are short again); `R` is an average of samples the agent measures as the
@@ -124,9 +122,9 @@ export class AdaptiveWindow {
 
   #update(): number {
     const d = this.#duration;
-    // Before the first task ends nothing is known of its length; with stealing a wrong guess costs
-    // a steal, not an idle slot, so the first burst already finds its second wave waiting.
-    if (d === null) this.#extra = this.#stealing ? Math.min(this.maxLongExtra, Math.ceil(this.longShare * this.slots)) : 0;
+    // Before the first task ends nothing is known of its length: exactly the slots (what status
+    // shows as running is running), as without stealing.
+    if (d === null) this.#extra = 0;
     else if (d <= this.longRoundTrips * this.#rtt) this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * this.#rtt) / d));
     else if (!this.#stealing) this.#extra = 0;
     else this.#extra = Math.min(this.maxLongExtra, Math.max(Math.ceil((this.gain * this.slots * this.#rtt) / d), Math.ceil(this.longShare * this.slots)));
