@@ -53,6 +53,11 @@ export class TaskLifecycle {
   #partitionOf: ((session: SessionRecord) => number) | null = null;
   /** Attempts started since this dispatcher started (for the dispatch rate). */
   dispatched = 0;
+  /**
+   * Attempts given back unstarted (work stealing) whose next dispatch is not counted again, so that
+   * `dispatched` stays monotonic (a metrics counter) and counts each attempt once in aggregate.
+   */
+  #givenBack = 0;
   /** Told when an attempt is re-queued and when a task finishes (the live output readers). */
   observer: AttemptObserver | null = null;
 
@@ -154,7 +159,8 @@ export class TaskLifecycle {
     task.dispatchedAt = now;
     this.registry.hold(exec, task);
     if (task.element !== null) this.extras!.elementDispatched(task);
-    this.dispatched++;
+    if (this.#givenBack > 0) this.#givenBack--;
+    else this.dispatched++;
     this.journal.taskDispatched(task);
     const gpus = task.gpus;
     this.out.toExecutor(exec.conn!, gpus === null ? { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec } : { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec, gpus });
@@ -213,6 +219,7 @@ export class TaskLifecycle {
   givenBack(task: TaskRecord, exec: ExecutorRecord): boolean {
     this.registry.unhold(exec, task.uid, this.clock.now());
     this.registry.returnCredit(exec);
+    this.#givenBack++;
     task.attempt--;
     task.executor = null;
     // An array element back before its first start waits for its first dispatch again: its

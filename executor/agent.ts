@@ -547,14 +547,18 @@ export class ExecutorAgent {
   #announce(): void {
     if (!this.#windowed || this.#announceQueued || !worthAnnouncing(this.#announced, this.#window.extra)) return;
     this.#announceQueued = true;
-    setImmediate(() => {
+    const fire = () => {
       this.#announceQueued = false;
       if (!this.#windowed || this.#draining || this.#exited) return;
       const extra = this.#window.extra;
       if (extra === this.#announced) return;
       this.#announced = extra;
       this.#link.send({ t: 'window', extra });
-    });
+    };
+    // A window growing for long tasks opens half a task later, out of the burst (window.ts).
+    const later = this.#window.openDelayMs(this.#announced);
+    if (later > 0) setTimeout(fire, later).unref();
+    else setImmediate(fire);
   }
 
   /**

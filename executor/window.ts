@@ -63,6 +63,8 @@ const DURATION_FLOOR_MS = 0.01;
 const UP = 0.5;
 const DOWN = 1 / 16;
 const RTT_WEIGHT = 1 / 8;
+/** A long-task window opens at most this long after it was decided (openDelayMs). */
+const MAX_OPEN_DELAY_MS = 60_000;
 
 export class AdaptiveWindow {
   readonly slots: number;
@@ -103,6 +105,19 @@ export class AdaptiveWindow {
   /** The estimates behind {@link extra}, for logs and tests. */
   get estimates(): { durationMs: number | null; roundTripMs: number } {
     return { durationMs: this.#duration, roundTripMs: this.#rtt };
+  }
+
+  /**
+   * How long to wait before announcing {@link extra} after `announced`: half a task when the
+   * window grows to hold long tasks (stealing), else 0. A long-task window that opens when the
+   * first tasks end would make the dispatcher send a wave of extra tasks in the very burst in which
+   * it turns that wave's results into the next assignments; half a task later the slots are busy
+   * and the machine quiet, and the refill costs no start its turn.
+   */
+  openDelayMs(announced: number): number {
+    const d = this.#duration;
+    if (d === null || this.#extra <= announced || d <= this.longRoundTrips * this.#rtt) return 0;
+    return Math.min(d / 2, MAX_OPEN_DELAY_MS);
   }
 
   /** A task ran for `ms` (its start to its end on a slot). Returns the new {@link extra}. */

@@ -103,6 +103,7 @@ test('core: an idle executor gets the tasks a busy one gives back, same attempt,
   assert.equal(rs.find((r) => r.id === 't3')?.executor, 'e11');
   assert.equal(rs.find((r) => r.id === 't2')?.executor, 'e10', 'the started one ran where it started');
   assert.deepEqual(h.core.steals, { asked: 1, returned: 1 });
+  assert.equal(h.core.view.dispatched, 4, 'the dispatch counter counts each attempt once: a given-back one is not counted again');
 });
 
 test('core: an executor that did not announce steal is never asked; nor while tasks wait at the dispatcher', { timeout: 10_000 }, () => {
@@ -134,6 +135,7 @@ test('window: with a stealing dispatcher long tasks keep one task per slot waiti
   plain.taskRan(1000);
   stealing.taskRan(1000);
   assert.deepEqual([plain.extra, stealing.extra], [0, 8], 'a task of 500 round trips');
+  assert.deepEqual([plain.openDelayMs(0), stealing.openDelayMs(0), stealing.openDelayMs(8)], [0, 500, 0], 'a long-task window opens half a task later, out of the burst; nothing to open: no wait');
   for (let i = 0; i < 300; i++) stealing.taskRan(1);
   assert.ok(stealing.extra >= 32, `short tasks: the bandwidth-delay product as before (${stealing.extra})`);
   const short = stealing.extra;
