@@ -83,7 +83,9 @@ async function roleLoad(url: string, tasks: number, ms: number, slots: number): 
 
 /** The dispatcher's work-stealing counters (0 from a dispatcher without them; NaN if /metrics did not answer: a note, not a failure). */
 async function steals(url: string): Promise<{ asked: number; returned: number }> {
-  const text = await fetch(url.replace(/^ws/, 'http') + '/metrics').then((r) => r.text(), () => null);
+  // Once more on a failure: a kept-alive socket the dispatcher closed meanwhile fails the first try.
+  const get = () => fetch(url.replace(/^ws/, 'http') + '/metrics').then((r) => r.text(), () => null);
+  const text = (await get()) ?? (await get());
   if (text === null) return { asked: NaN, returned: NaN };
   const read = (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
   return { asked: read('falconet_steals_total'), returned: read('falconet_tasks_stolen_total') };
