@@ -16,6 +16,7 @@ import {
   FalconetError,
   PROTOCOL_VERSION,
   RECORDS_CAP,
+  PEERS_CAP,
   compileInbound,
   DispatcherToClientSchemas,
   type DispatcherToClient,
@@ -187,7 +188,7 @@ export class Client {
         v: PROTOCOL_VERSION,
         role: 'client',
         ...(token ? { token } : {}),
-        caps: ['batch', RECORDS_CAP],
+        caps: ['batch', RECORDS_CAP, PEERS_CAP],
         ...(this.#sessionId ? { session: this.#sessionId } : {}),
         ...(this.#sessionId && this.#results.cursor > 0 ? { cursor: this.#results.cursor } : {}),
         ...(this.#sessionKey ? { key: this.#sessionKey } : {}),
@@ -244,6 +245,14 @@ export class Client {
   /** The URL of the dispatcher the client is connected to (null while it is not). */
   get dispatcher(): string | null {
     return this.#link.dispatcher;
+  }
+
+  /**
+   * The dispatchers this client may dial after a loss: the URLs it was given, redirect targets,
+   * and the live dispatchers its dispatcher told it of (several over PostgreSQL).
+   */
+  get dispatchers(): readonly string[] {
+    return this.#link.urls;
   }
 
   /** True when the dispatcher knew the session this client asked to resume. */
@@ -497,6 +506,8 @@ export class Client {
         this.#replies.delete(m.ref);
         return w?.resolve(m);
       }
+      case 'peers':
+        return this.#link.learn(m.urls);
       case 'log': {
         const r = this.#logs.get(m.ref);
         if (m.end) this.#logs.delete(m.ref);

@@ -22,6 +22,8 @@ import type { DispatcherCore } from './core.js';
 import { planLeases, planMoves, type PartitionRow } from './lease-plan.js';
 import type { ClusterMembership } from './partition-host.js';
 import type { SessionRouter } from './http-api.js';
+import { FleetExchange } from './fleet-exchange.js';
+import type { ClusterFleet } from './provisioner/fleet.js';
 
 /** Uids each dispatcher incarnation draws from its own range: 2^26 tasks before it takes another. */
 export const UID_BLOCK = 2 ** 26;
@@ -58,6 +60,8 @@ export interface ClusterOptions {
   onFatal(err: Error): void;
   /** Runs after results were taken from the inbox or partitions were loaded: schedule and commit. */
   wake(): void;
+  /** The live dispatchers' URLs, after each round that read them (executors are told: `peers`). */
+  onPeers?(urls: string[]): void;
   /** Leadership of the provisioner was won (true) or lost (false); may come during {@link Cluster.start}. */
   onLeader?(leader: boolean, cluster: Cluster): void;
 }
@@ -93,11 +97,14 @@ export class Cluster implements ClusterMembership, SessionRouter {
   #applied = new Set<string>();
   /** The newest memo entry read (ms): later rounds read only what is newer. */
   #memoAt = 0;
+  /** Fleet reports and drain orders: the provisioner's view of the whole cluster. */
+  readonly #fleet: FleetExchange;
 
   constructor(readonly o: ClusterOptions) {
     this.partitions = o.partitions;
     this.#pool = new pg.Pool({ connectionString: o.url, max: 6, application_name: `falconet-${o.id}` });
     this.#pool.on('error', (err) => o.log.warn({ err: err.message }, 'cluster: database connection lost'));
+    this.#fleet = new FleetExchange(this.#pool, o.id, o.log);
     o.store.setFence(() => (this.#held.size === 0 ? null : { ids: [...this.#held.keys()], epochs: [...this.#held.values()] }));
   }
 
@@ -193,6 +200,16 @@ export class Cluster implements ClusterMembership, SessionRouter {
     return this.#leader;
   }
 
+  /** What the provisioner scales on the leader: every dispatcher's queue, its executors wherever they are. */
+  fleet(): ClusterFleet {
+    return this.#fleet.fleet(this.#core!);
+  }
+
+  /** How long an executor may be missing from every report while it moves between dispatchers. */
+  get fleetGraceMs(): number {
+    return 2 * this.o.leaseMs;
+  }
+
   #runRound(): Promise<void> {
     if (this.#round || this.#stopped) return this.#round ?? Promise.resolve();
     this.#round = this.#roundOnce()
@@ -222,10 +239,10 @@ export class Cluster implements ClusterMembership, SessionRouter {
       // An executor is alive while the dispatcher its row names is (no per-executor write).
       const idleSince = Date.now() - IDLE_BEFORE_MOVE_MS;
       await this.#pool.query(
-        `INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5)
+        `INSERT INTO dispatchers (id, url, started_at, seen_at, queued, executors, idle, fleet) VALUES ($1, $2, clock_timestamp(), clock_timestamp(), $3, $4, $5, $6)
          ON CONFLICT (id) DO UPDATE SET seen_at = clock_timestamp(), url = excluded.url, queued = excluded.queued,
-           executors = excluded.executors, idle = excluded.idle`,
-        [id, advertise, core.view.queued, core.partitions.connected(), core.partitions.idleCount(idleSince)],
+           executors = excluded.executors, idle = excluded.idle, fleet = excluded.fleet`,
+        [id, advertise, core.view.queued, core.partitions.connected(), core.partitions.idleCount(idleSince), this.#fleet.report(core)],
       );
       if (held.length) {
         const ok = await this.#locked<{ id: number }>(
@@ -259,11 +276,13 @@ export class Cluster implements ClusterMembership, SessionRouter {
     const read = await this.#pool.query<{ id: number; owner: string | null; epoch: string; until: number | null; now: number }>(
       `SELECT id, owner, epoch, extract(epoch FROM lease_until) * 1000 AS until, extract(epoch FROM clock_timestamp()) * 1000 AS now FROM partitions ORDER BY id`,
     );
-    const live = await this.#pool.query<{ id: string; url: string; queued: string; executors: number; idle: number }>(
-      `SELECT id, url, queued, executors, idle FROM dispatchers WHERE seen_at > clock_timestamp() - $1::interval`,
+    const live = await this.#pool.query<{ id: string; url: string; queued: string; executors: number; idle: number; fleet: string | null; age: number }>(
+      `SELECT id, url, queued, executors, idle, fleet, extract(epoch FROM clock_timestamp() - seen_at) * 1000 AS age
+       FROM dispatchers WHERE seen_at > clock_timestamp() - $1::interval`,
       [ttl],
     );
     this.#live = new Map(live.rows.map((r) => [r.id, r.url]));
+    this.o.onPeers?.([...this.#live.values()]);
     // Idle executors go where tasks wait (executors run only their dispatcher's partitions).
     const loads = live.rows.map((r) => ({ id: r.id, url: r.url, queued: Number(r.queued), executors: r.executors, idle: r.id === id ? core.partitions.idleCount(idleSince) : r.idle }));
     const move = planMoves(id, loads);
@@ -307,6 +326,7 @@ export class Cluster implements ClusterMembership, SessionRouter {
       }
     }
     await this.#keepAlive(core);
+    await this.#fleet.refresh(core, live.rows);
     await this.#syncMemo(core);
     await this.#lead();
   }

@@ -145,10 +145,10 @@ export async function startDispatcher(options: DispatcherOptions & StoreChoice &
       void (async () => {
         const kept = await cluster.instances();
         const others = cluster.dispatchers().filter((d) => !d.self).map((d) => d.url);
-        const started = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, { ...options.provisioner!, otherDispatchers: others }, log);
+        // It sees the whole cluster (every queue, its executors wherever they are): they may follow the work.
+        const fleet = { fleet: cluster.fleet(), goneAfterMs: cluster.fleetGraceMs };
+        const started = await (await import('./provisioner/setup.js')).startProvisioner(server, store, kept, { ...options.provisioner!, otherDispatchers: others, fleet }, log);
         provisioner = started;
-        // Its executors stay with it (it watches them boot and idle), never moved to other dispatchers.
-        server.core.partitions.pinned = (info) => started.manages(info);
         addProvisionerMetrics(server.metrics, started);
       })().catch((err: Error) => log.error({ err: err.message }, 'the provisioner did not start'));
     } else void provisioner?.stop().then(() => (provisioner = null));
@@ -196,6 +196,7 @@ async function joinCluster(server: DispatcherServer, store: PgStore, id: string,
     store,
     log,
     wake: () => server.wake(),
+    onPeers: (urls) => server.setPeers(urls),
     onLeader,
     onFatal: (err) => {
       process.stderr.write(`falconet: ${(err as FalconetError).code ?? ErrorCode.STORE_FENCED}: ${err.message}\n`);

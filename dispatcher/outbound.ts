@@ -29,6 +29,8 @@ export interface Conn {
   admin: boolean;
   /** When a frame last came from this peer (clients silent too long are dropped). */
   heardAt: number;
+  /** A peer whose hello listed `peers`: it is told where the other dispatchers are. */
+  wantsPeers?: boolean;
 }
 
 /** A journal whose commit may be asynchronous (the durable store) or absent (memory). */

@@ -8,7 +8,7 @@
  * Pure like the rest of the core: no I/O, time from the injected clock. Alone (no cluster), it is
  * inert: every uid is this dispatcher's and nothing is foreign.
  */
-import { ErrorCode, type AttemptResult, type ExecutorInfo } from '../protocol/index.js';
+import { ErrorCode, type AttemptResult } from '../protocol/index.js';
 import type { Outbox } from './core.js';
 import { unfinishedOf, type Clock, type ExecutorRecord, type IdSource, type SessionRecord } from './model.js';
 import type { ExecutorRegistry } from './registry.js';
@@ -35,8 +35,6 @@ export interface ClusterMembership {
 
 export class PartitionHost {
   #member: ClusterMembership | null = null;
-  /** Executors never sent elsewhere: those a provisioner here started and watches (main.ts sets it). */
-  pinned: (info: ExecutorInfo) => boolean = () => false;
 
   constructor(
     private readonly sessions: SessionTable,
@@ -100,7 +98,7 @@ export class PartitionHost {
   /** Connected executors that hold nothing, have not since `since`, and are not draining: free to move. */
   #idle(since: number): ExecutorRecord[] {
     const out: ExecutorRecord[] = [];
-    for (const e of this.registry.values()) if (e.conn !== null && e.running.size === 0 && !e.draining && !e.leaving && e.idleSince !== null && e.idleSince <= since && !this.pinned(e.info)) out.push(e);
+    for (const e of this.registry.values()) if (e.conn !== null && e.running.size === 0 && !e.draining && !e.leaving && e.idleSince !== null && e.idleSince <= since) out.push(e);
     return out;
   }
 

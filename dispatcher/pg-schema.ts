@@ -10,7 +10,7 @@
 import type pg from 'pg';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 /**
  * Partitions sessions hash into. Fixed for the life of a database (rows carry it), so chosen
@@ -126,13 +126,18 @@ BEGIN
   END IF;
 END $$`;
 
-/** Version 1, created on a fresh database in one transaction. */
+/** Drain orders from the provisioner's leader, carried out by whichever dispatcher holds the executor (fleet-exchange.ts). */
+const DRAINS = 'CREATE TABLE drains (executor text PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())';
+
+/** The latest version, created on a fresh database in one transaction. */
 const SCHEMA = `
 CREATE TABLE partitions (id int PRIMARY KEY, owner text, epoch bigint NOT NULL DEFAULT 0, lease_until timestamptz);
 INSERT INTO partitions (id) SELECT generate_series(0, ${PARTITIONS - 1});
--- queued, executors, idle: what each dispatcher last reported, for moving idle executors to work (cluster.ts).
+-- queued, executors, idle: what each dispatcher last reported, for moving idle executors to work (cluster.ts);
+-- fleet: its report for the provisioner (JSON, provisioner/fleet.ts).
 CREATE TABLE dispatchers (id text PRIMARY KEY, url text NOT NULL, started_at timestamptz NOT NULL, seen_at timestamptz NOT NULL,
-  queued bigint NOT NULL DEFAULT 0, executors int NOT NULL DEFAULT 0, idle int NOT NULL DEFAULT 0);
+  queued bigint NOT NULL DEFAULT 0, executors int NOT NULL DEFAULT 0, idle int NOT NULL DEFAULT 0, fleet text);
+${DRAINS};
 -- lease_ms is bigint: the protocol allows client leases up to 30 days, more than an int of ms.
 CREATE TABLE sessions (id text PRIMARY KEY, partition int NOT NULL, created_at bigint, acked bigint, lease_ms bigint, key text);
 -- A task row is updated in place as it is dispatched, requeued, re-dispatched. fillfactor leaves
@@ -160,7 +165,10 @@ ${COMMIT_FUNCTION};
  * Steps from each older schema to the next, applied in order at start, in the transaction that
  * holds the migration lock, with the version they bring. A fresh database gets SCHEMA directly.
  */
-const MIGRATIONS: Record<number, string> = {};
+const MIGRATIONS: Record<number, string> = {
+  // 1 → 2: the provisioner sees the whole cluster (fleet reports, drain orders).
+  1: `ALTER TABLE dispatchers ADD COLUMN fleet text; ${DRAINS};`,
+};
 
 /**
  * Brings the database to SCHEMA_VERSION, or refuses it (STORE_UNAVAILABLE) when it is newer.

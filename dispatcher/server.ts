@@ -9,6 +9,7 @@ import {
   Codec,
   ErrorCode,
   RECORDS_CAP,
+  PEERS_CAP,
   assertStandardMsgpack,
   isStandardMsgpack,
   FalconetError,
@@ -63,6 +64,8 @@ export class DispatcherServer {
   /** Standard msgpack, for every other peer (and for anything sent before a hello). */
   readonly #plain: Codec;
   readonly #conns = new Map<ConnId, Conn>();
+  /** The live dispatchers' URLs, sorted (see setPeers). */
+  #peers: readonly string[] = [];
   readonly #out: Outbound;
   #nextConn = 1;
   #timers: NodeJS.Timeout[] = [];
@@ -366,8 +369,10 @@ export class DispatcherServer {
       }
       const refused = this.core.openSession(c.id, { id: msg.session, cursor: msg.cursor, leaseMs: msg.leaseMs, key: msg.key }, c.admin, (holder) => this.#silent(holder));
       if (refused) return this.#out.fail(c, refused);
+      this.#tellPeers(c, msg.caps);
     } else {
       this.core.registerExecutor(c.id, msg.executor, msg.caps);
+      this.#tellPeers(c, msg.caps);
       this.log.info({ executor: msg.executor.id, slots: msg.executor.slots, addresses: msg.executor.addresses }, 'executor registered');
     }
   }
@@ -526,6 +531,24 @@ export class DispatcherServer {
   #reject(c: Conn, error: WireError, raw: unknown): void {
     const ref = (raw as { ref?: unknown } | null)?.ref;
     this.#send(c.id, { t: 'error', ...(typeof ref === 'number' && ref >= 0 ? { ref } : {}), ...error });
+  }
+
+  /**
+   * The live dispatchers (several over PostgreSQL; cluster.ts calls this after each round): told
+   * to every executor and client that asked (`peers`) when they change, and after each welcome.
+   */
+  setPeers(urls: readonly string[]): void {
+    const next = [...urls].sort();
+    if (next.join('\n') === this.#peers.join('\n')) return;
+    this.#peers = next;
+    const msg = { t: 'peers', urls: next };
+    for (const c of this.#conns.values()) if (c.wantsPeers) this.#send(c.id, msg);
+  }
+
+  /** After a welcome: a peer that asked (`peers` in its hello's caps) is told the live dispatchers, now and on changes. */
+  #tellPeers(c: Conn, caps: readonly string[]): void {
+    c.wantsPeers = caps.includes(PEERS_CAP);
+    if (c.wantsPeers && this.#peers.length > 0) this.#send(c.id, { t: 'peers', urls: this.#peers });
   }
 
   #send(conn: ConnId, msg: unknown): void {

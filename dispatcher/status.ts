@@ -114,7 +114,7 @@ export interface StatusSnapshot {
   reservation?: { executor: string; request: string };
 }
 
-export function executorState(exec: ExecutorView): ExecutorState {
+export function executorState(exec: Pick<ExecutorView, 'connected' | 'draining' | 'leaving' | 'running'>): ExecutorState {
   if (!exec.connected) return 'disconnected';
   if (exec.draining || exec.leaving) return 'draining';
   return exec.running > 0 ? 'busy' : 'idle';

@@ -27,6 +27,7 @@ import {
   PROTOCOL_VERSION,
   RECORDS_CAP,
   STEAL_CAP,
+  PEERS_CAP,
   WINDOW_CAP,
   ErrorCode,
   FalconetError,
@@ -226,7 +227,7 @@ export class ExecutorAgent {
       url: dispatcherUrls(o.url),
       order: o.dispatcherOrder ?? 'random',
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
-      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP, STEAL_CAP], executor: this.#info() }),
+      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP, PEERS_CAP, STEAL_CAP], executor: this.#info() }),
       onUp: (welcome) => {
         this.#lifetimeCap = welcome.t === 'welcome' && welcome.caps.includes('lifetime');
         this.#onUp(welcome.t === 'welcome' ? welcome.caps : []);
@@ -415,6 +416,10 @@ export class ExecutorAgent {
       }
       case 'steal':
         return this.#giveBack(msg.n);
+      case 'peers':
+        this.#link.learn(msg.urls);
+        this.log.info({ dispatchers: msg.urls }, 'live dispatchers');
+        return;
       case 'drain':
         this.#draining = true;
         this.log.info({ running: this.#running.size }, 'draining');

@@ -21,6 +21,8 @@ const DEAD_FOR_MS = 2000;
 export const MAX_MOVES = 5;
 /** Redirect targets added to the configured list at most (a dispatcher cannot grow it without bound). */
 const MAX_ADDED_URLS = 16;
+/** Live dispatchers taken from a `peers` message at most. */
+const MAX_LEARNED_URLS = 64;
 
 export interface DialPlanOptions {
   /** `first`: the list's order from its first (clients); `random`: a per-plan random order (executors). */
@@ -44,6 +46,8 @@ export class DialPlan {
   /** The configured dispatchers, then redirect targets. */
   readonly #urls: string[];
   #added = 0;
+  /** The live dispatchers the connected one last named (`peers`), beyond #urls: dialed after them. */
+  #learned: string[] = [];
   /** This round's candidates, and the one dialed last. */
   #cands: Candidate[] = [];
   #cur: Candidate | null = null;
@@ -63,9 +67,17 @@ export class DialPlan {
     this.#urls = [...urls];
   }
 
-  /** The dispatchers known: the configured ones, then those redirects named. */
+  /** The dispatchers known: the configured ones, then those redirects named, then those a dispatcher named. */
   get urls(): readonly string[] {
-    return this.#urls;
+    return this.#learned.length ? [...this.#urls, ...this.#learned] : this.#urls;
+  }
+
+  /**
+   * The live dispatchers, as the connected one lists them (`peers`): the next rounds dial them
+   * too, after the known URLs. Each list replaces the last (a dispatcher that left is dropped).
+   */
+  learn(urls: readonly string[]): void {
+    this.#learned = [...new Set(urls)].filter((u) => !this.#urls.includes(u)).slice(0, MAX_LEARNED_URLS);
   }
 
   /** The candidate dialed last (the connected one while connected). */
@@ -80,8 +92,9 @@ export class DialPlan {
 
   /** Starts a round: resolves every name now; returns the candidate after the last one dialed. */
   async round(): Promise<Candidate> {
-    let cands = await expandCandidates(this.#urls, this.o.resolve);
-    if (cands.length === 0) cands = this.#urls.map((url) => ({ url, key: url, label: url }));
+    const urls = this.urls;
+    let cands = await expandCandidates(urls, this.o.resolve);
+    if (cands.length === 0) cands = urls.map((url) => ({ url, key: url, label: url }));
     if (this.o.order === 'random') cands.sort((a, b) => rank(this.#seed, a.key) - rank(this.#seed, b.key));
     this.#cands = cands;
     this.#failed = 0;

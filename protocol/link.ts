@@ -127,6 +127,11 @@ export class Link<In extends { t: string }> {
     return this.#plan.urls;
   }
 
+  /** The live dispatchers the connected one named: dialed too after a loss (see DialPlan.learn). */
+  learn(urls: readonly string[]): void {
+    this.#plan.learn(urls);
+  }
+
   /** True between welcome and the next loss. */
   get up(): boolean {
     return this.#up;

@@ -482,7 +482,19 @@ export const LogMsg = Type.Object({
   note: Type.Optional(Type.String({ maxLength: 4096 })),
   end: Type.Optional(Type.Object({ status: Type.Union([TaskStateSchema, Type.Literal('stopped')]), attempt: Type.Optional(Uint) })),
 });
-export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, log: LogMsg, error: ErrorMsg, hb: Heartbeat } as const;
+/** The hello capability by which a peer (executor or client) asks to be told where the other dispatchers are. */
+export const PEERS_CAP = 'peers';
+/**
+ * The live dispatchers' URLs, this one's included (several dispatchers over PostgreSQL), sent to
+ * a peer whose hello lists `peers` right after its welcome and again whenever the set changes:
+ * after losing its dispatcher it dials them too, not only the URLs it was given (nats'
+ * `connect_urls`). An executor started before the others joined still finds them.
+ */
+export const PeersMsg = Type.Object({
+  t: Type.Literal('peers'),
+  urls: Type.Array(Type.String({ minLength: 1, maxLength: 2048 }), { maxItems: 64 }),
+});
+export const DispatcherToClientSchemas = { welcome: ClientWelcome, accepted: Accepted, result: ResultMsg, reply: Reply, tasks: TasksMsg, sessions: SessionsMsg, log: LogMsg, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToClient =
   | Static<typeof LogMsg>
   | Static<typeof TasksMsg>
@@ -491,6 +503,7 @@ export type DispatcherToClient =
   | Static<typeof Accepted>
   | Static<typeof ResultMsg>
   | Static<typeof Reply>
+  | Static<typeof PeersMsg>
   | Static<typeof ErrorMsg>
   | Static<typeof Heartbeat>;
 
@@ -603,7 +616,7 @@ export const TailOrder = Type.Object({ t: Type.Literal('tail'), uid: Uint, attem
  * that started meanwhile is not given back, so none runs twice.
  */
 export const StealOrder = Type.Object({ t: Type.Literal('steal'), n: Type.Integer({ minimum: 1, maximum: STEAL_MAX }) });
-export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, steal: StealOrder, error: ErrorMsg, hb: Heartbeat } as const;
+export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, steal: StealOrder, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToExecutor =
   | Static<typeof StealOrder>
   | Static<typeof TailOrder>
@@ -612,6 +625,7 @@ export type DispatcherToExecutor =
   | Static<typeof CancelAttempt>
   | Static<typeof DrainOrder>
   | Static<typeof ResultsAck>
+  | Static<typeof PeersMsg>
   | Static<typeof ErrorMsg>
   | Static<typeof Heartbeat>;
 

@@ -199,3 +199,25 @@ test('dial plan: a redirect to the dispatcher that just refused the dial is a "n
     plan.dialing(n.next);
   }
 });
+
+test('dial plan: the live dispatchers a dispatcher names (peers) are dialed after the known ones; each list replaces the last', { timeout: 5000 }, async () => {
+  const plan = new DialPlan(['ws://127.0.0.1:1'], { order: 'first', initialBackoffMs: 1, maxBackoffMs: 1 });
+  plan.dialing(await plan.round());
+  plan.welcomed();
+  plan.learn(['ws://127.0.0.1:2', 'ws://127.0.0.1:1', 'ws://127.0.0.1:3', 'ws://127.0.0.1:2']);
+  assert.deepEqual(plan.urls, ['ws://127.0.0.1:1', 'ws://127.0.0.1:2', 'ws://127.0.0.1:3'], 'once each, after the configured one');
+  // Its dispatcher is lost: the round that follows dials the others it was told of.
+  let n = plan.closed(true, null);
+  const c = n.newRound ? await plan.round() : n.next;
+  plan.dialing(c);
+  const tried = [c.url];
+  n = plan.closed(false, null);
+  plan.dialing(n.next);
+  tried.push(n.next.url);
+  assert.deepEqual(tried.sort(), ['ws://127.0.0.1:2', 'ws://127.0.0.1:3']);
+  // A dispatcher that left is dropped at the next list; at most 64 are kept.
+  plan.learn(['ws://127.0.0.1:3']);
+  assert.deepEqual(plan.urls, ['ws://127.0.0.1:1', 'ws://127.0.0.1:3']);
+  plan.learn(Array.from({ length: 100 }, (_, i) => `ws://10.0.0.${i}:1`));
+  assert.equal(plan.urls.length, 1 + 64);
+});

@@ -190,7 +190,7 @@ test('the server goes away mid-run: the dispatcher acknowledges nothing more and
   assert.match(stderr, /STORE_FAILED/);
 });
 
-test('schema: a newer version is refused; dispatchers starting together on a fresh database all migrate', { timeout: 120_000 }, async (t) => {
+test('schema: a newer version is refused; dispatchers starting together on a fresh database all migrate; an older one is migrated', { timeout: 120_000 }, async (t) => {
   if (skip) return t.skip(skip);
   const procs = new Procs();
   t.after(() => procs.killAll());
@@ -213,6 +213,15 @@ test('schema: a newer version is refused; dispatchers starting together on a fre
   assert.equal(meta.value, String(SCHEMA_VERSION));
   const [parts] = await query<{ n: string }>(fresh, 'SELECT count(*) AS n FROM partitions');
   assert.equal(Number(parts.n), PARTITIONS, 'the partitions were filled once');
+
+  // A database at version 1 (before fleet reports and drain orders) is brought up to date at start.
+  const old = await freshDb();
+  await (await PgStore.open({ url: old, owner: 'setup' })).close();
+  await query(old, `ALTER TABLE dispatchers DROP COLUMN fleet; DROP TABLE drains; UPDATE falconet_meta SET value = '1' WHERE key = 'schema'`);
+  await startDispatcher(procs, ['--store', old]);
+  const [migrated] = await query<{ value: string }>(old, `SELECT value FROM falconet_meta WHERE key = 'schema'`);
+  assert.equal(migrated.value, String(SCHEMA_VERSION));
+  await query(old, `SELECT fleet FROM dispatchers; SELECT executor FROM drains`);
 });
 
 test('a commit whose fence no longer holds is refused with STORE_FENCED and writes nothing', { timeout: 60_000 }, async (t) => {

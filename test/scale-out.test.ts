@@ -206,6 +206,17 @@ test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000
   assert.ok(others.some((d) => d.url === next.url));
   const successor = others.find((d) => d.url === next.url)!;
   await waitFor('the provisioner running on the new leader', async () => (await statusOf(successor)).provisioner !== undefined);
+  // It adopts the dead leader's instance: its executor reconnected to one of the survivors (whichever
+  // it is, the new leader sees it) and no second instance is launched for --min 1.
+  type Instance = { id: string; state: string; adopted?: boolean };
+  const adopted = await waitFor("the dead leader's instance adopted, its executor seen again", async () => {
+    const list = ((await statusOf(successor)).provisioner as { instances: Instance[] } | undefined)?.instances ?? [];
+    return list.some((i) => i.adopted && ['idle', 'registered', 'busy'].includes(i.state)) ? list : undefined;
+  }).catch(async (err: Error) => {
+    const seen = await Promise.all(others.map(async (d) => ({ url: d.url, status: await statusOf(d) })));
+    throw new Error(`${err.message}; survivors: ${JSON.stringify(seen)}`);
+  });
+  assert.equal(adopted.length, 1, JSON.stringify(adopted));
   // `falconet status` shows every live dispatcher, its partitions and the leader.
   const shown = await waitFor('status listing the two live dispatchers', async () => {
     const r = await runCli(procs, ['status', '--dispatcher', others[0].url]);
@@ -214,3 +225,79 @@ test("the provisioner's lead moves when its dispatcher dies", { timeout: 300_000
   assert.match(shown, new RegExp(`${next.url} \\d+ partitions.*\\(provisioner\\)`));
 });
 
+
+/** Local executors a provisioner in the dispatcher `pid` started (`local-<pid>-<n>`), alive now. */
+function executorsOf(pid: number): number[] {
+  const found: number[] = [];
+  for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(`local-${pid}-`)) found.push(Number(p));
+    } catch {}
+  }
+  return found;
+}
+
+test('the provisioner sees the whole cluster: it launches for a follower\'s queue, its executors follow the work there, and it drains them there when idle', { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  let leaderPid = 0;
+  t.after(async () => {
+    await procs.killAll();
+    for (const pid of leaderPid ? executorsOf(leaderPid) : []) process.kill(pid, 'SIGKILL');
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const ds = await cluster(procs, db, 2, ['--provisioner', 'local', '--min', '0', '--max', '2', '--executor-slots', '1', '--idle-timeout', '2', '--cooldown', '0', '--poll-ms', '200']);
+  const lead = await waitFor('a leader', async () => (await dispatchers(ds[0])).find((d) => d.leader));
+  const leader = ds.find((d) => d.url === lead.url)!;
+  const follower = ds.find((d) => d !== leader)!;
+  leaderPid = leader.proc.pid!;
+  // Work only on the follower: a new session opens in the partitions of the dispatcher it dials.
+  const client = await connect(follower.url);
+  t.after(() => client.close());
+  const ids = Array.from({ length: 6 }, (_, i) => `w${i}`);
+  const results = await Promise.all(ids.map((id) => client.submit({ id, builtin: 'sleep', ms: 300 })));
+  for (const r of results) {
+    assert.equal(r.status, 'succeeded', `${r.id}: ${JSON.stringify(r.error)}`);
+    // Run by the leader's instances (they registered with it, then moved to the follower's queue).
+    assert.match(r.executor ?? '', new RegExp(`^local-${leaderPid}-`), `${r.id} ran on a provisioned executor`);
+  }
+  // Idle at the follower, they are drained there on the leader's order; each instance ends once its executor left.
+  type Instance = { id: string; state: string; reason?: string };
+  const ended = await waitFor('every instance ended after its executor was drained at the follower', async () => {
+    const p = (await statusOf(leader)).provisioner as { instances: Instance[] } | undefined;
+    const all = p?.instances ?? [];
+    return all.length > 0 && all.every((i) => i.state === 'terminated') ? all : undefined;
+  }, 120_000);
+  assert.ok(ended.length <= 2, 'never more than --max instances');
+  for (const i of ended) assert.equal(i.reason, 'its executor left', `${i.id}: ${i.reason}`);
+  await waitFor('the drained executor processes exited', () => executorsOf(leaderPid).length === 0);
+});
+
+test('an executor and a client given one dispatcher are told of the others (peers) and go to one of them when theirs dies', { timeout: 300_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  const procs = new Procs();
+  let client: Client | null = null;
+  t.after(async () => {
+    await client?.close().catch(() => {});
+    await procs.killAll();
+  });
+  const db = await server!.newDatabase(`s${++dbs}`);
+  const a = await startDispatcher(procs, ['--store', db, ...CLUSTER]);
+  const exec = startExecutor(procs, a.url, ['--id', 'told', '--dispatcher-timeout', '120'], { FALCONET_LOG: 'info' });
+  client = await connect(a.url, { connectTimeoutMs: 120_000 });
+  assert.equal((await client.submit({ id: 'before', builtin: 'noop' })).status, 'succeeded');
+  const b = await startDispatcher(procs, ['--store', db, ...CLUSTER]);
+  // The dispatcher tells them once its round sees the newcomer.
+  await waitForLine(exec, new RegExp(`^(?=.*live dispatchers).*${b.url.replace(/[/.]/g, '\\$&')}`, 'm'), 30_000, 'stderr');
+  await waitFor('the client told of the newcomer', () => client!.dispatchers.includes(b.url));
+  await kill9(a);
+  await waitFor('the executor registered with the dispatcher it was told of', async () => {
+    const s = (await statusOf(b)) as { executors: Array<{ id: string; state: string }> };
+    return s.executors.some((e) => e.id === 'told' && e.state !== 'disconnected');
+  });
+  // The client resumes its session there (its partition moved with a's leases) and goes on.
+  const session = client.session.id;
+  assert.equal((await client.submit({ id: 'after', builtin: 'noop' })).status, 'succeeded');
+  assert.equal(client.session.id, session);
+  assert.equal(client.dispatcher, b.url);
+});

@@ -6,9 +6,8 @@
  * and terminates those it cannot account for.
  */
 import type { Logger } from 'pino';
-import type { DispatcherCore } from '../core.js';
 import type { Clock } from '../model.js';
-import type { ExecutorView } from '../view.js';
+import type { Fleet, FleetMember } from './fleet.js';
 import { executorState } from '../status.js';
 import { isTransientLaunchError, type Backend, type CloudState } from './backend.js';
 import { ProvisioningPolicy, type PolicyConfig } from './policy.js';
@@ -40,6 +39,13 @@ export interface ProvisionerOptions extends PolicyConfig {
   pollMs: number;
   /** Ended instances stay visible in status this long. */
   keepEndedMs?: number;
+  /**
+   * How long an instance's executor may be missing from the fleet before the instance counts as
+   * gone (and is terminated). 0 alone: the core keeps a lost executor's record through its lease.
+   * Over several dispatchers, an executor moving between them is missing from every report for
+   * a moment (cluster.ts sets about two partition leases).
+   */
+  goneAfterMs?: number;
   /** Types launched for requests no executor can run, smallest first (instance-types.ts). */
   types?: InstanceType[];
   /** Labels every executor launched carries (a request needing others gets no typed launch). */
@@ -69,6 +75,8 @@ const WAITING: ReadonlySet<InstanceState> = new Set(['requested', 'pending', 'bo
 export class Provisioner {
   readonly policy: ProvisioningPolicy;
   readonly #records = new Map<string, InstanceRecord>();
+  /** Instances whose executor is missing from the fleet, since when (see `goneAfterMs`). */
+  readonly #missing = new Map<string, number>();
   #timer: NodeJS.Timeout | null = null;
   #polling: Promise<void> | null = null;
   #lastDecision = 'not polled yet';
@@ -79,8 +87,8 @@ export class Provisioner {
   readonly counters = { launched: 0, bootFailed: 0, bootSeconds: new Buckets([1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200]) };
 
   constructor(
-    /** What the provisioner may do to the core: read it, and drain an executor. */
-    private readonly core: Pick<DispatcherCore, 'view' | 'drain'>,
+    /** What it scales: one dispatcher's queue and executors, or the whole cluster's (fleet.ts). */
+    private readonly fleet: Fleet,
     private readonly backend: Backend,
     private readonly o: ProvisionerOptions,
     private readonly log: Logger,
@@ -132,16 +140,12 @@ export class Provisioner {
     const now = this.clock.now();
     this.#observe(now);
     await this.#refreshCloudStates();
-    const all = this.core.view.executors();
+    const all = this.fleet.executors();
     const managed = all.filter((e) => this.#recordOf(e));
-    let unmanagedFree = 0;
-    for (const e of all) {
-      if (!this.#recordOf(e) && e.connected && !e.draining) unmanagedFree += Math.max(0, e.info.slots - e.running);
-    }
     const fit = this.#planFit(all);
     const decision = this.policy.decide({
       now,
-      queued: Math.max(0, this.core.view.queued - unmanagedFree - (fit?.excluded ?? 0)),
+      queued: Math.max(0, this.fleet.demand((e) => this.#recordOf(e) !== undefined) - (fit?.excluded ?? 0)),
       executors: managed.map((e) => {
         return {
           id: e.info.id,
@@ -159,7 +163,7 @@ export class Provisioner {
     for (const id of decision.bootFailed) await this.#bootFailed(id, now);
     this.#drainStrays(all);
     for (const id of decision.drain) {
-      this.core.drain(id);
+      this.fleet.drain(id);
       const rec = [...this.#records.values()].find((r) => r.executorId === id);
       if (rec) this.#set(rec, 'draining');
     }
@@ -172,12 +176,12 @@ export class Provisioner {
    * The typed half of this poll (fit-plan.ts), or null when no instance types are configured:
    * then nothing here runs and the provisioner is exactly the queue-depth one.
    */
-  #planFit(all: ExecutorView[]): FitPlan | null {
+  #planFit(all: FleetMember[]): FitPlan | null {
     const types = this.o.types;
     if (!types?.length) return null;
-    const shapes = this.core.view.queuedRequests();
+    const shapes = this.fleet.queuedRequests();
     if (shapes.length === 0) return null;
-    const typeOf = (e: ExecutorView) => this.#recordOf(e)?.type ?? null;
+    const typeOf = (e: FleetMember) => this.#recordOf(e)?.type ?? null;
     return planFit({
       types,
       shapes,
@@ -195,11 +199,11 @@ export class Provisioner {
    * store, or records lost): nobody counts them, so they are drained rather than left beside the
    * fleet this dispatcher launches.
    */
-  #drainStrays(executors: ExecutorView[]): void {
+  #drainStrays(executors: FleetMember[]): void {
     for (const e of executors) {
       if (!e.connected || e.draining || e.leaving || this.#recordOf(e) || !this.backend.isStray?.(e.info.id)) continue;
       this.log.warn({ executor: e.info.id }, 'draining an executor of a previous dispatcher that this one cannot account for');
-      this.core.drain(e.info.id);
+      this.fleet.drain(e.info.id);
     }
   }
 
@@ -208,13 +212,14 @@ export class Provisioner {
     return this.#records.has(info.instanceId ?? '') || this.#records.has(info.id);
   }
 
-  #recordOf(e: ExecutorView): InstanceRecord | undefined {
+  #recordOf(e: FleetMember): InstanceRecord | undefined {
     return this.#records.get(e.info.instanceId ?? '') ?? this.#records.get(e.info.id);
   }
 
   /** Registrations, state changes and departures of the executors on our instances. */
   #observe(now: number): void {
-    for (const e of this.core.view.executors()) {
+    const present = this.fleet.executors();
+    for (const e of present) {
       const rec = this.#recordOf(e);
       if (!rec || !ACTIVE.has(rec.state)) continue;
       if (WAITING.has(rec.state)) {
@@ -230,9 +235,17 @@ export class Provisioner {
       this.#set(rec, s === 'draining' ? 'draining' : s === 'busy' ? 'busy' : s === 'disconnected' ? rec.state === 'draining' ? 'draining' : 'registered' : 'idle');
     }
     // An executor that left (drained, idle, lost): its instance is done; make sure it is gone.
+    const ids = new Set(present.map((e) => e.info.id));
     for (const rec of this.#records.values()) {
       if (!ACTIVE.has(rec.state) || WAITING.has(rec.state) || rec.executorId === undefined) continue;
-      if (this.core.view.executor(rec.executorId) === undefined) {
+      if (ids.has(rec.executorId)) {
+        this.#missing.delete(rec.id);
+        continue;
+      }
+      const since = this.#missing.get(rec.id) ?? now;
+      this.#missing.set(rec.id, since);
+      if (now - since >= (this.o.goneAfterMs ?? 0)) {
+        this.#missing.delete(rec.id);
         this.#end(rec, 'terminated', 'its executor left');
         void this.backend.terminate([rec.id]).catch((err) => this.log.warn({ err, instance: rec.id }, 'terminate failed'));
       }

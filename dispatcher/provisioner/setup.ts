@@ -17,6 +17,7 @@ import { LocalBackend } from './local.js';
 import { fitHint, type InstanceType } from './instance-types.js';
 import { ALLOCATION_POLICIES, POLICY_DEFAULTS, type AllocationPolicy } from './policy.js';
 import { Provisioner } from './provisioner.js';
+import { localFleet, type Fleet } from './fleet.js';
 
 export interface ProvisionerFlags {
   backend: 'local' | 'ec2';
@@ -37,6 +38,11 @@ export interface ProvisionerFlags {
   executorUrl?: string;
   /** The other live dispatchers (several over PostgreSQL): where its executors go if this one dies. */
   otherDispatchers?: string[];
+  /**
+   * Several dispatchers: the whole cluster's queue and executors (fleet.ts), and how long an
+   * executor may be missing from it while it moves (default: this dispatcher's core, 0).
+   */
+  fleet?: { fleet: Fleet; goneAfterMs: number };
   ec2?: Omit<Ec2Options, 'userData' | 'cluster'> & { cluster?: string; dispatcherTimeoutS?: number; labels?: Record<string, string> };
   /**
    * Instance types launched for resource requests no executor can run (`--ec2-instance-types`,
@@ -125,7 +131,7 @@ export async function startProvisioner(
     });
   }
   const provisioner = new Provisioner(
-    server.core,
+    f.fleet?.fleet ?? localFleet(server.core),
     backend,
     {
       policy,
@@ -138,6 +144,7 @@ export async function startProvisioner(
       breakerThreshold: f.breakerThreshold ?? POLICY_DEFAULTS.breakerThreshold,
       resetHint: 'falconet provisioner reset',
       pollMs: f.pollMs ?? 1000,
+      ...(f.fleet ? { goneAfterMs: f.fleet.goneAfterMs } : {}),
       ...(f.types?.length ? { types: f.types, labels: (f.backend === 'ec2' ? f.ec2?.labels : f.localLabels) ?? {} } : {}),
     },
     log,
