@@ -145,9 +145,13 @@ export class Scheduler {
   /**
    * Tasks given back by work stealing (steal.ts): each goes straight to an executor with a free
    * slot that fits it (a slot that would otherwise idle: the reason it was stolen), else to the
-   * head of the queue. Returns how many found no free slot.
+   * head of the queue. Returns how many found no free slot (the giver is then not asked again
+   * for a while: steal.ts).
    */
   placeReturned(tasks: readonly TaskRecord[], now: number): number {
+    // Under max-cache-hit a task that should wait for the executor holding its inputs (the one
+    // that gave it back, usually) does not go to a free slot elsewhere: it goes back to the queue.
+    const waits = this.options.dataPolicy === 'max-cache-hit';
     const free: ExecutorRecord[] = [];
     for (const exec of this.registry.hungry) {
       if (exec.conn !== null && !exec.draining && exec.reservedFor === null && exec.credit > 0 && exec.running.size < exec.info.slots) free.push(exec);
@@ -161,7 +165,7 @@ export class Scheduler {
           free.splice(i--, 1);
           continue;
         }
-        if (this.fits(task, exec) && !tooLongFor(exec, task, now)) to = exec;
+        if (this.fits(task, exec) && !tooLongFor(exec, task, now) && !(waits && this.#waitsForHolder(task, exec, now))) to = exec;
       }
       if (to !== undefined) this.dispatch(task, to, now);
       else {

@@ -17,13 +17,17 @@
  * task wait behind a long one (all slots of one executor busy with long tasks while another's are
  * free, the end of a wave of equal tasks): there the window is exactly the slots.
  *
- * With a dispatcher that steals (its welcome lists `steal`: dispatcher/steal.ts), the guard goes:
- * tasks that wait here while another executor's slots are free are taken back, so long tasks
- * keep a local queue too, of `longShare × slots` (default one task per slot, what the wave
- * turnaround needs: every freed slot starts its next task at once, while the dispatcher, which
- * turns results into assignments slower than a burst of results arrives, refills the queue):
+ * With a dispatcher that steals (its welcome lists `steal`: dispatcher/steal.ts), the guard goes
+ * for large executors: tasks that wait here while another executor's slots are free are taken
+ * back, so long tasks keep a local queue too, of `longShare × slots` (default one task per slot,
+ * what the wave turnaround needs: every freed slot starts its next task at once, while the
+ * dispatcher, which turns results into assignments slower than a burst of results arrives,
+ * refills the queue), once the slots finish `longMinRate` tasks per ms or more (slots / d; default
+ * 1, i.e. 1,000 tasks/s from this executor). Below that a round trip per slot turn costs nothing
+ * measurable, and tasks are better waiting at the dispatcher (status shows what runs; a task
+ * submitted later with a higher priority is not behind them):
  *
- *     extra = min(maxLongExtra, max(⌈gain × slots × R / d⌉, ⌈longShare × slots⌉))   when d > longRoundTrips × R
+ *     extra = min(maxLongExtra, max(⌈gain × slots × R / d⌉, ⌈longShare × slots⌉))   when d > longRoundTrips × R and slots / d ≥ longMinRate
  *
  *
  * `d` moves up fast (a long task shrinks the window at once) and down slowly (many short tasks
@@ -52,6 +56,8 @@ export interface WindowOptions {
   longShare?: number;
   /** With stealing: most tasks kept for long tasks (default 100,000, the protocol's limit for `window`). */
   maxLongExtra?: number;
+  /** With stealing: long tasks keep a window only when the slots finish this many tasks per ms or more (default 1). */
+  longMinRate?: number;
 }
 
 /** Round trip samples are kept within these bounds (ms): a clock jump or a stall is one sample, not the estimate. */
@@ -73,6 +79,7 @@ export class AdaptiveWindow {
   readonly longRoundTrips: number;
   readonly longShare: number;
   readonly maxLongExtra: number;
+  readonly longMinRate: number;
   #stealing: boolean;
   /** Typical run time of a task, ms; null until the first task ends (no window before it). */
   #duration: number | null = null;
@@ -88,6 +95,7 @@ export class AdaptiveWindow {
     this.#stealing = o.stealing ?? false;
     this.longShare = Math.max(0, o.longShare ?? 1);
     this.maxLongExtra = Math.max(0, Math.floor(o.maxLongExtra ?? 100_000));
+    this.longMinRate = Math.max(0, o.longMinRate ?? 1);
     this.#update();
   }
 
@@ -141,7 +149,7 @@ export class AdaptiveWindow {
     // shows as running is running), as without stealing.
     if (d === null) this.#extra = 0;
     else if (d <= this.longRoundTrips * this.#rtt) this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * this.#rtt) / d));
-    else if (!this.#stealing) this.#extra = 0;
+    else if (!this.#stealing || this.slots < this.longMinRate * d) this.#extra = 0;
     else this.#extra = Math.min(this.maxLongExtra, Math.max(Math.ceil((this.gain * this.slots * this.#rtt) / d), Math.ceil(this.longShare * this.slots)));
     return this.#extra;
   }

@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pack } from 'msgpackr';
 import { connect, type TaskResult } from '../client/index.js';
-import { STEAL_CAP, type DispatcherToClient, type DispatcherToExecutor, type ExecutorInfo, type TaskSpec } from '../protocol/index.js';
+import { STEAL_CAP, localityKey, type DispatcherToClient, type DispatcherToExecutor, type ExecutorInfo, type TaskSpec } from '../protocol/index.js';
 import { DispatcherCore, type Outbox } from '../dispatcher/core.js';
 import { AdaptiveWindow } from '../executor/window.js';
 import { fromClient, fromExecutor, toClient, toExecutor } from './wire.js';
@@ -23,8 +23,8 @@ class Harness implements Outbox {
   now = 1_000_000;
   readonly sent = new Map<number, Array<DispatcherToClient | ToExec>>();
   readonly core: DispatcherCore;
-  constructor(prefetch: number) {
-    this.core = new DispatcherCore({ heartbeatMs: 100, leaseMs: 1000, prefetch, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, retentionMs: 60_000 }, this, { now: () => this.now });
+  constructor(prefetch: number, opts: Partial<DispatcherCore['options']> = {}) {
+    this.core = new DispatcherCore({ heartbeatMs: 100, leaseMs: 1000, prefetch, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, retentionMs: 60_000, ...opts }, this, { now: () => this.now });
   }
   toClient(conn: number, msg: DispatcherToClient): void {
     this.#push(conn, toClient(msg));
@@ -128,21 +128,46 @@ test('core: an executor that did not announce steal is never asked; nor while ta
   assert.equal(only(s.take(10), 'steal').length, 0, 'nothing to steal for: no free slot is left');
 });
 
-test('window: with a stealing dispatcher long tasks keep one task per slot waiting', { timeout: 10_000 }, () => {
-  const plain = new AdaptiveWindow({ slots: 8, initialRoundTripMs: 2 });
-  const stealing = new AdaptiveWindow({ slots: 8, initialRoundTripMs: 2, stealing: true });
+test('core: under max-cache-hit a given-back task that waits for the executor holding its input goes back there, not to a free slot elsewhere', { timeout: 10_000 }, () => {
+  const h = new Harness(3, { dataPolicy: 'max-cache-hit', cacheWaitMs: 60_000 });
+  h.client(1);
+  h.executor(10, 1, [STEAL_CAP]);
+  const input = { src: 's3://b/k', dst: 'in.bin' };
+  const hb = fromExecutor({ t: 'hb', at: h.now, holds: [localityKey(input)] });
+  if (hb.t === 'hb') h.core.executorSeen(10, hb.data, hb.holds);
+  h.submit(1, Array.from({ length: 4 }, (_, i) => ({ id: `d${i}`, cmd: ['true'], inputs: [input] })));
+  h.core.schedule();
+  const held = only(h.take(10), 'task');
+  assert.equal(held.length, 4);
+  h.executor(11, 1, [STEAL_CAP]);
+  h.core.schedule();
+  assert.deepEqual(only(h.take(10), 'steal'), [{ t: 'steal', n: 1 }], 'a steal is asked: the dispatcher cannot tell which waiting tasks hold data');
+  h.returned(10, [{ uid: held[3].uid, attempt: held[3].attempt }]);
+  h.core.schedule();
+  assert.equal(only(h.take(11), 'task').length, 0, 'not to the executor without its input');
+  assert.deepEqual(only(h.take(10), 'task').map((m) => [m.spec.id, m.attempt]), [['d3', 1]], 'back to its holder, same attempt');
+  h.core.schedule();
+  assert.equal(only(h.take(10), 'steal').length, 0, 'and its holder is not asked again at once');
+});
+
+test('window: with a stealing dispatcher long tasks keep one task per slot waiting on a large executor', { timeout: 10_000 }, () => {
+  const plain = new AdaptiveWindow({ slots: 2000, initialRoundTripMs: 2 });
+  const stealing = new AdaptiveWindow({ slots: 2000, initialRoundTripMs: 2, stealing: true });
   assert.deepEqual([plain.extra, stealing.extra], [0, 0], 'before any task ended: exactly the slots');
   plain.taskRan(1000);
   stealing.taskRan(1000);
-  assert.deepEqual([plain.extra, stealing.extra], [0, 8], 'a task of 500 round trips');
-  assert.deepEqual([plain.openDelayMs(0), stealing.openDelayMs(0), stealing.openDelayMs(8)], [0, 500, 0], 'a long-task window opens half a task later, out of the burst; nothing to open: no wait');
+  assert.deepEqual([plain.extra, stealing.extra], [0, 2000], 'a task of 500 round trips, 2 finishing per ms');
+  assert.deepEqual([plain.openDelayMs(0), stealing.openDelayMs(0), stealing.openDelayMs(2000)], [0, 500, 0], 'a long-task window opens half a task later, out of the burst; nothing to open: no wait');
   for (let i = 0; i < 300; i++) stealing.taskRan(1);
-  assert.ok(stealing.extra >= 32, `short tasks: the bandwidth-delay product as before (${stealing.extra})`);
+  assert.ok(stealing.extra >= 1000, `short tasks: the bandwidth-delay product as before, up to maxExtra (${stealing.extra})`);
   const short = stealing.extra;
   assert.equal(stealing.setStealing(false), short, 'short tasks do not depend on stealing');
-  const half = new AdaptiveWindow({ slots: 8, stealing: true, longShare: 0.5 });
+  const half = new AdaptiveWindow({ slots: 10_000, stealing: true, longShare: 0.5 });
   half.taskRan(5000);
-  assert.equal(half.extra, 4);
+  assert.equal(half.extra, 5000);
+  const small = new AdaptiveWindow({ slots: 8, stealing: true });
+  small.taskRan(1000);
+  assert.equal(small.extra, 0, '8 slots of 1 s tasks finish 8 tasks/s: a round trip per turn costs nothing, no window');
   assert.equal(half.setStealing(false), 0, 'a dispatcher that does not steal: long tasks get no window');
 });
 

@@ -1,8 +1,7 @@
 /**
  * The adaptive window (executor/window.ts): the pure policy, and through real processes that the
  * default dispatcher (`--prefetch auto`) keeps more than the slots on an executor for short tasks
- * and one task per slot for long ones (it steals them back for free slots elsewhere), while a
- * fixed `--prefetch` overrides it.
+ * and exactly the slots for long ones, while a fixed `--prefetch` overrides it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -52,7 +51,7 @@ test('policy: announcing only changes worth a message', { timeout: 10_000 }, () 
 
 const noops = (n: number): TaskSpec[] => Array.from({ length: n }, () => ({ builtin: 'noop' as const }));
 
-test('real processes: the default window grows beyond the slots for no-op tasks and is one task per slot for long ones', { timeout: 120_000 }, async (t) => {
+test('real processes: the default window grows beyond the slots for no-op tasks and is exactly the slots for long ones', { timeout: 120_000 }, async (t) => {
   const procs = new Procs();
   t.after(() => procs.killAll());
   const d = await startDispatcher(procs, ['--store', 'memory']);
@@ -70,18 +69,16 @@ test('real processes: the default window grows beyond the slots for no-op tasks 
   });
   assert.ok(grown > 1, `no-op tasks: window ${grown} beyond 1 slot`);
 
-  // One task far longer than any round trip (they count at most 100 ms): the window falls to one
-  // task per slot, since this dispatcher takes back waiting tasks for another executor's free
-  // slots (work stealing, test/steal.test.ts).
+  // One task far longer than any round trip (they count at most 100 ms): the window closes.
   assert.equal((await client.submit({ builtin: 'sleep', ms: 2100 })).status, 'succeeded');
-  await waitFor('the window to fall to one per slot', async () => (await status(d.url)).executors[0].window === 1);
-  // Of two long tasks one runs and the other waits on the executor, not at the dispatcher.
+  await waitFor('the window to close', async () => (await status(d.url)).executors[0].window === 0);
+  // And it is exactly the slots: of two long tasks one runs, the other waits at the dispatcher.
   const two = [client.submit({ builtin: 'sleep', ms: 2100 }), client.submit({ builtin: 'sleep', ms: 2100 })];
   const s = await waitFor('both accepted', async () => {
     const x = await status(d.url);
     return x.tasks.running + x.tasks.queued === 2 && x;
   });
-  assert.deepEqual({ running: s.tasks.running, queued: s.tasks.queued }, { running: 2, queued: 0 });
+  assert.deepEqual({ running: s.tasks.running, queued: s.tasks.queued }, { running: 1, queued: 1 });
   for (const r of await Promise.all(two)) assert.equal(r.status, 'succeeded');
 });
 
