@@ -53,15 +53,6 @@ export { hostAddresses, runShutdownCommand };
 
 export const EXECUTOR_VERSION = '0.1.0';
 
-/**
- * Bench-only tuning of the window for long tasks (FALCONET_WINDOW_LONG_SHARE: tasks per slot kept
- * with a stealing dispatcher), so that bench/efficiency.ts can measure the choice; unset: the default.
- */
-function windowTuning(): { longShare?: number } {
-  const v = Number(process.env.FALCONET_WINDOW_LONG_SHARE);
-  return process.env.FALCONET_WINDOW_LONG_SHARE !== undefined && Number.isFinite(v) && v >= 0 ? { longShare: v } : {};
-}
-
 export interface ExecutorOptions {
   /**
    * The dispatcher(s): one ws(s):// URL, a comma-separated list, or an array. An executor dials
@@ -203,7 +194,7 @@ export class ExecutorAgent {
     this.#queuedRunner = { ...this.#runner, helperQueue: true };
     setHelperLimit(this.#runner, this.slots);
     this.#ctx = new AttemptContext(defaultDataOptions(this.id), this.#runner, log);
-    this.#window = new AdaptiveWindow({ slots: this.slots, ...windowTuning() });
+    this.#window = new AdaptiveWindow({ slots: this.slots });
     if (o.lifetimeMs !== undefined || o.noticeEndpoint !== undefined) {
       this.#life = new LifetimeWatch(
         {
