@@ -55,11 +55,14 @@ const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
 /**
  * `$FALCONET_BENCH_CPU_PROF=DIR`: every process of {@link withCluster} runs under `node --cpu-prof`
  * (profiles in DIR/dispatcher, DIR/executor-N) and is stopped with SIGTERM so that it writes its
- * profile; `node dist/bench/profile.js DIR` sums them up.
+ * profile; `node dist/bench/profile.js DIR` sums them up. `$FALCONET_BENCH_FLAGS_DISPATCHER`,
+ * `_EXECUTOR`, `_CLIENT`: Node flags for the processes of that role only (e.g. GC settings,
+ * `--max-semi-space-size=64`), to measure one process's setting with the others unchanged.
  */
 export function cpuProfFlags(role: string): string[] {
   const dir = process.env.FALCONET_BENCH_CPU_PROF;
-  return dir ? ['--cpu-prof', '--cpu-prof-dir', join(dir, role)] : [];
+  const extra = process.env[`FALCONET_BENCH_FLAGS_${role.replace(/-.*/, '').toUpperCase()}`];
+  return [...(dir ? ['--cpu-prof', '--cpu-prof-dir', join(dir, role)] : []), ...(extra ? extra.split(' ').filter(Boolean) : [])];
 }
 
 /**

@@ -4,14 +4,17 @@
  * `--sync full`, the default: every result waits for its fsync), each a fresh dispatcher with two
  * executor processes of 4 slots; the load in its own process. In the same run, the floor of the
  * stack: a plain `ws` ping-pong of one small msgpack message between two processes, the same
- * count. Prints p50/p90/p99/max (median over runs) and p50 / floor, and writes
- * bench/results/latency-<date>.json.
+ * count; and the disk's floor: a 512-byte write + fdatasync loop on a file in the directory the
+ * benches' stores use (the fsync every durable commit waits for), the same count. Prints
+ * p50/p90/p99/max (median over runs) and p50 / floor, and writes bench/results/latency-<date>.json.
  *
  *   npm run build && node dist/bench/latency.js [--runs 3] [--tasks 10000] [--transport ws|uws]
+ *        [--variants ws-floor,fsync-floor,memory,sqlite-full]
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { closeSync, fdatasyncSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import WebSocket, { WebSocketServer } from 'ws';
@@ -70,6 +73,34 @@ async function rolePing(url: string, n: number): Promise<Figures> {
   return figures(times);
 }
 
+/**
+ * The disk's floor, in this process: n sequential 512-byte writes each followed by fdatasync, in a
+ * file of the temp dir the benches' stores live in (withCluster), preallocated so that no write
+ * changes its size (a WAL in steady state is overwritten, not grown). What one durable commit
+ * cannot go below, whatever else it does.
+ */
+function roleFsync(n: number): Figures {
+  const dir = mkdtempSync(join(tmpdir(), 'falconet-fsync-'));
+  try {
+    const fd = openSync(join(dir, 'floor'), 'w');
+    const block = Buffer.alloc(512, 1);
+    ftruncateSync(fd, 4096 * 1024);
+    fdatasyncSync(fd);
+    const times: number[] = [];
+    const warm = Math.min(1000, n);
+    for (let i = 0; i < n + warm; i++) {
+      const t0 = process.hrtime.bigint();
+      writeSync(fd, block, 0, block.length, (i % 1024) * 4096);
+      fdatasyncSync(fd);
+      if (i >= warm) times.push(Number(process.hrtime.bigint() - t0) / 1e3);
+    }
+    closeSync(fd);
+    return figures(times);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 function figures(times: number[]): Figures {
   const sorted = [...times].sort((a, b) => a - b);
   const us = (p: number) => Math.round(percentile(sorted, p));
@@ -92,19 +123,25 @@ async function main(): Promise<void> {
   const transport = values.transport ?? 'ws';
   const n = Number(values.tasks ?? 10_000);
   if (values.role === 'echo') return roleEcho();
+  if (values.role === 'fsync') {
+    process.stdout.write(JSON.stringify(roleFsync(n)) + '\n');
+    process.exit(0);
+  }
   if (values.role === 'ping') {
     process.stdout.write(JSON.stringify(await rolePing(values.url!, n)) + '\n');
     process.exit(0);
   }
   const runs = Number(values.runs ?? 3);
-  const variants = values.variants ? values.variants.split(',') : ['ws-floor', 'memory', 'sqlite-full'];
+  const variants = values.variants ? values.variants.split(',') : ['ws-floor', 'fsync-floor', 'memory', 'sqlite-full'];
   const samples: Record<string, Figures[]> = Object.fromEntries(variants.map((v) => [v, []]));
   for (let r = 0; r < runs; r++) {
     for (const v of variants) {
       const f =
         v === 'ws-floor'
           ? await floor(n)
-          : await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 4 }, async (url) => {
+          : v === 'fsync-floor'
+            ? (JSON.parse(execFileSync(process.execPath, [SELF, '--role', 'fsync', '--tasks', String(n)], { encoding: 'utf8' })) as Figures)
+            : await withCluster({ dispatcherArgs: [...STORE_VARIANTS[v], '--transport', transport], executors: 2, slots: 4 }, async (url) => {
               const f = JSON.parse(execFileSync(process.execPath, [...cpuProfFlags('client'), LOAD, 'latency', url, String(n)], { encoding: 'utf8' })) as Figures;
               return { ...f, ...(await commitFigures(url, n + Math.min(1000, n))) };
             });
@@ -118,14 +155,14 @@ async function main(): Promise<void> {
     const commits = s.every((f) => f.commitUs !== undefined) ? { commitsPerTask: spread(s.map((f) => f.commitsPerTask!), 2), commitUs: pick('commitUs') } : {};
     return { variant: v, p50us: pick('p50us'), p90us: pick('p90us'), p99us: pick('p99us'), maxus: pick('maxus'), ...commits, p50ToFloor: spread(s.map((f, i) => f.p50us / (samples['ws-floor']?.[i]?.p50us ?? NaN)), 2) };
   });
-  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n} --transport ${transport}`, transport, tasks: n, rows };
+  const out = { date: new Date().toISOString(), machine: { cores: cpus().length, node: process.version }, command: `node dist/bench/latency.js --runs ${runs} --tasks ${n} --transport ${transport} --variants ${variants.join(',')}`, transport, tasks: n, rows };
   mkdirSync(resultsFile(), { recursive: true });
   writeFileSync(resultsFile(`latency-${out.date.slice(0, 10)}.json`), JSON.stringify(out, null, 2) + '\n');
   console.log(`${n.toLocaleString('en')} sequential round trips at the client; median of ${runs} runs (min–max), µs\n`);
   console.log('| variant | p50 | p90 | p99 | max | p50 / ws floor | commits per task | µs per commit |');
   console.log('|---|---|---|---|---|---|---|---|');
   for (const r of rows) console.log(`| ${r.variant} | ${cell(r.p50us)} | ${r.p90us.median} | ${cell(r.p99us)} | ${r.maxus.median} | ${r.p50ToFloor.median} | ${'commitsPerTask' in r ? r.commitsPerTask!.median : '–'} | ${'commitUs' in r ? r.commitUs!.median : '–'} |`);
-  for (const r of rows.filter((x) => x.variant !== 'ws-floor')) {
+  for (const r of rows.filter((x) => !x.variant.endsWith('-floor'))) {
     console.log(`- ${r.variant}: target p50 ≤ 400 µs ${r.p50us.median <= 400 ? 'met' : 'not met'}, p99 ≤ 2,000 µs ${r.p99us.median <= 2000 ? 'met' : 'not met'}`);
   }
 }

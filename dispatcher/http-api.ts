@@ -15,7 +15,7 @@
  * the administrator token is accepted wherever the client token is, and needs no session keys.
  */
 import type { Registry } from 'prom-client';
-import { ErrorCode, LIMITS, TaskStateSchema, wireError, type TaskInfo } from '../protocol/index.js';
+import { ErrorCode, type FalconetError, LIMITS, TaskStateSchema, wireError, type TaskInfo } from '../protocol/index.js';
 import type { DispatcherCore } from './core.js';
 import { DASHBOARD_HTML } from './dashboard/page.js';
 import { completeInfo, type Found } from './queries.js';
@@ -41,6 +41,8 @@ export interface HttpApiDeps {
   statusExtra(): Record<string, unknown> | undefined;
   /** Several dispatchers (cluster.ts): where a session is served, and who is live. */
   router?: SessionRouter | null;
+  /** Resolves when what the core journaled so far is committed: submits and cancels are answered after it. */
+  durable(): Promise<void>;
 }
 
 /** Where a session is served when several dispatchers share one database (docs/scale-out.md). */
@@ -105,7 +107,18 @@ export async function handleHttp(req: HttpRequest, d: HttpApiDeps): Promise<Http
   return json(404, { error: wireError(ErrorCode.NOT_FOUND, `no route ${method} ${path}`) });
 }
 
-function submit(body: unknown, d: HttpApiDeps, admin: boolean): HttpReply {
+/** The answer once the change it reports is committed (acknowledged means durable), or 503. */
+async function whenDurable(d: HttpApiDeps, reply: HttpReply): Promise<HttpReply> {
+  try {
+    await d.durable();
+    return reply;
+  } catch (err) {
+    const e = err as FalconetError;
+    return json(503, { error: wireError(e.code ?? ErrorCode.STORE_FAILED, e.message) });
+  }
+}
+
+async function submit(body: unknown, d: HttpApiDeps, admin: boolean): Promise<HttpReply> {
   const wrapped = body !== null && typeof body === 'object' && !Array.isArray(body) ? (body as { session?: unknown; key?: unknown; tasks?: unknown }) : { tasks: body };
   const { session, key } = wrapped;
   if (session !== undefined && (typeof session !== 'string' || session.length === 0 || session.length > LIMITS.idLength)) return bad(ErrorCode.INVALID_MESSAGE, 'session must be a non-empty string');
@@ -119,10 +132,10 @@ function submit(body: unknown, d: HttpApiDeps, admin: boolean): HttpReply {
     const first = r.problems[0];
     return json(400, { error: { ...wireError(ErrorCode.TASK_INVALID, `task ${first.index}: ${first.message}`), problems: r.problems } });
   }
-  return json(200, r);
+  return whenDurable(d, json(200, r));
 }
 
-function cancel(body: unknown, d: HttpApiDeps, admin: boolean): HttpReply {
+async function cancel(body: unknown, d: HttpApiDeps, admin: boolean): Promise<HttpReply> {
   const b = body as { ids?: unknown; session?: unknown; key?: unknown } | null;
   if (b === null || typeof b !== 'object' || !Array.isArray(b.ids) || !b.ids.every((x) => typeof x === 'string')) {
     return bad(ErrorCode.INVALID_MESSAGE, 'the body must be {"ids": ["…"], "session": "…", "key"?: "…"}');
@@ -131,7 +144,7 @@ function cancel(body: unknown, d: HttpApiDeps, admin: boolean): HttpReply {
   const keyProblem = sessionKeyProblem(b.key);
   if (keyProblem) return bad(ErrorCode.INVALID_MESSAGE, keyProblem);
   const r = d.core.cancelIds(b.ids as string[], b.session as string | undefined, b.key as string | undefined, admin);
-  return typeof r === 'number' ? json(200, { cancelled: r }) : json(403, { error: r });
+  return typeof r === 'number' ? whenDurable(d, json(200, { cancelled: r })) : json(403, { error: r });
 }
 
 /** What is wrong with a session key given over HTTP (the same bounds as on the wire), or null. */

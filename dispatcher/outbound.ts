@@ -8,7 +8,7 @@
  * turnaround to the commit latency.
  */
 import type { Logger } from 'pino';
-import { ErrorCode, wireError, type Codec, type WireError } from '../protocol/index.js';
+import { ErrorCode, FalconetError, wireError, type Codec, type WireError } from '../protocol/index.js';
 import type { ConnId, Journal } from './model.js';
 import type { PeerSocket } from './transport.js';
 
@@ -68,11 +68,22 @@ interface Outgoing {
   close: WireError | null;
 }
 
+/** Someone waiting for a turn's changes to be committed (see {@link Outbound.durable}). */
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+/** One turn's held messages, and who waits for its commit besides the peers. */
+type Turn = Outgoing[] & { waiters?: Waiter[] };
+
 export class Outbound {
   readonly #dirty = new Set<Conn>();
   #queued = false;
   /** Turns whose client messages wait for a commit, oldest first. */
-  #held: Outgoing[][] = [];
+  #held: Turn[] = [];
+  /** Waiting for what was journaled before the next flush to be committed. */
+  #waiters: Waiter[] = [];
   #committing: Promise<void> | null = null;
   /** A commit waiting for the next turn (see #deferCommit). */
   #deferTimer: NodeJS.Timeout | null = null;
@@ -117,6 +128,20 @@ export class Outbound {
     this.queueFlush();
   }
 
+  /**
+   * Resolves once every change journaled so far is committed (at the next turn's release; at once
+   * on the memory store). An HTTP submit or cancel is answered only then, as a client's `accepted`
+   * is held: acknowledged means durable. Rejects if the store fails or the dispatcher stops first.
+   */
+  durable(): Promise<void> {
+    if (this.#failed) return Promise.reject(new FalconetError(ErrorCode.STORE_FAILED, 'the store failed: nothing more is acknowledged'));
+    if (this.#stopped) return Promise.reject(new FalconetError(ErrorCode.SHUTTING_DOWN, 'the dispatcher is shutting down'));
+    return new Promise((resolve, reject) => {
+      this.#waiters.push({ resolve, reject });
+      this.queueFlush();
+    });
+  }
+
   forget(c: Conn): void {
     this.#dirty.delete(c);
   }
@@ -132,7 +157,7 @@ export class Outbound {
     this.#queued = false;
     if (this.#failed || this.#stopped) return;
     this.beforeFlush();
-    const held: Outgoing[] = [];
+    const held: Turn = [];
     const now: Outgoing[] = [];
     for (const c of this.#dirty) {
       (c.role === 'client' ? held : now).push({ c, msgs: c.out, close: c.closing });
@@ -145,7 +170,11 @@ export class Outbound {
       }
     }
     this.#dirty.clear();
-    if (held.length > 0) this.#held.push(held);
+    if (this.#waiters.length > 0) {
+      held.waiters = this.#waiters;
+      this.#waiters = [];
+    }
+    if (held.length > 0 || held.waiters) this.#held.push(held);
     if (!this.#committing) {
       // A turn that holds nothing new (a heartbeat, a window) does not end a deferral early.
       if (held.length > 0 ? onlyAccepted(held) && assigns(now) : this.#deferTimer !== null) this.#deferCommit();
@@ -179,6 +208,15 @@ export class Outbound {
     if (this.#deferTimer !== null && !this.#committing && this.#held.length > 0) this.#commit();
     while (this.#committing) await this.#committing.catch(() => {});
     this.#stopped = true;
+    this.#rejectWaiters(new FalconetError(ErrorCode.SHUTTING_DOWN, 'the dispatcher is shutting down'));
+  }
+
+  /** Waiters whose commit will not come (the store failed, or the dispatcher stops). */
+  #rejectWaiters(err: Error): void {
+    const waiters = [...this.#waiters, ...this.#held.flatMap((t) => t.waiters ?? [])];
+    this.#waiters = [];
+    for (const t of this.#held) delete t.waiters;
+    for (const w of waiters) w.reject(err);
   }
 
   /**
@@ -186,7 +224,7 @@ export class Outbound {
    * `durable`: groups of the commit that just ended, released here after this batch is handed
    * to the writer (and before anything of this batch), so that in-order delivery holds.
    */
-  #commit(durable: Outgoing[][] = []): void {
+  #commit(durable: Turn[] = []): void {
     if (this.#deferTimer !== null) {
       clearTimeout(this.#deferTimer);
       this.#deferTimer = null;
@@ -217,7 +255,8 @@ export class Outbound {
     );
   }
 
-  #release(group: Outgoing[]): void {
+  #release(group: Turn): void {
+    if (group.waiters) for (const w of group.waiters) w.resolve();
     for (const { c, msgs, close } of group) {
       if (msgs.length > 0 && !this.#sent(c, msgs)) continue;
       if (msgs.length > 0) {
@@ -274,6 +313,7 @@ export class Outbound {
     if (this.#failed) return;
     this.#failed = true;
     this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
+    this.#rejectWaiters(new FalconetError(ErrorCode.STORE_FAILED, `the store failed: ${err.message}`));
     this.onStoreFailed(err);
   }
 }

@@ -170,6 +170,7 @@ export class DispatcherServer {
           get router() {
             return server.router;
           },
+          durable: () => server.#out.durable(),
         }),
     });
     server.#timers.push(setInterval(() => server.#tick(), config.tickMs));

@@ -16,7 +16,7 @@ import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type Task
 import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, SessionRecord, TaskRecord } from './model.js';
 import type { DurableStore, Recovered } from './durable-store.js';
-import { TASK_STATE, TASK_STATE_NAME, blobs, openDatabase, storeError, type CommitBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
+import { TASK_STATE, TASK_STATE_NAME, blobs, decodeResult, encodeResult, openDatabase, storeError, type CommitBatch, type InBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
 import type { LookupRequest, MemoRequest, WriterData, WriterReply } from './store-writer.js';
 import { Buckets } from './histogram.js';
 import type { StoredCounters } from './status.js';
@@ -93,7 +93,7 @@ export class SqliteStore implements DurableStore {
         const task: RestoredTask = {
           session: r[0], uid: r[1], id: r[2], spec: !done && r[3] ? (blobs.unpack(r[3] as Uint8Array) as TaskSpec) : null, state,
           attempt: r[5], lost: r[6], executor: r[7], submittedAt: r[8], dispatchedAt: r[9],
-          seq: done ? done[0] : null, result: done ? (blobs.unpack(done[1]) as TaskResult) : null,
+          seq: done ? done[0] : null, result: done ? decodeResult(done[1]) : null,
         };
         core.restoreTask(task);
         found[state]++;
@@ -101,7 +101,7 @@ export class SqliteStore implements DurableStore {
       }
       // Tasks that finished before their row was ever written have only their result row.
       for (const [uid, [seq, blob, session]] of results) {
-        const result = blobs.unpack(blob) as TaskResult;
+        const result = decodeResult(blob);
         const submittedAt = result.timings.submitted;
         core.restoreTask({ session, uid, id: result.id, spec: null, state: 'finished', attempt: result.attempts, lost: 0, executor: null, submittedAt, dispatchedAt: null, seq, result });
         found.finished++;
@@ -184,14 +184,26 @@ export class SqliteStore implements DurableStore {
     // disk (a dispatch and its result in one commit: the common case under load, one row update
     // fewer per task).
     this.#rows.delete(t.uid);
-    this.#results.push([t.session.id, seq, t.uid, result]);
+    // Encoded now, as the bytes the file keeps: the writer stores them without decoding them
+    // from the batch and encoding them again (sqlite.ts, encodeResult).
+    this.#results.push([t.session.id, seq, t.uid, encodeResult(result)]);
   }
 
   #touch(t: TaskRecord, state: number): void {
-    // A spec goes with the row's first write only; later writes of the row keep the stored one.
-    const spec = this.#rows.get(t.uid)?.[3] ?? null;
     const executor = state === TASK_STATE.queued ? null : (t.executor?.info.id ?? null);
-    this.#rows.set(t.uid, [t.session.id, t.uid, t.id, spec, state, t.attempt, t.lost, executor, t.submittedAt, t.dispatchedAt]);
+    const row = this.#rows.get(t.uid);
+    if (row === undefined) {
+      // A spec goes with the row's first write only; later writes of the row keep the stored one.
+      this.#rows.set(t.uid, [t.session.id, t.uid, t.id, null, state, t.attempt, t.lost, executor, t.submittedAt, t.dispatchedAt]);
+      return;
+    }
+    // Changed again before its commit (accepted and dispatched in one, the common case): the
+    // pending row is updated in place rather than replaced by a new array.
+    row[4] = state;
+    row[5] = t.attempt;
+    row[6] = t.lost;
+    row[7] = executor;
+    row[9] = t.dispatchedAt;
   }
 
   sessionChanged(s: SessionRecord): void {
@@ -255,9 +267,27 @@ export class SqliteStore implements DurableStore {
     if (this.#failure) return Promise.reject(this.#failure);
     if (!this.#writer) return null; // closed: shutdown is over
     if (this.#rows.size === 0 && this.#results.length === 0 && this.#ops.length === 0 && this.#sessions.size === 0) return null;
+    // Each row's session goes as an index into `ids` (rows are this commit's own: changed in place).
+    const ids: string[] = [];
+    const index = new Map<string, number>();
+    let last = '';
+    let at = -1;
+    const indexOf = (id: string): number => {
+      if (id !== last) {
+        last = id;
+        at = index.get(id) ?? -1;
+        if (at < 0) index.set(id, (at = ids.push(id) - 1));
+      }
+      return at;
+    };
+    const rows: Array<InBatch<TaskRow>> = [...this.#rows.values()];
+    for (const r of rows) r[0] = indexOf(r[0] as string);
+    const results: Array<InBatch<ResultRow>> = this.#results;
+    for (const r of results) r[0] = indexOf(r[0] as string);
     const batch: CommitBatch = {
-      rows: [...this.#rows.values()],
-      results: this.#results,
+      ids,
+      rows,
+      results,
       ops: this.#ops,
       sessions: [...this.#sessions].map((s) => [s.id, s.createdAt, s.acked, s.leaseMs, s.key]),
       ...(this.#counters ? { counters: JSON.stringify(this.#counters()) } : {}),
@@ -290,7 +320,7 @@ export class SqliteStore implements DurableStore {
   async lookupResults(refs: Array<{ session: string; seq: number }>): Promise<Array<TaskResult | null>> {
     const out: Array<TaskResult | null> = refs.map(({ session, seq }) => {
       const pending = this.#results.find((r) => r[0] === session && r[1] === seq);
-      return pending ? (pending[3] as TaskResult) : null;
+      return pending ? decodeResult(pending[3] as Uint8Array) : null;
     });
     const ask = refs.map((r, i) => (out[i] === null ? i : -1)).filter((i) => i >= 0);
     if (ask.length === 0 || !this.#writer || this.#failure) return out;
@@ -301,7 +331,7 @@ export class SqliteStore implements DurableStore {
     });
     ask.forEach((i, k) => {
       const blob = found[k];
-      if (blob) out[i] = blobs.unpack(blob) as TaskResult;
+      if (blob) out[i] = decodeResult(blob);
     });
     return out;
   }

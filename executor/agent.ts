@@ -53,6 +53,16 @@ export { hostAddresses, runShutdownCommand };
 
 export const EXECUTOR_VERSION = '0.1.0';
 
+/**
+ * How long the spawn helper may hold the results of commands while more wait in it, to send them
+ * together (ms), and the work the window keeps waiting for short tasks so that it can. One result
+ * at a time cost ~1 ms of CPU per `/bin/true` across the executor, the dispatcher, its store and
+ * the client; batches of this length cut that to ~0.5 ms (10 ms: ~0.7), for a result up to 20 ms
+ * late while more of the queue's tasks run, and ~40 ms of short tasks waiting per executor
+ * (bench/RESULTS.md, "Spawn"). Results come at once when nothing waits behind them.
+ */
+const RESULT_BATCH_MS = 20;
+
 export interface ExecutorOptions {
   /**
    * The dispatcher(s): one ws(s):// URL, a comma-separated list, or an array. An executor dials
@@ -190,11 +200,11 @@ export class ExecutorAgent {
       // A result carrying more would break the protocol's limit on stdout/stderr.
       throw new FalconetError(ErrorCode.USAGE, `the output limit is at most ${LIMITS.outputBytes} bytes (got ${o.outputLimit})`);
     }
-    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), helperScope: this.id, ...(o.spawner ? { spawner: o.spawner } : {}) };
+    this.#runner = { outputLimit: o.outputLimit ?? 64 * 1024, killGraceMs: o.killGraceMs ?? 2000, baseEnv: taskBaseEnv(), helperScope: this.id, resultHoldMs: RESULT_BATCH_MS, ...(o.spawner ? { spawner: o.spawner } : {}) };
     this.#queuedRunner = { ...this.#runner, helperQueue: true };
     setHelperLimit(this.#runner, this.slots);
     this.#ctx = new AttemptContext(defaultDataOptions(this.id), this.#runner, log);
-    this.#window = new AdaptiveWindow({ slots: this.slots });
+    this.#window = new AdaptiveWindow({ slots: this.slots, batchMs: RESULT_BATCH_MS });
     if (o.lifetimeMs !== undefined || o.noticeEndpoint !== undefined) {
       this.#life = new LifetimeWatch(
         {

@@ -48,6 +48,11 @@ export interface RunnerOptions {
    * waits in the helper while the limit is reached. Without it a command starts at once.
    */
   helperQueue?: boolean;
+  /**
+   * While `helperQueue` commands wait in the helper, their results may wait there up to this
+   * long (ms) to come in one batch (default 0: each at once). Set with {@link setHelperLimit}.
+   */
+  resultHoldMs?: number;
 }
 
 export interface RunningAttempt {
@@ -88,7 +93,7 @@ function helperOf(options: RunnerOptions): SpawnHelper {
  * scope); the others wait there, oldest first. No effect with `spawner: 'node'`.
  */
 export function setHelperLimit(options: RunnerOptions, n: number): void {
-  if (options.spawner !== 'node') helperOf(options).setLimit(n);
+  if (options.spawner !== 'node') helperOf(options).setLimit(n, options.resultHoldMs ?? 0);
 }
 
 /**
@@ -216,7 +221,7 @@ function commandOutcome(
   spec: TaskSpec,
   startedAt: number,
   stopReason: 'timed_out' | 'cancelled' | null,
-  captured: { stdout: string; stderr: string; truncated: boolean; exitCode: number | null; signal: NodeJS.Signals | null },
+  captured: { stdout: string; stderr: string; truncated: boolean; exitCode: number | null; signal: NodeJS.Signals | null; finishedAt?: number },
 ): Outcome {
   if (stopReason === 'timed_out') {
     return outcome('timed_out', startedAt, { ...captured, error: { code: ErrorCode.TASK_TIMEOUT, message: `timed out after ${spec.timeoutMs} ms; process group killed` } });
@@ -259,8 +264,12 @@ function runWithHelper(helper: SpawnHelper, spec: TaskSpec, argv: string[], opti
   const finish = settlement.finish;
   const onResult = (r: HelperResult) => {
     switch (r.kind) {
-      case 'exited':
-        return finish(commandOutcome(spec, startedAt, stopReason, r));
+      case 'exited': {
+        // A stop that did not reach the process (it had ended on its own, its result held in the
+        // helper's batch) does not make it timed out or cancelled: it is reported as it ended.
+        const { exitCode, signal, stdout, stderr, truncated, finishedAt } = r;
+        return finish(commandOutcome(spec, startedAt, r.killed ? stopReason : null, { exitCode, signal, stdout, stderr, truncated, finishedAt }));
+      }
       case 'spawn-failed':
         // The message Node's spawn would give (`spawn /no/such ENOENT`), so that nothing matching on it changes.
         return finish(outcome('failed', startedAt, { error: { code: ErrorCode.SPAWN_FAILED, message: `${argv[0]}: spawn ${argv[0]} ${r.code}` } }));

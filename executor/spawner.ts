@@ -13,7 +13,9 @@
  * may hand the helper more `limited` tasks than that; the extra ones wait in the helper, which
  * starts the next one as soon as a running one is reaped, without a round trip through us. The
  * helper reports each start with its time ('P'); the task's `started` callback gets it (its
- * startedAt, and when its timeout begins).
+ * startedAt, and when its timeout begins). While tasks wait there, the helper may hold the results
+ * of limited tasks for up to the hold given with the limit and send them in one batch (see
+ * "Batches" in the C source): each result carries its own finish time.
  *
  * The helper is optional: when its binary is missing, stale (wrong hello) or keeps dying, tasks
  * fall back to Node's child_process (runner.ts) after one warning. A task running in a helper that
@@ -26,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 import { pino, type Logger } from 'pino';
 
 /** Must match VERSION in spawn-helper.c; a binary built from another version is not used. */
-export const HELPER_PROTOCOL_VERSION = 3;
+export const HELPER_PROTOCOL_VERSION = 4;
 const MAGIC = 'falconet-spawn-helper';
 /** Deaths after which we stop restarting the helper and use Node's spawn for good. */
 const MAX_DEATHS = 3;
@@ -36,7 +38,21 @@ export const DEFAULT_HELPER_PATH = fileURLToPath(new URL('./falconet-spawn-helpe
 
 /** What the helper reports for one task. */
 export type HelperResult =
-  | { kind: 'exited'; exitCode: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; truncated: boolean }
+  | {
+      kind: 'exited';
+      exitCode: number | null;
+      signal: NodeJS.Signals | null;
+      stdout: string;
+      stderr: string;
+      truncated: boolean;
+      /**
+       * A kill ({@link SpawnHelper.kill}) reached the main process while it ran. False when it
+       * ended on its own, even if a kill was asked after (its result may have been held).
+       */
+      killed: boolean;
+      /** When the main process was reaped (ms since the epoch): the result may arrive later. */
+      finishedAt: number;
+    }
   /** The command did not start; `code` is the errno name (ENOENT), as Node's spawn errors carry. */
   | { kind: 'spawn-failed'; code: string; message: string }
   /**
@@ -143,6 +159,8 @@ export class SpawnHelper {
   #onStart: Array<HelperStarted | undefined> = [];
   /** The limit on limited tasks, or null for none. */
   #limit: number | null = null;
+  /** How long the helper may hold limited tasks' results to send them together, ms. */
+  #hold = 0;
   /**
    * The limit the current helper process has, and how many limited tasks it holds: the limit is
    * sent only while it matters (before a limited task, or while any is there), so that an
@@ -150,6 +168,7 @@ export class SpawnHelper {
    * no wakeups.
    */
   #limitSent: number | null = null;
+  #holdSent = 0;
   #limitedIn = 0;
   #isLimited: boolean[] = [];
   /** Where each followed task's output goes, by id. */
@@ -181,22 +200,28 @@ export class SpawnHelper {
   /**
    * Sets how many limited tasks may run at once (a whole number ≥ 0); the others wait in the
    * helper, oldest first. Lowering it stops nothing that runs: it holds back the next starts.
+   * `holdMs` (default 0: none): while tasks wait, the results of limited tasks may wait in the
+   * helper up to this long, to come in one batch (a whole number of ms).
    */
-  setLimit(n: number): void {
+  setLimit(n: number, holdMs = 0): void {
     if (!Number.isInteger(n) || n < 0) throw new RangeError(`spawn helper limit must be a whole number ≥ 0, not ${n}`);
+    if (!Number.isInteger(holdMs) || holdMs < 0) throw new RangeError(`spawn helper hold must be a whole number of ms ≥ 0, not ${holdMs}`);
     this.#limit = n;
+    this.#hold = holdMs;
     if (this.#limitedIn > 0) this.#syncLimit();
   }
 
   #syncLimit(): void {
-    if (this.#limit === this.#limitSent || this.#limit === null) return;
+    if (this.#limit === null || (this.#limit === this.#limitSent && this.#hold === this.#holdSent)) return;
     this.#limitSent = this.#limit;
-    this.#reserve(9);
+    this.#holdSent = this.#hold;
+    this.#reserve(13);
     const o = this.#outLen;
-    this.#out.writeUInt32LE(5, o);
+    this.#out.writeUInt32LE(9, o);
     this.#out[o + 4] = 0x4c; // 'L'
     this.#out.writeUInt32LE(this.#limit, o + 5);
-    this.#outLen += 9;
+    this.#out.writeUInt32LE(this.#hold, o + 9);
+    this.#outLen += 13;
     this.#queueFlush();
   }
 
@@ -262,7 +287,8 @@ export class SpawnHelper {
   #launch(): void {
     this.#ready = false;
     this.#in = null;
-    this.#limitSent = null; // a new process: no limit until told
+    this.#limitSent = null; // a new process: no limit and no hold until told
+    this.#holdSent = 0;
     const child = spawn(this.path, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.#child = child;
     child.stdin!.on('error', () => {}); // EPIPE when it died: 'close' below handles that
@@ -460,8 +486,10 @@ export class SpawnHelper {
       const exit = b.readInt32LE(start + 5);
       const sig = b.readInt32LE(start + 9);
       const truncated = b[start + 13] !== 0;
-      const outLen = b.readUInt32LE(start + 14);
-      const outStart = start + 18;
+      const killed = b[start + 14] !== 0;
+      const finishedAt = b.readUInt32LE(start + 15) + b.readUInt32LE(start + 19) * 2 ** 32;
+      const outLen = b.readUInt32LE(start + 23);
+      const outStart = start + 27;
       const errLen = b.readUInt32LE(outStart + outLen);
       const errStart = outStart + outLen + 4;
       done({
@@ -471,6 +499,8 @@ export class SpawnHelper {
         stdout: outLen === 0 ? '' : b.toString('utf8', outStart, outStart + outLen),
         stderr: errLen === 0 ? '' : b.toString('utf8', errStart, errStart + errLen),
         truncated,
+        killed,
+        finishedAt,
       });
     } else if (type === 0x46 /* F */) {
       const errno = b.readInt32LE(start + 5);

@@ -9,7 +9,9 @@
  * freed slot's request travels: that many waiting locally keep the slots busy. So
  *
  *     extra = 0                                  when d > longRoundTrips × R
- *     extra = min(maxExtra, ⌈gain × slots × R / d⌉)  otherwise
+ *     extra = min(maxExtra, ⌈gain × slots × max(R, batchMs) / d⌉)  otherwise
+ *
+ * (`batchMs`, 0 unless set: a floor that leaves room for results to travel in batches.)
  *
  * A task waiting locally then waits about `extra × d / slots ≈ gain × R` for a slot: no longer
  * than the round trip it saves (times the gain). For tasks of ten round trips or more (the
@@ -58,6 +60,13 @@ export interface WindowOptions {
   maxLongExtra?: number;
   /** With stealing: long tasks keep a window only when the slots finish this many tasks per ms or more (default 1). */
   longMinRate?: number;
+  /**
+   * Keep at least this much work (ms of slot time, times the gain) waiting for short tasks, even
+   * when the round trip is shorter (default 0): so that results can travel in batches (the spawn
+   * helper holds results while tasks wait in it) without the slots running dry meanwhile. Does
+   * not move the long-task guard, which uses the round trip alone.
+   */
+  batchMs?: number;
 }
 
 /** Round trip samples are kept within these bounds (ms): a clock jump or a stall is one sample, not the estimate. */
@@ -81,6 +90,7 @@ export class AdaptiveWindow {
   readonly maxLongExtra: number;
   readonly longMinRate: number;
   #stealing: boolean;
+  readonly batchMs: number;
   /** Typical run time of a task, ms; null until the first task ends (no window before it). */
   #duration: number | null = null;
   #rtt: number;
@@ -93,6 +103,7 @@ export class AdaptiveWindow {
     this.longRoundTrips = o.longRoundTrips ?? 10;
     this.#rtt = o.initialRoundTripMs ?? 1;
     this.#stealing = o.stealing ?? false;
+    this.batchMs = Math.max(0, o.batchMs ?? 0);
     this.longShare = Math.max(0, o.longShare ?? 1);
     this.maxLongExtra = Math.max(0, Math.floor(o.maxLongExtra ?? 100_000));
     this.longMinRate = Math.max(0, o.longMinRate ?? 1);
@@ -148,7 +159,7 @@ export class AdaptiveWindow {
     // Before the first task ends nothing is known of its length: exactly the slots (what status
     // shows as running is running), as without stealing.
     if (d === null) this.#extra = 0;
-    else if (d <= this.longRoundTrips * this.#rtt) this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * this.#rtt) / d));
+    else if (d <= this.longRoundTrips * this.#rtt) this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * Math.max(this.#rtt, this.batchMs)) / d));
     else if (!this.#stealing || this.slots < this.longMinRate * d) this.#extra = 0;
     else this.#extra = Math.min(this.maxLongExtra, Math.max(Math.ceil((this.gain * this.slots * this.#rtt) / d), Math.ceil(this.longShare * this.slots)));
     return this.#extra;

@@ -377,3 +377,27 @@ test('watch of an unknown session is an error, not an empty stream', { timeout: 
   assert.equal(r.code, 1);
   assert.match(r.stderr, /NOT_FOUND/);
 });
+
+test('an HTTP submit is answered only once its tasks are on disk: kill -9 right after the answer loses none', { timeout: 120_000 }, async (t) => {
+  const procs = new Procs();
+  t.after(() => procs.killAll());
+  const port = await freePort();
+  const dataDir = procs.tmpDir();
+  // A long lease makes the periodic tick slow (a quarter of it, at most 250 ms): a commit that
+  // waited for it would come well after the answer.
+  const flags = ['--lease-ms', '30000'];
+  let d = await dispatcherAt(procs, port, dataDir, flags);
+  const http = d.url.replace(/^ws/, 'http');
+  for (let round = 0; round < 3; round++) {
+    const ids = Array.from({ length: 20 }, (_, i) => `h${round}-${i}`);
+    const res = await fetch(`${http}/api/tasks`, { method: 'POST', body: JSON.stringify(ids.map((id) => ({ id, builtin: 'noop' }))) });
+    assert.equal(res.status, 200, await res.clone().text());
+    const { session } = (await res.json()) as { session: string };
+    await kill9(d);
+    d = await dispatcherAt(procs, port, dataDir, flags);
+    for (const id of [ids[0], ids[19]]) {
+      const found = await fetch(`${d.url.replace(/^ws/, 'http')}/api/tasks/${id}?session=${session}`);
+      assert.equal(found.status, 200, `${id} was acknowledged, so it survives kill -9: ${await found.text()}`);
+    }
+  }
+});

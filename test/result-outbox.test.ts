@@ -5,8 +5,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ErrorCode, LIMITS, compileInbound, ExecutorMessageSchemas, type AttemptResult, type ExecutorMessage } from '../protocol/index.js';
-import { ResultOutbox, fitResult } from '../executor/delivery.js';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { AttemptResultSchema, ErrorCode, LIMITS, compileInbound, ExecutorMessageSchemas, type AttemptResult, type ExecutorMessage } from '../protocol/index.js';
+import { ATTEMPT_RESULT_KEYS, ResultOutbox, fitResult } from '../executor/delivery.js';
 
 const validate = compileInbound<ExecutorMessage>(ExecutorMessageSchemas);
 
@@ -99,4 +101,67 @@ test('fitResult leaves a result within the limits untouched, and sets truncated 
   assert.equal(longError.error!.message.length, LIMITS.errorChars);
   const alreadyCut = fitResult(result(4, 1, { stdout: 'x', truncated: true }));
   assert.equal(alreadyCut.truncated, true, 'the runner\'s own truncation is kept');
+});
+
+test('held results follow a model of the outbox through growth, compaction, replacements and acks, plain and not', { timeout: 60_000 }, () => {
+  // The reference: what the outbox promises (insertion order, replace moves to the end), as a Map.
+  const model = new Map<string, AttemptResult>();
+  const box = new ResultOutbox();
+  let seed = 7;
+  const random = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+  const kinds: Array<Partial<AttemptResult>> = [
+    {},
+    { status: 'failed', exitCode: 3 },
+    { status: 'cancelled', exitCode: null },
+    { stdout: 'out' },
+    { signal: 'SIGTERM', exitCode: null, status: 'failed' },
+    { error: { code: ErrorCode.TASK_TIMEOUT, message: 'slow' }, status: 'timed_out' },
+    { startedAt: 1764740000123.25, finishedAt: 1764740000999 },
+  ];
+  for (let step = 0; step < 20_000; step++) {
+    const uid = random(400) + 2 ** 40; // past 2^31: numbers a small integer cannot hold
+    const attempt = 1 + random(3);
+    if (random(3) === 0) {
+      const acked = box.ack([{ uid, attempt }]);
+      assert.equal(acked, model.delete(`${uid}:${attempt}`) ? 1 : 0);
+    } else {
+      const r = result(uid, attempt, kinds[random(kinds.length)]);
+      box.add(r);
+      model.delete(`${uid}:${attempt}`);
+      model.set(`${uid}:${attempt}`, r);
+    }
+    if (step % 997 === 0 || step > 19_990) {
+      assert.deepStrictEqual(box.pending(), [...model.values()]);
+      assert.deepStrictEqual(box.refs(), [...model.values()].map((r) => ({ uid: r.uid, attempt: r.attempt })));
+    }
+    assert.equal(box.size, model.size);
+  }
+  // One result never acknowledged while many come and go: the ring compacts, it does not grow.
+  const old = new ResultOutbox();
+  old.add(result(1));
+  for (let i = 2; i < 100_000; i++) {
+    old.add(result(i));
+    old.ack([{ uid: i, attempt: 1 }]);
+  }
+  assert.deepStrictEqual(old.pending(), [result(1)]);
+});
+
+test('a plain result is held as numbers, not as the object it came in; every key of the protocol is known', { timeout: 60_000 }, async () => {
+  // A key added to AttemptResult must be known here, or a plain result would lose it.
+  assert.deepStrictEqual([...ATTEMPT_RESULT_KEYS].sort(), Object.keys(AttemptResultSchema.properties).sort());
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const box = new ResultOutbox();
+  const refs: Array<WeakRef<AttemptResult>> = [];
+  (() => {
+    for (let i = 0; i < 100; i++) refs.push(new WeakRef(box.add(result(i))));
+    refs.push(new WeakRef(box.add(result(100, 1, { stdout: 'kept as it is' }))));
+  })();
+  // A WeakRef keeps its target for the rest of the job that made it: collect after this turn.
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+  assert.equal(box.size, 101);
+  assert.equal(refs.slice(0, 100).filter((r) => r.deref() !== undefined).length, 0, 'no plain result object survives while held');
+  assert.ok(refs[100].deref(), 'a result with output is held as its object');
+  assert.deepStrictEqual(box.pending().slice(0, 2), [result(0), result(1)]);
 });

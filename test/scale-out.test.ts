@@ -98,14 +98,27 @@ test('three dispatchers on one database: 20,000 tasks exactly once while one is 
   const ids: string[] = [];
   const seen = new Map<string, number>();
   let done = 0;
-  const reached = (k: number): Promise<void> => waitFor(`${k} results`, () => done >= k, 300_000).then(() => undefined);
+  // What a failure shows: each client's connections, its cursor and how many results it read.
+  const history: string[][] = [[], [], []];
+  const got = [0, 0, 0];
+  const diagnose = (): string =>
+    clients.map((cl, i) => `client ${i}: ${got[i]} results, cursor ${cl.session.cursor}, outstanding ${cl.outstanding}, ${history[i].join(' → ')}`).join('; ');
+  const reached = (k: number): Promise<void> =>
+    waitFor(`${k} results`, () => done >= k, 300_000).then(
+      () => undefined,
+      (err: Error) => {
+        throw new Error(`${err.message}: ${diagnose()}`);
+      },
+    );
   const work: Promise<void>[] = [];
   for (let c = 0; c < 3; c++) {
     const client = await connect(list(c), { connectTimeoutMs: 120_000 });
     clients.push(client);
+    const at = Date.now();
+    client.onState((ch) => history[c].push(`${Date.now() - at}ms ${ch.state}${ch.resumed !== undefined ? ` resumed=${ch.resumed}` : ''} ${ch.dispatcher ?? ''} (cursor ${client.session.cursor}, read ${got[c]})${ch.reason ? ` ${ch.reason}` : ''}`));
     const mine = Array.from({ length: PER[c] }, (_, i) => `c${c}-${i}`);
     ids.push(...mine);
-    work.push(collect(client, mine.length, seen, () => done++));
+    work.push(collect(client, mine.length, seen, () => (done++, got[c]++)));
     void client.submitMany(mine.map((id) => ({ id, builtin: 'sleep' as const, ms: 1 })), { until: 'accepted' }).catch(() => {});
   }
   await reached(4000);
@@ -114,8 +127,13 @@ test('three dispatchers on one database: 20,000 tasks exactly once while one is 
   const term = exited(ds[1].proc, 60_000, 'the SIGTERMed dispatcher');
   ds[1].proc.kill('SIGTERM');
   assert.equal((await term).code, 0, 'a graceful stop');
+  await Promise.race([Promise.all(work), reached(ids.length)]);
   await Promise.all(work);
-  exactlyOnce(seen, ids);
+  try {
+    exactlyOnce(seen, ids);
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; ${diagnose()}`);
+  }
   // The survivor comes to hold every partition (the stopped one's at once, the killed one's after its leases).
   await waitFor('the survivor holding every partition', async () => {
     const left = await dispatchers(ds[2]);

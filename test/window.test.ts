@@ -40,6 +40,21 @@ test('policy: the window is about gain × slots × round trip / run time, and 0 
   assert.equal(far.extra, 0, 'tasks over ten times the largest round trip: never a window');
 });
 
+test('policy: batchMs keeps that much work waiting for short tasks whatever the round trip, and leaves the long-task guard to the round trip', { timeout: 10_000 }, () => {
+  const plain = new AdaptiveWindow({ slots: 1, initialRoundTripMs: 0.5 });
+  const batched = new AdaptiveWindow({ slots: 1, initialRoundTripMs: 0.5, batchMs: 10 });
+  for (let i = 0; i < 100; i++) {
+    plain.taskRan(1);
+    batched.taskRan(1);
+  }
+  // d → 1 ms: 2 × 1 × 0.5 / 1 = 1 without the floor; 2 × 1 × 10 / 1 = 20 with it.
+  assert.equal(plain.extra, 1);
+  assert.ok(batched.extra >= 20 && batched.extra <= 21, `a 10 ms batch of 1 ms tasks: ${batched.extra}`);
+  // A task of 20 ms is 40 round trips: no window, floor or not (the floor does not move the guard).
+  batched.taskRan(40);
+  assert.equal(batched.extra, 0, `long tasks get no window (estimates ${JSON.stringify(batched.estimates)})`);
+});
+
 test('policy: announcing only changes worth a message', { timeout: 10_000 }, () => {
   assert.equal(worthAnnouncing(0, 0), false);
   assert.equal(worthAnnouncing(0, 1), true);
