@@ -81,6 +81,16 @@ async function roleLoad(url: string, tasks: number, ms: number, slots: number): 
 
 
 
+/** The dispatcher's work-stealing counters (0 from a dispatcher without them; NaN if /metrics did not answer: a note, not a failure). */
+async function steals(url: string): Promise<{ asked: number; returned: number }> {
+  // Once more on a failure: a kept-alive socket the dispatcher closed meanwhile fails the first try.
+  const get = () => fetch(url.replace(/^ws/, 'http') + '/metrics').then((r) => r.text(), () => null);
+  const text = (await get()) ?? (await get());
+  if (text === null) return { asked: NaN, returned: NaN };
+  const read = (name: string) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  return { asked: read('falconet_steals_total'), returned: read('falconet_tasks_stolen_total') };
+}
+
 interface Cell {
   slots: number;
   ms: number;
@@ -185,6 +195,7 @@ async function main(): Promise<void> {
       execFileSync(process.execPath, [SELF, '--role', 'load', '--url', url, '--tasks', String(slots), '--ms', '10'], { stdio: ['ignore', 'ignore', 'inherit'] });
       for (let r = 0; r < runs; r++) {
         for (const c of mine) {
+          const stealsBefore = await steals(url);
           const f = JSON.parse(
             execFileSync(process.execPath, [...cpuProfFlags('client'), SELF, '--role', 'load', '--url', url, '--tasks', String(c.tasks), '--ms', String(c.ms), '--wave-slots', String(slots)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }),
           ) as LoadFigures;
@@ -193,7 +204,8 @@ async function main(): Promise<void> {
           c.failed += f.failed;
           process.stderr.write(`${slots} slots, ${c.ms} ms × ${c.tasks}: ${f.seconds.toFixed(3)} s, efficiency ${((100 * c.idealS) / f.seconds).toFixed(1)}% (run ${r + 1}/${runs})\n`);
           const tl = f.timeline;
-          process.stderr.write(`  started (first–last of each wave, ms): ${tl.waveStarts.map(([a, b]) => `${a}–${b}`).join(', ')}; last finished ${tl.lastFinished}, its result at the client ${tl.lastResult}\n`);
+          const stealsAfter = await steals(url);
+          process.stderr.write(`  started (first–last of each wave, ms): ${tl.waveStarts.map(([a, b]) => `${a}–${b}`).join(', ')}; last finished ${tl.lastFinished}, its result at the client ${tl.lastResult}; steals ${stealsAfter.asked - stealsBefore.asked}, tasks stolen ${stealsAfter.returned - stealsBefore.returned}\n`);
         }
       }
     });

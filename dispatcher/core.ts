@@ -9,6 +9,7 @@
 import {
   ErrorCode,
   PROTOCOL_VERSION,
+  STEAL_CAP,
   WINDOW_CAP,
   fitText,
   LIMITS,
@@ -40,6 +41,7 @@ import { Rates, snapshotOf, type StatusSnapshot, type StoredCounters } from './s
 import { LogStreams, type LogMessage } from './log-streams.js';
 import { PartitionHost } from './partition-host.js';
 import { Memo, type MemoLoader } from './memo.js';
+import { Stealer } from './steal.js';
 
 /** How long a restarted dispatcher waits at least for the executors of its store to come back. */
 const RESTORE_GRACE_MS = 12_000;
@@ -112,6 +114,8 @@ export class DispatcherCore {
   /** Readers of live output (`logs`): empty, and free, unless someone reads. */
   readonly #logs: LogStreams;
   readonly #memo: Memo;
+  /** Work stealing: takes tasks that have not started back from busy executors for free slots. */
+  readonly #stealer: Stealer;
   /** Several dispatchers over one database: this one's partitions (inert when alone). */
   readonly partitions: PartitionHost;
 
@@ -137,6 +141,7 @@ export class DispatcherCore {
     this.#extras = new TaskExtras(this.#tasks);
     this.#tasks.extras = this.#extras;
     this.#tasks.observer = this.#logs;
+    this.#stealer = new Stealer(this.#registry, this.#scheduler, this.#tasks, out);
     this.view = new CoreView(this, this.#sessions, this.#registry, this.#scheduler, this.#tasks);
     this.partitions = new PartitionHost(this.#sessions, this.#registry, this.#tasks, clock, ids, out);
   }
@@ -297,8 +302,11 @@ export class DispatcherCore {
 
   // ---- executors --------------------------------------------------------------------------------
 
-  /** An executor passed the handshake: register it, or resume it and reconcile what it runs. */
-  registerExecutor(conn: ConnId, received: ExecutorInfo): void {
+  /**
+   * An executor passed the handshake: register it, or resume it and reconcile what it runs.
+   * `caps`: its hello's capabilities (`steal`: it may be asked to give back tasks).
+   */
+  registerExecutor(conn: ConnId, received: ExecutorInfo, caps: readonly string[] = []): void {
     // A copy: strings decoded from a frame can be slices of one string of the whole frame, and
     // the record lives as long as the executor (19,000 retained hello frames add up).
     const info = structuredClone(received);
@@ -308,6 +316,7 @@ export class DispatcherCore {
       return;
     }
     const { exec, displaced, missing } = registered;
+    this.#stealer.reset(exec, caps.includes(STEAL_CAP));
     if (info.draining) {
       exec.draining = true; // it drains on its own (its end is near): see executorLifetime
       this.#registry.stopCredit(exec);
@@ -323,7 +332,8 @@ export class DispatcherCore {
       heartbeatMs: this.options.heartbeatMs,
       leaseMs: this.options.leaseMs,
       maxFrameBytes: this.options.maxFrameBytes,
-      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', 'lifetime', ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
+      // `steal`: this dispatcher takes back tasks that have not started (steal.ts), so a window may hold long tasks too.
+      caps: ['batch', 'push', 'pull', 'cancel', 'drain', 'ack', 'lifetime', STEAL_CAP, ...(this.options.prefetch === 'auto' ? [WINDOW_CAP] : [])],
     });
     // Attempts it runs that are no longer its own (re-queued after its lease, or finished). Those
     // of another dispatcher's partitions (it moved here when its own died) run on: their results
@@ -350,6 +360,18 @@ export class DispatcherCore {
   window(conn: ConnId, extra: number): void {
     const exec = this.#registry.seen(conn, this.clock.now());
     if (exec && this.options.prefetch === 'auto') this.#registry.setExtra(exec, extra);
+  }
+
+  /** A push-mode executor answered `steal` with the attempts it gave back (steal.ts). */
+  returned(conn: ConnId, tasks: ReadonlyArray<{ uid: number; attempt: number }>): void {
+    const now = this.clock.now();
+    const exec = this.#registry.seen(conn, now);
+    if (exec) this.#stealer.returned(exec, tasks, now);
+  }
+
+  /** Steals asked and tasks given back since start. */
+  get steals(): { asked: number; returned: number } {
+    return { ...this.#stealer.stats };
   }
 
   /** Any sign of life from an executor renews its lease; heartbeats also carry its data counters and holdings. */
@@ -451,7 +473,9 @@ export class DispatcherCore {
 
   /** Matches queued tasks to executors with credit. Call once per batch of inbound messages. */
   schedule(): void {
-    this.#scheduler.schedule(this.clock.now());
+    const now = this.clock.now();
+    this.#scheduler.schedule(now);
+    this.#stealer.pass(now);
   }
 
   // ---- recovery: the store hands back what it kept, before the dispatcher serves ---------------

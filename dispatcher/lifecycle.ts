@@ -53,6 +53,11 @@ export class TaskLifecycle {
   #partitionOf: ((session: SessionRecord) => number) | null = null;
   /** Attempts started since this dispatcher started (for the dispatch rate). */
   dispatched = 0;
+  /**
+   * Attempts given back unstarted (work stealing) whose next dispatch is not counted again, so that
+   * `dispatched` stays monotonic (a metrics counter) and counts each attempt once in aggregate.
+   */
+  #givenBack = 0;
   /** Told when an attempt is re-queued and when a task finishes (the live output readers). */
   observer: AttemptObserver | null = null;
 
@@ -154,7 +159,8 @@ export class TaskLifecycle {
     task.dispatchedAt = now;
     this.registry.hold(exec, task);
     if (task.element !== null) this.extras!.elementDispatched(task);
-    this.dispatched++;
+    if (this.#givenBack > 0) this.#givenBack--;
+    else this.dispatched++;
     this.journal.taskDispatched(task);
     const gpus = task.gpus;
     this.out.toExecutor(exec.conn!, gpus === null ? { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec } : { t: 'task', uid: task.uid, attempt: task.attempt, spec: task.spec, gpus });
@@ -201,6 +207,32 @@ export class TaskLifecycle {
     this.registry.unhold(exec, task.uid, this.clock.now());
     task.handedBack = { exec, attempt: task.attempt };
     this.#ended(task, { kind });
+  }
+
+  /**
+   * Work stealing (steal.ts): `exec` gave back an attempt that never started. It is no retry and
+   * no hand-back: the attempt number is undone (the next assignment reuses it, and only the
+   * executor holding an attempt may report it, so the giver cannot speak for it) and no counter
+   * moves. Returns true when the task is to be queued again (false: it was cancelled meanwhile
+   * and ends here).
+   */
+  givenBack(task: TaskRecord, exec: ExecutorRecord): boolean {
+    this.registry.unhold(exec, task.uid, this.clock.now());
+    this.registry.returnCredit(exec);
+    this.#givenBack++;
+    task.attempt--;
+    task.executor = null;
+    // An array element back before its first start waits for its first dispatch again: its
+    // array's window counts it (arrays.ts counts a dispatch at attempt 1, a finish at attempt 0).
+    if (task.element !== null && task.attempt === 0) task.element.window++;
+    if (task.cancelRequested) {
+      this.finish(task, null, 'cancelled', { code: ErrorCode.TASK_CANCELLED, message: 'cancelled before it started' });
+      return false;
+    }
+    task.state = 'queued';
+    this.journal.taskRequeued(task);
+    this.observer?.requeued(task, 'given back before it started (work stealing)');
+    return true;
   }
 
   #ended(task: TaskRecord, end: AttemptEnd): void {

@@ -153,6 +153,8 @@ export function metricsFor(core: CoreView, server?: ServerCounters): Registry {
   counter(registry, 'falconet_tasks_submitted_total', `Tasks accepted ${STORED}`, () => core.rates.submitted);
   counter(registry, 'falconet_tasks_dispatched_total', `Attempts started: tasks sent to an executor, retries included ${STORED}`, () => core.dispatched);
   counter(registry, 'falconet_tasks_retried_total', `Attempts that ended and sent their task back to the queue (crash, retryable error, hand-back) ${STORED}`, () => core.rates.retried);
+  counter(registry, 'falconet_steals_total', `Work stealing: steal requests sent to executors holding tasks that had not started ${PROCESS}`, () => core.steals.asked);
+  counter(registry, 'falconet_tasks_stolen_total', `Work stealing: tasks executors gave back, not started, for free slots elsewhere (not retries) ${PROCESS}`, () => core.steals.returned);
   counter(registry, 'falconet_tasks_finished_total', `Tasks finished, by status ${STORED}`, () => core.rates.finished, 'status');
   histogram(registry, 'falconet_task_queue_wait_seconds', `Finished tasks: submitted to (last) dispatched, dispatcher clock ${PROCESS}`, () => core.rates.queueWait);
   histogram(registry, 'falconet_task_dispatch_to_start_seconds', `Finished tasks: dispatched to started on the executor (includes clock skew between hosts) ${PROCESS}`, () => core.rates.dispatchToStart);

@@ -111,6 +111,12 @@ export interface ExecutorRecord {
   capacity: ExecutorCapacity | null;
   /** Held for a long-waiting large request (the scheduler's reservation): it takes nothing else until that starts. */
   reservedFor: RequestLane | null;
+  /** Its hello announced `steal`: it may be asked to give back tasks that have not started (steal.ts). */
+  steals: boolean;
+  /** Tasks asked back by the `steal` in flight to it (0: none in flight; one at a time). */
+  stealAsked: number;
+  /** Not asked again before this time: what it gave back last found no free slot (no ping-pong). */
+  stealPausedUntil: number;
 }
 
 export interface SessionRecord {
@@ -222,7 +228,7 @@ export function newSession(id: string, createdAt: number, leaseMs: number | null
 
 /** An executor record holding no attempts; `now` starts its lease. */
 export function newExecutor(info: ExecutorInfo, conn: ConnId | null, registeredAt: number, now: number): ExecutorRecord {
-  return { info, conn, running: new Map(), credit: 0, extra: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null, capacity: null, reservedFor: null };
+  return { info, conn, running: new Map(), credit: 0, extra: 0, draining: false, registeredAt, lastSeen: now, fits: null, completed: 0, leaving: false, idleSince: now, data: null, holds: null, capacity: null, reservedFor: null, steals: false, stealAsked: 0, stealPausedUntil: 0 };
 }
 
 /** A task record in the `queued` state. */

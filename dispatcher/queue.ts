@@ -21,6 +21,11 @@ export class Deque<T> {
   push(item: T): void {
     this.#items.push(item);
   }
+  /** Puts an item before the head (O(1) while shifted room is left; rare otherwise). */
+  unshift(item: T): void {
+    if (this.#head > 0) this.#items[--this.#head] = item;
+    else this.#items.unshift(item);
+  }
   peek(): T | undefined {
     return this.#items[this.#head];
   }
@@ -103,8 +108,11 @@ export class TaskQueue {
     return this.#order.length > 0 ? this.#order[0] : -Infinity;
   }
 
-  /** Appends a task (state must already be 'queued'). */
-  push(task: TaskRecord): void {
+  /**
+   * Appends a task (state must already be 'queued'); `front`: before the others of its session,
+   * priority and labels (a task given back by work stealing keeps its place at the head).
+   */
+  push(task: TaskRecord, front = false): void {
     task.queueGen = ++this.#gen;
     let level = this.#levels.get(task.priority);
     if (!level) {
@@ -125,7 +133,8 @@ export class TaskQueue {
       lane = new Deque();
       lanes.byLabel.set(task.labelKey, lane);
     }
-    lane.push({ task, gen: task.queueGen });
+    if (front) lane.unshift({ task, gen: task.queueGen });
+    else lane.push({ task, gen: task.queueGen });
     lanes.size++;
     this.#size++;
   }

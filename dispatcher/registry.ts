@@ -28,6 +28,12 @@ export class ExecutorRegistry {
   readonly #byConn = new Map<ConnId, ExecutorRecord>();
   /** Executors with credit, visited by the scheduler. */
   readonly hungry = new Set<ExecutorRecord>();
+  /**
+   * Executors that announced `steal` and hold more attempts than slots (some wait in their local
+   * queue, or their results are on the way): where work stealing looks (steal.ts), kept in step
+   * by hold/unhold so that an idle fleet costs a turn nothing.
+   */
+  readonly backlogged = new Set<ExecutorRecord>();
   /** Executors by the locality keys their caches hold: who a task may wait for (max-cache-hit). */
   readonly #holders = new Map<string, Set<ExecutorRecord>>();
   /**
@@ -138,6 +144,13 @@ export class ExecutorRegistry {
     exec.running.set(task.uid, task);
     exec.credit--;
     exec.idleSince = null;
+    if (exec.steals && exec.running.size > exec.info.slots) this.backlogged.add(exec);
+  }
+
+  /** Puts `exec` in or out of `backlogged` after its `steals` or its attempts changed outside hold/unhold. */
+  refreshBacklog(exec: ExecutorRecord): void {
+    if (exec.steals && exec.running.size > exec.info.slots) this.backlogged.add(exec);
+    else this.backlogged.delete(exec);
   }
 
   /** Takes an attempt off an executor; an executor left with none starts its idle clock. */
@@ -148,6 +161,7 @@ export class ExecutorRegistry {
       task.gpus = null;
     }
     exec.running.delete(uid);
+    if (exec.running.size <= exec.info.slots) this.backlogged.delete(exec);
     if (exec.running.size === 0) exec.idleSince ??= now;
   }
 
@@ -182,6 +196,7 @@ export class ExecutorRegistry {
     this.#byId.delete(exec.info.id);
     this.journal.executorRemoved(exec);
     this.hungry.delete(exec);
+    this.backlogged.delete(exec);
     this.setHolds(exec, null);
     if (exec.conn !== null) this.#byConn.delete(exec.conn);
     return [...exec.running.values()];

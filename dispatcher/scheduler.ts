@@ -69,12 +69,12 @@ export class Scheduler {
     return this.queue.size + this.requests.size;
   }
 
-  /** Queues a task (its state is already `queued`), indexing it by the data it needs. */
-  enqueue(task: TaskRecord): void {
+  /** Queues a task (its state is already `queued`), indexing it by the data it needs; `front`: at the head of its lane. */
+  enqueue(task: TaskRecord, front = false): void {
     if (task.labelKey !== '' && !this.#labelsByKey.has(task.labelKey)) this.#labelsByKey.set(task.labelKey, task.spec.labels!);
     // Tasks with requests are packed, never sent by the cache-hit pass: they are not indexed by data.
     if (task.request !== null) return this.requests.push(task);
-    this.queue.push(task);
+    this.queue.push(task, front);
     for (const key of task.locality ?? []) {
       let set = this.#byLocality.get(key);
       if (!set) this.#byLocality.set(key, (set = new Set()));
@@ -100,6 +100,20 @@ export class Scheduler {
     const packing = this.requests.size > 0;
     if (packing || this.#reserved !== null) this.#reserve(now);
     const waits = this.options.dataPolicy === 'max-cache-hit' && this.#byLocality.size > 0;
+    // Free slots before windows: with several executors, each first takes what its idle slots can
+    // start now, and only then fills its window (the tasks that wait on it). Otherwise the first
+    // executor visited would take its whole window (up to a wave of long tasks) while another's
+    // slots idle, doubling a burst's ramp.
+    if (!packing && this.#reserved === null && hungry.size > 1 && this.queue.size > 0) {
+      for (const exec of hungry) {
+        const free = Math.min(exec.credit, exec.info.slots - exec.running.size);
+        if (free <= 0 || exec.conn === null || exec.draining || exec.reservedFor !== null) continue;
+        const holder = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+        const skip = exec.info.endsAt === undefined ? holder : outlasting(exec.info.endsAt - now, holder);
+        for (const task of this.queue.take(free, this.#fitsFor(exec), skip)) this.dispatch(task, exec, now);
+        if (this.queue.size === 0) return;
+      }
+    }
     for (const exec of hungry) {
       if (exec.credit <= 0 || exec.conn === null || exec.draining) {
         hungry.delete(exec); // lazy pruning: see the credit invariant in registry.ts
@@ -126,6 +140,40 @@ export class Scheduler {
       if (exec.credit <= 0) hungry.delete(exec);
       if (this.queue.size === 0 && this.requests.size === 0) break;
     }
+  }
+
+  /**
+   * Tasks given back by work stealing (steal.ts): each goes straight to an executor with a free
+   * slot that fits it (a slot that would otherwise idle: the reason it was stolen), else to the
+   * head of the queue. Returns how many found no free slot (the giver is then not asked again
+   * for a while: steal.ts).
+   */
+  placeReturned(tasks: readonly TaskRecord[], now: number): number {
+    // Under max-cache-hit a task that should wait for the executor holding its inputs (the one
+    // that gave it back, usually) does not go to a free slot elsewhere: it goes back to the queue.
+    const waits = this.options.dataPolicy === 'max-cache-hit';
+    const free: ExecutorRecord[] = [];
+    for (const exec of this.registry.hungry) {
+      if (exec.conn !== null && !exec.draining && exec.reservedFor === null && exec.credit > 0 && exec.running.size < exec.info.slots) free.push(exec);
+    }
+    let unplaced = 0;
+    for (const task of tasks) {
+      let to: ExecutorRecord | undefined;
+      for (let i = 0; i < free.length && to === undefined; i++) {
+        const exec = free[i];
+        if (exec.credit <= 0 || exec.running.size >= exec.info.slots) {
+          free.splice(i--, 1);
+          continue;
+        }
+        if (this.fits(task, exec) && !tooLongFor(exec, task, now) && !(waits && this.#waitsForHolder(task, exec, now))) to = exec;
+      }
+      if (to !== undefined) this.dispatch(task, to, now);
+      else {
+        this.enqueue(task, true);
+        unplaced++;
+      }
+    }
+    return unplaced;
   }
 
   /**

@@ -372,7 +372,7 @@ export class DispatcherServer {
       if (refused) return this.#out.fail(c, refused);
       this.#tellPeers(c, msg.caps);
     } else {
-      this.core.registerExecutor(c.id, msg.executor);
+      this.core.registerExecutor(c.id, msg.executor, msg.caps);
       this.#tellPeers(c, msg.caps);
       this.log.info({ executor: msg.executor.id, slots: msg.executor.slots, addresses: msg.executor.addresses }, 'executor registered');
     }
@@ -469,6 +469,8 @@ export class DispatcherServer {
         return this.core.attemptOutput(c.id, msg);
       case 'window':
         return this.core.window(c.id, msg.extra);
+      case 'returned':
+        return this.core.returned(c.id, msg.tasks);
       case 'hb':
         return this.core.executorSeen(c.id, msg.data, msg.holds);
       case 'bye':

@@ -52,12 +52,17 @@ function executorView(e: ExecutorRecord): ExecutorView {
 
 export class CoreView {
   constructor(
-    private readonly core: { readonly startedAt: number; readonly rates: Rates },
+    private readonly core: { readonly startedAt: number; readonly rates: Rates; readonly steals: { asked: number; returned: number } },
     private readonly sessions: SessionTable,
     private readonly registry: ExecutorRegistry,
     private readonly scheduler: Scheduler,
     private readonly tasks: TaskLifecycle,
   ) {}
+
+  /** Work stealing since start: `steal` messages sent, tasks given back (steal.ts). */
+  get steals(): { asked: number; returned: number } {
+    return this.core.steals;
+  }
 
   get startedAt(): number {
     return this.core.startedAt;

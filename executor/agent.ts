@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import {
   PROTOCOL_VERSION,
   RECORDS_CAP,
+  STEAL_CAP,
   PEERS_CAP,
   WINDOW_CAP,
   ErrorCode,
@@ -227,7 +228,7 @@ export class ExecutorAgent {
       url: dispatcherUrls(o.url),
       order: o.dispatcherOrder ?? 'random',
       validate: compileInbound<DispatcherToExecutor>(DispatcherToExecutorSchemas),
-      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP, PEERS_CAP], executor: this.#info() }),
+      hello: () => ({ t: 'hello', v: PROTOCOL_VERSION, role: 'executor', ...(o.token ? { token: o.token } : {}), caps: ['batch', 'push', 'pull', RECORDS_CAP, PEERS_CAP, STEAL_CAP], executor: this.#info() }),
       onUp: (welcome) => {
         this.#lifetimeCap = welcome.t === 'welcome' && welcome.caps.includes('lifetime');
         this.#onUp(welcome.t === 'welcome' ? welcome.caps : []);
@@ -365,6 +366,7 @@ export class ExecutorAgent {
     this.#holdsSent = -1; // a new connection (maybe a new dispatcher) learns the holdings again
     // A welcome starts the window at the slots on the dispatcher's side: say ours again.
     this.#windowed = (this.o.mode ?? 'push') === 'push' && caps.includes(WINDOW_CAP);
+    this.#window.setStealing(caps.includes(STEAL_CAP));
     this.#announced = 0;
     this.#probe = null;
     if (this.#window.extra > 0) this.#announce();
@@ -413,6 +415,8 @@ export class ExecutorAgent {
         const held = run !== undefined || this.#queued.get(msg.uid)?.attempt === msg.attempt;
         return this.#live.order(msg.uid, msg.attempt, msg.on, run, held);
       }
+      case 'steal':
+        return this.#giveBack(msg.n);
       case 'peers':
         this.#link.learn(msg.urls);
         this.log.info({ dispatchers: msg.urls }, 'live dispatchers');
@@ -426,6 +430,25 @@ export class ExecutorAgent {
         this.log.warn({ code: msg.code }, msg.message);
         return;
     }
+  }
+
+  /**
+   * Work stealing: gives back up to `n` tasks of the local queue, newest first (they would start
+   * last), and names them. Only tasks that have not started are in that queue (a command handed to
+   * the spawn helper's queue counts as started), so nothing given back has run or will run here.
+   */
+  #giveBack(n: number): void {
+    const tasks: Array<{ uid: number; attempt: number }> = [];
+    if (this.#queued.size > 0) {
+      const uids = [...this.#queued.keys()];
+      for (let i = uids.length - 1; i >= 0 && tasks.length < n; i--) {
+        const q = this.#queued.get(uids[i])!;
+        this.#queued.delete(uids[i]);
+        this.#live.ended(uids[i], q.attempt);
+        tasks.push({ uid: uids[i], attempt: q.attempt });
+      }
+    }
+    this.#link.send({ t: 'returned', tasks });
   }
 
   #start(uid: number, attempt: number, msg: TaskMsg): void {
@@ -530,14 +553,18 @@ export class ExecutorAgent {
   #announce(): void {
     if (!this.#windowed || this.#announceQueued || !worthAnnouncing(this.#announced, this.#window.extra)) return;
     this.#announceQueued = true;
-    setImmediate(() => {
+    const fire = () => {
       this.#announceQueued = false;
       if (!this.#windowed || this.#draining || this.#exited) return;
       const extra = this.#window.extra;
       if (extra === this.#announced) return;
       this.#announced = extra;
       this.#link.send({ t: 'window', extra });
-    });
+    };
+    // A window growing for long tasks opens half a task later, out of the burst (window.ts).
+    const later = this.#window.openDelayMs(this.#announced);
+    if (later > 0) setTimeout(fire, later).unref();
+    else setImmediate(fire);
   }
 
   /**

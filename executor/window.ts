@@ -19,6 +19,19 @@
  * task wait behind a long one (all slots of one executor busy with long tasks while another's are
  * free, the end of a wave of equal tasks): there the window is exactly the slots.
  *
+ * With a dispatcher that steals (its welcome lists `steal`: dispatcher/steal.ts), the guard goes
+ * for large executors: tasks that wait here while another executor's slots are free are taken
+ * back, so long tasks keep a local queue too, of `longShare × slots` (default one task per slot,
+ * what the wave turnaround needs: every freed slot starts its next task at once, while the
+ * dispatcher, which turns results into assignments slower than a burst of results arrives,
+ * refills the queue), once the slots finish `longMinRate` tasks per ms or more (slots / d; default
+ * 1, i.e. 1,000 tasks/s from this executor). Below that a round trip per slot turn costs nothing
+ * measurable, and tasks are better waiting at the dispatcher (status shows what runs; a task
+ * submitted later with a higher priority is not behind them):
+ *
+ *     extra = min(maxLongExtra, max(⌈gain × slots × R / d⌉, ⌈longShare × slots⌉))   when d > longRoundTrips × R and slots / d ≥ longMinRate
+ *
+ *
  * `d` moves up fast (a long task shrinks the window at once) and down slowly (many short tasks
  * must confirm that tasks are short again); `R` is an average of samples the agent measures as the
  * time from sending a result to its acknowledgement (a bound on the round trip a freed slot's
@@ -39,6 +52,14 @@ export interface WindowOptions {
   longRoundTrips?: number;
   /** The round trip assumed before the first sample, in ms (default 1). */
   initialRoundTripMs?: number;
+  /** The dispatcher takes back tasks that have not started (work stealing): long tasks keep a window too. Default false. */
+  stealing?: boolean;
+  /** With stealing: tasks per slot kept for long tasks (default 1). */
+  longShare?: number;
+  /** With stealing: most tasks kept for long tasks (default 100,000, the protocol's limit for `window`). */
+  maxLongExtra?: number;
+  /** With stealing: long tasks keep a window only when the slots finish this many tasks per ms or more (default 1). */
+  longMinRate?: number;
   /**
    * Keep at least this much work (ms of slot time, times the gain) waiting for short tasks, even
    * when the round trip is shorter (default 0): so that results can travel in batches (the spawn
@@ -57,12 +78,18 @@ const DURATION_FLOOR_MS = 0.01;
 const UP = 0.5;
 const DOWN = 1 / 16;
 const RTT_WEIGHT = 1 / 8;
+/** A long-task window opens at most this long after it was decided (openDelayMs). */
+const MAX_OPEN_DELAY_MS = 60_000;
 
 export class AdaptiveWindow {
   readonly slots: number;
   readonly maxExtra: number;
   readonly gain: number;
   readonly longRoundTrips: number;
+  readonly longShare: number;
+  readonly maxLongExtra: number;
+  readonly longMinRate: number;
+  #stealing: boolean;
   readonly batchMs: number;
   /** Typical run time of a task, ms; null until the first task ends (no window before it). */
   #duration: number | null = null;
@@ -75,7 +102,18 @@ export class AdaptiveWindow {
     this.gain = o.gain ?? 2;
     this.longRoundTrips = o.longRoundTrips ?? 10;
     this.#rtt = o.initialRoundTripMs ?? 1;
+    this.#stealing = o.stealing ?? false;
     this.batchMs = Math.max(0, o.batchMs ?? 0);
+    this.longShare = Math.max(0, o.longShare ?? 1);
+    this.maxLongExtra = Math.max(0, Math.floor(o.maxLongExtra ?? 100_000));
+    this.longMinRate = Math.max(0, o.longMinRate ?? 1);
+    this.#update();
+  }
+
+  /** Whether the dispatcher of this connection steals (each welcome says). Returns the new {@link extra}. */
+  setStealing(on: boolean): number {
+    this.#stealing = on;
+    return this.#update();
   }
 
   /** Tasks to keep beyond the slots, as of what was observed so far. */
@@ -86,6 +124,19 @@ export class AdaptiveWindow {
   /** The estimates behind {@link extra}, for logs and tests. */
   get estimates(): { durationMs: number | null; roundTripMs: number } {
     return { durationMs: this.#duration, roundTripMs: this.#rtt };
+  }
+
+  /**
+   * How long to wait before announcing {@link extra} after `announced`: half a task when the
+   * window grows to hold long tasks (stealing), else 0. A long-task window that opens when the
+   * first tasks end would make the dispatcher send a wave of extra tasks in the very burst in which
+   * it turns that wave's results into the next assignments; half a task later the slots are busy
+   * and the machine quiet, and the refill costs no start its turn.
+   */
+  openDelayMs(announced: number): number {
+    const d = this.#duration;
+    if (d === null || this.#extra <= announced || d <= this.longRoundTrips * this.#rtt) return 0;
+    return Math.min(d / 2, MAX_OPEN_DELAY_MS);
   }
 
   /** A task ran for `ms` (its start to its end on a slot). Returns the new {@link extra}. */
@@ -105,8 +156,12 @@ export class AdaptiveWindow {
 
   #update(): number {
     const d = this.#duration;
-    if (d === null || d > this.longRoundTrips * this.#rtt) this.#extra = 0;
-    else this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * Math.max(this.#rtt, this.batchMs)) / d));
+    // Before the first task ends nothing is known of its length: exactly the slots (what status
+    // shows as running is running), as without stealing.
+    if (d === null) this.#extra = 0;
+    else if (d <= this.longRoundTrips * this.#rtt) this.#extra = Math.min(this.maxExtra, Math.ceil((this.gain * this.slots * Math.max(this.#rtt, this.batchMs)) / d));
+    else if (!this.#stealing || this.slots < this.longMinRate * d) this.#extra = 0;
+    else this.#extra = Math.min(this.maxLongExtra, Math.max(Math.ceil((this.gain * this.slots * this.#rtt) / d), Math.ceil(this.longShare * this.slots)));
     return this.#extra;
   }
 }

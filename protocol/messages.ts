@@ -548,8 +548,24 @@ export const WindowMsg = Type.Object({ t: Type.Literal('window'), extra: Type.In
  * `draining` none at all. Sent only to a dispatcher whose welcome lists the `lifetime` capability.
  */
 export const Lifetime = Type.Object({ t: Type.Literal('lifetime'), endsAt: Type.Number(), reason: Short, draining: Type.Boolean() });
-export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput, window: WindowMsg, lifetime: Lifetime } as const;
+/**
+ * The hello capability that says the executor answers `steal` (work stealing): a dispatcher asks
+ * only executors that announced it, so an older executor is simply never asked.
+ */
+export const STEAL_CAP = 'steal';
+/** The most tasks one `steal` may ask back (and one `returned` may carry). */
+export const STEAL_MAX = 1_000_000;
+/**
+ * The answer to `steal`: the attempts the executor gave back, none of which started or will start
+ * there (possibly none: everything asked for had started). Sent once per `steal`, in its order.
+ */
+export const Returned = Type.Object({
+  t: Type.Literal('returned'),
+  tasks: Type.Array(Type.Object({ uid: Uint, attempt: Uint }), { maxItems: STEAL_MAX }),
+});
+export const ExecutorMessageSchemas = { hello: ExecutorHello, pull: Pull, done: AttemptDone, hb: Heartbeat, bye: Bye, out: AttemptOutput, window: WindowMsg, lifetime: Lifetime, returned: Returned } as const;
 export type ExecutorMessage =
+  | Static<typeof Returned>
   | Static<typeof AttemptOutput>
   | Static<typeof Lifetime>
   | Static<typeof ExecutorHello>
@@ -594,8 +610,15 @@ export const ResultsAck = Type.Object({
  * or the attempt ends.
  */
 export const TailOrder = Type.Object({ t: Type.Literal('tail'), uid: Uint, attempt: Uint, on: Type.Boolean() });
-export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
+/**
+ * Work stealing, to an executor that announced the `steal` capability: give back up to `n` of the
+ * tasks assigned to you that have not started (newest first), and answer with `returned`. A task
+ * that started meanwhile is not given back, so none runs twice.
+ */
+export const StealOrder = Type.Object({ t: Type.Literal('steal'), n: Type.Integer({ minimum: 1, maximum: STEAL_MAX }) });
+export const DispatcherToExecutorSchemas = { welcome: ExecutorWelcome, task: Assign, cancel: CancelAttempt, drain: DrainOrder, ack: ResultsAck, tail: TailOrder, steal: StealOrder, peers: PeersMsg, error: ErrorMsg, hb: Heartbeat } as const;
 export type DispatcherToExecutor =
+  | Static<typeof StealOrder>
   | Static<typeof TailOrder>
   | Static<typeof ExecutorWelcome>
   | Static<typeof Assign>
