@@ -56,10 +56,15 @@ export class Harness implements Outbox {
     const m = fromClient({ t: 'submit', ref, tasks });
     if (m.t === 'submit') this.core.submit(conn, m);
   }
-  executor(conn: number, over: Partial<ExecutorInfo> = {}): void {
+  executor(conn: number, over: Partial<ExecutorInfo> = {}, caps: string[] = []): void {
     const info: ExecutorInfo = { id: `e${conn}`, hostname: 'h', addresses: [], slots: 1, memory: 0, labels: {}, version: 't', incarnation: 'i1', mode: 'push', running: [], ...over };
-    const m = fromExecutor({ t: 'hello', v: 1, role: 'executor', caps: [], executor: info });
-    if (m.t === 'hello') this.core.registerExecutor(conn, m.executor);
+    const m = fromExecutor({ t: 'hello', v: 1, role: 'executor', caps, executor: info });
+    if (m.t === 'hello') this.core.registerExecutor(conn, m.executor, m.caps);
+  }
+  /** The executor gives back tasks it was asked to (`steal`) and had not started. */
+  returned(conn: number, tasks: Array<{ uid: number; attempt: number }>): void {
+    const m = fromExecutor({ t: 'returned', tasks });
+    if (m.t === 'returned') this.core.returned(conn, m.tasks);
   }
   done(conn: number, uid: number, attempt: number, status: 'succeeded' | 'failed' = 'succeeded'): void {
     const m = fromExecutor({

@@ -10,75 +10,27 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pack } from 'msgpackr';
 import { connect, type TaskResult } from '../client/index.js';
-import { STEAL_CAP, localityKey, type DispatcherToClient, type DispatcherToExecutor, type ExecutorInfo, type TaskSpec } from '../protocol/index.js';
-import { DispatcherCore, type Outbox } from '../dispatcher/core.js';
+import { STEAL_CAP, localityKey, type DispatcherToClient, type DispatcherToExecutor, type TaskSpec } from '../protocol/index.js';
 import { AdaptiveWindow } from '../executor/window.js';
-import { fromClient, fromExecutor, toClient, toExecutor } from './wire.js';
+import { Harness } from './core-harness.js';
+import { fromExecutor } from './wire.js';
 import { Procs, raw, startDispatcher, startExecutor, status, waitExecutors, waitFor } from './helpers.js';
 
 type ToExec = DispatcherToExecutor;
 
-/** The core alone with a manual clock; every message through the real codec and validators. */
-class Harness implements Outbox {
-  now = 1_000_000;
-  readonly sent = new Map<number, Array<DispatcherToClient | ToExec>>();
-  readonly core: DispatcherCore;
-  constructor(prefetch: number, opts: Partial<DispatcherCore['options']> = {}) {
-    this.core = new DispatcherCore({ heartbeatMs: 100, leaseMs: 1000, prefetch, defaultMaxAttempts: 3, maxFrameBytes: 1 << 20, retentionMs: 60_000, ...opts }, this, { now: () => this.now });
-  }
-  toClient(conn: number, msg: DispatcherToClient): void {
-    this.#push(conn, toClient(msg));
-  }
-  toExecutor(conn: number, msg: ToExec): void {
-    this.#push(conn, toExecutor(msg));
-  }
-  resultReceived(): void {}
-  close(): void {}
-  #push(conn: number, msg: DispatcherToClient | ToExec): void {
-    let list = this.sent.get(conn);
-    if (!list) this.sent.set(conn, (list = []));
-    list.push(msg);
-  }
-  take(conn: number): Array<DispatcherToClient | ToExec> {
-    const list = this.sent.get(conn) ?? [];
-    this.sent.set(conn, []);
-    return list;
-  }
-  client(conn: number): void {
-    const hello = fromClient({ t: 'hello', v: 1, role: 'client', caps: [] });
-    if (hello.t === 'hello') this.core.openSession(conn, {}, true);
-  }
-  submit(conn: number, tasks: TaskSpec[]): void {
-    const m = fromClient({ t: 'submit', ref: 1, tasks });
-    if (m.t === 'submit') this.core.submit(conn, m);
-  }
-  executor(conn: number, slots: number, caps: string[]): void {
-    const info: ExecutorInfo = { id: `e${conn}`, hostname: 'h', addresses: [], slots, memory: 0, labels: {}, version: 't', incarnation: 'i1', mode: 'push', running: [] };
-    const m = fromExecutor({ t: 'hello', v: 1, role: 'executor', caps, executor: info });
-    if (m.t === 'hello') this.core.registerExecutor(conn, m.executor, m.caps);
-  }
-  returned(conn: number, tasks: Array<{ uid: number; attempt: number }>): void {
-    const m = fromExecutor({ t: 'returned', tasks });
-    if (m.t === 'returned') this.core.returned(conn, m.tasks);
-  }
-  done(conn: number, uid: number, attempt: number): void {
-    const m = fromExecutor({ t: 'done', result: { uid, attempt, status: 'succeeded', exitCode: 0, signal: null, stdout: '', stderr: '', truncated: false, startedAt: this.now, finishedAt: this.now } });
-    if (m.t === 'done') this.core.attemptDone(conn, m.result);
-  }
-}
 const only = <T extends ToExec['t']>(msgs: Array<DispatcherToClient | ToExec>, t: T) => msgs.filter((m): m is Extract<ToExec, { t: T }> => m.t === t);
 const results = (msgs: Array<DispatcherToClient | ToExec>) => msgs.filter((m): m is Extract<DispatcherToClient, { t: 'result' }> => m.t === 'result').map((m) => m.result);
 const sleeps = (n: number, ms: number): TaskSpec[] => Array.from({ length: n }, (_, i) => ({ id: `t${i}`, builtin: 'sleep' as const, ms }));
 
 test('core: an idle executor gets the tasks a busy one gives back, same attempt, nothing counted; a started one stays', { timeout: 10_000 }, () => {
-  const h = new Harness(3);
+  const h = new Harness({ prefetch: 3 });
   h.client(1);
-  h.executor(10, 1, [STEAL_CAP]);
+  h.executor(10, { slots: 1 }, [STEAL_CAP]);
   h.submit(1, sleeps(4, 1000));
   h.core.schedule();
   const held = only(h.take(10), 'task');
   assert.equal(held.length, 4, 'one slot and a prefetch of 3: all four wait on e10');
-  h.executor(11, 2, [STEAL_CAP]);
+  h.executor(11, { slots: 2 }, [STEAL_CAP]);
   h.core.schedule();
   const [steal, ...more] = only(h.take(10), 'steal');
   assert.deepEqual({ steal, more }, { steal: { t: 'steal', n: 2 }, more: [] }, 'as many as e11 has free slots (e10 holds 3 beyond its slot)');
@@ -107,31 +59,31 @@ test('core: an idle executor gets the tasks a busy one gives back, same attempt,
 });
 
 test('core: an executor that did not announce steal is never asked; nor while tasks wait at the dispatcher', { timeout: 10_000 }, () => {
-  const h = new Harness(3);
+  const h = new Harness({ prefetch: 3 });
   h.client(1);
-  h.executor(10, 1, []);
+  h.executor(10, { slots: 1 }, []);
   h.submit(1, sleeps(4, 1000));
   h.core.schedule();
   assert.equal(only(h.take(10), 'task').length, 4);
-  h.executor(11, 2, [STEAL_CAP]);
+  h.executor(11, { slots: 2 }, [STEAL_CAP]);
   h.core.schedule();
   assert.equal(only(h.take(10), 'steal').length, 0, 'an older executor is never asked');
   // A stealing executor with a backlog, but tasks still queued here: the free slots take those.
-  const s = new Harness(3);
+  const s = new Harness({ prefetch: 3 });
   s.client(1);
-  s.executor(10, 1, [STEAL_CAP]);
+  s.executor(10, { slots: 1 }, [STEAL_CAP]);
   s.submit(1, sleeps(6, 1000));
   s.core.schedule();
-  s.executor(11, 1, [STEAL_CAP]);
+  s.executor(11, { slots: 1 }, [STEAL_CAP]);
   s.core.schedule();
   assert.equal(only(s.take(11), 'task').length, 2, 'e11 takes the two still queued (one slot, one prefetched)');
   assert.equal(only(s.take(10), 'steal').length, 0, 'nothing to steal for: no free slot is left');
 });
 
 test('core: under max-cache-hit a given-back task that waits for the executor holding its input goes back there, not to a free slot elsewhere', { timeout: 10_000 }, () => {
-  const h = new Harness(3, { dataPolicy: 'max-cache-hit', cacheWaitMs: 60_000 });
+  const h = new Harness({ prefetch: 3, dataPolicy: 'max-cache-hit', cacheWaitMs: 60_000 });
   h.client(1);
-  h.executor(10, 1, [STEAL_CAP]);
+  h.executor(10, { slots: 1 }, [STEAL_CAP]);
   const input = { src: 's3://b/k', dst: 'in.bin' };
   const hb = fromExecutor({ t: 'hb', at: h.now, holds: [localityKey(input)] });
   if (hb.t === 'hb') h.core.executorSeen(10, hb.data, hb.holds);
@@ -139,7 +91,7 @@ test('core: under max-cache-hit a given-back task that waits for the executor ho
   h.core.schedule();
   const held = only(h.take(10), 'task');
   assert.equal(held.length, 4);
-  h.executor(11, 1, [STEAL_CAP]);
+  h.executor(11, { slots: 1 }, [STEAL_CAP]);
   h.core.schedule();
   assert.deepEqual(only(h.take(10), 'steal'), [{ t: 'steal', n: 1 }], 'a steal is asked: the dispatcher cannot tell which waiting tasks hold data');
   h.returned(10, [{ uid: held[3].uid, attempt: held[3].attempt }]);
