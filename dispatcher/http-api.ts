@@ -6,7 +6,8 @@
  * - `POST /api/tasks`: a JSON array of tasks (into a new session), or `{session?, key?, tasks}` →
  *   `{session, key, ids}`; all or nothing: 400 TASK_INVALID with each problem, 400
  *   INVALID_MESSAGE for a body that is not JSON, 403 SESSION_FORBIDDEN for an existing session
- *   without its key;
+ *   without its key; answered once the tasks are committed (a 200 survives kill -9), 503 when the
+ *   store failed or the dispatcher stops first;
  * - `POST /api/tasks/cancel`: `{ids, session, key?}` → `{cancelled}` (without `session`: every
  *   session, for the administrator only: 403 ADMIN_REQUIRED);
  * - `GET /api/sessions`: `{sessions: [...]}`;

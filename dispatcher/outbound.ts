@@ -212,7 +212,7 @@ export class Outbound {
   }
 
   /** Waiters whose commit will not come (the store failed, or the dispatcher stops). */
-  #rejectWaiters(err: Error): void {
+  #rejectWaiters(err: FalconetError): void {
     const waiters = [...this.#waiters, ...this.#held.flatMap((t) => t.waiters ?? [])];
     this.#waiters = [];
     for (const t of this.#held) delete t.waiters;
@@ -236,7 +236,7 @@ export class Outbound {
       pending = this.journal.commit?.();
     } catch (err) {
       for (const g of durable) this.#release(g);
-      return this.#storeFailed(err as Error);
+      return this.#storeFailed(err as Error, groups);
     }
     for (const g of durable) this.#release(g);
     if (!pending) {
@@ -251,7 +251,7 @@ export class Outbound {
         if (this.#held.length > 0 && !this.#failed) this.#commit(groups);
         else for (const g of groups) this.#release(g);
       },
-      (err: Error) => this.#storeFailed(err),
+      (err: Error) => this.#storeFailed(err, groups),
     );
   }
 
@@ -309,11 +309,14 @@ export class Outbound {
    * Crash-only: what the core holds is now ahead of the disk, so nothing more is acknowledged.
    * Clients resend what was not acknowledged to the next dispatcher on this store.
    */
-  #storeFailed(err: Error): void {
+  #storeFailed(err: Error, lost: Turn[] = []): void {
+    // Whoever waited for the failed batch's commit hears it now (an HTTP answer must not hang).
+    const failure = new FalconetError((err as FalconetError).code ?? ErrorCode.STORE_FAILED, `the store failed: ${err.message}`);
+    for (const t of lost) for (const w of t.waiters ?? []) w.reject(failure);
     if (this.#failed) return;
     this.#failed = true;
     this.log.fatal({ err }, 'store commit failed; refusing to acknowledge anything more');
-    this.#rejectWaiters(new FalconetError(ErrorCode.STORE_FAILED, `the store failed: ${err.message}`));
+    this.#rejectWaiters(failure);
     this.onStoreFailed(err);
   }
 }
