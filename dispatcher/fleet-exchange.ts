@@ -60,7 +60,8 @@ export class FleetExchange {
       await this.pool.query('DELETE FROM drains WHERE executor = ANY($1::text[])', [done]);
       this.log.info({ executors: done.length }, 'cluster: drained executors on the provisioner’s order');
     }
-    await this.pool.query(`DELETE FROM drains WHERE at < clock_timestamp() - $1::interval`, [DRAIN_ORDER_TTL]);
+    // Only when orders wait: an empty table costs a round one read, not a write.
+    if (orders.rows.length > done.length) await this.pool.query(`DELETE FROM drains WHERE at < clock_timestamp() - $1::interval`, [DRAIN_ORDER_TTL]);
   }
 
   /** The leader's fleet: its core live, the others from their reports. */

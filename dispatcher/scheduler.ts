@@ -108,9 +108,7 @@ export class Scheduler {
       for (const exec of hungry) {
         const free = Math.min(exec.credit, exec.info.slots - exec.running.size);
         if (free <= 0 || exec.conn === null || exec.draining || exec.reservedFor !== null) continue;
-        const holder = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
-        const skip = exec.info.endsAt === undefined ? holder : outlasting(exec.info.endsAt - now, holder);
-        for (const task of this.queue.take(free, this.#fitsFor(exec), skip)) this.dispatch(task, exec, now);
+        for (const task of this.queue.take(free, this.#fitsFor(exec), this.#skipFor(exec, waits, now))) this.dispatch(task, exec, now);
         if (this.queue.size === 0) return;
       }
     }
@@ -124,8 +122,7 @@ export class Scheduler {
         if (exec.credit <= 0) hungry.delete(exec);
         continue;
       }
-      const holder = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
-      const skip = exec.info.endsAt === undefined ? holder : outlasting(exec.info.endsAt - now, holder);
+      const skip = this.#skipFor(exec, waits, now);
       if (packing) {
         // Plain tasks of a higher priority than every request, then requests down to the plain
         // tasks' top priority, then the rest of the plain tasks, then the rest of the requests.
@@ -140,6 +137,15 @@ export class Scheduler {
       if (exec.credit <= 0) hungry.delete(exec);
       if (this.queue.size === 0 && this.requests.size === 0) break;
     }
+  }
+
+  /**
+   * What `exec` must pass over in the queue: tasks that wait for the executor holding their data
+   * (`waits`: max-cache-hit) and tasks whose timeout outlasts its remaining life.
+   */
+  #skipFor(exec: ExecutorRecord, waits: boolean, now: number): ((t: TaskRecord) => boolean) | undefined {
+    const holder = waits ? (t: TaskRecord) => this.#waitsForHolder(t, exec, now) : undefined;
+    return exec.info.endsAt === undefined ? holder : outlasting(exec.info.endsAt - now, holder);
   }
 
   /**

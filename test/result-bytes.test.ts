@@ -25,6 +25,16 @@ const PLAIN: TaskResult = {
   timings: { submitted: 1, dispatched: null, started: null, finished: 2 },
 };
 
+/** The stored result blobs and the schema version of the store in `dataDir` (opening it replays the WAL). */
+function storedResults(dataDir: string): { results: Buffer[]; schema: unknown } {
+  const db = new Database(join(dataDir, 'falconet.db'));
+  try {
+    return { results: db.prepare('SELECT result FROM results').pluck().all() as Buffer[], schema: db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get() };
+  } finally {
+    db.close();
+  }
+}
+
 test('a result encoded for the file decodes to the same result, optional keys absent or present; every schema key is covered', { timeout: 10_000 }, () => {
   for (const r of [FULL, PLAIN, { ...PLAIN, error: { code: FULL.error!.code, message: 'm' } }, { ...PLAIN, cached: false }]) {
     const back = decodeResult(encodeResult(r));
@@ -79,10 +89,7 @@ test('results of every kind survive a kill -9 as the tuples the writer stored, a
   await kill9(d);
 
   // The file as the writer left it (opening it replays the WAL): every result a tuple.
-  const db = new Database(join(dataDir, 'falconet.db'));
-  const stored = db.prepare('SELECT result FROM results').pluck().all() as Buffer[];
-  const schema = db.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get();
-  db.close();
+  const { results: stored, schema } = storedResults(dataDir);
   assert.equal(schema, String(SCHEMA_VERSION));
   assert.equal(stored.length, delivered.size);
   for (const blob of stored) assert.ok(Array.isArray(blobs.unpack(blob)), 'a stored result is a tuple');
@@ -127,10 +134,7 @@ test('a store of schema 2 (results as maps) opens as schema 3: its results read 
     await again.close();
   }
   await kill9(d);
-  const after = new Database(join(dataDir, 'falconet.db'));
-  const rows = after.prepare('SELECT result FROM results').pluck().all() as Buffer[];
-  const schema = after.prepare(`SELECT value FROM meta WHERE key = 'schema'`).pluck().get();
-  after.close();
+  const { results: rows, schema } = storedResults(dataDir);
   assert.equal(schema, '3');
   assert.deepStrictEqual(rows.map((b) => Array.isArray(blobs.unpack(b))).sort(), [false, true]);
 });

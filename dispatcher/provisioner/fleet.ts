@@ -35,10 +35,15 @@ export interface Fleet {
   drain(id: string): void;
 }
 
+/** Tasks queued at this dispatcher beyond the free slots of its executors that are not ours. */
+function localDemand(view: DispatcherCore['view'], isOurs: (e: FleetMember) => boolean): number {
+  return Math.max(0, view.queued - freeSlots(view.executors(), (e) => !isOurs(e)));
+}
+
 /** A single dispatcher's fleet: its core. */
 export function localFleet(core: Pick<DispatcherCore, 'view' | 'drain'>): Fleet {
   return {
-    demand: (isOurs) => Math.max(0, core.view.queued - freeSlots(core.view.executors(), (e) => !isOurs(e))),
+    demand: (isOurs) => localDemand(core.view, isOurs),
     executors: () => core.view.executors(),
     queuedRequests: () => core.view.queuedRequests(),
     drain: (id) => void core.drain(id),
@@ -125,7 +130,7 @@ export class ClusterFleet implements Fleet {
   ) {}
 
   demand(isOurs: (e: FleetMember) => boolean): number {
-    let demand = localFleet(this.core).demand(isOurs);
+    let demand = localDemand(this.core.view, isOurs);
     for (const r of this.remote()) demand += Math.max(0, r.report.queued - r.report.free);
     return demand;
   }
