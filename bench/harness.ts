@@ -1,6 +1,6 @@
 /** What every bench scenario shares: where results go, and how to watch its child processes. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -65,11 +65,39 @@ export function cpuProfFlags(role: string): string[] {
   return [...(dir ? ['--cpu-prof', '--cpu-prof-dir', join(dir, role)] : []), ...(extra ? extra.split(' ').filter(Boolean) : [])];
 }
 
+/** The processes of a {@link withCluster} cluster. */
+export interface ClusterPids {
+  dispatcher: number;
+  executors: number[];
+}
+
+/**
+ * CPU time of every thread of `pid` (ms on a core, from /proc/PID/task/TID/schedstat, in ns): a
+ * thread waiting for a core, or blocked in fsync, is not charged. Threads that ended are lost.
+ */
+export function threadsMs(pid: number): number {
+  let ns = 0;
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0; // gone
+  }
+  for (const t of tasks) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return ns / 1e6;
+}
+
 /**
  * A fresh dispatcher process (its own temp data dir) with `executors` executor processes of
  * `slots` each, registered; `fn` gets its URL; every process is killed afterwards.
  */
-export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: number; slots: number }, fn: (url: string) => Promise<T>): Promise<T> {
+export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: number; slots: number }, fn: (url: string, pids: ClusterPids) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), 'falconet-bench-'));
   const procs: ChildProcess[] = [];
   const env = { ...process.env, FALCONET_LOG: 'warn' };
@@ -86,7 +114,7 @@ export async function withCluster<T>(o: { dispatcherArgs: string[]; executors: n
       if (Date.now() > deadline) throw new Error('executors did not register');
       await new Promise((r) => setTimeout(r, 50));
     }
-    return await fn(url);
+    return await fn(url, { dispatcher: d.pid!, executors: procs.slice(1).map((p) => p.pid!) });
   } finally {
     if (process.env.FALCONET_BENCH_CPU_PROF) {
       // Executors first (their bye would otherwise meet a dispatcher gone), each a clean exit that writes its profile.

@@ -4,7 +4,8 @@
  *
  *   node dist/bench/load.js throughput URL N      N noop tasks through submitMany, first submit to last result
  *                                                 (with `startedAt`/`endedAt`, wall-clock ms, so that
- *                                                 several load processes' runs can be added up)
+ *                                                 several load processes' runs can be added up, and
+ *                                                 `cpuMs`, this process's CPU from the first submit on)
  *   node dist/bench/load.js latency URL N         N sequential single noop tasks, round trip at the client
  */
 import { connect, type TaskSpec } from '../client/index.js';
@@ -24,6 +25,7 @@ async function main(): Promise<void> {
   if (kind === 'throughput') {
     let received = 0;
     const startedAt = Date.now();
+    const cpu0 = process.cpuUsage();
     const start = process.hrtime.bigint();
     const reading = (async () => {
       for await (const _ of client.results()) if (++received === n) break;
@@ -31,7 +33,9 @@ async function main(): Promise<void> {
     await client.submitMany(noops(n), { maxInFlight: Number(windowText ?? 50_000) });
     await reading;
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-    process.stdout.write(JSON.stringify({ kind, tasks: n, seconds, tasksPerSecond: n / seconds, startedAt, endedAt: Date.now() }) + '\n');
+    const cpu = process.cpuUsage(cpu0);
+    const cpuMs = (cpu.user + cpu.system) / 1000; // every thread of this process, from the first submit on
+    process.stdout.write(JSON.stringify({ kind, tasks: n, seconds, tasksPerSecond: n / seconds, cpuMs, startedAt, endedAt: Date.now() }) + '\n');
   } else if (kind === 'latency') {
     const times: number[] = [];
     const warm = Math.min(1000, n);

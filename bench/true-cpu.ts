@@ -14,29 +14,16 @@
  * children's utime + stime for the commands, the CLI's as our own reaped child.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { exited, spread, taskFile, waitLine } from './harness.js';
+import { exited, spread, taskFile, threadsMs, waitLine } from './harness.js';
 
 const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
 const LOOP_SRC = fileURLToPath(new URL('../../bench/spawn-helper/spawn-loop.c', import.meta.url));
 const TICK_MS = 1000 / 100; // USER_HZ
-
-/** ms on a core of every thread of `pid`. */
-function threadsMs(pid: number): number {
-  let ns = 0;
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return ns / 1e6;
-}
 
 /** utime + stime of the reaped children of `pid`, ms. */
 function reapedMs(pid: number): number {
