@@ -6,6 +6,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { requestOf, type ExecutorCapacity, type ResourceRequest } from './resources.js';
 import type { RequestLane } from './resource-queue.js';
+import { FinishedIds } from './finished-ids.js';
 import { localityKey, type DataCounters, type ExecutorInfo, type TaskResult, type TaskSpec, type TaskStatus } from '../protocol/index.js';
 
 /** A connection handle chosen by the adapter; the core never looks inside it. */
@@ -127,9 +128,9 @@ export interface SessionRecord {
   /**
    * Finished tasks by id, each with its result's sequence number and final status packed into one
    * number (see packFinished): a resubmit of a finished id is still one task, and a query can say
-   * how a task ended without keeping its result in memory.
+   * how a task ended without keeping its result in memory. Map-like, built for a million ids.
    */
-  readonly finishedIds: Map<string, number>;
+  readonly finishedIds: FinishedIds;
   /** Finished results not yet acknowledged, in sequence order. */
   readonly unacked: Array<{ seq: number; result: TaskResult }>;
   /** Sequence number of the last result stored for this session. */
@@ -223,7 +224,7 @@ export const nullJournal: Journal = {
 
 /** A session with no tasks yet; its client is `conn` (or away since `goneAt`). */
 export function newSession(id: string, createdAt: number, leaseMs: number | null, goneAt: number | null, key: string | null): SessionRecord {
-  return { id, conn: null, tasks: new Map(), finishedIds: new Map(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false, key, arrays: null, unqueuedElements: 0 };
+  return { id, conn: null, tasks: new Map(), finishedIds: new FinishedIds(), unacked: [], lastSeq: 0, acked: 0, submitted: 0, finished: 0, createdAt, goneAt, leaseMs, autoAck: false, key, arrays: null, unqueuedElements: 0 };
 }
 
 /** An executor record holding no attempts; `now` starts its lease. */

@@ -57,12 +57,11 @@ export function findTasks(sessions: SessionTable, registry: ExecutorRegistry, fi
       if (found.tasks.length >= limit) break;
       if (wants(task.state === 'queued' ? 'queued' : 'running')) found.tasks.push(unfinishedInfo(task, registry, now));
     }
-    // Finished ones newest first: ids in insertion order, so walk a reversed copy of the keys.
+    // Finished ones newest first.
     if (filter.state === 'queued' || filter.state === 'running') continue;
-    const ids = [...session.finishedIds.keys()];
-    for (let j = ids.length - 1; j >= 0 && found.tasks.length < limit; j--) {
-      const { status } = unpackFinished(session.finishedIds.get(ids[j])!);
-      if (wants(status)) describe(session, ids[j], registry, found, false, now);
+    for (const [id, packed] of session.finishedIds.newestFirst()) {
+      if (found.tasks.length >= limit) break;
+      if (wants(unpackFinished(packed).status)) describe(session, id, registry, found, false, now);
     }
   }
   return found;
