@@ -39,11 +39,14 @@ export function fitResult(result: AttemptResult): AttemptResult {
 }
 
 /**
- * An attempt's key in the outbox: one number while it fits exactly (uid below 2^42, attempt below
- * 1024: every attempt in practice), which spares building and hashing a string per add and per
- * ack; the string form otherwise. The two forms never collide (a number is not a string key).
+ * Where an attempt is looked for in the outbox's index: a multiplicative hash of its uid (all 53
+ * bits) and attempt, computed on numbers (no string, no heap number), taken from its top bits.
  */
-const keyOf = (r: AttemptRef): number | string => (r.uid < 2 ** 42 && r.attempt < 1024 ? r.uid * 1024 + r.attempt : `${r.uid}:${r.attempt}`);
+function hashOf(uid: number, attempt: number): number {
+  const low = uid >>> 0;
+  const high = (uid / 4294967296) >>> 0;
+  return Math.imul(low ^ Math.imul(high ^ attempt, 0x85ebca6b), 0x9e3779b1) >>> 0;
+}
 
 /** The statuses a plain result may have, by their code in the outbox's status column. */
 const STATUSES = ['succeeded', 'failed', 'timed_out', 'cancelled'] as const;
@@ -58,17 +61,20 @@ export const ATTEMPT_RESULT_KEYS = ['uid', 'attempt', 'status', 'exitCode', 'sig
  * bookkeeping: the agent sends {@link ResultOutbox.add}'s return value at once (if a connection
  * is up) and {@link ResultOutbox.pending} again after every welcome.
  *
- * Why columns: on the durable store an ack comes after the dispatcher's commit, so the outbox of
- * a busy executor holds every result of the last ~100 ms (thousands). Held as objects they
- * survive the young generation's collections and are copied and promoted: the executors' GC
- * time was three times the in-memory store's, for the same tasks. A plain result (no output, no
- * signal, no error: every no-op and most short commands) is kept as numbers in typed arrays, a
- * ring in completion order; the others as the objects they are. Objects are rebuilt only for
- * pending(), i.e. after a reconnect.
+ * Why columns, and no Map: on the durable store an ack comes after the dispatcher's commit, so the
+ * outbox of a busy executor holds every result of the last commits (6,000 to 16,000 in the
+ * throughput bench, against 2,000 on the memory store). Whatever the outbox keeps on the JS heap
+ * per result then lives through young-generation collections and is promoted: held as objects,
+ * the results made the executors' GC three times the memory store's; held as numbers but found
+ * through a Map, the Map's tables (rehashed each time the outbox grows past a power of two and
+ * shrinks back, hundreds of KB at these sizes) did the same, and the executors spent twice the
+ * memory store's CPU per task. So a plain result (no output, no signal, no error: every no-op and
+ * most short commands) is kept as numbers in typed arrays, a ring in completion order, and found
+ * through an open-addressing index in a typed array sized with the ring: nothing on the JS heap
+ * grows with the results held, and nothing is allocated per result. The others are kept as the
+ * objects they are. Objects are rebuilt only for pending(), i.e. after a reconnect.
  */
 export class ResultOutbox {
-  /** Slot (a position counter; the ring index is `counter & mask`) of each held attempt, by key. */
-  readonly #at = new Map<number | string, number>();
   #uid = new Float64Array(64);
   #attempt = new Float64Array(64);
   /** exitCode, NaN for null. */
@@ -77,15 +83,23 @@ export class ResultOutbox {
   #finished = new Float64Array(64);
   /** An index into STATUSES, OBJECT or FREE. */
   #status = new Uint8Array(64).fill(FREE);
-  #objects: Array<AttemptResult | undefined> = new Array<AttemptResult | undefined>(64);
+  /** The results that are not plain, by ring index (few: they carry output or an error). */
+  #objects = new Map<number, AttemptResult>();
   #mask = 63;
   /** The oldest slot that may be held, and the next to fill (counters, not ring indexes). */
   #head = 0;
   #tail = 0;
+  #held = 0;
+  /**
+   * Ring index + 1 of each held attempt, 0 for none; linear probing from hashOf's top bits, twice
+   * the ring's size (at most half full), deletions by backward shift (no tombstones).
+   */
+  #index = new Int32Array(128);
+  #shift = 32 - 7;
 
   /** How many results wait for their ack. */
   get size(): number {
-    return this.#at.size;
+    return this.#held;
   }
 
   /**
@@ -95,33 +109,28 @@ export class ResultOutbox {
    */
   add(result: AttemptResult): AttemptResult {
     const fitted = fitResult(result);
-    const key = keyOf(fitted);
-    const old = this.#at.get(key);
-    if (old !== undefined) {
-      // Re-added at the end: the order stays the order of completion (the map's order too, which
-      // #grow relies on: keys in insertion order are keys in slot order).
-      this.#at.delete(key);
-      this.#free(old);
-    }
+    // Re-added at the end: the order stays the order of completion.
+    this.#forget(fitted.uid, fitted.attempt);
     if (this.#tail - this.#head > this.#mask) this.#grow();
-    const n = this.#tail++;
-    const i = n & this.#mask;
+    const i = this.#tail++ & this.#mask;
     const status = STATUSES.indexOf(fitted.status);
     const plain =
       status >= 0 && fitted.signal === null && fitted.stdout === '' && fitted.stderr === '' && !fitted.truncated &&
       fitted.error === undefined && fitted.environment === undefined;
+    // uid and attempt are kept for every slot: the index compares them.
+    this.#uid[i] = fitted.uid;
+    this.#attempt[i] = fitted.attempt;
     if (plain) {
-      this.#uid[i] = fitted.uid;
-      this.#attempt[i] = fitted.attempt;
       this.#exit[i] = fitted.exitCode ?? NaN;
       this.#started[i] = fitted.startedAt;
       this.#finished[i] = fitted.finishedAt;
       this.#status[i] = status;
     } else {
-      this.#objects[i] = fitted;
+      this.#objects.set(i, fitted);
       this.#status[i] = OBJECT;
     }
-    this.#at.set(key, n);
+    this.#insert(i);
+    this.#held++;
     return fitted;
   }
 
@@ -131,14 +140,7 @@ export class ResultOutbox {
    */
   ack(done: readonly AttemptRef[]): number {
     let n = 0;
-    for (const ref of done) {
-      const key = keyOf(ref);
-      const slot = this.#at.get(key);
-      if (slot === undefined) continue;
-      this.#at.delete(key);
-      this.#free(slot);
-      n++;
-    }
+    for (const ref of done) if (this.#forget(ref.uid, ref.attempt)) n++;
     // The oldest held result bounds the ring: move past what was freed before it.
     while (this.#head < this.#tail && this.#status[this.#head & this.#mask] === FREE) this.#head++;
     return n;
@@ -146,7 +148,7 @@ export class ResultOutbox {
 
   /** Whether the result of this attempt is still waiting for its ack. */
   holds(ref: AttemptRef): boolean {
-    return this.#at.has(keyOf(ref));
+    return this.#seek(ref.uid, ref.attempt) >= 0;
   }
 
   /** Every unacknowledged result, oldest first: what to send again after a welcome. */
@@ -163,7 +165,7 @@ export class ResultOutbox {
 
   #read(i: number): AttemptResult {
     const status = this.#status[i];
-    if (status === OBJECT) return this.#objects[i]!;
+    if (status === OBJECT) return this.#objects.get(i)!;
     const exit = this.#exit[i];
     return {
       uid: this.#uid[i], attempt: this.#attempt[i], status: STATUSES[status], exitCode: Number.isNaN(exit) ? null : exit, signal: null,
@@ -171,21 +173,63 @@ export class ResultOutbox {
     };
   }
 
-  #free(n: number): void {
-    const i = n & this.#mask;
+  /** Frees the slot of this attempt, if one is held; true if one was. */
+  #forget(uid: number, attempt: number): boolean {
+    const at = this.#seek(uid, attempt);
+    if (at < 0) return false;
+    const i = this.#index[at] - 1;
+    this.#unindex(at);
+    if (this.#status[i] === OBJECT) this.#objects.delete(i);
     this.#status[i] = FREE;
-    this.#objects[i] = undefined;
+    this.#held--;
+    return true;
+  }
+
+  /** The index position that holds this attempt, or -1. */
+  #seek(uid: number, attempt: number): number {
+    const mask = this.#index.length - 1;
+    for (let at = hashOf(uid, attempt) >>> this.#shift; ; at = (at + 1) & mask) {
+      const v = this.#index[at];
+      if (v === 0) return -1;
+      if (this.#uid[v - 1] === uid && this.#attempt[v - 1] === attempt) return at;
+    }
+  }
+
+  /** Indexes ring slot `i` (its attempt is not indexed yet). */
+  #insert(i: number): void {
+    const mask = this.#index.length - 1;
+    let at = hashOf(this.#uid[i], this.#attempt[i]) >>> this.#shift;
+    while (this.#index[at] !== 0) at = (at + 1) & mask;
+    this.#index[at] = i + 1;
+  }
+
+  /** Empties index position `at`, moving back the entries after it that probed past it. */
+  #unindex(at: number): void {
+    const mask = this.#index.length - 1;
+    let hole = at;
+    for (let q = (at + 1) & mask; ; q = (q + 1) & mask) {
+      const v = this.#index[q];
+      if (v === 0) break;
+      const home = hashOf(this.#uid[v - 1], this.#attempt[v - 1]) >>> this.#shift;
+      // The entry at q may fill the hole if the hole lies on its probe path (from home to q).
+      if (((q - home) & mask) >= ((q - hole) & mask)) {
+        this.#index[hole] = v;
+        hole = q;
+      }
+    }
+    this.#index[hole] = 0;
   }
 
   /**
    * The ring is full from the oldest held result to the newest: the held ones move, in order, to
    * the front of a ring twice the size when at least half the span is held, else of the same
-   * size (an old result never acked must not make the ring grow for ever behind it).
+   * size (an old result never acked must not make the ring grow for ever behind it). The index is
+   * rebuilt for the new slots.
    */
   #grow(): void {
     const span = this.#tail - this.#head;
-    const size = this.#at.size * 2 > span ? (this.#mask + 1) * 2 : this.#mask + 1;
-    const next = { uid: new Float64Array(size), attempt: new Float64Array(size), exit: new Float64Array(size), started: new Float64Array(size), finished: new Float64Array(size), status: new Uint8Array(size).fill(FREE), objects: new Array<AttemptResult | undefined>(size) };
+    const size = this.#held * 2 > span ? (this.#mask + 1) * 2 : this.#mask + 1;
+    const next = { uid: new Float64Array(size), attempt: new Float64Array(size), exit: new Float64Array(size), started: new Float64Array(size), finished: new Float64Array(size), status: new Uint8Array(size).fill(FREE), objects: new Map<number, AttemptResult>() };
     let k = 0;
     for (let n = this.#head; n < this.#tail; n++) {
       const i = n & this.#mask;
@@ -196,15 +240,19 @@ export class ResultOutbox {
       next.started[k] = this.#started[i];
       next.finished[k] = this.#finished[i];
       next.status[k] = this.#status[i];
-      next.objects[k] = this.#objects[i];
+      if (this.#status[i] === OBJECT) next.objects.set(k, this.#objects.get(i)!);
       k++;
     }
     [this.#uid, this.#attempt, this.#exit, this.#started, this.#finished, this.#status, this.#objects] = [next.uid, next.attempt, next.exit, next.started, next.finished, next.status, next.objects];
     this.#mask = size - 1;
-    // Slots are renumbered from 0 in the same order: the keys' slots follow.
-    k = 0;
-    for (const [key] of this.#at) this.#at.set(key, k++);
     this.#head = 0;
     this.#tail = k;
+    if (this.#index.length !== size * 2) {
+      this.#index = new Int32Array(size * 2);
+      this.#shift = 32 - Math.log2(size * 2);
+    } else {
+      this.#index.fill(0);
+    }
+    for (let i = 0; i < k; i++) this.#insert(i);
   }
 }

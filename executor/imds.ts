@@ -9,7 +9,7 @@
  * Timeouts are short and the first request is never retried, so a host that is not on EC2 finds
  * out in about a second (`probeTimeoutMs`); once the service has answered, later reads retry twice.
  */
-import { MetadataService } from '@aws-sdk/ec2-metadata-service';
+import type { MetadataService } from '@aws-sdk/ec2-metadata-service';
 
 export interface InstanceIdentity {
   instanceId: string;
@@ -49,8 +49,12 @@ function statusOf(err: unknown): number | undefined {
 /** One metadata service endpoint. */
 export class Imds implements ImdsReader {
   readonly endpoint: string;
-  readonly #probe: MetadataService;
-  readonly #reader: MetadataService;
+  /**
+   * The unretried probe and the retrying reader, made at the first request: the SDK is loaded
+   * then, not when the executor starts (off EC2 it is never needed).
+   */
+  #services: Promise<{ probe: MetadataService; reader: MetadataService }> | null = null;
+  readonly #common: ConstructorParameters<typeof MetadataService>[0];
   /** Prefix that makes `MetadataService` (which sends `endpoint.pathname + path`) ask for `/latest/...`, not `//latest/...`. */
   readonly #prefix: string;
   #reachable = false;
@@ -64,20 +68,30 @@ export class Imds implements ImdsReader {
       throw new Error(`bad metadata service endpoint ${JSON.stringify(this.endpoint)}`);
     }
     this.#prefix = pathname.endsWith('/') ? 'latest/' : '/latest/';
-    const common = {
+    this.#common = {
       endpoint: this.endpoint,
       httpOptions: { timeout: o.timeoutMs ?? 1000 },
       ec2MetadataV1Disabled: true, // IMDSv2 only: a failed token PUT is an answer, not a reason to try v1
       tokenTtl: 300,
     };
-    this.#probe = new MetadataService({ ...common, retries: 0 });
-    this.#reader = new MetadataService({ ...common, retries: 2, backoff: 0.2 });
+  }
+
+  #load(): Promise<{ probe: MetadataService; reader: MetadataService }> {
+    this.#services ??= import('@aws-sdk/ec2-metadata-service').then(
+      ({ MetadataService }) => ({ probe: new MetadataService({ ...this.#common, retries: 0 }), reader: new MetadataService({ ...this.#common, retries: 2, backoff: 0.2 }) }),
+      (err: unknown) => {
+        this.#services = null; // the next request tries again
+        throw err;
+      },
+    );
+    return this.#services;
   }
 
   /** GETs `/latest/<path>`; undefined on 404. */
   async get(path: string): Promise<string | undefined> {
-    const service = this.#reachable ? this.#reader : this.#probe;
     try {
+      const { probe, reader } = await this.#load();
+      const service = this.#reachable ? reader : probe;
       const body = await service.request(this.#prefix + path, {});
       this.#reachable = true;
       return body;

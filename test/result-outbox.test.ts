@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { setFlagsFromString } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { AttemptResultSchema, ErrorCode, LIMITS, compileInbound, ExecutorMessageSchemas, type AttemptResult, type ExecutorMessage } from '../protocol/index.js';
 import { ATTEMPT_RESULT_KEYS, ResultOutbox, fitResult } from '../executor/delivery.js';
@@ -164,4 +164,28 @@ test('a plain result is held as numbers, not as the object it came in; every key
   assert.equal(refs.slice(0, 100).filter((r) => r.deref() !== undefined).length, 0, 'no plain result object survives while held');
   assert.ok(refs[100].deref(), 'a result with output is held as its object');
   assert.deepStrictEqual(box.pending().slice(0, 2), [result(0), result(1)]);
+});
+
+test('plain results held for an ack keep nothing on the JS heap that grows with them', { timeout: 60_000 }, async () => {
+  // On the durable store an executor holds the results of the last commits (thousands). Anything
+  // per held result on the JS heap (objects, or the tables of a Map that finds them) outlives the
+  // young generation's collections and is promoted: a Map here doubled the executors' CPU per task.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const held = 50_000;
+  const fill = (box: ResultOutbox, from: number): void => {
+    for (let i = from; i < from + held; i++) box.add(result(i, 1, { startedAt: i, finishedAt: i + 1 }));
+  };
+  fill(new ResultOutbox(), 0); // the same code paths compiled before the heap is measured
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+  const before = getHeapStatistics().used_heap_size;
+  const box = new ResultOutbox();
+  fill(box, 1e9);
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+  const perResult = (getHeapStatistics().used_heap_size - before) / held;
+  assert.equal(box.size, held);
+  assert.ok(perResult < 2, `${perResult.toFixed(1)} bytes of JS heap per held result`);
+  assert.equal(box.ack(box.refs()), held);
 });
