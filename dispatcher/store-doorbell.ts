@@ -32,14 +32,14 @@ export class Doorbell {
  * Never returns to the event loop meanwhile; a throw out of `serve` ends the thread with an
  * error, which the dispatcher thread hears as the worker's `error` event.
  */
-export function serveRequests(port: MessagePort, count: Int32Array, serve: (msg: never) => boolean): void {
+export function serveRequests<M>(port: MessagePort, count: Int32Array, serve: (msg: M) => boolean): void {
   let seen = 0;
   for (;;) {
     // Read the count before draining: a request posted after the drain has moved it, so the
     // wait below returns at once instead of sleeping past it.
     seen = Atomics.load(count, 0);
     for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
-      if (!serve(m.message as never)) {
+      if (!serve(m.message as M)) {
         port.close();
         return;
       }

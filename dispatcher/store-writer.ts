@@ -1,5 +1,6 @@
 /**
- * The store's writer thread. The dispatcher thread hands it one batch at a time; it writes the
+ * The store's writer thread. The dispatcher thread hands it one batch at a time (through the
+ * doorbell of store-doorbell.ts: this thread blocks on it, never on its event loop); it writes the
  * batch in one transaction (fsync included with `--sync full`) and answers. Moving commits here
  * keeps the fsync wait off the dispatch loop, which meanwhile gathers the next, larger batch:
  * group commit that grows with load, and one row write for a task accepted, dispatched and
@@ -8,6 +9,7 @@
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { Unpackr } from 'msgpackr';
 import { serveRequests } from './store-doorbell.js';
+import { traceClock } from './commit-trace.js';
 import { batchWriter, openDatabase, storeError, type CommitBatch } from './sqlite.js';
 
 export interface WriterData {
@@ -16,7 +18,8 @@ export interface WriterData {
   sync: 'full' | 'normal';
   /** The number of the newest task counters in the file (sqlite.ts, storedCounters). */
   countersSeq: number;
-  trace?: boolean;
+  /** Time each commit's steps and send the times with its answer (commit-trace.ts). */
+  trace: boolean;
   /** Requests come on this port, read synchronously when the doorbell rings (store-doorbell.ts). */
   requests: MessagePort;
   doorbell: SharedArrayBuffer;
@@ -25,6 +28,7 @@ export interface WriterData {
 /** Messages from the writer: `ready` once open, then one answer per batch, in order. */
 export type WriterReply =
   | { kind: 'ready' }
+  /** `t`: when traced, the writer's times (woke, unpacked, statements done, committed). */
   | { kind: 'committed'; n: number; t?: number[] }
   | { kind: 'failed'; code: string; message: string }
   | { kind: 'found'; n: number; results: Array<Uint8Array | null> };
@@ -48,9 +52,8 @@ const port = parentPort!;
 const data = workerData as WriterData;
 try {
   const db = openDatabase(data.dataDir, data.file, data.sync);
-  let stmts = 0;
-  const now = () => performance.timeOrigin + performance.now();
-  const write = batchWriter(db, data.countersSeq, data.trace ? () => (stmts = now()) : undefined);
+  let statementsDone = 0;
+  const write = batchWriter(db, data.countersSeq, data.trace ? () => (statementsDone = traceClock()) : undefined);
   const unpackr = new Unpackr({ useRecords: true });
   const resultAt = db.prepare('SELECT result FROM results WHERE session = ? AND seq = ?').pluck();
   const memoOf = db.prepare('SELECT result FROM memo WHERE key = ?').pluck();
@@ -79,11 +82,11 @@ try {
       return true;
     }
     try {
-      const woke = data.trace ? now() : 0;
+      const woke = data.trace ? traceClock() : 0;
       const batch = unpackr.unpack(Buffer.from(msg.bytes.buffer, msg.bytes.byteOffset, msg.bytes.byteLength)) as CommitBatch;
-      const unpacked = data.trace ? now() : 0;
+      const unpacked = data.trace ? traceClock() : 0;
       write(batch);
-      const t = data.trace ? [woke, unpacked, stmts, now()] : undefined;
+      const t = data.trace ? [woke, unpacked, statementsDone, traceClock()] : undefined;
       port.postMessage({ kind: 'committed', n: msg.n, t } satisfies WriterReply);
     } catch (err) {
       const e = storeError(err, data.file);
@@ -92,7 +95,7 @@ try {
     return true;
   };
   port.postMessage({ kind: 'ready' } satisfies WriterReply);
-  serveRequests(data.requests, new Int32Array(data.doorbell), serve);
+  serveRequests<WriterRequest>(data.requests, new Int32Array(data.doorbell), serve);
 } catch (err) {
   const e = storeError(err, data.file);
   port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);

@@ -9,9 +9,9 @@
  * takes the file over for the rest of the run.
  */
 import { join } from 'node:path';
-import { appendFileSync } from 'node:fs';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Doorbell } from './store-doorbell.js';
+import { CommitTrace, TRACE_FILE, traceClock } from './commit-trace.js';
 import type Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
@@ -31,20 +31,6 @@ export interface StoreOptions {
 
 export type { Recovered } from './durable-store.js';
 
-const TRACE = process.env.FALCONET_COMMIT_TRACE;
-const now = () => performance.timeOrigin + performance.now();
-const sent = new Map<number, number[]>();
-let lines: string[] = [];
-function trace(n: number, t: number[]): void {
-  const s = sent.get(n)!;
-  sent.delete(n);
-  lines.push(JSON.stringify([...s, ...t, now()]));
-  if (lines.length >= 200) {
-    appendFileSync(TRACE!, lines.join('\n') + '\n');
-    lines = [];
-  }
-}
-
 export class SqliteStore implements DurableStore {
   readonly file: string;
   /** For people: the file (DurableStore). */
@@ -55,6 +41,8 @@ export class SqliteStore implements DurableStore {
   #writer: Worker | null = null;
   /** Requests to the writer (store-doorbell.ts); its answers come as the worker's messages. */
   #requests: Doorbell | null = null;
+  /** FALCONET_COMMIT_TRACE: each commit's steps timed (commit-trace.ts); null when off. */
+  readonly #trace = TRACE_FILE === undefined ? null : new CommitTrace(TRACE_FILE);
   /** Encodes a whole batch for the writer thread: one buffer, records for the repeated shapes. */
   readonly #batchPackr = new Packr({ useRecords: true });
   /** Tasks changed since the last commit: their whole current state, by uid. */
@@ -147,7 +135,7 @@ export class SqliteStore implements DurableStore {
   #startWriter(): Promise<void> {
     const channel = new MessageChannel();
     this.#requests = new Doorbell(channel.port1);
-    const data: WriterData = { dataDir: this.options.dataDir, file: this.file, sync: this.options.sync, countersSeq: this.#countersSeq, trace: TRACE !== undefined, requests: channel.port2, doorbell: this.#requests.shared };
+    const data: WriterData = { dataDir: this.options.dataDir, file: this.file, sync: this.options.sync, countersSeq: this.#countersSeq, trace: this.#trace !== null, requests: channel.port2, doorbell: this.#requests.shared };
     const writer = new Worker(new URL('./store-writer.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
     this.#writer = writer;
     return new Promise((resolve, reject) => {
@@ -157,7 +145,7 @@ export class SqliteStore implements DurableStore {
           return resolve();
         }
         if (m.kind === 'committed') {
-          if (m.t) trace(m.n, m.t);
+          if (m.t) this.#trace?.answered(m.n, m.t);
           const w = this.#waiting.get(m.n);
           this.#waiting.delete(m.n);
           return w?.resolve();
@@ -318,7 +306,7 @@ export class SqliteStore implements DurableStore {
     };
     this.batchChanges.observe(batch.rows.length + batch.results.length + batch.ops.length + batch.sessions.length);
     const started = performance.now();
-    const t0 = TRACE !== undefined ? now() : 0;
+    const traced = this.#trace ? traceClock() : 0;
     this.#rows = new Map();
     this.#results = [];
     this.#ops = [];
@@ -326,7 +314,7 @@ export class SqliteStore implements DurableStore {
     const n = ++this.#n;
     // One encoded buffer, moved (not cloned) to the writer: far cheaper than cloning the rows.
     const bytes = new Uint8Array(this.#batchPackr.pack(batch)); // a copy with its own ArrayBuffer
-    if (TRACE !== undefined) sent.set(n, [t0, now(), batch.rows.length, batch.results.length, bytes.length]);
+    this.#trace?.sent(n, traced, batch.rows.length, batch.results.length, bytes.length);
     return new Promise((resolve, reject) => {
       this.#waiting.set(n, {
         resolve: () => {
@@ -377,6 +365,7 @@ export class SqliteStore implements DurableStore {
         this.#requests!.send('close');
       });
       this.#requests!.port.close();
+      this.#trace?.flush();
     }
     if (failure) throw failure;
   }
