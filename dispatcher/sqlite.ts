@@ -11,8 +11,9 @@ import { accessSync, constants, mkdirSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
+import type { StoredCounters } from './status.js';
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /**
  * Steps from each older schema to the next, applied in order at open, in one transaction with
@@ -24,6 +25,8 @@ const MIGRATIONS: Record<number, string> = {
   // 2 → 3: new result rows are tuples (encodeResult); the maps of version 2 still read. Nothing to
   // rewrite: the version only keeps a dispatcher that reads maps alone off a file with tuples.
   2: '',
+  // 3 → 4: the task counters ride in a session row the commit writes anyway (batchWriter).
+  3: 'ALTER TABLE sessions ADD COLUMN counters TEXT',
 };
 export const TASK_STATE = { queued: 0, dispatched: 1, finished: 2 } as const;
 export const TASK_STATE_NAME = ['queued', 'dispatched', 'finished'] as const;
@@ -76,14 +79,14 @@ export interface CommitBatch {
   results: Array<InBatch<ResultRow>>;
   ops: StoreOp[];
   sessions: Array<[id: string, createdAt: number, acked: number, leaseMs: number | null, key: string | null]>;
-  /** The core's task counters as JSON (StoredCounters), kept in `meta` with the changes they count. */
+  /** The core's task counters as JSON (StoredCounters), kept with the changes they count (batchWriter). */
   counters?: string;
 }
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
-  id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, acked INTEGER NOT NULL, lease_ms INTEGER, key TEXT);
+  id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, acked INTEGER NOT NULL, lease_ms INTEGER, key TEXT, counters TEXT);
 CREATE TABLE IF NOT EXISTS tasks (
   session TEXT NOT NULL, uid INTEGER NOT NULL, id TEXT NOT NULL, spec BLOB, state INTEGER NOT NULL,
   attempt INTEGER NOT NULL, lost INTEGER NOT NULL, executor TEXT, submitted_at INTEGER NOT NULL,
@@ -233,16 +236,32 @@ export function decodeResult(blob: Uint8Array): TaskResult {
 }
 
 /**
+ * The newest task counters kept in the file (see batchWriter: in `meta` or in a session row),
+ * and their number, from which the writer numbers the next ones. Counters of schema 3 and older
+ * (in `meta`, unnumbered) count as number 0.
+ */
+export function storedCounters(db: Database.Database): { counters: StoredCounters | null; seq: number } {
+  let counters: StoredCounters | null = null;
+  let seq = -1;
+  const texts = db.prepare(`SELECT value FROM meta WHERE key = 'counters' UNION ALL SELECT counters FROM sessions WHERE counters IS NOT NULL`).pluck().all() as string[];
+  for (const text of texts) {
+    const { c = 0, ...kept } = JSON.parse(text) as StoredCounters & { c?: number };
+    if (c > seq) [counters, seq] = [kept, c];
+  }
+  return { counters, seq: Math.max(seq, 0) };
+}
+
+/**
  * Returns a function that writes one batch in one transaction. Specs and other values arrive as
  * objects and are encoded here, on the writer thread, so the dispatch loop never pays for it;
  * results arrive as the bytes to store (encodeResult, cheaper there than records in the batch).
  */
-export function batchWriter(db: Database.Database): (batch: CommitBatch) => void {
+export function batchWriter(db: Database.Database, countersSeq: number, onStatements?: () => void): (batch: CommitBatch) => void {
   const st = {
     upsert: new Batched(db, UPSERT),
     append: new Batched(db, APPEND),
     dropSessionResults: db.prepare('DELETE FROM results WHERE session = ?'),
-    session: db.prepare('INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms'),
+    session: db.prepare('INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET acked = excluded.acked, lease_ms = excluded.lease_ms, counters = excluded.counters'),
     dropSessionTasks: db.prepare('DELETE FROM tasks WHERE session = ?'),
     dropSession: db.prepare('DELETE FROM sessions WHERE id = ?'),
     executor: db.prepare('INSERT OR REPLACE INTO executors VALUES (?, ?, ?)'),
@@ -292,7 +311,14 @@ export function batchWriter(db: Database.Database): (batch: CommitBatch) => void
           break;
       }
     }
-    for (const s of b.sessions) st.session.run(s);
-    if (b.counters !== undefined) st.meta.run('counters', b.counters);
+    // The counters go where this commit writes anyway: the first session row if there is one
+    // (after the drops above, so it survives the commit), else `meta`. A separate `meta` write
+    // would add a page to the commit: a fifth of a one-task commit's time with `--sync full`.
+    // Each copy carries a number that grows with every commit; recovery takes the highest
+    // (storedCounters), so older copies left in other rows are harmless.
+    const counters = b.counters === undefined ? null : `{"c":${++countersSeq},${b.counters.slice(1)}`;
+    for (let i = 0; i < b.sessions.length; i++) st.session.run(...b.sessions[i], i === 0 ? counters : null);
+    if (counters !== null && b.sessions.length === 0) st.meta.run('counters', counters);
+    onStatements?.();
   });
 }

@@ -1,24 +1,35 @@
 /**
- * The store's writer thread. The dispatcher thread hands it one batch at a time; it writes the
+ * The store's writer thread. The dispatcher thread hands it one batch at a time (through the
+ * doorbell of store-doorbell.ts: this thread blocks on it, never on its event loop); it writes the
  * batch in one transaction (fsync included with `--sync full`) and answers. Moving commits here
  * keeps the fsync wait off the dispatch loop, which meanwhile gathers the next, larger batch:
  * group commit that grows with load, and one row write for a task accepted, dispatched and
  * finished between two commits.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { Unpackr } from 'msgpackr';
+import { serveRequests } from './store-doorbell.js';
+import { traceClock } from './commit-trace.js';
 import { batchWriter, openDatabase, storeError, type CommitBatch } from './sqlite.js';
 
 export interface WriterData {
   dataDir: string;
   file: string;
   sync: 'full' | 'normal';
+  /** The number of the newest task counters in the file (sqlite.ts, storedCounters). */
+  countersSeq: number;
+  /** Time each commit's steps and send the times with its answer (commit-trace.ts). */
+  trace: boolean;
+  /** Requests come on this port, read synchronously when the doorbell rings (store-doorbell.ts). */
+  requests: MessagePort;
+  doorbell: SharedArrayBuffer;
 }
 
 /** Messages from the writer: `ready` once open, then one answer per batch, in order. */
 export type WriterReply =
   | { kind: 'ready' }
-  | { kind: 'committed'; n: number }
+  /** `t`: when traced, the writer's times (woke, unpacked, statements done, committed). */
+  | { kind: 'committed'; n: number; t?: number[] }
   | { kind: 'failed'; code: string; message: string }
   | { kind: 'found'; n: number; results: Array<Uint8Array | null> };
 
@@ -34,19 +45,23 @@ export interface MemoRequest {
   key: string;
 }
 
+/** What the dispatcher thread asks of the writer, in order. */
+export type WriterRequest = { n: number; bytes: Uint8Array } | LookupRequest | MemoRequest | 'close';
+
 const port = parentPort!;
 const data = workerData as WriterData;
 try {
   const db = openDatabase(data.dataDir, data.file, data.sync);
-  const write = batchWriter(db);
+  let statementsDone = 0;
+  const write = batchWriter(db, data.countersSeq, data.trace ? () => (statementsDone = traceClock()) : undefined);
   const unpackr = new Unpackr({ useRecords: true });
   const resultAt = db.prepare('SELECT result FROM results WHERE session = ? AND seq = ?').pluck();
   const memoOf = db.prepare('SELECT result FROM memo WHERE key = ?').pluck();
-  port.on('message', (msg: { n: number; bytes: Uint8Array } | LookupRequest | MemoRequest | 'close') => {
+  /** Serves one request; false once asked to close. */
+  const serve = (msg: WriterRequest): boolean => {
     if (msg === 'close') {
       db.close();
-      port.close();
-      return;
+      return false;
     }
     if ('memo' in msg) {
       let result: Uint8Array | null = null;
@@ -54,7 +69,7 @@ try {
         result = (memoOf.get(msg.key) as Uint8Array | undefined) ?? null;
       } catch {} // not found: the task runs instead
       port.postMessage({ kind: 'found', n: msg.memo, results: [result] } satisfies WriterReply);
-      return;
+      return true;
     }
     if ('lookup' in msg) {
       let results: Array<Uint8Array | null>;
@@ -64,17 +79,23 @@ try {
         results = msg.refs.map(() => null); // a query is not worth failing the store over
       }
       port.postMessage({ kind: 'found', n: msg.lookup, results } satisfies WriterReply);
-      return;
+      return true;
     }
     try {
-      write(unpackr.unpack(Buffer.from(msg.bytes.buffer, msg.bytes.byteOffset, msg.bytes.byteLength)) as CommitBatch);
-      port.postMessage({ kind: 'committed', n: msg.n } satisfies WriterReply);
+      const woke = data.trace ? traceClock() : 0;
+      const batch = unpackr.unpack(Buffer.from(msg.bytes.buffer, msg.bytes.byteOffset, msg.bytes.byteLength)) as CommitBatch;
+      const unpacked = data.trace ? traceClock() : 0;
+      write(batch);
+      const t = data.trace ? [woke, unpacked, statementsDone, traceClock()] : undefined;
+      port.postMessage({ kind: 'committed', n: msg.n, t } satisfies WriterReply);
     } catch (err) {
       const e = storeError(err, data.file);
       port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);
     }
-  });
+    return true;
+  };
   port.postMessage({ kind: 'ready' } satisfies WriterReply);
+  serveRequests<WriterRequest>(data.requests, new Int32Array(data.doorbell), serve);
 } catch (err) {
   const e = storeError(err, data.file);
   port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);

@@ -9,14 +9,16 @@
  * takes the file over for the rest of the run.
  */
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import { Doorbell } from './store-doorbell.js';
+import { CommitTrace, TRACE_FILE, traceClock } from './commit-trace.js';
 import type Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import { ErrorCode, FalconetError, type ExecutorInfo, type TaskResult, type TaskSpec } from '../protocol/index.js';
 import type { DispatcherCore, RestoredTask } from './core.js';
 import type { ExecutorRecord, SessionRecord, TaskRecord } from './model.js';
 import type { DurableStore, Recovered } from './durable-store.js';
-import { TASK_STATE, TASK_STATE_NAME, blobs, decodeResult, encodeResult, openDatabase, storeError, type CommitBatch, type InBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
+import { TASK_STATE, TASK_STATE_NAME, blobs, decodeResult, encodeResult, openDatabase, storeError, storedCounters, type CommitBatch, type InBatch, type ResultRow, type StoreOp, type TaskRow } from './sqlite.js';
 import type { LookupRequest, MemoRequest, WriterData, WriterReply } from './store-writer.js';
 import { Buckets } from './histogram.js';
 import type { StoredCounters } from './status.js';
@@ -37,6 +39,10 @@ export class SqliteStore implements DurableStore {
   }
   #db: Database.Database | null;
   #writer: Worker | null = null;
+  /** Requests to the writer (store-doorbell.ts); its answers come as the worker's messages. */
+  #requests: Doorbell | null = null;
+  /** FALCONET_COMMIT_TRACE: each commit's steps timed (commit-trace.ts); null when off. */
+  readonly #trace = TRACE_FILE === undefined ? null : new CommitTrace(TRACE_FILE);
   /** Encodes a whole batch for the writer thread: one buffer, records for the repeated shapes. */
   readonly #batchPackr = new Packr({ useRecords: true });
   /** Tasks changed since the last commit: their whole current state, by uid. */
@@ -53,6 +59,8 @@ export class SqliteStore implements DurableStore {
   #setWriterReady: (ok: boolean) => void = () => {};
   /** The core's task counters, written with every commit (metrics survive a restart). */
   #counters: (() => StoredCounters) | null = null;
+  /** The number of the newest counters in the file, handed to the writer (sqlite.ts, storedCounters). */
+  #countersSeq = 0;
   /** For /metrics: seconds from handing a batch to the writer until it is on disk, and changes per batch. */
   readonly commitSeconds = new Buckets([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]);
   readonly batchChanges = new Buckets([1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]);
@@ -106,8 +114,9 @@ export class SqliteStore implements DurableStore {
         core.restoreTask({ session, uid, id: result.id, spec: null, state: 'finished', attempt: result.attempts, lost: 0, executor: null, submittedAt, dispatchedAt: null, seq, result });
         found.finished++;
       }
-      const counters = db.prepare(`SELECT value FROM meta WHERE key = 'counters'`).pluck().get() as string | undefined;
-      if (counters !== undefined) core.restoreCounters(JSON.parse(counters) as StoredCounters);
+      const { counters, seq } = storedCounters(db);
+      if (counters !== null) core.restoreCounters(counters);
+      this.#countersSeq = seq;
       for (const r of db.prepare('SELECT id, record FROM instances').all() as Array<{ id: string; record: string }>) {
         found.instances.push({ id: r.id, record: JSON.parse(r.record) });
       }
@@ -124,8 +133,10 @@ export class SqliteStore implements DurableStore {
   }
 
   #startWriter(): Promise<void> {
-    const data: WriterData = { dataDir: this.options.dataDir, file: this.file, sync: this.options.sync };
-    const writer = new Worker(new URL('./store-writer.js', import.meta.url), { workerData: data });
+    const channel = new MessageChannel();
+    this.#requests = new Doorbell(channel.port1);
+    const data: WriterData = { dataDir: this.options.dataDir, file: this.file, sync: this.options.sync, countersSeq: this.#countersSeq, trace: this.#trace !== null, requests: channel.port2, doorbell: this.#requests.shared };
+    const writer = new Worker(new URL('./store-writer.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
     this.#writer = writer;
     return new Promise((resolve, reject) => {
       writer.on('message', (m: WriterReply) => {
@@ -134,6 +145,7 @@ export class SqliteStore implements DurableStore {
           return resolve();
         }
         if (m.kind === 'committed') {
+          if (m.t) this.#trace?.answered(m.n, m.t);
           const w = this.#waiting.get(m.n);
           this.#waiting.delete(m.n);
           return w?.resolve();
@@ -245,7 +257,7 @@ export class SqliteStore implements DurableStore {
     const n = ++this.#n;
     const found = await new Promise<Array<Uint8Array | null>>((resolve) => {
       this.#lookups.set(n, resolve);
-      this.#writer!.postMessage({ memo: n, key } satisfies MemoRequest);
+      this.#requests!.send({ memo: n, key } satisfies MemoRequest);
     });
     return found[0] ? (blobs.unpack(found[0]) as TaskResult) : null;
   }
@@ -294,6 +306,7 @@ export class SqliteStore implements DurableStore {
     };
     this.batchChanges.observe(batch.rows.length + batch.results.length + batch.ops.length + batch.sessions.length);
     const started = performance.now();
+    const traced = this.#trace ? traceClock() : 0;
     this.#rows = new Map();
     this.#results = [];
     this.#ops = [];
@@ -301,6 +314,7 @@ export class SqliteStore implements DurableStore {
     const n = ++this.#n;
     // One encoded buffer, moved (not cloned) to the writer: far cheaper than cloning the rows.
     const bytes = new Uint8Array(this.#batchPackr.pack(batch)); // a copy with its own ArrayBuffer
+    this.#trace?.sent(n, traced, batch.rows.length, batch.results.length, bytes.length);
     return new Promise((resolve, reject) => {
       this.#waiting.set(n, {
         resolve: () => {
@@ -309,7 +323,7 @@ export class SqliteStore implements DurableStore {
         },
         reject,
       });
-      this.#writer!.postMessage({ n, bytes }, [bytes.buffer]);
+      this.#requests!.send({ n, bytes }, [bytes.buffer]);
     });
   }
 
@@ -327,7 +341,7 @@ export class SqliteStore implements DurableStore {
     const n = ++this.#n;
     const found = await new Promise<Array<Uint8Array | null>>((resolve) => {
       this.#lookups.set(n, resolve);
-      this.#writer!.postMessage({ lookup: n, refs: ask.map((i) => [refs[i].session, refs[i].seq]) } satisfies LookupRequest);
+      this.#requests!.send({ lookup: n, refs: ask.map((i) => [refs[i].session, refs[i].seq]) } satisfies LookupRequest);
     });
     ask.forEach((i, k) => {
       const blob = found[k];
@@ -348,8 +362,10 @@ export class SqliteStore implements DurableStore {
       this.#writer = null;
       await new Promise<void>((resolve) => {
         writer.once('exit', () => resolve());
-        writer.postMessage('close');
+        this.#requests!.send('close');
       });
+      this.#requests!.port.close();
+      this.#trace?.flush();
     }
     if (failure) throw failure;
   }
