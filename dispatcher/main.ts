@@ -5,14 +5,14 @@
 import { createServer } from 'node:net';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { ErrorCode, FalconetError } from '../protocol/index.js';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { compileDispatcherConfig, type DispatcherOptions, type TlsFiles } from './config.js';
 import { addProvisionerMetrics, addStoreMetrics } from './metrics.js';
-import { prettyStream, resolveLogFormat } from './log-format.js';
 import { DispatcherServer } from './server.js';
+export { makeLogger, onShutdownSignal } from './process-log.js';
 import { randomUUID } from 'node:crypto';
 import { SqliteStore } from './store.js';
 import type { DurableStore } from './durable-store.js';
@@ -21,23 +21,6 @@ import type { Provisioner } from './provisioner/provisioner.js';
 import type { PgStore } from './pg-store.js';
 import type { Cluster } from './cluster.js';
 import { PARTITIONS, partitionOf } from './pg-schema.js';
-
-/** The logger of this process, once made: shutdown says what happened through it. */
-let processLog: Logger | null = null;
-
-/**
- * Logs go to stderr; stdout is left for what a user or script reads. On a terminal they are
- * readable lines (time, level, message, key fields); otherwise, or with `--log-format json` /
- * FALCONET_LOG_FORMAT=json, JSON lines (log-format.ts). The format chosen is handed down to the
- * executors this process starts (`up`), whose lines it forwards to the same terminal.
- */
-export function makeLogger(name: string, format = resolveLogFormat(process.argv.slice(2), process.env, process.stderr.isTTY === true)): Logger {
-  process.env.FALCONET_LOG_FORMAT = format;
-  const level = process.env.FALCONET_LOG ?? 'info';
-  const dest = pino.destination({ dest: 2, sync: true });
-  processLog = pino({ name, level }, format === 'json' ? dest : prettyStream(dest, process.stderr.isTTY === true && !process.env.NO_COLOR));
-  return processLog;
-}
 
 export interface StoreChoice {
   store?: string;
@@ -237,24 +220,3 @@ function reloadTlsOnSighup(server: DispatcherServer, tls: TlsFiles, log: Logger)
   });
 }
 
-/** Runs `stop` once on SIGTERM or SIGINT, then exits 0. */
-export function onShutdownSignal(stop: () => Promise<void>): void {
-  let stopping = false;
-  const handler = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    // A requested stop is news, not a problem: one info line, through the logger when there is one.
-    if (processLog) processLog.info({ signal }, 'shutting down');
-    else process.stderr.write(`falconet: ${signal}: shutting down\n`);
-    stop().then(
-      () => process.exit(0),
-      (err) => {
-        if (processLog) processLog.error({ err }, 'shutdown failed');
-        else process.stderr.write(`falconet: shutdown failed: ${String(err)}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => handler('SIGTERM'));
-  process.on('SIGINT', () => handler('SIGINT'));
-}
