@@ -1,14 +1,12 @@
 /**
- * The store's writer thread. The dispatcher thread hands it one batch at a time (through the
- * doorbell of store-doorbell.ts: this thread blocks on it, never on its event loop); it writes the
+ * The store's writer thread. The dispatcher thread hands it one batch at a time; it writes the
  * batch in one transaction (fsync included with `--sync full`) and answers. Moving commits here
  * keeps the fsync wait off the dispatch loop, which meanwhile gathers the next, larger batch:
  * group commit that grows with load, and one row write for a task accepted, dispatched and
  * finished between two commits.
  */
-import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { Unpackr } from 'msgpackr';
-import { serveRequests } from './store-doorbell.js';
 import { traceClock } from './commit-trace.js';
 import { batchWriter, openDatabase, storeError, type CommitBatch } from './sqlite.js';
 
@@ -20,9 +18,6 @@ export interface WriterData {
   countersSeq: number;
   /** Time each commit's steps and send the times with its answer (commit-trace.ts). */
   trace: boolean;
-  /** Requests come on this port, read synchronously when the doorbell rings (store-doorbell.ts). */
-  requests: MessagePort;
-  doorbell: SharedArrayBuffer;
 }
 
 /** Messages from the writer: `ready` once open, then one answer per batch, in order. */
@@ -95,7 +90,9 @@ try {
     return true;
   };
   port.postMessage({ kind: 'ready' } satisfies WriterReply);
-  serveRequests<WriterRequest>(data.requests, new Int32Array(data.doorbell), serve);
+  port.on('message', (msg: WriterRequest) => {
+    if (!serve(msg)) port.close();
+  });
 } catch (err) {
   const e = storeError(err, data.file);
   port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);

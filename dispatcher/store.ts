@@ -9,8 +9,7 @@
  * takes the file over for the rest of the run.
  */
 import { join } from 'node:path';
-import { MessageChannel, Worker } from 'node:worker_threads';
-import { Doorbell } from './store-doorbell.js';
+import { Worker } from 'node:worker_threads';
 import { CommitTrace, TRACE_FILE, traceClock } from './commit-trace.js';
 import type Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
@@ -39,8 +38,6 @@ export class SqliteStore implements DurableStore {
   }
   #db: Database.Database | null;
   #writer: Worker | null = null;
-  /** Requests to the writer (store-doorbell.ts); its answers come as the worker's messages. */
-  #requests: Doorbell | null = null;
   /** FALCONET_COMMIT_TRACE: each commit's steps timed (commit-trace.ts); null when off. */
   readonly #trace = TRACE_FILE === undefined ? null : new CommitTrace(TRACE_FILE);
   /** Encodes a whole batch for the writer thread: one buffer, records for the repeated shapes. */
@@ -133,10 +130,8 @@ export class SqliteStore implements DurableStore {
   }
 
   #startWriter(): Promise<void> {
-    const channel = new MessageChannel();
-    this.#requests = new Doorbell(channel.port1);
-    const data: WriterData = { dataDir: this.options.dataDir, file: this.file, sync: this.options.sync, countersSeq: this.#countersSeq, trace: this.#trace !== null, requests: channel.port2, doorbell: this.#requests.shared };
-    const writer = new Worker(new URL('./store-writer.js', import.meta.url), { workerData: data, transferList: [channel.port2] });
+    const data: WriterData = { dataDir: this.options.dataDir, file: this.file, sync: this.options.sync, countersSeq: this.#countersSeq, trace: this.#trace !== null };
+    const writer = new Worker(new URL('./store-writer.js', import.meta.url), { workerData: data });
     this.#writer = writer;
     return new Promise((resolve, reject) => {
       writer.on('message', (m: WriterReply) => {
@@ -257,7 +252,7 @@ export class SqliteStore implements DurableStore {
     const n = ++this.#n;
     const found = await new Promise<Array<Uint8Array | null>>((resolve) => {
       this.#lookups.set(n, resolve);
-      this.#requests!.send({ memo: n, key } satisfies MemoRequest);
+      this.#writer!.postMessage({ memo: n, key } satisfies MemoRequest);
     });
     return found[0] ? (blobs.unpack(found[0]) as TaskResult) : null;
   }
@@ -323,7 +318,7 @@ export class SqliteStore implements DurableStore {
         },
         reject,
       });
-      this.#requests!.send({ n, bytes }, [bytes.buffer]);
+      this.#writer!.postMessage({ n, bytes }, [bytes.buffer]);
     });
   }
 
@@ -341,7 +336,7 @@ export class SqliteStore implements DurableStore {
     const n = ++this.#n;
     const found = await new Promise<Array<Uint8Array | null>>((resolve) => {
       this.#lookups.set(n, resolve);
-      this.#requests!.send({ lookup: n, refs: ask.map((i) => [refs[i].session, refs[i].seq]) } satisfies LookupRequest);
+      this.#writer!.postMessage({ lookup: n, refs: ask.map((i) => [refs[i].session, refs[i].seq]) } satisfies LookupRequest);
     });
     ask.forEach((i, k) => {
       const blob = found[k];
@@ -362,9 +357,8 @@ export class SqliteStore implements DurableStore {
       this.#writer = null;
       await new Promise<void>((resolve) => {
         writer.once('exit', () => resolve());
-        this.#requests!.send('close');
+        writer.postMessage('close');
       });
-      this.#requests!.port.close();
       this.#trace?.flush();
     }
     if (failure) throw failure;
