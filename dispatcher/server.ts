@@ -402,12 +402,7 @@ export class DispatcherServer {
     switch (msg.t) {
       case 'submit':
         if (this.#stopping) return this.#send(c.id, { t: 'error', ref: msg.ref, ...wireError(ErrorCode.SHUTTING_DOWN, 'dispatcher is shutting down') });
-        this.core.submit(c.id, msg);
-        // Idle slots wait for these tasks: schedule and send them now rather than at the end of
-        // the turn. A large submit arrives as many frames, often read in one turn; accepting all
-        // of them first held the first wave back by their whole accept time (Falkon's ramp).
-        if (this.core.view.anyHungry) this.#out.flush();
-        return;
+        return this.core.submit(c.id, msg);
       case 'cancel':
         return this.core.cancel(c.id, msg, c.admin);
       case 'ack':

@@ -73,11 +73,6 @@ export class CoreView {
     return this.core.rates;
   }
 
-  /** Some connected executor may take a task now (credit left): what is queued can start at once. */
-  get anyHungry(): boolean {
-    return this.registry.hungry.size > 0;
-  }
-
   /** Tasks waiting for an executor. */
   get queued(): number {
     return this.scheduler.size + (this.tasks.extras?.unqueued() ?? 0);
