@@ -111,9 +111,12 @@ test('batches: a timeout that reaches a running task still reports it timed out,
     assert.deepEqual([rb.status, rb.error?.code, rb.signal], ['timed_out', ErrorCode.TASK_TIMEOUT, 'SIGTERM']);
     assert.ok(rb.finishedAt - rb.startedAt >= 400, `b ran ${rb.finishedAt - rb.startedAt} ms before its 400 ms timeout`);
     for (const r of others) assert.equal(r.status, 'succeeded');
-    // a ended long before b's timeout, yet its result came with b's (and c's): held, not lost.
+    // a ended long before b's timeout, yet its result came with later ones: held, not lost. Which
+    // ones exactly is the machine's: a killed b ends when the kill's grace and its pipes' last
+    // holders are through, which a loaded machine can put after c (CI saw [a, c] then b).
     await waitFor('the turns to be seen', () => w.settledWith.size === 6);
-    assert.deepEqual(w.settledWith.get(0)?.slice(0, 3), [0, 1, 2], `one batch: ${JSON.stringify([...w.settledWith])}`);
+    const withA = w.settledWith.get(0) ?? [];
+    assert.ok(withA.some((i) => i >= 1), `a's result was held until later ones came: ${JSON.stringify([...w.settledWith])}`);
     assert.ok(ra.finishedAt <= rb.startedAt, 'a ended before b started');
   } finally {
     release(dir, 'b');
