@@ -17,20 +17,13 @@
  * every `frame / rate` seconds, as a dispatcher slower than the executor feeds it). Linux only (/proc).
  */
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { Codec, PROTOCOL_VERSION, RECORDS_CAP } from '../protocol/index.js';
+import { cpuProfFlags, threadsMs } from './harness.js';
 
 const CLI = fileURLToPath(new URL('../client/cli.js', import.meta.url));
-
-/** user + system ticks (1/100 s) of a process, all threads. */
-function ticks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]);
-}
 
 interface Figures {
   commitMs: number;
@@ -44,8 +37,8 @@ async function run(o: { tasks: number; warmup: number; slots: number; window: nu
   const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
   await new Promise((r) => wss.once('listening', r));
   const port = (wss.address() as { port: number }).port;
-  // FALCONET_BENCH_EXECUTOR_FLAGS: node flags for the executor (`--cpu-prof --cpu-prof-dir=DIR`, `--trace-gc`).
-  const flags = (process.env.FALCONET_BENCH_EXECUTOR_FLAGS ?? '').split(' ').filter(Boolean);
+  // FALCONET_BENCH_CPU_PROF=DIR or FALCONET_BENCH_FLAGS_EXECUTOR='--trace-gc' (harness.ts), as in every bench.
+  const flags = cpuProfFlags('executor');
   const child = spawn(process.execPath, [...flags, CLI, 'executor', '--dispatcher', `ws://127.0.0.1:${port}`, '--slots', String(o.slots)], { stdio: ['ignore', flags.length > 0 ? 'inherit' : 'ignore', 'ignore'], env: { ...process.env, FALCONET_LOG: 'warn' } });
   try {
     return await new Promise<Figures>((resolve, reject) => {
@@ -135,13 +128,13 @@ async function run(o: { tasks: number; warmup: number; slots: number; window: nu
           if (unacked > maxUnacked) maxUnacked = unacked;
           if (done >= o.warmup && t0 === 0) {
             t0 = performance.now();
-            c0 = ticks(child.pid!);
+            c0 = threadsMs(child.pid!);
             framesIn = framesOut = maxUnacked = 0;
           }
           if (done >= o.tasks) {
             const seconds = (performance.now() - t0) / 1000;
             const measured = o.tasks - o.warmup;
-            resolve({ commitMs: o.commitMs, tasksPerSecond: Math.round(measured / seconds), usPerTask: ((ticks(child.pid!) - c0) * 10_000) / measured, frames: { in: framesIn, out: framesOut }, maxUnacked });
+            resolve({ commitMs: o.commitMs, tasksPerSecond: Math.round(measured / seconds), usPerTask: ((threadsMs(child.pid!) - c0) * 1000) / measured, frames: { in: framesIn, out: framesOut }, maxUnacked });
             return;
           }
           if (o.rate > 0) owed += finished;

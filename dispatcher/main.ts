@@ -12,7 +12,6 @@ import { readFileSync } from 'node:fs';
 import { compileDispatcherConfig, type DispatcherOptions, type TlsFiles } from './config.js';
 import { addProvisionerMetrics, addStoreMetrics } from './metrics.js';
 import { DispatcherServer } from './server.js';
-export { makeLogger, onShutdownSignal } from './process-log.js';
 import { randomUUID } from 'node:crypto';
 import { SqliteStore } from './store.js';
 import type { DurableStore } from './durable-store.js';

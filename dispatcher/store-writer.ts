@@ -52,11 +52,11 @@ try {
   const unpackr = new Unpackr({ useRecords: true });
   const resultAt = db.prepare('SELECT result FROM results WHERE session = ? AND seq = ?').pluck();
   const memoOf = db.prepare('SELECT result FROM memo WHERE key = ?').pluck();
-  /** Serves one request; false once asked to close. */
-  const serve = (msg: WriterRequest): boolean => {
+  port.on('message', (msg: WriterRequest) => {
     if (msg === 'close') {
       db.close();
-      return false;
+      port.close();
+      return;
     }
     if ('memo' in msg) {
       let result: Uint8Array | null = null;
@@ -64,7 +64,7 @@ try {
         result = (memoOf.get(msg.key) as Uint8Array | undefined) ?? null;
       } catch {} // not found: the task runs instead
       port.postMessage({ kind: 'found', n: msg.memo, results: [result] } satisfies WriterReply);
-      return true;
+      return;
     }
     if ('lookup' in msg) {
       let results: Array<Uint8Array | null>;
@@ -74,7 +74,7 @@ try {
         results = msg.refs.map(() => null); // a query is not worth failing the store over
       }
       port.postMessage({ kind: 'found', n: msg.lookup, results } satisfies WriterReply);
-      return true;
+      return;
     }
     try {
       const woke = data.trace ? traceClock() : 0;
@@ -87,12 +87,8 @@ try {
       const e = storeError(err, data.file);
       port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);
     }
-    return true;
-  };
-  port.postMessage({ kind: 'ready' } satisfies WriterReply);
-  port.on('message', (msg: WriterRequest) => {
-    if (!serve(msg)) port.close();
   });
+  port.postMessage({ kind: 'ready' } satisfies WriterReply);
 } catch (err) {
   const e = storeError(err, data.file);
   port.postMessage({ kind: 'failed', code: e.code, message: e.message } satisfies WriterReply);
